@@ -1,0 +1,52 @@
+# MeterWatch developer entry points. `make run` and `make test` work on a fresh machine (as root).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= config.yaml
+# Debian packages the test suite starts as real servers (see tests/servers.py).
+DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager
+DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager
+
+.PHONY: run test lint bench venv deb-test-packages clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## run: create the venv, install, run the service on $(CONFIG) (DURATION=seconds to stop by itself)
+run: $(VENV)/.installed
+	$(VENV)/bin/meterwatch run --config $(CONFIG) $(if $(DURATION),--duration $(DURATION),)
+
+## deb-test-packages: install the Debian servers the tests start, when missing
+deb-test-packages:
+	@missing=""; for b in $(DEB_TEST_BINARIES); do [ -x $$b ] || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $(DEB_TEST_PACKAGES)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_TEST_PACKAGES) >/dev/null; \
+	fi
+
+## test: install test extras and Debian servers, then run pytest
+test: $(VENV)/.installed-test deb-test-packages
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy, as CI would
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## bench: run the benchmarks and update docs/benchmarks.md
+bench: $(VENV)/.installed-test deb-test-packages
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Alert lifecycle: dedup by fingerprint, JSONL feed, console output."""

@@ -1,0 +1,1 @@
+"""Vectorized analytics over canonical reading frames: detectors (and later VEE)."""

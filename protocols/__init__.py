@@ -1,0 +1,1 @@
+"""Pure protocol codecs: register maps, Modbus data types, MQTT payloads. No sockets here."""
