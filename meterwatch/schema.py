@@ -86,6 +86,13 @@ FINDING_COLUMNS: tuple[str, ...] = (
 )
 
 
+def to_utc(values: pd.Series) -> pd.Series:
+    """Parse timestamps (ISO 8601 text, epoch-free datetimes, aware or naive=UTC) to TS_DTYPE."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True).astype(TS_DTYPE)
+    return pd.to_datetime(values, utc=True, format="ISO8601").astype(TS_DTYPE)
+
+
 def empty_readings() -> pd.DataFrame:
     """An empty canonical reading frame with the right dtypes."""
     return normalize_readings(pd.DataFrame(columns=list(READING_COLUMNS)))
@@ -99,8 +106,7 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
     """
     out = pd.DataFrame(index=df.index)
     out["meter_id"] = df["meter_id"].astype(str) if "meter_id" in df else pd.Series(dtype=str)
-    ts = pd.to_datetime(df["ts"], utc=True) if "ts" in df else pd.Series(dtype=TS_DTYPE)
-    out["ts"] = ts.astype(TS_DTYPE)
+    out["ts"] = to_utc(df["ts"]) if "ts" in df else pd.Series(dtype=TS_DTYPE)
     for col in READING_FIELDS:
         if col in df:
             out[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
