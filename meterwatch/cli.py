@@ -1,0 +1,200 @@
+"""The `meterwatch` command line (contracts §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from meterwatch import __version__
+from meterwatch.config import load_config
+from meterwatch.errors import ConfigError, MeterWatchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
+    )
+    for noisy in ("pymodbus", "amqtt", "transitions", "apscheduler", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="meterwatch")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """MeterWatch: collect, store, validate, detect and alert on smart-meter data."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--config", "config_path", default="config.yaml", show_default=True, type=click.Path())
+@click.option("--duration", type=float, default=None, help="Stop after S wall-clock seconds.")
+def run(config_path: str, duration: float | None) -> None:
+    """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
+    from meterwatch.console import Progress, print_summary
+    from meterwatch.service import Service
+
+    try:
+        cfg = load_config(config_path)
+        progress = Progress(console)
+        service = Service(cfg, on_alert=progress.on_alert, on_tick=progress.tick)
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+
+    async def _main() -> object:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        with progress:
+            return await service.run(duration, stop)
+
+    console.print(
+        f"MeterWatch {__version__}: {len(service.registry)} meters; alerts → {cfg.alerts.feed}; "
+        f"store → {cfg.storage.path}" + ("" if duration else "; Ctrl-C to stop"),
+        highlight=False,
+    )
+    summary = asyncio.run(_main())
+    print_summary(console, summary)  # type: ignore[arg-type]
+
+
+@main.group()
+def config() -> None:
+    """Configuration tools."""
+
+
+@config.command("check")
+@click.argument("file", default="config.yaml", type=click.Path())
+def config_check(file: str) -> None:
+    """Validate FILE and print what is wrong, by field path."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)", highlight=False)
+        for path, msg in exc.problems:
+            err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False)
+        sys.exit(1)
+    sim = "simulated fleet" if cfg.simulator.enabled else f"registry {cfg.registry.path}"
+    console.print(f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False)
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option("--interval", type=float, default=900.0, show_default=True, help="Seconds between readings.")
+@click.option("--residential", type=int, default=30, show_default=True)
+@click.option("--commercial", type=int, default=10, show_default=True)
+@click.option("--industrial", type=int, default=6, show_default=True)
+@click.option("--transformers", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+def simulate(out_dir: str, days: float, interval: float, residential: int, commercial: int,
+             industrial: int, transformers: int, seed: int, start: str, fmt: str) -> None:
+    """Write a simulated fleet to files: readings, meters.csv and ground-truth labels."""
+    import pandas as pd
+
+    from simulators.fleet import Fleet, generate
+
+    t0 = pd.Timestamp(start).to_pydatetime()
+    fleet = Fleet(start=t0, residential=residential, commercial=commercial, industrial=industrial,
+                  transformers=transformers, seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status(f"simulating {len(fleet.registry)} meters × {days:g} days"):
+        readings = generate(fleet, t0 + pd.Timedelta(days=days), interval_s=interval)
+    readings_path = out / f"readings.{fmt}"
+    if fmt == "csv":
+        r = readings.copy()
+        r["ts"] = r["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        r.to_csv(readings_path, index=False)
+    else:
+        readings.to_parquet(readings_path, index=False)
+    fleet.registry.to_csv(out / "meters.csv", index=False)
+    fleet.labels().to_csv(out / "labels.csv", index=False)
+    console.print(f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}")
+
+
+@main.command()
+@click.option("--readings", "readings_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--meters", "meters_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", default=None, type=click.Path(), help="Detector thresholds from this config.")
+def analyze(readings_path: str, meters_path: str, out_path: str, config_path: str | None) -> None:
+    """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
+    from datetime import UTC, datetime
+
+    from alerts.manager import AlertManager
+    from analytics.suite import default_detectors, run_detectors
+    from meterwatch.io import read_readings_file
+    from meterwatch.registry import load_registry
+
+    try:
+        params = load_config(config_path).analytics.detectors if config_path else {}
+        meters = load_registry(meters_path)
+        with console.status(f"reading {readings_path}"):
+            readings = read_readings_file(readings_path)
+        with console.status(f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"):
+            findings = run_detectors(default_detectors(params), readings, meters)
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+    out = Path(out_path)
+    if out.exists():
+        out.unlink()
+    manager = AlertManager(out, auto_resolve_categories=("equipment", "consumption"))
+    manager.process(findings, datetime.now(UTC))
+    counts = manager.counts_by_type()
+    console.print(f"{len(manager.alerts)} alerts → {out}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+
+
+@main.group()
+def probe() -> None:
+    """Read one meter once and print a canonical reading."""
+
+
+@probe.command("modbus")
+@click.option("--host", required=True)
+@click.option("--port", type=int, default=502, show_default=True)
+@click.option("--unit", type=int, required=True)
+@click.option("--model", required=True, help="Register map id, e.g. eastron-sdm630.")
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def probe_modbus(host: str, port: int, unit: int, model: str, timeout: float, as_json: bool) -> None:
+    """Read a Modbus TCP meter once."""
+    from collector.probe import probe_modbus_once
+
+    try:
+        reading = asyncio.run(probe_modbus_once(host, port, unit, model, timeout))
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(reading))
+        return
+    for k, v in reading.items():
+        console.print(f"{k:22} {v}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

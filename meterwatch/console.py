@@ -1,0 +1,109 @@
+"""Terminal output: live progress of a run, alert lines, the closing summary (rich)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from alerts.model import Alert
+
+if TYPE_CHECKING:
+    from meterwatch.service import RunSummary, Service
+
+_SEVERITY_STYLE = {"critical": "bold red", "major": "red", "minor": "yellow", "warning": "yellow", "info": "cyan"}
+
+
+def alert_line(event: str, alert: Alert) -> str:
+    who = alert.meter_id or alert.transformer_id or "-"
+    style = _SEVERITY_STYLE.get(alert.severity, "")
+    return (
+        f"[{style}]{event.upper():8}[/] {alert.severity:8} {alert.type:20} {who:8} "
+        f"{alert.summary}"
+    )
+
+
+class Progress:
+    """Shows a live status table on a terminal, or a status line every few seconds otherwise."""
+
+    def __init__(self, console: Console, every_s: float = 5.0):
+        self.console = console
+        self.every_s = every_s
+        self._live: Live | None = None
+        self._last = 0.0
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self._live = Live(console=self.console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def on_alert(self, event: str, alert: Alert) -> None:
+        self.console.print(alert_line(event, alert), highlight=False)
+
+    def tick(self, service: Service) -> None:
+        if self._live is not None:
+            self._live.update(status_table(service))
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            c = service.stats.snapshot()
+            self.console.print(
+                f"{service.clock.now():%Y-%m-%d %H:%M}Z  meters online "
+                f"{service.stats.online_count()}/{len(service.registry)}  stored "
+                f"{c.get('readings_stored', 0)}  alerts open {len(service.alerts.open_alerts())}",
+                highlight=False,
+            )
+
+
+def status_table(service: Service) -> Table:
+    c = service.stats.snapshot()
+    t = Table(title=f"MeterWatch — service time {service.clock.now():%Y-%m-%d %H:%M}Z", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("meters online", f"{service.stats.online_count()} / {len(service.registry)}")
+    t.add_row("readings stored", str(c.get("readings_stored", 0)))
+    t.add_row("writer pending", str(service.writer.pending_rows))
+    t.add_row("Modbus requests / errors", f"{c.get('modbus_requests', 0)} / {c.get('modbus_errors', 0)}")
+    t.add_row("MQTT messages / dead letters", f"{c.get('mqtt_messages', 0)} / {c.get('mqtt_dead_letters', 0)}")
+    t.add_row("readings refused (queue full)", str(c.get("readings_refused", 0)))
+    t.add_row("cycles overrun", str(c.get("cycles_overrun", 0)))
+    by_type = Counter({a.type: 0 for a in service.alerts.open_alerts()})
+    for a in service.alerts.open_alerts():
+        by_type[a.type] += 1
+    t.add_row("open alerts", ", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none")
+    return t
+
+
+def print_summary(console: Console, s: RunSummary) -> None:
+    t = Table(title="Run summary", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    span = s.service_end - s.service_start
+    t.add_row("wall time", f"{s.wall_seconds:.1f} s")
+    t.add_row("service time covered", f"{span.total_seconds() / 3600:.1f} h")
+    t.add_row("meters (online at end)", f"{s.meters} ({s.meters_online})")
+    for key in (
+        "readings_stored",
+        "modbus_requests",
+        "modbus_errors",
+        "mqtt_messages",
+        "mqtt_dead_letters",
+        "readings_refused",
+        "store_errors",
+        "cycles_overrun",
+        "analytics_runs",
+    ):
+        t.add_row(key.replace("_", " "), str(s.counters.get(key, 0)))
+    t.add_row("alerts raised", ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none")
+    t.add_row("alerts still open", str(s.open_alerts))
+    console.print(t)

@@ -1,0 +1,31 @@
+"""Reading files in the canonical schema (CSV or Parquet, chosen by extension)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from meterwatch.errors import MeterWatchError
+from meterwatch.schema import normalize_readings
+
+
+def read_readings_file(path: str | Path) -> pd.DataFrame:
+    """Load a canonical readings file; errors name the file and the problem."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".parquet":
+            df = pd.read_parquet(p)
+        elif p.suffix.lower() == ".csv":
+            df = pd.read_csv(p, dtype={"meter_id": str})
+        else:
+            raise MeterWatchError(f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet")
+    except (OSError, ValueError) as exc:
+        raise MeterWatchError(f"{p}: cannot read: {exc}") from exc
+    missing = [c for c in ("meter_id", "ts") if c not in df.columns]
+    if missing:
+        raise MeterWatchError(f"{p}: missing column(s) {', '.join(missing)}")
+    try:
+        return normalize_readings(df)
+    except ValueError as exc:
+        raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc

@@ -1,0 +1,308 @@
+"""`meterwatch run`: wires collect → store → detect → alert on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from alerts.manager import AlertManager
+from alerts.model import Alert
+from analytics.base import Detector
+from analytics.rules import PhaseBreak, VoltageLoss
+from analytics.suite import default_detectors, run_detectors
+from collector.broker import EmbeddedBroker
+from collector.modbus import ModbusDevice, ModbusGatewayPoller
+from collector.mqtt import MqttCollector
+from collector.writer import ReadingWriter
+from meterwatch.clock import Clock
+from meterwatch.config import Config
+from meterwatch.registry import check_registry, load_registry
+from meterwatch.stats import Stats
+from protocols.register_map import load_map
+from simulators.fleet import Fleet
+from simulators.runner import SimulatorRunner, anomaly_specs
+from storage.embedded import EmbeddedStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the closing summary and for tests."""
+
+    wall_seconds: float
+    service_start: datetime
+    service_end: datetime
+    meters: int
+    meters_online: int
+    counters: dict[str, int]
+    alerts_by_type: dict[str, int]
+    open_alerts: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    """Builds every component from the config, runs them, and stops them in a safe order."""
+
+    def __init__(self, cfg: Config, *, on_alert: Any = None, on_tick: Any = None):
+        self.cfg = cfg
+        self.on_alert = on_alert
+        self.on_tick = on_tick
+        self.stats = Stats()
+        self.clock = Clock(start=cfg.clock.start, speed=cfg.clock.speed)
+        self.fleet: Fleet | None = None
+        self.simulator: SimulatorRunner | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: MqttCollector | None = None
+        self.pollers: list[ModbusGatewayPoller] = []
+        self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
+        self.streaming: list[Detector] = [d for d in self.detectors if isinstance(d, VoltageLoss | PhaseBreak)]
+        self._poll_tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        sim = cfg.simulator
+        if sim.enabled:
+            self.fleet = Fleet(
+                start=self.clock.now(),
+                residential=sim.residential,
+                commercial=sim.commercial,
+                industrial=sim.industrial,
+                transformers=sim.transformers,
+                seed=sim.seed,
+                mqtt_share=sim.mqtt_share if cfg.mqtt.enabled else 0.0,
+                anomalies=anomaly_specs(sim.anomalies),
+                step_s=sim.step_s,
+            )
+            self.registry = check_registry(self.fleet.registry, "simulated fleet")
+            if sim.registry_out is not None:
+                sim.registry_out.parent.mkdir(parents=True, exist_ok=True)
+                self.fleet.registry.to_csv(sim.registry_out, index=False)
+        else:
+            assert cfg.registry.path is not None
+            self.registry = load_registry(cfg.registry.path)
+        self.store = EmbeddedStore(cfg.storage.path, cfg.storage.retention_days)
+        self.alerts = AlertManager(
+            cfg.alerts.feed,
+            cfg.alerts.auto_resolve_categories,
+            listeners=[self._alert_event],
+        )
+        self.writer = ReadingWriter(self.store, self.stats, listeners=[self._stream_detect])
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, duration_s: float | None = None, stop: asyncio.Event | None = None) -> RunSummary:
+        stop = stop or asyncio.Event()
+        wall0 = time.monotonic()
+        start = self.clock.now()
+        await self._start()
+        try:
+            deadline = None if duration_s is None else wall0 + duration_s
+            while not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if self.on_tick is not None:
+                    self.on_tick(self)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._stop()
+        return RunSummary(
+            wall_seconds=time.monotonic() - wall0,
+            service_start=start,
+            service_end=self.clock.now(),
+            meters=len(self.registry),
+            meters_online=self.stats.online_count(),
+            counters=self.stats.snapshot(),
+            alerts_by_type=dict(self.alerts.counts_by_type()),
+            open_alerts=len(self.alerts.open_alerts()),
+        )
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        self.writer.start()
+        if cfg.mqtt.enabled and cfg.mqtt.broker == "embedded":
+            self.broker = EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port)
+            await self.broker.start()
+        interval = cfg.collector.modbus.interval
+        if self.fleet is not None:
+            self.simulator = SimulatorRunner(
+                self.fleet,
+                self.clock,
+                modbus_host=cfg.simulator.modbus.host,
+                modbus_port=cfg.simulator.modbus.port,
+                mqtt_host=cfg.mqtt.host if cfg.mqtt.enabled else None,
+                mqtt_port=cfg.mqtt.port,
+                topic_template=cfg.mqtt.topic,
+                interval_s=interval,
+            )
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttCollector(
+                host=cfg.mqtt.host,
+                port=cfg.mqtt.port,
+                topic_template=cfg.mqtt.topic,
+                writer=self.writer,
+                stats=self.stats,
+                client_id=cfg.mqtt.client_id,
+                qos=cfg.mqtt.qos,
+                username=os.environ.get(cfg.mqtt.username_env) if cfg.mqtt.username_env else None,
+                password=os.environ.get(cfg.mqtt.password_env) if cfg.mqtt.password_env else None,
+                dead_letter=cfg.mqtt.dead_letter,
+                max_payload_bytes=cfg.mqtt.max_payload_bytes,
+            )
+            self.mqtt.start()
+            # Subscribe before simulated meters publish, so the demo loses nothing at start.
+            await asyncio.to_thread(self.mqtt.connected.wait, 10.0)
+        if self.simulator is not None:
+            await self.simulator.start()
+        if cfg.collector.modbus.enabled:
+            self.pollers = self._build_pollers()
+
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.scheduler.add_listener(self._job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        wall_interval = self.clock.wall_seconds(interval)
+        now = datetime.now(UTC)
+        for poller in self.pollers:
+            self.scheduler.add_job(
+                self._poll,
+                "interval",
+                args=[poller, wall_interval],
+                seconds=wall_interval,
+                next_run_time=now,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                id=f"poll:{poller.name}",
+                name=f"poll {poller.name}",
+            )
+        analytics_wall = self.clock.wall_seconds(cfg.analytics.interval)
+        self.scheduler.add_job(
+            self._analyze,
+            "interval",
+            seconds=analytics_wall,
+            next_run_time=now + timedelta(seconds=analytics_wall),
+            max_instances=1,
+            coalesce=True,
+            id="analytics",
+            name="analytics",
+        )
+        self.scheduler.start()
+        log.info(
+            "running: %d meters, Modbus every %.0f s (%.2f s wall), analytics every %.0f s",
+            len(self.registry),
+            interval,
+            wall_interval,
+            cfg.analytics.interval,
+        )
+
+    async def _stop(self) -> None:
+        """Stop in an order that loses nothing that was served: sources first, store last."""
+        self._stopping = True
+        for poller in self.pollers:
+            poller.stopping = True
+        if getattr(self, "scheduler", None) is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._poll_tasks:
+            await asyncio.gather(*self._poll_tasks, return_exceptions=True)
+        if self.simulator is not None:
+            await self.simulator.stop()
+            await self._drain_mqtt()
+        await self.writer.close()
+        if self.mqtt is not None:
+            await asyncio.sleep(0.2)  # let the last acknowledgements go out
+            await asyncio.to_thread(self.mqtt.stop)
+        for poller in self.pollers:
+            await poller.close()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.store.close()
+
+    async def _drain_mqtt(self, timeout_s: float = 10.0) -> None:
+        """Wait until the collector has received every message the broker acknowledged."""
+        if self.mqtt is None or self.simulator is None or self.simulator.mqtt is None:
+            return
+        target = len(self.simulator.mqtt.acked)
+        deadline = time.monotonic() + timeout_s
+        while self.stats.snapshot().get("mqtt_messages", 0) < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- components ---------------------------------------------------------------------
+
+    def _build_pollers(self) -> list[ModbusGatewayPoller]:
+        cfg = self.cfg
+        pollers = []
+        for gw in cfg.collector.modbus.gateways:
+            devices: list[ModbusDevice] = []
+            port = gw.port
+            if gw.devices == "simulator":
+                assert self.simulator is not None
+                port = self.simulator.modbus.port
+                for dev in self.simulator.modbus.devices.values():
+                    devices.append(ModbusDevice(dev.meter_id, dev.unit, dev.regmap))
+            else:
+                for d in gw.devices:
+                    devices.append(ModbusDevice(d.meter_id, d.unit, load_map(d.model, cfg.collector.maps)))
+            pollers.append(
+                ModbusGatewayPoller(
+                    gw.name,
+                    gw.host,
+                    port,
+                    devices,
+                    clock=self.clock,
+                    writer=self.writer,
+                    stats=self.stats,
+                    timeout_s=gw.timeout_s,
+                    pause_s=gw.pause_s,
+                )
+            )
+        return pollers
+
+    async def _poll(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+        if self._stopping:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._poll_tasks.add(task)
+        try:
+            await poller.poll_cycle(wall_interval)
+            self.stats.count("poll_cycles")
+        finally:
+            self._poll_tasks.discard(task)
+
+    async def _analyze(self) -> None:
+        if self._stopping:
+            return
+        now = self.clock.now()
+        start = now - timedelta(seconds=self.cfg.analytics.window)
+        readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
+        findings = await asyncio.to_thread(run_detectors, self.detectors, readings, self.registry)
+        self.alerts.process(findings, now)
+        self.stats.count("analytics_runs")
+
+    def _stream_detect(self, frame: pd.DataFrame) -> None:
+        """Equipment rules on every stored batch: a fault is alerted within one poll."""
+        findings = run_detectors(self.streaming, frame, self.registry)
+        if not findings.empty:
+            # Only conditions still present: an ended one-reading episode is left to analytics.
+            self.alerts.process(findings[findings["ends_at"].isna()], self.clock.now())
+
+    def _alert_event(self, event: str, alert: Alert) -> None:
+        if self.on_alert is not None:
+            self.on_alert(event, alert)
+
+    def _job_event(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.stats.count("cycles_overrun")
+            log.debug("job %s still running at its next start: cycle overran its interval", event.job_id)
+        elif event.exception is not None:
+            self.stats.count("job_errors")
+            log.error("job %s failed: %r", event.job_id, event.exception)
