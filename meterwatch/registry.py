@@ -53,7 +53,11 @@ def check_registry(df: pd.DataFrame, source: str = "registry") -> pd.DataFrame:
     bad(~out["role"].isin(ROLES), "role", " or ".join(ROLES))
     cls = out["customer_class"].fillna("").astype(str)
     out["customer_class"] = cls
-    bad((out["role"] == "customer") & ~cls.isin(CUSTOMER_CLASSES), "customer_class", "one of " + ", ".join(CUSTOMER_CLASSES))
+    bad(
+        (out["role"] == "customer") & ~cls.isin(CUSTOMER_CLASSES),
+        "customer_class",
+        "one of " + ", ".join(CUSTOMER_CLASSES),
+    )
     phases = pd.to_numeric(out["phases"], errors="coerce")
     bad(~phases.isin([1, 3]), "phases", "1 or 3")
     out["phases"] = phases.fillna(0).astype(int)
