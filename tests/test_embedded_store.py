@@ -1,0 +1,63 @@
+"""Embedded DuckDB store: round trip by meter and time range, duplicates harmless, durable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from meterwatch.schema import READING_COLUMNS
+from storage.embedded import EmbeddedStore
+
+
+def _frame(n_meters: int = 3, n: int = 10) -> pd.DataFrame:
+    ts = pd.date_range("2026-01-05", periods=n, freq="15min", tz="UTC")
+    rows = []
+    for m in range(n_meters):
+        for i, t in enumerate(ts):
+            rows.append({"meter_id": f"M{m}", "ts": t, "energy_import_kwh": 100.0 + m + i * 0.25,
+                         "voltage_l1_v": 230.1 + i, "power_kw": -1.5 if i % 2 else 2.25})
+    return pd.DataFrame(rows)
+
+
+def test_round_trip_and_ranges(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "s.duckdb")
+    df = _frame()
+    assert store.write_readings(df) == 30
+    out = store.read_readings()
+    assert list(out.columns) == list(READING_COLUMNS)
+    assert len(out) == 30
+    assert out["ts"].dtype == "datetime64[ns, UTC]"
+    np.testing.assert_array_equal(out.loc[out.meter_id == "M1", "energy_import_kwh"], 101.0 + np.arange(10) * 0.25)
+    assert out["voltage_l2_v"].isna().all()
+    one = store.read_readings(["M2"], start=pd.Timestamp("2026-01-05T01:00Z"), end=pd.Timestamp("2026-01-05T02:00Z"))
+    assert list(one["ts"].dt.strftime("%H:%M")) == ["01:00", "01:15", "01:30", "01:45"]
+    assert set(one["meter_id"]) == {"M2"}
+
+
+def test_duplicate_write_is_harmless(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "s.duckdb")
+    df = _frame()
+    store.write_readings(df)
+    store.write_readings(df.iloc[:5])
+    assert store.count_rows() == (35, 30)
+    assert len(store.read_readings()) == 30
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    store = EmbeddedStore(path)
+    store.write_readings(_frame())
+    store.close()
+    again = EmbeddedStore(path)
+    assert len(again.read_readings()) == 30
+
+
+def test_retention(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "s.duckdb", retention_days=1)
+    store.write_readings(_frame(n=200))
+    deleted = store.apply_retention(pd.Timestamp("2026-01-07T00:00Z"))
+    left = store.read_readings()
+    assert deleted == len(_frame(n=200)) - len(left)
+    assert left["ts"].min() >= pd.Timestamp("2026-01-06T00:00Z")
