@@ -1,0 +1,401 @@
+"""Tests of the simulated meter fleet: registry, physics, registers, anomalies, determinism."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from meterwatch.registry import REGISTRY_COLUMNS, check_registry
+from meterwatch.schema import READING_COLUMNS
+from simulators.fleet import AnomalySpec, Fleet, generate
+
+START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
+UN = 220.0
+
+
+def _pivot(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """ts × meter_id table of one column."""
+    return df.pivot(index="ts", columns="meter_id", values=column)
+
+
+@pytest.fixture(scope="module")
+def day() -> tuple[Fleet, pd.DataFrame]:
+    """The default fleet over one weekday, a snapshot every 5 minutes."""
+    fleet = Fleet(start=START)
+    return fleet, generate(fleet, START + timedelta(days=1), interval_s=300.0)
+
+
+@pytest.fixture(scope="module")
+def week() -> tuple[Fleet, pd.DataFrame]:
+    """The default fleet over one week (coarser steps), a snapshot every 15 minutes."""
+    fleet = Fleet(start=START, step_s=300.0)
+    return fleet, generate(fleet, START + timedelta(days=7), interval_s=900.0)
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_passes_contract_check_and_has_the_class_mix() -> None:
+    fleet = Fleet(start=START)
+    reg = fleet.registry
+    checked = check_registry(reg)
+    assert tuple(reg.columns[: len(REGISTRY_COLUMNS)]) == REGISTRY_COLUMNS
+    assert {"model", "transport", "unit_id"} <= set(checked.columns)
+
+    customers = reg[reg.role == "customer"]
+    assert customers.customer_class.value_counts().to_dict() == {
+        "residential": 30,
+        "commercial": 10,
+        "industrial": 6,
+    }
+    transformers = reg[reg.role == "transformer"]
+    assert list(transformers.meter_id) == ["T01", "T02"]
+    assert list(transformers.transformer_id) == ["TA01", "TA02"]
+    assert (transformers.customer_class == "").all()
+    assert (transformers.phases == 3).all() and (transformers.transport == "modbus").all()
+    assert (transformers.ct_ratio > 1).all()
+    # Every area has every class.
+    per_area = customers.groupby("transformer_id").customer_class.nunique()
+    assert per_area.to_dict() == {"TA01": 3, "TA02": 3}
+    assert set(customers.transformer_id) == set(transformers.transformer_id)
+    # Ids are readable and follow the class.
+    assert customers.meter_id.str.fullmatch(r"[RCI]\d{4}").all()
+    assert (customers.meter_id.str[0] == customers.customer_class.str[0].str.upper()).all()
+
+
+def test_registry_electrical_properties_per_class() -> None:
+    reg = Fleet(start=START).registry
+    res = reg[reg.customer_class == "residential"]
+    com = reg[reg.customer_class == "commercial"]
+    ind = reg[reg.customer_class == "industrial"]
+    assert (res.phases == 1).all() and (res.model == "eastron-sdm120").all()
+    assert (res.ct_ratio == 1).all() and (res.rated_current_a == 5).all()
+    assert (res.max_current_a == 60).all()
+    assert (com.phases == 3).all() and (com.model == "eastron-sdm630").all()
+    assert (com.ct_ratio == 1).all() and (com.max_current_a == 100).all()
+    assert (ind.phases == 3).all() and (ind.model == "eastron-sdm630").all()
+    assert ind.ct_ratio.isin([100, 200]).all() and (ind.max_current_a == 6).all()
+    assert (reg.nominal_voltage_v == UN).all()
+    # Nothing is overdue for calibration at the start.
+    due = pd.to_datetime(reg.last_calibration) + pd.to_timedelta(
+        reg.calibration_interval_days, unit="D"
+    )
+    assert (due > pd.Timestamp(START.date())).all()
+
+
+def test_registry_transport_and_unit_ids() -> None:
+    reg = Fleet(start=START, mqtt_share=0.2).registry
+    mqtt = reg[reg.transport == "mqtt"]
+    modbus = reg[reg.transport == "modbus"]
+    assert len(mqtt) == round(0.2 * 46)
+    assert (mqtt.role == "customer").all() and (mqtt.unit_id == 0).all()
+    assert modbus.unit_id.is_unique and modbus.unit_id.between(1, 247).all()
+    assert set(reg.transport) == {"modbus", "mqtt"}
+    assert (Fleet(start=START, mqtt_share=0.0).registry.transport == "modbus").all()
+
+
+def test_more_than_247_modbus_meters_spread_over_gateways() -> None:
+    reg = Fleet(start=START, residential=300, transformers=3, mqtt_share=0.0).registry
+    assert reg.unit_id.between(1, 247).all()
+    assert not reg.duplicated(["gateway", "unit_id"]).any()
+    assert set(reg.gateway) == {0, 1}
+
+
+# ---------------------------------------------------------------------------- physics
+
+
+@pytest.mark.parametrize("which", ["normal", "anomalies"])
+def test_power_is_sum_of_phase_v_i_pf(which: str, day, anomaly_run) -> None:
+    df = day[1] if which == "normal" else anomaly_run["faulty"][1]
+    v = df[["voltage_l1_v", "voltage_l2_v", "voltage_l3_v"]].to_numpy()
+    i = df[["current_l1_a", "current_l2_a", "current_l3_a"]].to_numpy()
+    pf = df.power_factor.to_numpy()
+    p = np.nansum(v * i, axis=1) * pf / 1000.0
+    q = np.nansum(v * i, axis=1) * np.sin(np.arccos(pf)) / 1000.0
+    np.testing.assert_allclose(df.power_kw, p, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(df.reactive_power_kvar, q, rtol=1e-6, atol=1e-9)
+
+
+def test_snapshot_is_canonical(day) -> None:
+    fleet, _ = day
+    snap = fleet.snapshot()
+    assert tuple(snap.columns) == READING_COLUMNS
+    assert list(snap.meter_id) == list(fleet.registry.meter_id)
+    assert (snap.ts == pd.Timestamp(fleet.now)).all()
+    single = snap.meter_id.str.startswith("R").to_numpy()
+    assert snap.loc[single, ["voltage_l2_v", "current_l3_a"]].isna().all().all()
+    assert snap.loc[~single, ["voltage_l3_v", "current_l3_a"]].notna().all().all()
+
+
+def test_registers_integrate_power_and_never_decrease(day) -> None:
+    _, df = day
+    energy = _pivot(df, "energy_import_kwh")
+    power = _pivot(df, "power_kw")
+    assert (energy.diff().iloc[1:] >= 0).all().all()
+    assert (_pivot(df, "energy_export_kwh").diff().iloc[1:] == 0).all().all()
+    hours = 300.0 / 3600.0
+    integral = ((power.iloc[1:].to_numpy() + power.iloc[:-1].to_numpy()) / 2 * hours).sum(axis=0)
+    delta = (energy.iloc[-1] - energy.iloc[0]).to_numpy()
+    np.testing.assert_allclose(delta, integral, rtol=0.01)
+    assert (energy.iloc[0] >= 1000).all() and (energy.iloc[0] <= 50000).all()
+
+
+def test_transformer_energy_is_customers_plus_technical_loss(day) -> None:
+    fleet, df = day
+    reg = fleet.registry.set_index("meter_id")
+    energy = _pivot(df, "energy_import_kwh")
+    billed = (energy.iloc[-1] - energy.iloc[0]) * reg.ct_ratio  # primary [kWh]
+    for area, rows in reg.groupby("transformer_id"):
+        supplied = billed[rows.index[rows.role == "transformer"]].sum()
+        consumed = billed[rows.index[rows.role == "customer"]].sum()
+        assert 1.02 <= supplied / consumed <= 1.05, area
+
+
+def test_values_stay_in_realistic_ranges(day) -> None:
+    fleet, df = day
+    reg = fleet.registry.set_index("meter_id")
+    volts = df[["voltage_l1_v", "voltage_l2_v", "voltage_l3_v"]].stack().dropna()
+    assert volts.between(0.95 * UN, 1.05 * UN).all()
+    assert df.frequency_hz.between(49.8, 50.2).all()
+    assert df.frequency_hz.std() > 0.001  # it does vary
+    customer = df.meter_id.map(reg.role) == "customer"
+    assert df.loc[customer, "power_factor"].between(0.9, 0.99).all()
+    imax = df.meter_id.map(reg.max_current_a)
+    for col in ("current_l1_a", "current_l2_a", "current_l3_a"):
+        assert (df[col].dropna() <= imax[df[col].notna()]).all()
+    assert (df.power_kw > 0).all()
+
+
+def test_daily_load_shapes(day) -> None:
+    fleet, df = day
+    cls = df.meter_id.map(fleet.registry.set_index("meter_id").customer_class)
+    hour = df.ts.dt.hour
+
+    def mean(which: str, lo: int, hi: int) -> float:
+        return float(df.power_kw[(cls == which) & hour.between(lo, hi - 1)].mean())
+
+    assert mean("residential", 18, 22) > 2.0 * mean("residential", 1, 5)
+    assert mean("residential", 6, 9) > 1.5 * mean("residential", 1, 5)
+    assert mean("commercial", 10, 16) > 3.0 * mean("commercial", 0, 5)
+    # Industrial: shifts, but a large base load around the clock.
+    assert mean("industrial", 7, 13) > mean("industrial", 23, 24)
+    assert mean("industrial", 23, 24) > 0.4 * mean("industrial", 7, 13)
+
+
+def test_weekly_load_shapes(week) -> None:
+    fleet, df = week
+    cls = df.meter_id.map(fleet.registry.set_index("meter_id").customer_class)
+    weekend = df.ts.dt.day_of_week >= 5
+    midday = df.ts.dt.hour.between(10, 15)
+
+    def mean(which: str, mask: pd.Series) -> float:
+        return float(df.power_kw[(cls == which) & mask].mean())
+
+    assert mean("residential", weekend) > 1.05 * mean("residential", ~weekend)
+    assert mean("commercial", weekend & midday) < 0.5 * mean("commercial", ~weekend & midday)
+    assert mean("industrial", weekend) < mean("industrial", ~weekend)
+
+
+# ---------------------------------------------------------------------------- time
+
+
+def test_same_seed_same_fleet_other_seed_other_fleet() -> None:
+    end = START + timedelta(hours=6)
+    specs = [AnomalySpec("consumption_spike", None, 3600.0), AnomalySpec("phase_break", None, 0)]
+    a, b = Fleet(start=START, anomalies=specs), Fleet(start=START, anomalies=specs)
+    pd.testing.assert_frame_equal(a.registry, b.registry)
+    pd.testing.assert_frame_equal(a.labels(), b.labels())
+    pd.testing.assert_frame_equal(generate(a, end), generate(b, end))
+    c = Fleet(start=START, seed=7, anomalies=specs)
+    assert not c.registry.equals(a.registry)
+    assert not np.allclose(c.snapshot().power_kw, a.snapshot().power_kw)
+
+
+def test_chunked_advance_gives_the_same_values() -> None:
+    end = START + timedelta(hours=3)
+    whole, chunked = Fleet(start=START), Fleet(start=START)
+    initial = whole.snapshot().energy_import_kwh
+    whole.advance(end)
+    t = START
+    for dt in np.random.default_rng(1).uniform(1.0, 200.0, 10_000):
+        t = min(t + timedelta(seconds=float(dt)), end)
+        chunked.advance(t)
+        if t == end:
+            break
+    a, b = whole.snapshot(), chunked.snapshot()
+    pd.testing.assert_frame_equal(
+        a.drop(columns=["energy_import_kwh"]), b.drop(columns=["energy_import_kwh"])
+    )
+    np.testing.assert_allclose(
+        b.energy_import_kwh - initial, a.energy_import_kwh - initial, rtol=1e-3
+    )
+
+
+def test_advance_to_the_past_is_a_no_op_and_naive_times_are_utc() -> None:
+    fleet = Fleet(start=START.replace(tzinfo=None))
+    assert fleet.now == START
+    fleet.advance(START + timedelta(minutes=30))
+    before = fleet.snapshot()
+    fleet.advance(START + timedelta(minutes=10))
+    fleet.advance(START + timedelta(minutes=30))
+    assert fleet.now == START + timedelta(minutes=30)
+    pd.testing.assert_frame_equal(before, fleet.snapshot())
+    fleet.advance((START + timedelta(minutes=45)).replace(tzinfo=None))
+    assert fleet.now == START + timedelta(minutes=45)
+
+
+def test_generate_aligns_snapshots_to_the_interval_grid() -> None:
+    fleet = Fleet(start=START)
+    fleet.advance(START + timedelta(seconds=100))
+    end = START + timedelta(hours=2, seconds=10)
+    df = generate(fleet, end, interval_s=900.0)
+    assert fleet.now == end
+    expected = pd.date_range(START + timedelta(minutes=15), START + timedelta(hours=2), freq="900s")
+    assert list(df.ts.unique()) == list(expected)
+    assert (df.groupby("ts").meter_id.apply(list) == [list(fleet.registry.meter_id)] * 8).all()
+    # On the grid: the current instant is included once, or not at all.
+    aligned = Fleet(start=START)
+    assert generate(aligned, START + timedelta(minutes=30)).ts.nunique() == 3
+    assert generate(aligned, START + timedelta(hours=1), include_start=False).ts.nunique() == 2
+
+
+# ---------------------------------------------------------------------------- anomalies
+
+ANOMALIES = [
+    AnomalySpec("phase_break", "C0003", at_s=3600.0, duration_s=3600.0),
+    AnomalySpec("voltage_loss", "I0002", at_s=7200.0, duration_s=1800.0, magnitude=0.6),
+    AnomalySpec("register_decrease", "R0005", at_s=10800.0),
+    AnomalySpec("consumption_spike", "R0012", at_s=14400.0, duration_s=3600.0),
+]
+
+
+@pytest.fixture(scope="module")
+def anomaly_run() -> dict[str, tuple[Fleet, pd.DataFrame]]:
+    """The same fleet with and without the anomalies, 6 hours at 5-minute snapshots."""
+    out = {}
+    for name, specs in (("clean", []), ("faulty", ANOMALIES)):
+        fleet = Fleet(start=START, anomalies=specs)
+        out[name] = (fleet, generate(fleet, START + timedelta(hours=6), interval_s=300.0))
+    return out
+
+
+def _meter(df: pd.DataFrame, meter_id: str) -> pd.DataFrame:
+    rows = df[df.meter_id == meter_id].set_index("ts")
+    rows.index = (rows.index - pd.Timestamp(START)).total_seconds()
+    return rows
+
+
+def test_labels_describe_the_configured_anomalies(anomaly_run) -> None:
+    fleet, _ = anomaly_run["faulty"]
+    labels = fleet.labels()
+    assert list(labels.columns) == ["type", "meter_id", "transformer_id", "starts_at", "ends_at"]
+    assert list(labels.type) == [a.type for a in ANOMALIES]
+    assert list(labels.meter_id) == [a.meter_id for a in ANOMALIES]
+    area = fleet.registry.set_index("meter_id").transformer_id
+    assert list(labels.transformer_id) == list(area[labels.meter_id])
+    starts = [pd.Timestamp(START) + pd.Timedelta(seconds=a.at_s) for a in ANOMALIES]
+    assert list(labels.starts_at) == starts
+    durations = [3600.0, 1800.0, 0.0, 3600.0]
+    assert list(labels.ends_at - labels.starts_at) == [pd.Timedelta(seconds=d) for d in durations]
+    assert str(labels.starts_at.dtype) == "datetime64[ns, UTC]"
+    assert anomaly_run["clean"][0].labels().empty
+
+
+def test_phase_break(anomaly_run) -> None:
+    faulty = _meter(anomaly_run["faulty"][1], "C0003")
+    during = faulty.loc[3600:6900]
+    assert (during.voltage_l2_v < 0.05 * UN).all() and (during.current_l2_a == 0).all()
+    assert (during.voltage_l1_v > 0.95 * UN).all() and (during.current_l1_a > 0).all()
+    outside = faulty.loc[faulty.index.difference(during.index)]
+    assert (outside.voltage_l2_v > 0.95 * UN).all() and (outside.current_l2_a > 0).all()
+
+
+def test_voltage_loss(anomaly_run) -> None:
+    clean = _meter(anomaly_run["clean"][1], "I0002")
+    faulty = _meter(anomaly_run["faulty"][1], "I0002")
+    volts = faulty[["voltage_l1_v", "voltage_l2_v", "voltage_l3_v"]]
+    during = volts.loc[7200:8700]
+    low = during < 0.7 * UN
+    assert (low.sum(axis=1) == 1).all()  # one phase, the same one throughout
+    assert low.any().sum() == 1
+    np.testing.assert_allclose(during[low].stack().dropna(), 0.6 * UN, rtol=0.01)
+    # The current keeps flowing, so the meter registers less than the customer uses.
+    phase = low.any().idxmax().replace("voltage", "current").replace("_v", "_a")
+    assert (faulty.loc[7200:8700, phase] > 0.5 * clean.loc[7200:8700, phase]).all()
+    assert (faulty.power_kw.loc[7200:8700] < clean.power_kw.loc[7200:8700]).all()
+    outside = volts.loc[volts.index.difference(during.index)]
+    assert (outside > 0.95 * UN).all().all()
+
+
+def test_voltage_loss_shows_as_extra_area_loss(anomaly_run) -> None:
+    def ratio(name: str) -> float:
+        fleet, df = anomaly_run[name]
+        reg = fleet.registry.set_index("meter_id")
+        energy = _pivot(df, "energy_import_kwh")
+        window = energy.loc[pd.Timestamp(START) + pd.Timedelta(seconds=7200) :].iloc[[0, 6]]
+        billed = (window.iloc[1] - window.iloc[0]) * reg.ct_ratio
+        area = reg.transformer_id == reg.transformer_id["I0002"]
+        supplied = billed[area & (reg.role == "transformer")].sum()
+        return float(supplied / billed[area & (reg.role == "customer")].sum())
+
+    assert ratio("faulty") > ratio("clean") + 0.005
+
+
+def test_register_decrease(anomaly_run) -> None:
+    clean = _meter(anomaly_run["clean"][1], "R0005").energy_import_kwh
+    faulty = _meter(anomaly_run["faulty"][1], "R0005").energy_import_kwh
+    np.testing.assert_allclose(faulty.loc[:10500], clean.loc[:10500], rtol=1e-12)
+    np.testing.assert_allclose(faulty.loc[10800:], clean.loc[10800:] - 50.0, rtol=1e-12)
+    assert faulty.loc[10800] < faulty.loc[10500]
+    assert (faulty.loc[10800:].diff().iloc[1:] > 0).all()  # keeps counting from the lower value
+
+
+def test_consumption_spike(anomaly_run) -> None:
+    clean = _meter(anomaly_run["clean"][1], "R0012").power_kw
+    faulty = _meter(anomaly_run["faulty"][1], "R0012").power_kw
+    np.testing.assert_allclose(faulty.loc[14400:17700], 4.0 * clean.loc[14400:17700], rtol=1e-9)
+    outside = clean.index.difference(clean.loc[14400:17700].index)
+    np.testing.assert_allclose(faulty.loc[outside], clean.loc[outside], rtol=1e-9)
+
+
+def test_unassigned_anomalies_pick_suitable_meters_deterministically() -> None:
+    specs = [AnomalySpec(t, None, at_s=600.0) for t in ("phase_break", "voltage_loss")] * 3
+    specs.append(AnomalySpec("consumption_spike", None, at_s=600.0))
+    a, b = Fleet(start=START, anomalies=specs), Fleet(start=START, anomalies=specs)
+    pd.testing.assert_frame_equal(a.labels(), b.labels())
+    phases = a.registry.set_index("meter_id").phases
+    assert (phases[a.labels().meter_id[:6]] == 3).all()
+    assert a.labels().meter_id.is_unique  # different meters while there are enough
+    assert all(spec.magnitude is not None for spec in a.anomalies)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        AnomalySpec("phase_break", "R0001", at_s=0.0),  # single-phase
+        AnomalySpec("voltage_loss", "T01", at_s=0.0),  # not a customer
+        AnomalySpec("consumption_spike", "X9999", at_s=0.0),  # unknown
+    ],
+)
+def test_anomaly_on_an_unsuitable_meter_is_refused(spec: AnomalySpec) -> None:
+    with pytest.raises(ValueError, match=spec.meter_id or ""):
+        Fleet(start=START, anomalies=[spec])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"type": "meltdown"},
+        {"type": "phase_break", "magnitude": 4},
+        {"type": "voltage_loss", "magnitude": 1.2},
+        {"type": "consumption_spike", "magnitude": -1},
+        {"type": "consumption_spike", "at_s": -5.0},
+        {"type": "consumption_spike", "duration_s": 0.0},
+    ],
+)
+def test_bad_anomaly_specs_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        AnomalySpec(**{"meter_id": None, "at_s": 0.0, **kwargs})
