@@ -55,15 +55,22 @@ class AlertManager:
 
     # -- public -------------------------------------------------------------------------
 
-    def process(self, findings: pd.DataFrame, now: datetime) -> list[tuple[str, Alert]]:
-        """Apply a findings frame (meterwatch.schema.FINDING_COLUMNS); return the changes."""
+    def process(
+        self, findings: pd.DataFrame, now: datetime, *, streaming: bool = False
+    ) -> list[tuple[str, Alert]]:
+        """Apply a findings frame (meterwatch.schema.FINDING_COLUMNS); return the changes.
+
+        ``streaming`` findings come from one batch of fresh readings: they can open an alert,
+        but for an alert already open they only mean "still there" (the batch cannot tell
+        where an episode started; the scheduled run over the window can).
+        """
         if findings.empty:
             return []
         changes: list[tuple[str, Alert]] = []
         rows = findings.sort_values("starts_at", kind="stable").to_dict("records")
         with self._lock:
             for row in rows:
-                change = self._apply(row, now)
+                change = self._apply(row, now, streaming)
                 if change is not None:
                     changes.append(change)
             self._append([a for _, a in changes])
@@ -83,7 +90,9 @@ class AlertManager:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _apply(self, row: dict[str, object], now: datetime) -> tuple[str, Alert] | None:
+    def _apply(
+        self, row: dict[str, object], now: datetime, streaming: bool = False
+    ) -> tuple[str, Alert] | None:
         atype = str(row["type"])
         meter_id = row.get("meter_id") or None
         transformer_id = row.get("transformer_id") or None
@@ -96,6 +105,8 @@ class AlertManager:
 
         if latest is not None and latest.status != "resolved":
             latest.last_seen = now
+            if streaming:
+                return None
             event = None
             seen = self._episodes.setdefault(latest.id, set())
             if episode not in seen:
@@ -107,6 +118,8 @@ class AlertManager:
             if ends is not None and latest.category in self.auto_resolve:
                 latest.status = "resolved"
                 latest.ends_at = ends
+                latest.summary = str(row["summary"])
+                latest.evidence = dict(row["evidence"])  # type: ignore[call-overload]
                 event = "resolved"
             if event:
                 latest.updated_at = now

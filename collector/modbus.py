@@ -82,7 +82,7 @@ class ModbusGatewayPoller:
     async def close(self) -> None:
         self.client.close()
 
-    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.8) -> int:
+    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.5) -> int:
         """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
         loop = asyncio.get_running_loop()
         if not self.client.connected and not await self._connect():

@@ -56,6 +56,7 @@ class MqttCollector:
         self.max_payload_bytes = max_payload_bytes
         self._dl_lock = threading.Lock()
         self.connected = threading.Event()
+        self._stopping = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -75,6 +76,7 @@ class MqttCollector:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -89,7 +91,7 @@ class MqttCollector:
         log.info("MQTT connected to %s:%d, subscribed to %s", self.host, self.port, self.filter)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("MQTT disconnected from %s:%d: %s", self.host, self.port, reason_code)
         self.connected.clear()
 

@@ -113,8 +113,9 @@ class ReadingWriter:
             if item.on_stored is not None:
                 item.on_stored()
         for listener in self.listeners:
+            # Off the event loop: listeners run analytics, which must not delay polls or acks.
             try:
-                listener(frame)
+                await asyncio.to_thread(listener, frame)
             except Exception:
                 log.exception("listener on stored readings failed")
 

@@ -27,8 +27,10 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
     )
-    for noisy in ("pymodbus", "amqtt", "transitions", "apscheduler", "asyncio"):
+    for noisy in ("pymodbus", "amqtt", "transitions", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Skipped runs are counted and reported once by the service (cycles_overrun).
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 

@@ -104,15 +104,22 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
     Missing quantity columns are added as NaN; extra columns are dropped. ``ts`` is parsed as
     UTC (naive timestamps are taken to be UTC already).
     """
-    out = pd.DataFrame(index=df.index)
-    out["meter_id"] = df["meter_id"].astype(str) if "meter_id" in df else pd.Series(dtype=str)
-    out["ts"] = to_utc(df["ts"]) if "ts" in df else pd.Series(dtype=TS_DTYPE)
+    n = len(df)
+    cols: dict[str, object] = {}
+    cols["meter_id"] = (
+        df["meter_id"].astype(str).to_numpy() if "meter_id" in df else np.array([], dtype=str)
+    )
+    cols["ts"] = to_utc(df["ts"]).to_numpy() if "ts" in df else pd.Series(dtype=TS_DTYPE)
     for col in READING_FIELDS:
-        if col in df:
-            out[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        if col not in df:
+            cols[col] = np.full(n, np.nan)
+        elif df[col].dtype == np.float64:
+            cols[col] = df[col].to_numpy()
         else:
-            out[col] = np.nan
-    return out.reset_index(drop=True)
+            cols[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    out = pd.DataFrame(cols)
+    out["ts"] = out["ts"].astype(TS_DTYPE) if n else pd.Series(dtype=TS_DTYPE)
+    return out
 
 
 def readings_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -66,7 +66,7 @@ class Service:
         self.pollers: list[ModbusGatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
         self.streaming: list[Detector] = [d for d in self.detectors if isinstance(d, VoltageLoss | PhaseBreak)]
-        self._poll_tasks: set[asyncio.Task[Any]] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()
         self._stopping = False
         sim = cfg.simulator
         if sim.enabled:
@@ -209,10 +209,12 @@ class Service:
         self._stopping = True
         for poller in self.pollers:
             poller.stopping = True
+        # Let running jobs finish (APScheduler's shutdown would cancel them mid-request: a read
+        # served by the meter but never stored, or an analytics run half applied).
+        if self._jobs:
+            await asyncio.gather(*list(self._jobs), return_exceptions=True)
         if getattr(self, "scheduler", None) is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self._poll_tasks:
-            await asyncio.gather(*self._poll_tasks, return_exceptions=True)
         if self.simulator is not None:
             await self.simulator.stop()
             await self._drain_mqtt()
@@ -266,21 +268,31 @@ class Service:
             )
         return pollers
 
-    async def _poll(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+    async def _tracked(self, job: Any) -> None:
+        """Run a job coroutine unless stopping, registered so that _stop can wait for it."""
         if self._stopping:
+            job.close()
             return
         task = asyncio.current_task()
         assert task is not None
-        self._poll_tasks.add(task)
+        self._jobs.add(task)
         try:
-            await poller.poll_cycle(wall_interval)
-            self.stats.count("poll_cycles")
+            await job
         finally:
-            self._poll_tasks.discard(task)
+            self._jobs.discard(task)
+
+    async def _poll(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+        await self._tracked(self._poll_once(poller, wall_interval))
+
+    async def _poll_once(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+        await poller.poll_cycle(wall_interval)
+        self.stats.count("poll_cycles")
 
     async def _analyze(self) -> None:
-        if self._stopping:
-            return
+        await self._tracked(self.analyze_once())
+
+    async def analyze_once(self) -> None:
+        """Run every detector over the recent window and apply the findings to the alerts."""
         now = self.clock.now()
         start = now - timedelta(seconds=self.cfg.analytics.window)
         readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
@@ -293,7 +305,7 @@ class Service:
         findings = run_detectors(self.streaming, frame, self.registry)
         if not findings.empty:
             # Only conditions still present: an ended one-reading episode is left to analytics.
-            self.alerts.process(findings[findings["ends_at"].isna()], self.clock.now())
+            self.alerts.process(findings[findings["ends_at"].isna()], self.clock.now(), streaming=True)
 
     def _alert_event(self, event: str, alert: Alert) -> None:
         if self.on_alert is not None:
@@ -301,8 +313,12 @@ class Service:
 
     def _job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MAX_INSTANCES:
+            if not self.stats.snapshot().get("cycles_overrun"):
+                log.warning(
+                    "%s: a cycle did not fit its interval; later overruns are counted in the summary",
+                    event.job_id,
+                )
             self.stats.count("cycles_overrun")
-            log.debug("job %s still running at its next start: cycle overran its interval", event.job_id)
         elif event.exception is not None:
             self.stats.count("job_errors")
             log.error("job %s failed: %r", event.job_id, event.exception)

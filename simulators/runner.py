@@ -33,7 +33,7 @@ class SimulatorRunner:
         mqtt_port: int = 1883,
         topic_template: str = "meters/{meter_id}/reading",
         interval_s: float = 900.0,
-        tick_wall_s: float = 0.05,
+        tick_wall_s: float = 0.1,
     ):
         self.fleet = fleet
         self.clock = clock

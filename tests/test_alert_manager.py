@@ -89,3 +89,16 @@ def test_unknown_type_refused(tmp_path: Path) -> None:
     am = AlertManager(tmp_path / "a.jsonl")
     with pytest.raises(ValueError, match="unknown alert type"):
         am.process(findings({"type": "bogus", "starts_at": "2026-01-05T04:00Z"}), NOW)
+
+
+def test_streaming_findings_only_confirm_an_open_alert(tmp_path: Path) -> None:
+    am = AlertManager(tmp_path / "a.jsonl")
+    first = findings({"type": "phase_break", "starts_at": "2026-01-05T04:00Z"})
+    assert [e for e, _ in am.process(first, NOW, streaming=True)] == ["opened"]
+    for minute in ("15", "30", "45"):
+        later = findings({"type": "phase_break", "starts_at": f"2026-01-05T04:{minute}Z"})
+        assert am.process(later, NOW, streaming=True) == []
+    (alert,) = am.open_alerts()
+    assert alert.count == 1
+    # The scheduled run sees the whole episode, from its true start: still the same alert.
+    assert am.process(first, NOW) == []
