@@ -1,0 +1,618 @@
+"""InfluxDB reading store (1.x API, and 2.x through its write and 1.x-compatibility query APIs).
+
+Writes go as line protocol (:mod:`storage.line_protocol`) in batches of ``batch_size`` lines, with
+``precision=s``:
+
+* ``flavor="v1"``: ``POST {url}/write?db=&rp=&precision=s``, HTTP basic auth when ``username`` is
+  set (credentials in a header rather than the ``u``/``p`` query parameters, so they never end up
+  in access logs);
+* ``flavor="v2"``: ``POST {url}/api/v2/write?org=&bucket=&precision=s`` with
+  ``Authorization: Token <token>``.
+
+Both flavors use a raw ``urllib3`` request, not influxdb-client's ``WriteApi``. The write policy
+below (Retry-After, a retry budget, splitting on 413, dead-lettering the points a 400 names) has
+to see every response's status, headers and body, and has to behave the same for both flavors;
+the client's synchronous ``WriteApi`` would only add its own serialisation (we already produce
+line protocol) and its own retry/exception layer (``ApiException``) between us and the response.
+``urllib3`` is installed as influxdb-client's dependency; ``retries=False`` on the pool so the
+only retries are ours.
+
+Reads use InfluxQL on ``/query`` for both flavors (``epoch=s``, chunked JSON); v2 authenticates
+with ``Authorization: Token <token>`` and uses ``db=<bucket>``, as InfluxDB 2.x's
+1.x-compatibility API expects (the bucket needs a DBRP mapping there).
+
+Write policy, per batch:
+
+* 204: written; ``write_readings`` returns only once every batch got one, so the caller may then
+  acknowledge the data upstream. When a later batch fails, the earlier ones stay written; the
+  caller resends everything, which is harmless (same series and timestamp overwrite).
+* 429, 5xx, connection refused, timeouts: retried with exponential backoff and full jitter
+  (``uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt))``), or exactly ``Retry-After``
+  seconds when the server sends it, up to ``max_retries`` retries and ``retry_budget_s`` seconds
+  for the batch; then :class:`InfluxError` (a :class:`~meterwatch.errors.StorageError`), and the
+  caller (the spool) keeps the data.
+* 400/422: the server rejected points. InfluxDB 1.x writes the good points of a partially bad
+  batch and answers ``{"error": "partial write: unable to parse '<line>': <reason>\\n... dropped=N"}``
+  (one ``unable to parse`` per unparsable line; ``dropped=N`` counts valid points it refused,
+  e.g. beyond the retention policy or a field type conflict). Named lines go to the dead-letter
+  file with their reason; when the server only gives a count, every unnamed line of the batch goes
+  there flagged ``"identified": false`` (replaying the good ones is harmless: same series and
+  timestamp overwrite). A 400 without ``partial write`` rejected the whole batch.
+* 413: the batch is split in half and each half sent again (a single line that is still too
+  large is dead-lettered).
+* 401/403, 404 / ``database not found``, ``retention policy not found``: :class:`InfluxError`
+  naming the setting to fix; never retried.
+
+Counters: ``lines_written``, ``lines_dead_lettered`` (points the server refused),
+``rows_skipped`` (every quantity NaN), ``rows_invalid`` (no meter_id or ts), ``retries`` and
+``errors`` (by reason). An outage is logged once when it starts and once when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import pandas as pd
+import urllib3
+
+from meterwatch.errors import ConfigError, StorageError
+from meterwatch.schema import empty_readings, normalize_readings
+from storage.line_protocol import MEASUREMENT, encode_readings
+
+log = logging.getLogger(__name__)
+
+Flavor = Literal["v1", "v2"]
+
+#: Meter ids per InfluxQL query (keeps the query text a few kB).
+READ_CHUNK_METERS = 200
+#: Rows per chunk of a chunked /query response.
+QUERY_CHUNK_ROWS = 10_000
+
+_RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
+_PARSE_PREFIX = "unable to parse '"
+_DROPPED = re.compile(r"\bdropped=(\d+)")
+
+
+class InfluxError(StorageError):
+    """InfluxDB refused or failed a request.
+
+    ``status`` is the last HTTP status (None for a connection failure), ``reason`` the short cause
+    (``http_503``, ``connection``, ``auth``, ``not_found`` ...), ``setting`` the configuration
+    field to fix when the cause is configuration.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str = "",
+        setting: str | None = None,
+    ):
+        self.status = status
+        self.reason = reason
+        self.setting = setting
+        super().__init__(message)
+
+
+class InfluxStore:
+    """Readings in InfluxDB; implements :class:`storage.base.ReadingStore`.
+
+    ``tags`` is the meter registry frame (contracts §2): ``transformer_id``, ``customer_class``
+    and ``phases`` become tags next to ``meter_id``. See docs/storage-schema.md for the schema.
+    """
+
+    def __init__(
+        self,
+        *,
+        flavor: Flavor,
+        url: str,
+        database: str | None = None,
+        retention_policy: str | None = None,
+        org: str | None = None,
+        bucket: str | None = None,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        measurement: str = MEASUREMENT,
+        tags: pd.DataFrame | None = None,
+        batch_size: int = 5000,
+        timeout_s: float = 10.0,
+        max_retries: int = 5,
+        retry_budget_s: float = 60.0,
+        dead_letter_path: str | Path | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+    ):
+        problems: list[tuple[str, str]] = []
+        if flavor not in ("v1", "v2"):
+            problems.append(("storage.influx.flavor", f"{flavor!r}: expected 'v1' or 'v2'"))
+        if flavor == "v1" and not database:
+            problems.append(("storage.influx.database", "required when flavor is v1"))
+        if flavor == "v2":
+            for name, value in (("org", org), ("bucket", bucket)):
+                if not value:
+                    problems.append((f"storage.influx.{name}", "required when flavor is v2"))
+            if not token:
+                problems.append(
+                    ("storage.influx.token", "required when flavor is v2 (env MW_INFLUX_TOKEN)")
+                )
+        if batch_size < 1:
+            problems.append(("storage.influx.batch_size", f"{batch_size}: expected >= 1"))
+        if problems:
+            raise ConfigError("storage.influx", problems)
+
+        self.flavor: Flavor = flavor
+        self.url = url.rstrip("/")
+        self.database = database
+        self.retention_policy = retention_policy
+        self.org = org
+        self.bucket = bucket
+        self.measurement = measurement
+        self.tags = tags
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.retry_budget_s = retry_budget_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.dead_letter_path = Path(dead_letter_path) if dead_letter_path is not None else None
+
+        self.lines_written = 0
+        self.lines_dead_lettered = 0
+        self.rows_skipped = 0
+        self.rows_invalid = 0
+        self.retries = 0
+        self.errors: Counter[str] = Counter()
+
+        headers = {"User-Agent": "meterwatch"}
+        if flavor == "v2":
+            headers["Authorization"] = f"Token {token}"
+        elif username:
+            basic = urllib3.make_headers(basic_auth=f"{username}:{password or ''}")
+            headers["Authorization"] = basic["authorization"]
+        self._headers = headers
+        self._http = urllib3.PoolManager(
+            num_pools=1,
+            maxsize=1,
+            retries=False,
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+        )
+        self._random = random.Random()
+        self._lock = threading.Lock()
+        self._outage_since: float | None = None
+
+    # ------------------------------------------------------------------ writes
+
+    def write_readings(self, df: pd.DataFrame) -> int:
+        """Write a canonical frame; return the lines the server stored (all batches answered).
+
+        Raises :class:`InfluxError` when a batch cannot be delivered (the caller keeps the data)
+        or the configuration is wrong. Points the server refuses are dead-lettered, not raised.
+        """
+        encoded = encode_readings(df, self.tags, self.measurement)
+        with self._lock:
+            self.rows_skipped += encoded.skipped_empty
+            self.rows_invalid += encoded.skipped_invalid
+            written = 0
+            lines = encoded.lines
+            for i in range(0, len(lines), self.batch_size):
+                written += self._write_batch(lines[i : i + self.batch_size])
+        return written
+
+    def _write_batch(self, lines: list[str]) -> int:
+        body = ("\n".join(lines) + "\n").encode("utf-8")
+        status, _, data = self._request(
+            "write",
+            "POST",
+            *self._write_target(),
+            body=body,
+            content_type="text/plain; charset=utf-8",
+        )
+        text = data.decode("utf-8", errors="replace")
+        if status in (200, 204):
+            self.lines_written += len(lines)
+            return len(lines)
+        if status == 413:
+            self.errors["too_large"] += 1
+            if len(lines) == 1:
+                self._dead_letter(lines, {}, status, _error_text(text), identified=True)
+                return 0
+            half = len(lines) // 2
+            log.info("InfluxDB: batch of %d lines too large, splitting", len(lines))
+            return self._write_batch(lines[:half]) + self._write_batch(lines[half:])
+        if status in (400, 422):
+            return self._handle_rejected(lines, status, _error_text(text))
+        self.errors[f"http_{status}"] += 1
+        raise InfluxError(
+            f"InfluxDB write to {self._target_name()}: unexpected HTTP {status}: {text[:500]}",
+            status=status,
+            reason=f"http_{status}",
+        )
+
+    def _handle_rejected(self, lines: list[str], status: int, error: str) -> int:
+        """400/422: dead-letter what the server refused; return how many lines it stored."""
+        named = rejected_lines(error, lines)
+        partial = "partial write" in error
+        if partial:
+            self.errors["partial_write"] += 1
+            match = _DROPPED.search(error)
+            dropped = int(match.group(1)) if match else 0
+            bad = [line for line in lines if line in named]
+            self._dead_letter(bad, named, status, error, identified=True)
+            if dropped:
+                unnamed = [line for line in lines if line not in named]
+                self._dead_letter(unnamed, {}, status, error, identified=False)
+            refused = min(len(lines), len(bad) + dropped)
+        else:
+            self.errors["rejected"] += 1
+            self._dead_letter(lines, named, status, error, identified=True)
+            refused = len(lines)
+        self.lines_dead_lettered += refused
+        stored = len(lines) - refused
+        self.lines_written += stored
+        log.warning(
+            "InfluxDB refused %d of %d lines (%s)%s",
+            refused,
+            len(lines),
+            error[:200],
+            f"; see {self.dead_letter_path}" if self.dead_letter_path else "",
+        )
+        return stored
+
+    def _dead_letter(
+        self,
+        lines: list[str],
+        reasons: Mapping[str, str],
+        status: int,
+        error: str,
+        *,
+        identified: bool,
+    ) -> None:
+        """Append one JSON record per line to the dead-letter file, fsynced before returning."""
+        if not lines:
+            return
+        if self.dead_letter_path is None:
+            log.error(
+                "InfluxDB refused %d line(s) and no dead_letter_path is set; first: %s",
+                len(lines),
+                lines[0],
+            )
+            return
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        records = [
+            json.dumps(
+                {
+                    "time": now,
+                    "target": self._target_name(),
+                    "status": status,
+                    "reason": reasons.get(line, error),
+                    "error": error,
+                    "identified": identified,
+                    "line": line,
+                },
+                ensure_ascii=False,
+            )
+            for line in lines
+        ]
+        self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.dead_letter_path, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(records) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------------- reads
+
+    def read_readings(
+        self,
+        meter_ids: Sequence[str] | None = None,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Canonical frame of readings with ``start <= ts < end``, sorted by meter_id, ts."""
+        time_clauses: list[str] = []
+        if start is not None:
+            time_clauses.append(f"time >= {_epoch_ns(start)}")
+        if end is not None:
+            time_clauses.append(f"time < {_epoch_ns(end)}")
+        if isinstance(meter_ids, str):
+            meter_ids = [meter_ids]
+        if meter_ids is None:
+            queries = [self._select(time_clauses)]
+        else:
+            ids = list(dict.fromkeys(str(m) for m in meter_ids))
+            queries = [
+                self._select(
+                    [
+                        *time_clauses,
+                        "("
+                        + " OR ".join(f'"meter_id" = {_influxql_string(m)}' for m in chunk)
+                        + ")",
+                    ]
+                )
+                for chunk in (
+                    ids[i : i + READ_CHUNK_METERS] for i in range(0, len(ids), READ_CHUNK_METERS)
+                )
+            ]
+        frames = []
+        with self._lock:
+            for q in queries:
+                frames.extend(self._query(q))
+        frames = [f for f in frames if not f.empty]
+        if not frames:
+            return empty_readings()
+        raw = pd.concat(frames, ignore_index=True)
+        raw["ts"] = pd.to_datetime(raw.pop("time"), unit="s", utc=True)
+        out = normalize_readings(raw)
+        # A meter whose registry tags changed has two series; keep one row per (meter_id, ts).
+        out = out.sort_values(["meter_id", "ts"], kind="stable")
+        return out.drop_duplicates(["meter_id", "ts"], keep="last").reset_index(drop=True)
+
+    def _select(self, clauses: list[str]) -> str:
+        source = _influxql_ident(self.measurement)
+        if self.retention_policy:
+            source = f"{_influxql_ident(self.retention_policy)}.{source}"
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return f"SELECT * FROM {source}{where}"
+
+    def _query(self, q: str) -> list[pd.DataFrame]:
+        db = self.database if self.flavor == "v1" else self.bucket
+        params: dict[str, str] = {
+            "db": db or "",
+            "epoch": "s",
+            "chunked": "true",
+            "chunk_size": str(QUERY_CHUNK_ROWS),
+        }
+        status, _, data = self._request(
+            "query",
+            "POST",
+            "/query",
+            params,
+            body=urlencode({"q": q}).encode(),
+            content_type="application/x-www-form-urlencoded",
+        )
+        text = data.decode("utf-8", errors="replace")
+        if status != 200:
+            self.errors[f"http_{status}"] += 1
+            raise InfluxError(
+                f"InfluxDB query on {self._target_name()}: HTTP {status}: {_error_text(text)}",
+                status=status,
+                reason=f"http_{status}",
+            )
+        frames: list[pd.DataFrame] = []
+        for chunk in text.splitlines():
+            if not chunk.strip():
+                continue
+            doc = json.loads(chunk)
+            if "error" in doc:
+                self._raise_query_error(status, str(doc["error"]))
+            for result in doc.get("results", []):
+                if "error" in result:
+                    self._raise_query_error(status, str(result["error"]))
+                for series in result.get("series", []):
+                    frames.append(pd.DataFrame(series["values"], columns=series["columns"]))
+        return frames
+
+    def _raise_query_error(self, status: int, error: str) -> None:
+        self._raise_for_config("query", status, error)
+        self.errors["query"] += 1
+        raise InfluxError(
+            f"InfluxDB query on {self._target_name()} failed: {error}",
+            status=status,
+            reason="query",
+        )
+
+    # -------------------------------------------------------------------- HTTP
+
+    def _write_target(self) -> tuple[str, dict[str, str]]:
+        if self.flavor == "v1":
+            params = {"db": self.database or ""}
+            if self.retention_policy:
+                params["rp"] = self.retention_policy
+            params["precision"] = "s"
+            return "/write", params
+        return "/api/v2/write", {
+            "org": self.org or "",
+            "bucket": self.bucket or "",
+            "precision": "s",
+        }
+
+    def _target_name(self) -> str:
+        if self.flavor == "v1":
+            rp = f".{self.retention_policy}" if self.retention_policy else ""
+            return f"{self.url} database {self.database}{rp}"
+        return f"{self.url} org {self.org} bucket {self.bucket}"
+
+    def _request(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        body: bytes,
+        content_type: str,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request with the retry policy; returns (status, headers, body) of a final answer.
+
+        Retries 408/429/5xx, connection failures and timeouts; raises :class:`InfluxError` when the
+        budget is spent or the answer says the configuration is wrong.
+        """
+        url = f"{self.url}{path}?{urlencode(params)}"
+        headers = {**self._headers, "Content-Type": content_type}
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            failure: str | None = None
+            status: int | None = None
+            resp_headers: Mapping[str, str] = {}
+            data = b""
+            try:
+                resp = self._http.request(method, url, body=body, headers=headers)
+                status, resp_headers, data = resp.status, resp.headers, resp.data
+            except urllib3.exceptions.NewConnectionError as exc:
+                # (a subclass of ConnectTimeoutError in urllib3, hence first)
+                failure, detail = "connection", str(exc)
+            except urllib3.exceptions.TimeoutError as exc:
+                failure, detail = "timeout", str(exc)
+            except urllib3.exceptions.HTTPError as exc:
+                failure, detail = "connection", str(exc)
+            if status is not None:
+                text = data.decode("utf-8", errors="replace")
+                if status >= 400:
+                    self._raise_for_config(op, status, _error_text(text))
+                if status not in _RETRYABLE:
+                    if self._outage_since is not None:
+                        log.info(
+                            "InfluxDB %s recovered after %.1f s",
+                            self._target_name(),
+                            time.monotonic() - self._outage_since,
+                        )
+                        self._outage_since = None
+                    return status, resp_headers, data
+                failure, detail = f"http_{status}", f"HTTP {status}: {_error_text(text)[:300]}"
+            assert failure is not None
+            self.errors[failure] += 1
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning("InfluxDB %s unavailable (%s); retrying", self._target_name(), detail)
+            retry_after = parse_retry_after(resp_headers.get("Retry-After"))
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
+                delay = self._random.uniform(0.0, ceiling)
+            elapsed = time.monotonic() - started
+            if attempt >= self.max_retries or elapsed + delay > self.retry_budget_s:
+                raise InfluxError(
+                    f"InfluxDB {op} to {self._target_name()} failed after {attempt + 1} "
+                    f"attempt(s) in {elapsed:.1f} s (max_retries={self.max_retries}, "
+                    f"retry_budget_s={self.retry_budget_s}); last: {detail}",
+                    status=status,
+                    reason=failure,
+                )
+            time.sleep(delay)
+            attempt += 1
+            self.retries += 1
+
+    def _raise_for_config(self, op: str, status: int, error: str) -> None:
+        """Raise :class:`InfluxError` naming the setting when the answer is a configuration error."""
+        lowered = error.lower()
+        setting: str | None = None
+        reason = what = ""
+        if status in (401, 403):
+            reason = "auth"
+            setting = (
+                "storage.influx.token (env MW_INFLUX_TOKEN)"
+                if self.flavor == "v2"
+                else "storage.influx.username/password"
+            )
+            what = "rejected the credentials" if status == 401 else "denied access"
+        elif "retention policy not found" in lowered:
+            reason, setting = "not_found", "storage.influx.retention_policy"
+            what = "has no such retention policy"
+        elif status == 404 or "database not found" in lowered:
+            reason = "not_found"
+            if self.flavor == "v1":
+                setting = "storage.influx.database"
+                what = "has no such database"
+            else:
+                setting = (
+                    "storage.influx.org" if "organization" in lowered else "storage.influx.bucket"
+                )
+                what = "has no such organization or bucket"
+        if setting is None:
+            return
+        self.errors[reason] += 1
+        raise InfluxError(
+            f"InfluxDB {op}: {self._target_name()} {what} (HTTP {status}: {error[:300]}); "
+            f"check {setting}",
+            status=status,
+            reason=reason,
+            setting=setting,
+        )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.clear()
+
+
+def rejected_lines(error: str, lines: Sequence[str]) -> dict[str, str]:
+    """Lines of a batch named in an InfluxDB ``unable to parse '<line>': <reason>`` error.
+
+    Returns line -> reason. Works on InfluxDB 1.x (errors joined by newlines, `` dropped=N``
+    suffix) and 2.x messages; a line containing ``': `` is still matched exactly because
+    candidates are checked against the batch.
+    """
+    known = set(lines)
+    out: dict[str, str] = {}
+    pos = error.find(_PARSE_PREFIX)
+    while pos != -1:
+        rest = error[pos + len(_PARSE_PREFIX) :]
+        nxt = rest.find(_PARSE_PREFIX)
+        for m in re.finditer(r"': ", rest):
+            candidate = rest[: m.start()]
+            if candidate in known:
+                tail = rest[m.end() : nxt if nxt != -1 else len(rest)]
+                reason = _DROPPED.sub("", tail.split("\n", 1)[0]).strip()
+                out[candidate] = reason
+                break
+        pos = error.find(_PARSE_PREFIX, pos + len(_PARSE_PREFIX))
+    return out
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_text(body: str) -> str:
+    """The error message of an InfluxDB JSON error body (1.x ``error``, 2.x ``message``)."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        return body.strip()
+    if isinstance(doc, dict):
+        for key in ("error", "message"):
+            if isinstance(doc.get(key), str):
+                return str(doc[key])
+    return body.strip()
+
+
+def _epoch_ns(t: datetime | pd.Timestamp) -> int:
+    ts = pd.Timestamp(t)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.as_unit("ns").value)
+
+
+def _influxql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _influxql_ident(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

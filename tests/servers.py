@@ -1,0 +1,193 @@
+"""Real servers for tests: start a Debian-packaged server on free loopback ports, stop it after.
+
+One context manager per server (``influxdb()`` ...), each with its own temporary directory
+(config, data, log) and ports found by binding port 0 on 127.0.0.1. A missing binary fails the
+test with the package to install (``make test`` installs them: ``make deb-test-packages``); it is
+never a silent skip. Nothing listens on anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A server started for a test."""
+
+    name: str
+    host: str
+    port: int
+    workdir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(candidates: tuple[str, ...], package: str) -> str:
+    """Path of the first existing executable, or fail the test naming the Debian package."""
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        f"{candidates[0]} not found: install the Debian package '{package}' "
+        f"(`make deb-test-packages` does, as root); this test needs the real server",
+        pytrace=False,
+    )
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """Last lines of a server log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_http(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, *, status: int, timeout_s: float
+) -> None:
+    """Poll ``url`` until it answers ``status``; fail with the log if the process dies or times out."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"server exited with code {process.returncode} before {url} answered\n"
+                f"{log_tail(log_path)}",
+                pytrace=False,
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == status:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    pytest.fail(
+        f"{url} did not answer {status} within {timeout_s} s (last: {last})\n{log_tail(log_path)}",
+        pytrace=False,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; always reaps the process."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def _workdir(prefix: str, base: Path | None) -> Iterator[Path]:
+    if base is not None:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        yield path  # under the caller's (pytest's) tmp dir: kept for inspection
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def influxdb(
+    base_dir: Path | None = None, *, start_timeout_s: float = 30.0
+) -> Iterator[RunningServer]:
+    """InfluxDB 1.x (Debian ``influxdb``, ``/usr/bin/influxd``) with auth off, in a temp dir.
+
+    The HTTP API listens on a free loopback port (``server.url``); the RPC (backup) service on
+    another; UDP/Graphite/collectd/OpenTSDB listeners, usage reporting, the ``_internal`` monitor
+    database and subscriptions are off. Ready when ``/ping`` answers 204. No database exists yet.
+    """
+    binary = require_binary(("influxd", "/usr/bin/influxd"), "influxdb")
+    with _workdir("influxd-", base_dir) as work:
+        http_port, rpc_port = free_port(), free_port()
+        while rpc_port == http_port:
+            rpc_port = free_port()
+        config = work / "influxdb.conf"
+        config.write_text(
+            f"""\
+reporting-disabled = true
+bind-address = "{LOOPBACK}:{rpc_port}"
+
+[meta]
+  dir = "{work / "meta"}"
+  retention-autocreate = true
+  logging-enabled = false
+
+[data]
+  dir = "{work / "data"}"
+  wal-dir = "{work / "wal"}"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{LOOPBACK}:{http_port}"
+  auth-enabled = false
+  log-enabled = false
+  unix-socket-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+"""
+        )
+        log_path = work / "influxd.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [binary, "run", "-config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            server = RunningServer("influxdb", LOOPBACK, http_port, work, log_path, process)
+            wait_http(
+                f"{server.url}/ping", process, log_path, status=204, timeout_s=start_timeout_s
+            )
+            yield server
+        finally:
+            stop_process(process)
