@@ -1,0 +1,310 @@
+"""Detector contract (scikit-learn style) and the vectorized helpers every detector shares.
+
+A detector is configured by keyword arguments of ``__init__`` (stored as same-named
+attributes, validated there), may learn state in ``fit`` (attributes ending in ``_``), and
+turns a canonical readings frame plus the meter registry into a findings frame
+(:data:`meterwatch.schema.FINDING_COLUMNS`) in ``detect``.
+
+Conventions shared by all detectors
+-----------------------------------
+* Readings of meters that are not in the registry are ignored; rows without a timestamp
+  are dropped; the input frames are never modified and their row order does not matter.
+* Duplicate ``(meter_id, ts)`` rows are collapsed deterministically (rows are sorted by
+  every column first, the first one is kept) so row order cannot change the result.
+* Threshold comparisons are *strict* (``<`` / ``>``): a value exactly at a threshold does
+  not trigger. Differences smaller than a relative 1e-9 of the threshold are treated as
+  equality, so that the float product ``0.78 * 220`` does not decide an edge case.
+* A missing value (NaN) never triggers a rule: every comparison with NaN is false.
+* An *episode* is a maximal run of consecutive samples of one meter where the condition
+  holds. ``starts_at`` is the first such sample, ``ends_at`` the end of the last one
+  (its ``ts`` for instantaneous readings), or NaT when the condition still holds at the
+  meter's last sample in the window.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from meterwatch.schema import (
+    FINDING_COLUMNS,
+    READING_COLUMNS,
+    READING_FIELDS,
+    TS_DTYPE,
+    empty_findings,
+    normalize_readings,
+)
+
+#: Relative tolerance under which a value is taken to *equal* its threshold [-].
+REL_TOL = 1e-9
+
+
+class Detector:
+    """Base class of every detector.
+
+    Subclasses set :attr:`alert_types` (catalogue types they may emit) and
+    :attr:`severity`, take their parameters as keyword arguments of ``__init__`` with
+    documented defaults, and implement :meth:`detect`. Detectors here flag conditions;
+    they do not rank, so findings carry no ``score``.
+    """
+
+    alert_types: ClassVar[tuple[str, ...]] = ()
+    severity: ClassVar[str] = "warning"
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+    def get_params(self) -> dict[str, Any]:
+        """Parameters as passed to ``__init__``: ``type(d)(**d.get_params())`` is a copy."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def fit(self, readings: pd.DataFrame, meters: pd.DataFrame) -> Detector:
+        """Learn state from history; the rule-based detectors learn nothing."""
+        return self
+
+    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+        """Findings (one row per episode) with exactly ``FINDING_COLUMNS``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as float if finite and > 0, else ValueError naming the parameter."""
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def check_fraction(name: str, value: float, *, upper_inclusive: bool = False) -> float:
+    """``value`` as float if in (0, 1) (or (0, 1]), else ValueError naming the parameter."""
+    v = float(value)
+    ok = 0 < v <= 1 if upper_inclusive else 0 < v < 1
+    if not (math.isfinite(v) and ok):
+        raise ValueError(f"{name} must be in (0, 1{']' if upper_inclusive else ')'}, got {value!r}")
+    return v
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` if an integer >= ``minimum``, else ValueError naming the parameter."""
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------- comparisons
+
+
+def strictly_less(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """``values < threshold`` by more than float rounding; NaN on either side gives False."""
+    thr = np.asarray(threshold, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values < thr - REL_TOL * np.abs(thr), dtype=bool)
+
+
+def strictly_greater(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """``values > threshold`` by more than float rounding; NaN on either side gives False."""
+    thr = np.asarray(threshold, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values > thr + REL_TOL * np.abs(thr), dtype=bool)
+
+
+def at_least(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """``values >= threshold`` (the complement of :func:`strictly_less`); NaN gives False."""
+    thr = np.asarray(threshold, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values >= thr - REL_TOL * np.abs(thr), dtype=bool)
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def canonical(readings: pd.DataFrame) -> pd.DataFrame:
+    """``readings`` as a canonical frame: a column selection when it already is one."""
+    cols = list(READING_COLUMNS)
+    if (
+        set(cols) <= set(readings.columns)
+        and str(readings["ts"].dtype) == TS_DTYPE
+        and all(readings[c].dtype == np.float64 for c in READING_FIELDS)
+    ):
+        return readings[cols]
+    return normalize_readings(readings)
+
+
+def prepare(
+    readings: pd.DataFrame, meters: pd.DataFrame, registry_columns: Sequence[str]
+) -> pd.DataFrame:
+    """Canonical readings of registered meters joined with ``registry_columns``.
+
+    Returns a new frame sorted by ``meter_id``, ``ts`` with a fresh RangeIndex, one row
+    per ``(meter_id, ts)``. Registry rows with a duplicate ``meter_id`` keep the first.
+    """
+    missing = [c for c in ("meter_id", *registry_columns) if c not in meters.columns]
+    if missing:
+        raise ValueError(f"meter registry lacks column(s) {', '.join(missing)}")
+    reg = meters.loc[:, ["meter_id", *registry_columns]].copy()
+    reg["meter_id"] = reg["meter_id"].astype(str)
+    reg = reg.drop_duplicates("meter_id", keep="first").reset_index(drop=True)
+
+    canon = canonical(readings)
+    canon = canon[canon["ts"].notna()]
+    meter_ids = canon["meter_id"].astype(str)
+    pos = pd.Index(reg["meter_id"]).get_indexer(meter_ids)
+    registered = pos >= 0
+    frame = canon[registered].copy()
+    frame["meter_id"] = meter_ids[registered]
+    for col in registry_columns:
+        frame[col] = reg[col].iloc[pos[registered]].to_numpy()
+
+    # Sort by meter, then time; only frames with duplicate (meter, ts) rows need the
+    # (slower) sort by every value that makes the kept duplicate independent of row order.
+    codes, _ = pd.factorize(frame["meter_id"], sort=True)
+    t = ts_ns(frame["ts"])
+    order = np.lexsort((t, codes))
+    codes, t = codes[order], t[order]
+    frame = frame.iloc[order]
+    if np.any((codes[1:] == codes[:-1]) & (t[1:] == t[:-1])):
+        frame = frame.sort_values(
+            ["meter_id", "ts", *READING_FIELDS], na_position="last", kind="mergesort"
+        )
+        frame = frame.drop_duplicates(["meter_id", "ts"], keep="first")
+    return frame.reset_index(drop=True)
+
+
+def group_codes(keys: pd.Series) -> np.ndarray:
+    """Integer code per row for a sorted key column (equal keys -> equal codes)."""
+    codes, _ = pd.factorize(keys, sort=True)
+    return np.asarray(codes)
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def episodes(mask: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of True in ``mask`` within contiguous ``groups``.
+
+    Rows must be sorted by group (then time). Returns ``(starts, ends, ongoing)``: row
+    positions of the first and last sample of each run, and whether the run reaches the
+    group's last row (the condition still holds at the end of the window).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    groups = np.asarray(groups)
+    n = mask.size
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=bool)
+    same_prev = np.r_[False, groups[1:] == groups[:-1]]
+    same_next = np.r_[groups[1:] == groups[:-1], False]
+    prev = np.r_[False, mask[:-1]] & same_prev
+    nxt = np.r_[mask[1:], False] & same_next
+    starts = np.flatnonzero(mask & ~prev)
+    ends = np.flatnonzero(mask & ~nxt)
+    return starts, ends, ~same_next[ends]
+
+
+def episode_ids(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Episode number per row (0..n_episodes-1), -1 where ``mask`` is False."""
+    is_start = np.zeros(np.asarray(mask).size, dtype=np.int64)
+    is_start[starts] = 1
+    return np.where(mask, np.cumsum(is_start) - 1, -1)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def iso(ts: Any) -> str | None:
+    """ISO 8601 UTC text with ``Z`` (seconds precision), None for NaT/None."""
+    if ts is None or pd.isna(ts):
+        return None
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def short_ts(ts: Any) -> str:
+    """Compact UTC time for summaries, e.g. ``2026-01-05 06:00Z``."""
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.strftime("%Y-%m-%d %H:%MZ")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-serializable plain Python (NaN/NaT -> None, times -> ISO text)."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [plain(v) for v in value]
+    if isinstance(value, pd.Timestamp | np.datetime64 | datetime):
+        return iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if value is pd.NaT or value is pd.NA:
+        return None
+    return str(value)
+
+
+def meter_windows(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per meter id: ``from``/``to`` (first and last ``ts``) and ``readings`` in the window."""
+    w = frame.groupby("meter_id", sort=True)["ts"].agg(["min", "max", "size"])
+    return {
+        m: {"from": lo, "to": hi, "readings": int(n)}
+        for m, lo, hi, n in zip(w.index, w["min"], w["max"], w["size"], strict=True)
+    }
+
+
+def utc(ns: int | np.integer) -> pd.Timestamp:
+    """UTC timestamp from integer nanoseconds since the epoch."""
+    return pd.Timestamp(int(ns), tz="UTC")
+
+
+def ts_ns(ts: pd.Series) -> np.ndarray:
+    """UTC timestamps (tz-aware Series) as int64 nanoseconds since the epoch."""
+    naive = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return naive.to_numpy().astype("datetime64[ns]").view(np.int64)
+
+
+def findings_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Findings frame from row dicts (keys ``FINDING_COLUMNS``), with canonical dtypes.
+
+    Rows are ordered by ``meter_id``, ``starts_at``, ``type`` so output does not depend on
+    input order.
+    """
+    if not rows:
+        return empty_findings()
+    data: dict[str, pd.Series] = {}
+    for col in FINDING_COLUMNS:
+        values = [r.get(col) for r in rows]
+        if col in ("starts_at", "ends_at"):
+            data[col] = pd.Series(pd.to_datetime(values, utc=True)).astype(TS_DTYPE)
+        else:
+            data[col] = pd.Series(values, dtype=object)
+    out = pd.DataFrame(data)
+    out = out.sort_values(["meter_id", "starts_at", "type"], kind="mergesort", na_position="last")
+    return out.reset_index(drop=True)

@@ -1,0 +1,400 @@
+"""Rule detectors on single readings: register decrease, voltage loss (失压), phase break (断相)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from analytics.base import (
+    Detector,
+    at_least,
+    check_count,
+    check_fraction,
+    check_positive,
+    episode_ids,
+    episodes,
+    findings_frame,
+    group_codes,
+    meter_windows,
+    plain,
+    prepare,
+    short_ts,
+    strictly_greater,
+    strictly_less,
+    ts_ns,
+    utc,
+)
+from meterwatch.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
+
+PHASE_LABELS: tuple[str, ...] = ("L1", "L2", "L3")
+
+
+class RegisterDecrease(Detector):
+    """Cumulative import register going backwards between consecutive readings.
+
+    Consecutive readings are the meter's readings sorted by ``ts`` that carry an
+    ``energy_import_kwh`` value (a reading without one is skipped, so a gap cannot hide a
+    decrease). A step from ``prev`` to ``cur`` is flagged when ``prev - cur`` exceeds
+    ``tolerance_kwh`` (strictly; the difference is rounded to 1e-6 kWh first so that float
+    representation of the 0.01 kWh register resolution cannot decide), unless it is a
+    rollover: ``prev >= rollover_fraction * register_max_kwh`` and
+    ``cur < (1 - rollover_fraction) * register_max_kwh``.
+
+    Each flagged step is one finding at the ``ts`` of the lower reading
+    (``starts_at == ends_at``); the register values are as displayed, before ``ct_ratio``.
+
+    Parameters
+    ----------
+    tolerance_kwh : float
+        Largest decrease that is not flagged [kWh]. Default 0.01: one count of the usual
+        2-decimal register display (IEC 62053-21/-22 class meters show 0.01 kWh), so a
+        re-read rounding difference is not a fault.
+    register_max_kwh : float
+        Largest value the register can show before it wraps [kWh]. Default 99 999 999.99
+        (8 integer + 2 decimal digits, the widest common display); set it to the fleet's
+        display size, e.g. 999 999.99 for 6+2 digit meters.
+    rollover_fraction : float
+        A drop from at least this fraction of ``register_max_kwh`` to below
+        ``1 - rollover_fraction`` of it is a wrap-around, not a fault [-]. Default 0.9
+        (project choice: far from any plausible real decrease).
+    """
+
+    alert_types: ClassVar[tuple[str, ...]] = ("register_decrease",)
+    severity: ClassVar[str] = "major"
+
+    def __init__(
+        self,
+        tolerance_kwh: float = 0.01,
+        register_max_kwh: float = 99_999_999.99,
+        rollover_fraction: float = 0.9,
+    ) -> None:
+        if float(tolerance_kwh) < 0:
+            raise ValueError(f"tolerance_kwh must be >= 0, got {tolerance_kwh!r}")
+        check_positive("register_max_kwh", register_max_kwh)
+        check_fraction("rollover_fraction", rollover_fraction)
+        self.tolerance_kwh = tolerance_kwh
+        self.register_max_kwh = register_max_kwh
+        self.rollover_fraction = rollover_fraction
+
+    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+        """One finding per decreasing step (see class docstring)."""
+        frame = prepare(readings, meters, ["transformer_id"])
+        frame = frame[frame["energy_import_kwh"].notna()].reset_index(drop=True)
+        if len(frame) < 2:
+            return empty_findings()
+        codes = group_codes(frame["meter_id"])
+        energy = frame["energy_import_kwh"].to_numpy(dtype=float)
+        same_meter = np.r_[False, codes[1:] == codes[:-1]]
+        prev = np.where(same_meter, np.r_[np.nan, energy[:-1]], np.nan)
+        drop = np.round(prev - energy, 6)
+        top = float(self.register_max_kwh)
+        frac = float(self.rollover_fraction)
+        with np.errstate(invalid="ignore"):
+            rollover = (prev >= frac * top) & (energy < (1.0 - frac) * top)
+        flagged = np.flatnonzero(strictly_greater(drop, float(self.tolerance_kwh)) & ~rollover)
+        if flagged.size == 0:
+            return empty_findings()
+
+        windows = meter_windows(frame)
+        t = ts_ns(frame["ts"])
+        meter_ids = frame["meter_id"].to_numpy()
+        areas = frame["transformer_id"].to_numpy()
+        thresholds = {
+            "tolerance_kwh": self.tolerance_kwh,
+            "register_max_kwh": self.register_max_kwh,
+            "rollover_fraction": self.rollover_fraction,
+        }
+        rows = []
+        for k in flagged:  # loop over findings only
+            meter = meter_ids[k]
+            t_prev, t_cur = utc(t[k - 1]), utc(t[k])
+            rows.append(
+                {
+                    "type": "register_decrease",
+                    "severity": self.severity,
+                    "meter_id": meter,
+                    "transformer_id": areas[k],
+                    "starts_at": t_cur,
+                    "ends_at": t_cur,
+                    "summary": (
+                        f"Import register fell by {drop[k]:.2f} kWh from {prev[k]:.2f} kWh "
+                        f"({short_ts(t_prev)}) to {energy[k]:.2f} kWh ({short_ts(t_cur)})"
+                    ),
+                    "evidence": plain(
+                        {
+                            "rule": "energy_import_kwh[prev] - energy_import_kwh[cur] > "
+                            "tolerance_kwh, not a rollover",
+                            "thresholds": thresholds,
+                            "previous": {"ts": t_prev, "energy_import_kwh": prev[k]},
+                            "current": {"ts": t_cur, "energy_import_kwh": energy[k]},
+                            "drop_kwh": drop[k],
+                            "window": windows[meter],
+                        }
+                    ),
+                }
+            )
+        return findings_frame(rows)
+
+
+class _PhaseRule(Detector):
+    """Shared machinery of the per-phase voltage/current rules.
+
+    Phases present: ``phases == 1`` -> L1 only, ``phases == 3`` -> L1..L3 (other values:
+    none). ``Un`` is ``nominal_voltage_v`` and ``Ib`` is ``rated_current_a`` from the
+    registry. An episode is a run of consecutive readings of one meter in which the rule
+    holds on at least one phase; phases that hold at the same time (or in overlapping
+    runs) are reported in one finding, since they share the fingerprint (type + meter).
+    """
+
+    _title: ClassVar[str] = ""
+    _rule_text: ClassVar[str] = ""
+    voltage_fraction: float
+    current_fraction: float
+    min_readings: int
+
+    def _flags(
+        self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
+    ) -> np.ndarray:
+        """Boolean (readings x 3) array: rule holds on that phase (phase presence aside)."""
+        raise NotImplementedError
+
+    def _thresholds(self, un: float, ib: float) -> dict[str, Any]:
+        return {
+            "voltage_fraction": self.voltage_fraction,
+            "voltage_v": self.voltage_fraction * un,
+            "current_fraction": self.current_fraction,
+            "current_a": self.current_fraction * ib,
+            "min_readings": self.min_readings,
+        }
+
+    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+        """One finding per episode per meter, listing the phases involved."""
+        frame = prepare(
+            readings, meters, ["transformer_id", "phases", "nominal_voltage_v", "rated_current_a"]
+        )
+        if frame.empty:
+            return empty_findings()
+        u = frame[list(VOLTAGE_COLUMNS)].to_numpy(dtype=float)
+        i = frame[list(CURRENT_COLUMNS)].to_numpy(dtype=float)
+        un = pd.to_numeric(frame["nominal_voltage_v"], errors="coerce").to_numpy(dtype=float)
+        ib = pd.to_numeric(frame["rated_current_a"], errors="coerce").to_numpy(dtype=float)
+        phases = pd.to_numeric(frame["phases"], errors="coerce").to_numpy(dtype=float)
+        three = phases == 3
+        present = np.column_stack([(phases == 1) | three, three, three])
+        flags = self._flags(u, i, un[:, None], ib[:, None], three[:, None]) & present
+
+        mask = flags.any(axis=1)
+        starts, ends, ongoing = episodes(mask, group_codes(frame["meter_id"]))
+        if starts.size == 0:
+            return empty_findings()
+        ids = episode_ids(mask, starts)
+        inside = ids >= 0
+        per_phase = []
+        for p in range(3):  # at most three phases
+            fp = flags[inside, p]
+            stats = pd.DataFrame(
+                {
+                    "ep": ids[inside],
+                    "u": np.where(fp, u[inside, p], np.nan),
+                    "i": np.where(fp, i[inside, p], np.nan),
+                    "n": fp.astype(np.int64),
+                }
+            ).groupby("ep")
+            agg = stats.agg(
+                u_start=("u", "first"),
+                u_min=("u", "min"),
+                u_max=("u", "max"),
+                i_start=("i", "first"),
+                i_min=("i", "min"),
+                i_max=("i", "max"),
+                n=("n", "sum"),
+            )
+            # Episodes are 0..n-1 and every one has rows, so positions are episode ids.
+            per_phase.append({c: agg[c].to_numpy() for c in agg.columns})
+        lengths = ends - starts + 1
+        windows = meter_windows(frame)
+        t = ts_ns(frame["ts"])
+        meter_ids = frame["meter_id"].to_numpy()
+        areas = frame["transformer_id"].to_numpy()
+        rows = []
+        for e in np.flatnonzero(lengths >= self.min_readings):  # loop over findings only
+            s = starts[e]
+            meter = meter_ids[s]
+            un_e, ib_e = float(un[s]), float(ib[s])
+            involved = [p for p in range(3) if per_phase[p]["n"][e] > 0]
+            labels = [PHASE_LABELS[p] for p in involved]
+            observed = {
+                PHASE_LABELS[p]: {
+                    "voltage_v_start": per_phase[p]["u_start"][e],
+                    "current_a_start": per_phase[p]["i_start"][e],
+                    "voltage_v_min": per_phase[p]["u_min"][e],
+                    "voltage_v_max": per_phase[p]["u_max"][e],
+                    "current_a_min": per_phase[p]["i_min"][e],
+                    "current_a_max": per_phase[p]["i_max"][e],
+                    "readings": per_phase[p]["n"][e],
+                }
+                for p in involved
+            }
+            start_ts = utc(t[s])
+            end_ts = pd.NaT if ongoing[e] else utc(t[ends[e]])
+            u0 = ", ".join(f"{observed[lab]['voltage_v_start']:.1f} V" for lab in labels)
+            pct = ", ".join(
+                f"{100 * observed[lab]['voltage_v_start'] / un_e:.0f} %" for lab in labels
+            )
+            i0 = ", ".join(f"{observed[lab]['current_a_start']:.2f} A" for lab in labels)
+            when = (
+                f"since {short_ts(start_ts)}"
+                if ongoing[e]
+                else (f"from {short_ts(start_ts)} to {short_ts(end_ts)}")
+            )
+            noun = "phase" if len(labels) == 1 else "phases"
+            summary = (
+                f"{self._title}: {noun} {', '.join(labels)} voltage {u0} ({pct} of {un_e:g} V) "
+                f"with current {i0} {when}"
+            )
+            rows.append(
+                {
+                    "type": self.alert_types[0],
+                    "severity": self.severity,
+                    "meter_id": meter,
+                    "transformer_id": areas[s],
+                    "starts_at": start_ts,
+                    "ends_at": end_ts,
+                    "summary": summary,
+                    "evidence": plain(
+                        {
+                            "rule": self._rule_text,
+                            "phase": ",".join(labels),
+                            "phases": labels,
+                            "nominal_voltage_v": un_e,
+                            "rated_current_a": ib_e,
+                            "thresholds": self._thresholds(un_e, ib_e),
+                            "observed": observed,
+                            "readings": int(lengths[e]),
+                            "window": windows[meter],
+                        }
+                    ),
+                }
+            )
+        return findings_frame(rows)
+
+
+class VoltageLoss(_PhaseRule):
+    """Voltage loss (失压): a phase's voltage is low while it still carries load current.
+
+    Holds on a present phase when ``U < voltage_fraction * Un`` and
+    ``I > current_fraction * Ib`` (both strict; NaN never holds). Applies to single- and
+    three-phase meters. This is the State Grid smart-meter event definition (Q/GDW 1354
+    智能电能表功能规范 event parameters: trigger voltage 78 % Un, trigger current 0.5 % Ib,
+    i.e. the meter's starting current). The meter's own 60 s trigger delay is replaced by
+    ``min_readings``.
+
+    Parameters
+    ----------
+    voltage_fraction : float
+        Voltage trigger as a fraction of ``nominal_voltage_v`` [-]. Default 0.78 (State Grid).
+    current_fraction : float
+        Current trigger as a fraction of ``rated_current_a`` [-]. Default 0.005 (State
+        Grid; the starting current of a class 1/2 meter).
+    min_readings : int
+        Consecutive readings the condition must hold for [readings]. Default 1: raise
+        within one poll.
+    """
+
+    alert_types: ClassVar[tuple[str, ...]] = ("voltage_loss",)
+    severity: ClassVar[str] = "critical"
+    _title: ClassVar[str] = "Voltage loss"
+    _rule_text: ClassVar[str] = (
+        "voltage_loss (失压): U < voltage_fraction*Un and I > current_fraction*Ib on a phase"
+    )
+
+    def __init__(
+        self,
+        voltage_fraction: float = 0.78,
+        current_fraction: float = 0.005,
+        min_readings: int = 1,
+    ) -> None:
+        check_fraction("voltage_fraction", voltage_fraction)
+        check_fraction("current_fraction", current_fraction)
+        check_count("min_readings", min_readings)
+        self.voltage_fraction = voltage_fraction
+        self.current_fraction = current_fraction
+        self.min_readings = min_readings
+
+    def _flags(
+        self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
+    ) -> np.ndarray:
+        return strictly_less(u, self.voltage_fraction * un) & strictly_greater(
+            i, self.current_fraction * ib
+        )
+
+
+class PhaseBreak(_PhaseRule):
+    """Phase break (断相): one phase of a live three-phase supply is without voltage and load.
+
+    Holds on a phase of a three-phase meter when ``U < voltage_fraction * Un`` and
+    ``I < current_fraction * Ib`` (both strict; NaN never holds) while at least one *other*
+    phase has ``U >= live_voltage_fraction * Un``. A single-phase meter without voltage,
+    or a three-phase meter with every phase low, has lost supply altogether: that is an
+    outage, not a phase break. State Grid event definition (Q/GDW 1354 智能电能表功能规范:
+    trigger voltage 60 % Un, trigger current 0.5 % Ib); the meter's trigger delay is
+    replaced by ``min_readings``.
+
+    Parameters
+    ----------
+    voltage_fraction : float
+        Voltage trigger as a fraction of ``nominal_voltage_v`` [-]. Default 0.60 (State Grid).
+    current_fraction : float
+        Current trigger as a fraction of ``rated_current_a`` [-]. Default 0.005 (State Grid).
+    live_voltage_fraction : float
+        Another phase at or above this fraction of ``Un`` shows the supply is live [-].
+        Default 0.78, the voltage-loss trigger: a phase above it is not in voltage loss.
+    min_readings : int
+        Consecutive readings the condition must hold for [readings]. Default 1.
+    """
+
+    alert_types: ClassVar[tuple[str, ...]] = ("phase_break",)
+    severity: ClassVar[str] = "critical"
+    _title: ClassVar[str] = "Phase break"
+    _rule_text: ClassVar[str] = (
+        "phase_break (断相): U < voltage_fraction*Un and I < current_fraction*Ib on a phase of "
+        "a 3-phase meter while another phase has U >= live_voltage_fraction*Un"
+    )
+
+    def __init__(
+        self,
+        voltage_fraction: float = 0.60,
+        current_fraction: float = 0.005,
+        live_voltage_fraction: float = 0.78,
+        min_readings: int = 1,
+    ) -> None:
+        check_fraction("voltage_fraction", voltage_fraction)
+        check_fraction("current_fraction", current_fraction)
+        check_fraction("live_voltage_fraction", live_voltage_fraction, upper_inclusive=True)
+        check_count("min_readings", min_readings)
+        self.voltage_fraction = voltage_fraction
+        self.current_fraction = current_fraction
+        self.live_voltage_fraction = live_voltage_fraction
+        self.min_readings = min_readings
+
+    def _thresholds(self, un: float, ib: float) -> dict[str, Any]:
+        out = super()._thresholds(un, ib)
+        out["live_voltage_fraction"] = self.live_voltage_fraction
+        out["live_voltage_v"] = self.live_voltage_fraction * un
+        return out
+
+    def _flags(
+        self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
+    ) -> np.ndarray:
+        # Live: U >= live fraction (the complement of the strict "<"); NaN is not live.
+        live = at_least(u, self.live_voltage_fraction * un)
+        live_count = live.sum(axis=1, keepdims=True)
+        other_live = (live_count - live) > 0
+        return (
+            three
+            & other_live
+            & strictly_less(u, self.voltage_fraction * un)
+            & strictly_less(i, self.current_fraction * ib)
+        )
