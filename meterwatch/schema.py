@@ -109,7 +109,8 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
     cols["meter_id"] = (
         df["meter_id"].astype(str).to_numpy() if "meter_id" in df else np.array([], dtype=str)
     )
-    cols["ts"] = to_utc(df["ts"]).to_numpy() if "ts" in df else pd.Series(dtype=TS_DTYPE)
+    # .array keeps tz-aware timestamps vectorized (.to_numpy() would box them as objects).
+    cols["ts"] = to_utc(df["ts"]).array if "ts" in df else pd.Series(dtype=TS_DTYPE)
     for col in READING_FIELDS:
         if col not in df:
             cols[col] = np.full(n, np.nan)

@@ -71,7 +71,7 @@ class Service:
         sim = cfg.simulator
         if sim.enabled:
             self.fleet = Fleet(
-                start=self.clock.now(),
+                start=cfg.clock.start or self.clock.now(),
                 residential=sim.residential,
                 commercial=sim.commercial,
                 industrial=sim.industrial,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -36,6 +37,7 @@ class MqttMeterPublisher:
         self._client.on_publish = self._on_publish
         self._lock = threading.Lock()
         self._pending: dict[int, Published] = {}
+        self._early: set[int] = set()
         self.acked: list[Published] = []
         self.published = 0
 
@@ -43,7 +45,14 @@ class MqttMeterPublisher:
         self._client.connect(self.host, self.port, keepalive=30)
         self._client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the broker to acknowledge what is in flight, then disconnect."""
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.02)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -54,9 +63,16 @@ class MqttMeterPublisher:
             ts = pd.Timestamp(rec["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
             rec["ts"] = ts
             topic = self.topic_template.replace("{meter_id}", str(rec["meter_id"]))
+            item = Published(str(rec["meter_id"]), ts)
+            # Never call paho under our lock: its network thread holds paho's own lock when
+            # it calls _on_publish, which takes ours (lock-order deadlock otherwise).
+            info = self._client.publish(topic, encode_reading(rec), qos=1)
             with self._lock:
-                info = self._client.publish(topic, encode_reading(rec), qos=1)
-                self._pending[info.mid] = Published(str(rec["meter_id"]), ts)
+                if info.mid in self._early:  # PUBACK arrived before we registered the mid
+                    self._early.discard(info.mid)
+                    self.acked.append(item)
+                else:
+                    self._pending[info.mid] = item
             n += 1
         self.published += n
         return n
@@ -66,3 +82,5 @@ class MqttMeterPublisher:
             item = self._pending.pop(mid, None)
             if item is not None:
                 self.acked.append(item)
+            else:
+                self._early.add(mid)
