@@ -122,7 +122,9 @@ class ModbusGatewayPoller:
         if not ok:
             self.stats.count("modbus_connect_errors")
             if not self._gateway_down:
-                log.warning("Modbus gateway %s (%s) unreachable: %s", self.name, self.address, reason)
+                log.warning(
+                    "Modbus gateway %s (%s) unreachable: %s", self.name, self.address, reason
+                )
                 self._gateway_down = True
             return False
         if self._gateway_down:
@@ -152,26 +154,7 @@ class ModbusGatewayPoller:
         return {"meter_id": dev.meter_id, "ts": ts, **values}
 
     async def _read_block(self, dev: ModbusDevice, block: ReadBlock) -> list[int]:
-        where = f"{self.address} unit {dev.unit} {block.table} {block.start}+{block.count}"
-        method = getattr(self.client, READ_FUNCTIONS[block.table])
-        try:
-            rr = await asyncio.wait_for(
-                method(block.start, count=block.count, device_id=dev.unit),
-                timeout=self.timeout_s * 1.5,
-            )
-        except (TimeoutError, asyncio.TimeoutError):
-            raise DeviceTimeout(dev.meter_id, where, f"no answer within {self.timeout_s} s") from None
-        except ModbusException as exc:
-            if "timeout" in str(exc).lower() or "no response" in str(exc).lower():
-                raise DeviceTimeout(dev.meter_id, where, str(exc)) from None
-            raise DeviceError(dev.meter_id, where, str(exc)) from None
-        if rr.isError():
-            raise DeviceException(dev.meter_id, where, int(getattr(rr, "exception_code", 0)))
-        if len(rr.registers) != block.count:
-            raise DeviceError(
-                dev.meter_id, where, f"answered {len(rr.registers)} registers, asked {block.count}"
-            )
-        return list(rr.registers)
+        return await read_block(self.client, self.address, dev, block, self.timeout_s)
 
     def _failed(self, dev: ModbusDevice, health, now: datetime, exc: DeviceError) -> None:  # noqa: ANN001
         dev.failures += 1
@@ -184,3 +167,33 @@ class ModbusGatewayPoller:
         if health.consecutive_errors >= self.offline_after and health.online is not False:
             log.warning("meter %s offline: %s", dev.meter_id, exc)
             health.online = False
+
+
+async def read_block(
+    client: AsyncModbusTcpClient,
+    address: str,
+    dev: ModbusDevice,
+    block: ReadBlock,
+    timeout_s: float,
+) -> list[int]:
+    """One read request (function 03 or 04); library errors become DeviceError subclasses."""
+    where = f"{address} unit {dev.unit} {block.table} {block.start}+{block.count}"
+    method = getattr(client, READ_FUNCTIONS[block.table])
+    try:
+        rr = await asyncio.wait_for(
+            method(block.start, count=block.count, device_id=dev.unit), timeout=timeout_s * 1.5
+        )
+    except TimeoutError:
+        raise DeviceTimeout(dev.meter_id, where, f"no answer within {timeout_s} s") from None
+    except ModbusException as exc:
+        text = str(exc).lower()
+        if "timeout" in text or "no response" in text:
+            raise DeviceTimeout(dev.meter_id, where, f"no answer within {timeout_s} s") from None
+        raise DeviceError(dev.meter_id, where, str(exc)) from None
+    if rr.isError():
+        raise DeviceException(dev.meter_id, where, int(getattr(rr, "exception_code", 0)))
+    if len(rr.registers) != block.count:
+        raise DeviceError(
+            dev.meter_id, where, f"answered {len(rr.registers)} registers, asked {block.count}"
+        )
+    return list(rr.registers)

@@ -48,7 +48,9 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", default="config.yaml", show_default=True, type=click.Path())
+@click.option(
+    "--config", "config_path", default="config.yaml", show_default=True, type=click.Path()
+)
 @click.option("--duration", type=float, default=None, help="Stop after S wall-clock seconds.")
 def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
@@ -92,35 +94,65 @@ def config_check(file: str) -> None:
     try:
         cfg = load_config(file)
     except ConfigError as exc:
-        err_console.print(f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)", highlight=False)
+        err_console.print(
+            f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)", highlight=False
+        )
         for path, msg in exc.problems:
             err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False)
         sys.exit(1)
     sim = "simulated fleet" if cfg.simulator.enabled else f"registry {cfg.registry.path}"
-    console.print(f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False)
+    console.print(
+        f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False
+    )
 
 
 @main.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write into.",
+)
 @click.option("--days", type=float, default=7.0, show_default=True)
-@click.option("--interval", type=float, default=900.0, show_default=True, help="Seconds between readings.")
+@click.option(
+    "--interval", type=float, default=900.0, show_default=True, help="Seconds between readings."
+)
 @click.option("--residential", type=int, default=30, show_default=True)
 @click.option("--commercial", type=int, default=10, show_default=True)
 @click.option("--industrial", type=int, default=6, show_default=True)
 @click.option("--transformers", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-def simulate(out_dir: str, days: float, interval: float, residential: int, commercial: int,
-             industrial: int, transformers: int, seed: int, start: str, fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
+)
+def simulate(
+    out_dir: str,
+    days: float,
+    interval: float,
+    residential: int,
+    commercial: int,
+    industrial: int,
+    transformers: int,
+    seed: int,
+    start: str,
+    fmt: str,
+) -> None:
     """Write a simulated fleet to files: readings, meters.csv and ground-truth labels."""
     import pandas as pd
 
     from simulators.fleet import Fleet, generate
 
     t0 = pd.Timestamp(start).to_pydatetime()
-    fleet = Fleet(start=t0, residential=residential, commercial=commercial, industrial=industrial,
-                  transformers=transformers, seed=seed)
+    fleet = Fleet(
+        start=t0,
+        residential=residential,
+        commercial=commercial,
+        industrial=industrial,
+        transformers=transformers,
+        seed=seed,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with console.status(f"simulating {len(fleet.registry)} meters × {days:g} days"):
@@ -134,14 +166,26 @@ def simulate(out_dir: str, days: float, interval: float, residential: int, comme
         readings.to_parquet(readings_path, index=False)
     fleet.registry.to_csv(out / "meters.csv", index=False)
     fleet.labels().to_csv(out / "labels.csv", index=False)
-    console.print(f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}")
+    console.print(
+        f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}"
+    )
 
 
 @main.command()
-@click.option("--readings", "readings_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--meters", "meters_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--readings", "readings_path", required=True, type=click.Path(exists=True, dir_okay=False)
+)
+@click.option(
+    "--meters", "meters_path", required=True, type=click.Path(exists=True, dir_okay=False)
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--config", "config_path", default=None, type=click.Path(), help="Detector thresholds from this config.")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(),
+    help="Detector thresholds from this config.",
+)
 def analyze(readings_path: str, meters_path: str, out_path: str, config_path: str | None) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
     from datetime import UTC, datetime
@@ -156,7 +200,9 @@ def analyze(readings_path: str, meters_path: str, out_path: str, config_path: st
         meters = load_registry(meters_path)
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
-        with console.status(f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"):
+        with console.status(
+            f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"
+        ):
             findings = run_detectors(default_detectors(params), readings, meters)
     except MeterWatchError as exc:
         _fail(exc)
@@ -167,7 +213,10 @@ def analyze(readings_path: str, meters_path: str, out_path: str, config_path: st
     manager = AlertManager(out, auto_resolve_categories=("equipment", "consumption"))
     manager.process(findings, datetime.now(UTC))
     counts = manager.counts_by_type()
-    console.print(f"{len(manager.alerts)} alerts → {out}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    console.print(
+        f"{len(manager.alerts)} alerts → {out}: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+    )
 
 
 @main.group()
@@ -182,7 +231,9 @@ def probe() -> None:
 @click.option("--model", required=True, help="Register map id, e.g. eastron-sdm630.")
 @click.option("--timeout", type=float, default=2.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def probe_modbus(host: str, port: int, unit: int, model: str, timeout: float, as_json: bool) -> None:
+def probe_modbus(
+    host: str, port: int, unit: int, model: str, timeout: float, as_json: bool
+) -> None:
     """Read a Modbus TCP meter once."""
     from collector.probe import probe_modbus_once
 

@@ -15,15 +15,20 @@ from alerts.model import Alert
 if TYPE_CHECKING:
     from meterwatch.service import RunSummary, Service
 
-_SEVERITY_STYLE = {"critical": "bold red", "major": "red", "minor": "yellow", "warning": "yellow", "info": "cyan"}
+_SEVERITY_STYLE = {
+    "critical": "bold red",
+    "major": "red",
+    "minor": "yellow",
+    "warning": "yellow",
+    "info": "cyan",
+}
 
 
 def alert_line(event: str, alert: Alert) -> str:
     who = alert.meter_id or alert.transformer_id or "-"
     style = _SEVERITY_STYLE.get(alert.severity, "")
     return (
-        f"[{style}]{event.upper():8}[/] {alert.severity:8} {alert.type:20} {who:8} "
-        f"{alert.summary}"
+        f"[{style}]{event.upper():8}[/] {alert.severity:8} {alert.type:20} {who:8} {alert.summary}"
     )
 
 
@@ -67,14 +72,21 @@ class Progress:
 
 def status_table(service: Service) -> Table:
     c = service.stats.snapshot()
-    t = Table(title=f"MeterWatch — service time {service.clock.now():%Y-%m-%d %H:%M}Z", show_header=False)
+    t = Table(
+        title=f"MeterWatch — service time {service.clock.now():%Y-%m-%d %H:%M}Z", show_header=False
+    )
     t.add_column("what")
     t.add_column("value", justify="right")
     t.add_row("meters online", f"{service.stats.online_count()} / {len(service.registry)}")
     t.add_row("readings stored", str(c.get("readings_stored", 0)))
     t.add_row("writer pending", str(service.writer.pending_rows))
-    t.add_row("Modbus requests / errors", f"{c.get('modbus_requests', 0)} / {c.get('modbus_errors', 0)}")
-    t.add_row("MQTT messages / dead letters", f"{c.get('mqtt_messages', 0)} / {c.get('mqtt_dead_letters', 0)}")
+    t.add_row(
+        "Modbus requests / errors", f"{c.get('modbus_requests', 0)} / {c.get('modbus_errors', 0)}"
+    )
+    t.add_row(
+        "MQTT messages / dead letters",
+        f"{c.get('mqtt_messages', 0)} / {c.get('mqtt_dead_letters', 0)}",
+    )
     t.add_row("readings refused (queue full)", str(c.get("readings_refused", 0)))
     t.add_row("cycles overrun", str(c.get("cycles_overrun", 0)))
     by_type = Counter({a.type: 0 for a in service.alerts.open_alerts()})
@@ -104,6 +116,9 @@ def print_summary(console: Console, s: RunSummary) -> None:
         "analytics_runs",
     ):
         t.add_row(key.replace("_", " "), str(s.counters.get(key, 0)))
-    t.add_row("alerts raised", ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none")
+    t.add_row(
+        "alerts raised",
+        ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none",
+    )
     t.add_row("alerts still open", str(s.open_alerts))
     console.print(t)

@@ -19,7 +19,9 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         elif p.suffix.lower() == ".csv":
             df = pd.read_csv(p, dtype={"meter_id": str})
         else:
-            raise MeterWatchError(f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet")
+            raise MeterWatchError(
+                f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet"
+            )
     except (OSError, ValueError) as exc:
         raise MeterWatchError(f"{p}: cannot read: {exc}") from exc
     missing = [c for c in ("meter_id", "ts") if c not in df.columns]

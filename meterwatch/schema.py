@@ -117,7 +117,9 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
         elif df[col].dtype == np.float64:
             cols[col] = df[col].to_numpy()
         else:
-            cols[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            cols[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(
+                dtype="float64", na_value=np.nan
+            )
     out = pd.DataFrame(cols)
     out["ts"] = out["ts"].astype(TS_DTYPE) if n else pd.Series(dtype=TS_DTYPE)
     return out

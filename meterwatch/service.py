@@ -65,7 +65,9 @@ class Service:
         self.mqtt: MqttCollector | None = None
         self.pollers: list[ModbusGatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
-        self.streaming: list[Detector] = [d for d in self.detectors if isinstance(d, VoltageLoss | PhaseBreak)]
+        self.streaming: list[Detector] = [
+            d for d in self.detectors if isinstance(d, VoltageLoss | PhaseBreak)
+        ]
         self._jobs: set[asyncio.Task[Any]] = set()
         self._stopping = False
         sim = cfg.simulator
@@ -98,7 +100,9 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def run(self, duration_s: float | None = None, stop: asyncio.Event | None = None) -> RunSummary:
+    async def run(
+        self, duration_s: float | None = None, stop: asyncio.Event | None = None
+    ) -> RunSummary:
         stop = stop or asyncio.Event()
         wall0 = time.monotonic()
         start = self.clock.now()
@@ -234,7 +238,9 @@ class Service:
             return
         target = len(self.simulator.mqtt.acked)
         deadline = time.monotonic() + timeout_s
-        while self.stats.snapshot().get("mqtt_messages", 0) < target and time.monotonic() < deadline:
+        while (
+            self.stats.snapshot().get("mqtt_messages", 0) < target and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
 
     # -- components ---------------------------------------------------------------------
@@ -252,7 +258,9 @@ class Service:
                     devices.append(ModbusDevice(dev.meter_id, dev.unit, dev.regmap))
             else:
                 for d in gw.devices:
-                    devices.append(ModbusDevice(d.meter_id, d.unit, load_map(d.model, cfg.collector.maps)))
+                    devices.append(
+                        ModbusDevice(d.meter_id, d.unit, load_map(d.model, cfg.collector.maps))
+                    )
             pollers.append(
                 ModbusGatewayPoller(
                     gw.name,
@@ -305,7 +313,9 @@ class Service:
         findings = run_detectors(self.streaming, frame, self.registry)
         if not findings.empty:
             # Only conditions still present: an ended one-reading episode is left to analytics.
-            self.alerts.process(findings[findings["ends_at"].isna()], self.clock.now(), streaming=True)
+            self.alerts.process(
+                findings[findings["ends_at"].isna()], self.clock.now(), streaming=True
+            )
 
     def _alert_event(self, event: str, alert: Alert) -> None:
         if self.on_alert is not None:

@@ -23,7 +23,7 @@ def encode_reading(reading: Mapping[str, Any]) -> bytes:
     return json.dumps(out, separators=(",", ":")).encode()
 
 
-def decode_reading(payload: bytes, topic_meter_id: str | None = None) -> dict[str, Any]:
+def decode_reading(payload: bytes | bytearray, topic_meter_id: str | None = None) -> dict[str, Any]:
     """Parse canonical JSON; the meter id comes from the payload or else from the topic.
 
     Raises :class:`ProtocolError` with the reason for anything that is not one well-formed

@@ -110,7 +110,9 @@ class MeterModbusServer:
             if values is not None:
                 dev.update(values, pd.Timestamp(ts_by_meter[dev.meter_id]).to_pydatetime())
 
-    def serve_read(self, unit: int, func_code: int, address: int, count: int) -> list[int] | ExcCodes:
+    def serve_read(
+        self, unit: int, func_code: int, address: int, count: int
+    ) -> list[int] | ExcCodes:
         self.function_codes[func_code] += 1
         dev = self.devices.get(unit)
         if dev is None:
@@ -139,7 +141,9 @@ class MeterModbusServer:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 self.port = sock.getsockname()[1]
-        log.info("simulated Modbus meters on %s:%d (%d units)", self.host, self.port, len(self.devices))
+        log.info(
+            "simulated Modbus meters on %s:%d (%d units)", self.host, self.port, len(self.devices)
+        )
         return self.port
 
     async def stop(self) -> None:

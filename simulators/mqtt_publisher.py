@@ -7,8 +7,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pandas as pd
 import paho.mqtt.client as mqtt
+import pandas as pd
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protocols.mqtt_payload import encode_reading
@@ -28,10 +28,14 @@ class MqttMeterPublisher:
     A message counts as served (``acked``) once the broker acknowledged it (PUBACK).
     """
 
-    def __init__(self, host: str, port: int, topic_template: str, client_id: str = "meterwatch-sim"):
+    def __init__(
+        self, host: str, port: int, topic_template: str, client_id: str = "meterwatch-sim"
+    ):
         self.host, self.port = host, port
         self.topic_template = topic_template
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True
+        )
         self._client.max_inflight_messages_set(200)
         self._client.max_queued_messages_set(0)
         self._client.on_publish = self._on_publish

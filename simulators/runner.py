@@ -93,7 +93,11 @@ def anomaly_specs(configs: list) -> list[AnomalySpec]:  # type: ignore[type-arg]
     """Translate config anomalies (meterwatch.config.AnomalyConfig) to fleet specs."""
     return [
         AnomalySpec(
-            type=a.type, meter_id=a.meter_id, at_s=a.at, duration_s=a.duration, magnitude=a.magnitude
+            type=a.type,
+            meter_id=a.meter_id,
+            at_s=a.at,
+            duration_s=a.duration,
+            magnitude=a.magnitude,
         )
         for a in configs
     ]

@@ -74,7 +74,9 @@ class Mosquitto:
             wait_for_port(self.port)
         except RuntimeError:
             self.stop()
-            raise RuntimeError(f"mosquitto did not start; log: {self.log.read_text() if self.log.exists() else ''}") from None
+            raise RuntimeError(
+                f"mosquitto did not start; log: {self.log.read_text() if self.log.exists() else ''}"
+            ) from None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -17,8 +17,14 @@ NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
 
 def findings(*rows: dict) -> pd.DataFrame:
-    base = {"severity": "critical", "meter_id": "I0001", "transformer_id": "TA01",
-            "summary": "s", "evidence": {"rule": "x"}, "ends_at": pd.NaT}
+    base = {
+        "severity": "critical",
+        "meter_id": "I0001",
+        "transformer_id": "TA01",
+        "summary": "s",
+        "evidence": {"rule": "x"},
+        "ends_at": pd.NaT,
+    }
     df = pd.DataFrame([{**base, **r} for r in rows])
     for c in ("starts_at", "ends_at"):
         df[c] = pd.to_datetime(df[c], utc=True)
@@ -42,8 +48,20 @@ def test_contract_fields_and_one_open_alert_per_fingerprint(tmp_path: Path) -> N
     lines = feed_lines(feed)
     assert len(lines) == 2 and lines[0]["id"] == lines[1]["id"]
     line = lines[0]
-    for key in ("id", "fingerprint", "type", "category", "severity", "meter_id", "transformer_id",
-                "status", "starts_at", "ends_at", "summary", "evidence"):
+    for key in (
+        "id",
+        "fingerprint",
+        "type",
+        "category",
+        "severity",
+        "meter_id",
+        "transformer_id",
+        "status",
+        "starts_at",
+        "ends_at",
+        "summary",
+        "evidence",
+    ):
         assert key in line
     assert line["category"] == "equipment" and line["status"] == "open"
     assert line["starts_at"] == "2026-01-05T04:00:00Z" and line["ends_at"] is None
@@ -53,7 +71,9 @@ def test_contract_fields_and_one_open_alert_per_fingerprint(tmp_path: Path) -> N
 def test_auto_resolve_then_new_occurrence(tmp_path: Path) -> None:
     am = AlertManager(tmp_path / "a.jsonl", auto_resolve_categories=["equipment"])
     am.process(findings({"type": "phase_break", "starts_at": "2026-01-05T04:00Z"}), NOW)
-    ended = findings({"type": "phase_break", "starts_at": "2026-01-05T04:00Z", "ends_at": "2026-01-05T07:00Z"})
+    ended = findings(
+        {"type": "phase_break", "starts_at": "2026-01-05T04:00Z", "ends_at": "2026-01-05T07:00Z"}
+    )
     assert [e for e, _ in am.process(ended, NOW)] == ["resolved"]
     assert am.process(ended, NOW) == []  # the resolved episode is not reported again
     again = findings({"type": "phase_break", "starts_at": "2026-01-05T09:00Z"})
@@ -64,8 +84,14 @@ def test_auto_resolve_then_new_occurrence(tmp_path: Path) -> None:
 
 def test_billing_alerts_stay_open_until_handled(tmp_path: Path) -> None:
     am = AlertManager(tmp_path / "a.jsonl", auto_resolve_categories=["equipment"])
-    f = findings({"type": "register_decrease", "severity": "major", "starts_at": "2026-01-05T09:00Z",
-                  "ends_at": "2026-01-05T09:00Z"})
+    f = findings(
+        {
+            "type": "register_decrease",
+            "severity": "major",
+            "starts_at": "2026-01-05T09:00Z",
+            "ends_at": "2026-01-05T09:00Z",
+        }
+    )
     am.process(f, NOW)
     (alert,) = am.open_alerts()
     assert alert.status == "open" and alert.category == "billing"
@@ -77,7 +103,10 @@ def test_state_survives_restart(tmp_path: Path) -> None:
     am.process(findings({"type": "voltage_loss", "starts_at": "2026-01-05T04:00Z"}), NOW)
     again = AlertManager(feed)
     assert len(again.open_alerts()) == 1
-    assert again.process(findings({"type": "voltage_loss", "starts_at": "2026-01-05T04:00Z"}), NOW) == []
+    assert (
+        again.process(findings({"type": "voltage_loss", "starts_at": "2026-01-05T04:00Z"}), NOW)
+        == []
+    )
 
 
 def test_transformer_level_fingerprint_has_no_meter() -> None:

@@ -23,7 +23,14 @@ def test_shipped_config_is_valid() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(900, 900.0), ("900", 900.0), ("15m", 900.0), ("6h", 21600.0), ("2d", 172800.0), ("1h30m", 5400.0)],
+    [
+        (900, 900.0),
+        ("900", 900.0),
+        ("15m", 900.0),
+        ("6h", 21600.0),
+        ("2d", 172800.0),
+        ("1h30m", 5400.0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -50,7 +57,10 @@ def test_every_problem_is_reported_with_path_and_value() -> None:
     assert "clock.speed" in problems and "-1" in problems["clock.speed"]
     assert "mqtt.port" in problems and "70000" in problems["mqtt.port"]
     assert "{meter_id}" in problems["mqtt.topic"]
-    assert "simulator.anomalies.0.type" in problems and "bogus" in problems["simulator.anomalies.0.type"]
+    assert (
+        "simulator.anomalies.0.type" in problems
+        and "bogus" in problems["simulator.anomalies.0.type"]
+    )
     assert "'6q'" in problems["simulator.anomalies.0.at"]
     assert problems["storage.pathh"].startswith("unknown key")
     assert str(info.value).startswith("bad.yaml: 6 problem(s)")

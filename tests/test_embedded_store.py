@@ -16,8 +16,15 @@ def _frame(n_meters: int = 3, n: int = 10) -> pd.DataFrame:
     rows = []
     for m in range(n_meters):
         for i, t in enumerate(ts):
-            rows.append({"meter_id": f"M{m}", "ts": t, "energy_import_kwh": 100.0 + m + i * 0.25,
-                         "voltage_l1_v": 230.1 + i, "power_kw": -1.5 if i % 2 else 2.25})
+            rows.append(
+                {
+                    "meter_id": f"M{m}",
+                    "ts": t,
+                    "energy_import_kwh": 100.0 + m + i * 0.25,
+                    "voltage_l1_v": 230.1 + i,
+                    "power_kw": -1.5 if i % 2 else 2.25,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -29,9 +36,13 @@ def test_round_trip_and_ranges(tmp_path: Path) -> None:
     assert list(out.columns) == list(READING_COLUMNS)
     assert len(out) == 30
     assert out["ts"].dtype == "datetime64[ns, UTC]"
-    np.testing.assert_array_equal(out.loc[out.meter_id == "M1", "energy_import_kwh"], 101.0 + np.arange(10) * 0.25)
+    np.testing.assert_array_equal(
+        out.loc[out.meter_id == "M1", "energy_import_kwh"], 101.0 + np.arange(10) * 0.25
+    )
     assert out["voltage_l2_v"].isna().all()
-    one = store.read_readings(["M2"], start=pd.Timestamp("2026-01-05T01:00Z"), end=pd.Timestamp("2026-01-05T02:00Z"))
+    one = store.read_readings(
+        ["M2"], start=pd.Timestamp("2026-01-05T01:00Z"), end=pd.Timestamp("2026-01-05T02:00Z")
+    )
     assert list(one["ts"].dt.strftime("%H:%M")) == ["01:00", "01:15", "01:30", "01:45"]
     assert set(one["meter_id"]) == {"M2"}
 

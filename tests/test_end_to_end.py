@@ -57,7 +57,9 @@ def e2e_config(tmp_path: Path, *, broker: str, mqtt_port: int) -> Config:
             "collector": {
                 "modbus": {
                     "interval": "15m",
-                    "gateways": [{"name": "sim", "host": "127.0.0.1", "port": 1, "devices": "simulator"}],
+                    "gateways": [
+                        {"name": "sim", "host": "127.0.0.1", "port": 1, "devices": "simulator"}
+                    ],
                 }
             },
             "storage": {"path": str(tmp_path / "store.duckdb")},
@@ -95,6 +97,8 @@ def run_and_check(cfg: Config, duration_s: float) -> None:
     assert set(served) == modbus_ids
     assert stored_modbus == served
     assert min(served.values()) > 80  # about 100 polls in the simulated time covered
+    # The collector only ever sent read requests (03 read holding, 04 read input registers).
+    assert set(service.simulator.modbus.function_codes) <= {3, 4}
 
     # MQTT: exactly the messages the broker acknowledged to the simulated meters.
     assert service.simulator.mqtt is not None
@@ -110,7 +114,9 @@ def run_and_check(cfg: Config, duration_s: float) -> None:
     alerts = [json.loads(x) for x in Path(cfg.alerts.feed).read_text().splitlines()]
     raised = {(a["type"], a["meter_id"]) for a in alerts}
     labels = service.fleet.labels()
-    expected = {(ANOMALY_TO_ALERT[t], m) for t, m in zip(labels["type"], labels["meter_id"], strict=True)}
+    expected = {
+        (ANOMALY_TO_ALERT[t], m) for t, m in zip(labels["type"], labels["meter_id"], strict=True)
+    }
     assert expected <= raised, f"missing alerts: {expected - raised}"
     assert raised == expected, f"alerts with no injected cause: {raised - expected}"
 

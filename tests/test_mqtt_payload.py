@@ -11,10 +11,19 @@ from protocols.mqtt_payload import decode_reading, encode_reading, meter_from_to
 
 
 def test_round_trip() -> None:
-    rec = {"meter_id": "R0001", "ts": "2026-01-05T00:15:00Z", "power_kw": 1.25, "voltage_l2_v": float("nan")}
+    rec = {
+        "meter_id": "R0001",
+        "ts": "2026-01-05T00:15:00Z",
+        "power_kw": 1.25,
+        "voltage_l2_v": float("nan"),
+    }
     payload = encode_reading(rec)
     assert "voltage_l2_v" not in json.loads(payload)
-    assert decode_reading(payload, "R0001") == {"meter_id": "R0001", "ts": "2026-01-05T00:15:00Z", "power_kw": 1.25}
+    assert decode_reading(payload, "R0001") == {
+        "meter_id": "R0001",
+        "ts": "2026-01-05T00:15:00Z",
+        "power_kw": 1.25,
+    }
 
 
 @pytest.mark.parametrize(
