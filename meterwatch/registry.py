@@ -42,8 +42,10 @@ def check_registry(df: pd.DataFrame, source: str = "registry") -> pd.DataFrame:
 
     def bad(mask: pd.Series, column: str, allowed: str) -> None:
         for idx in out.index[mask.to_numpy()][:5]:
+            value = df.at[idx, column]
+            value = value.item() if hasattr(value, "item") else value  # numpy scalar -> python
             problems.append(
-                f"row {idx + 1} ({out.at[idx, 'meter_id']}): {column}={df.at[idx, column]!r}, "
+                f"row {idx + 1} ({out.at[idx, 'meter_id']}): {column}={value!r}, "
                 f"expected {allowed}"
             )
 
