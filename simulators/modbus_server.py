@@ -138,9 +138,10 @@ class MeterModbusServer:
         await self._server.serve_forever(background=True)
         transport = self._server.transport
         if self.port == 0 and transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                self.port = sock.getsockname()[1]
+            # The listening transport is an asyncio Server: its sockets carry the bound port.
+            sockets = getattr(transport, "sockets", None) or []
+            if sockets:
+                self.port = sockets[0].getsockname()[1]
         log.info(
             "simulated Modbus meters on %s:%d (%d units)", self.host, self.port, len(self.devices)
         )
