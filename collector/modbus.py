@@ -1,27 +1,106 @@
-"""Modbus TCP polling: one coalesced read plan per meter, one request in flight per gateway."""
+"""Modbus polling over TCP, RTU over TCP and serial RTU: one request in flight per bus.
+
+Transports (``make_client``): ``tcp`` (MBAP framing), ``rtu-over-tcp`` (RTU frames with CRC
+through a transparent serial device server) and ``serial`` (RTU on a local RS-485 port via
+pyserial). Every request on one client holds that client's bus lock, so pollers that share a
+gateway (several interval groups) never put two requests on the wire at once.
+
+Failure handling: a busy meter (exception 6) is retried a few times after a short pause; any
+error other than a timeout or a Modbus exception closes the link so that the next request
+reconnects. A meter that fails is backed off exponentially up to ``backoff_cap_s``; its
+offline/online transitions are logged once and reported as ``meter_offline`` findings.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import pandas as pd
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from collector.writer import ReadingWriter
 from meterwatch.clock import Clock
 from meterwatch.errors import DeviceError, DeviceException, DeviceTimeout
-from meterwatch.schema import readings_from_records
-from meterwatch.stats import Stats
+from meterwatch.schema import FINDING_COLUMNS, empty_findings, readings_from_records
+from meterwatch.stats import MeterHealth, Stats
 from protocols.register_map import ReadBlock, RegisterMap
 
 log = logging.getLogger(__name__)
 
 #: Only these function codes are ever sent: read holding (03) and read input (04) registers.
 READ_FUNCTIONS = {"holding": "read_holding_registers", "input": "read_input_registers"}
+
+#: Modbus exception 6, "server device busy": worth a short bounded retry.
+BUSY = 6
+
+Transport = Literal["tcp", "rtu-over-tcp", "serial"]
+ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+FindingsCallback = Callable[[pd.DataFrame], Any]
+
+
+def make_client(
+    transport: Transport,
+    *,
+    host: str = "",
+    port: int = 502,
+    serial_port: str | None = None,
+    baudrate: int = 9600,
+    parity: str = "N",
+    stopbits: int = 1,
+    bytesize: int = 8,
+    timeout_s: float = 1.0,
+) -> tuple[ModbusClient, str]:
+    """A pymodbus client for one bus and a printable address for it (no retries inside)."""
+    if transport == "tcp":
+        client: ModbusClient = AsyncModbusTcpClient(
+            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+        )
+        return client, f"{host}:{port}"
+    if transport == "rtu-over-tcp":
+        client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            framer=FramerType.RTU,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        return client, f"rtu://{host}:{port}"
+    if transport == "serial":
+        if not serial_port:
+            raise ValueError("transport serial needs a serial port (e.g. /dev/ttyUSB0)")
+        client = AsyncModbusSerialClient(
+            serial_port,
+            framer=FramerType.RTU,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            bytesize=bytesize,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        return client, f"{serial_port}@{baudrate}{parity}{stopbits}"
+    raise ValueError(f"unknown Modbus transport {transport!r}; use tcp, rtu-over-tcp or serial")
+
+
+_bus_locks: weakref.WeakKeyDictionary[object, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def bus_lock(client: object) -> asyncio.Lock:
+    """The lock every request on ``client`` holds: one request in flight per bus/gateway."""
+    lock = _bus_locks.get(client)
+    if lock is None:
+        lock = _bus_locks[client] = asyncio.Lock()
+    return lock
 
 
 @dataclass
@@ -40,12 +119,130 @@ class ModbusDevice:
             self.blocks = self.regmap.plan()
 
 
+class MeterTracker:
+    """Backoff and online/offline bookkeeping for the meters of one poller (any protocol).
+
+    A meter goes offline after ``offline_after`` consecutive failures: logged once and reported
+    as an open ``meter_offline`` finding; its first success after that is logged once and
+    reported as the same finding with ``ends_at`` (the alert resolves). Failures in between are
+    only counted (``MeterHealth``).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        stats: Stats,
+        *,
+        protocol: str,
+        offline_after: int = 3,
+        backoff_cap_s: float = 300.0,
+        on_findings: FindingsCallback | None = None,
+    ):
+        self.clock = clock
+        self.stats = stats
+        self.protocol = protocol
+        self.offline_after = offline_after
+        self.backoff_cap_s = backoff_cap_s
+        self.on_findings = on_findings
+        self.failures: dict[str, int] = {}
+        self.skip_until: dict[str, datetime] = {}
+        self.offline_since: dict[str, datetime] = {}
+
+    def due(self, meter_id: str, now: datetime) -> bool:
+        until = self.skip_until.get(meter_id)
+        return until is None or now >= until
+
+    def request(self, meter_id: str) -> MeterHealth:
+        health = self.stats.meter(meter_id)
+        health.requests += 1
+        self.stats.count(f"{self.protocol}_requests")
+        return health
+
+    def succeeded(self, meter_id: str, now: datetime, where: str) -> None:
+        health = self.stats.meter(meter_id)
+        self.failures.pop(meter_id, None)
+        self.skip_until.pop(meter_id, None)
+        health.consecutive_errors = 0
+        health.last_success = now
+        health.online = True
+        since = self.offline_since.pop(meter_id, None)
+        if since is not None:
+            log.info("meter %s (%s) back online", meter_id, where)
+            self._emit(meter_id, since, now, where, "answered again")
+
+    def failed(self, meter_id: str, now: datetime, exc: Exception, where: str) -> None:
+        health = self.stats.meter(meter_id)
+        n = self.failures[meter_id] = self.failures.get(meter_id, 0) + 1
+        health.errors += 1
+        health.consecutive_errors += 1
+        health.last_error = str(exc)
+        self.stats.count(f"{self.protocol}_errors")
+        backoff = min(self.backoff_cap_s, 2.0**n)  # wall seconds
+        self.skip_until[meter_id] = now + timedelta(seconds=self.clock.service_seconds(backoff))
+        if health.consecutive_errors >= self.offline_after and meter_id not in self.offline_since:
+            log.warning("meter %s offline: %s", meter_id, exc)
+            health.online = False
+            self.offline_since[meter_id] = now
+            self._emit(meter_id, now, None, where, str(exc))
+
+    def _emit(
+        self, meter_id: str, since: datetime, until: datetime | None, where: str, reason: str
+    ) -> None:
+        self.stats.count("meter_offline_events" if until is None else "meter_online_events")
+        if self.on_findings is None:
+            return
+        if until is None:
+            summary = (
+                f"meter {meter_id} ({self.protocol} at {where}) stopped answering after "
+                f"{self.offline_after} failed reads: {reason}"
+            )
+        else:
+            minutes = (until - since).total_seconds() / 60
+            summary = f"meter {meter_id} ({self.protocol} at {where}) answered again after {minutes:.1f} min offline"
+        row = {
+            "type": "meter_offline",
+            "severity": "major",
+            "meter_id": meter_id,
+            "transformer_id": None,
+            "starts_at": pd.Timestamp(since),
+            "ends_at": pd.Timestamp(until) if until is not None else pd.NaT,
+            "summary": summary,
+            "evidence": {
+                "rule": "consecutive failed reads >= offline_after",
+                "offline_after": self.offline_after,
+                "protocol": self.protocol,
+                "address": where,
+                "reason": reason,
+            },
+        }
+        frame = pd.concat(
+            [empty_findings(), pd.DataFrame([row], columns=list(FINDING_COLUMNS))],
+            ignore_index=True,
+        )
+        try:
+            self.on_findings(frame)
+        except Exception:  # an alert sink failure must not stop polling
+            self.stats.count("alert_callback_errors")
+            log.exception("meter_offline finding for %s could not be delivered", meter_id)
+
+
+def boundary(now: datetime, interval_s: float) -> pd.Timestamp:
+    """The interval boundary at or before ``now`` (UTC epoch grid of ``interval_s`` seconds)."""
+    ts = pd.Timestamp(now)
+    return ts.floor(pd.Timedelta(seconds=interval_s))
+
+
 class ModbusGatewayPoller:
-    """Polls the meters of one Modbus TCP gateway, sequentially (RS-485 behind it is one bus).
+    """Polls the meters of one Modbus gateway or serial bus, one request at a time.
 
     Each cycle spreads the meters' reads over ``spread`` of the interval; a meter that fails
     is retried after an exponential backoff (capped), so a dead meter costs at most its own
     timeout per attempt and never delays the others beyond it.
+
+    ``client`` may be shared between pollers (interval groups on one gateway); requests then
+    queue on the client's :func:`bus_lock`. With ``align`` the readings of a cycle get the
+    interval boundary the cycle started in as ``ts``; otherwise the collector time of the read
+    (to the second). The collector time is kept in the reading dict as ``collected_at``.
     """
 
     def __init__(
@@ -62,22 +259,51 @@ class ModbusGatewayPoller:
         pause_s: float = 0.0,
         offline_after: int = 3,
         backoff_cap_s: float = 300.0,
+        transport: Transport = "tcp",
+        client: ModbusClient | None = None,
+        address: str | None = None,
+        serial: dict[str, Any] | None = None,
+        busy_retries: int = 2,
+        busy_delay_s: float = 0.2,
+        interval_s: float | None = None,
+        align: bool = False,
+        on_findings: FindingsCallback | None = None,
     ):
         self.name = name
-        self.address = f"{host}:{port}"
         self.devices = devices
         self.clock = clock
         self.writer = writer
         self.stats = stats
         self.timeout_s = timeout_s
         self.pause_s = pause_s
-        self.offline_after = offline_after
-        self.backoff_cap_s = backoff_cap_s
-        self.client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+        self.busy_retries = busy_retries
+        self.busy_delay_s = busy_delay_s
+        self.interval_s = interval_s
+        self.align = align
+        self.tracker = MeterTracker(
+            clock,
+            stats,
+            protocol="modbus",
+            offline_after=offline_after,
+            backoff_cap_s=backoff_cap_s,
+            on_findings=on_findings,
         )
+        if client is None:
+            client, address = make_client(
+                transport, host=host, port=port, timeout_s=timeout_s, **(serial or {})
+            )
+        self.client = client
+        self.address = address or f"{host}:{port}"
         self._gateway_down = False
         self.stopping = False
+
+    @property
+    def offline_after(self) -> int:
+        return self.tracker.offline_after
+
+    @property
+    def backoff_cap_s(self) -> float:
+        return self.tracker.backoff_cap_s
 
     async def close(self) -> None:
         self.client.close()
@@ -88,6 +314,8 @@ class ModbusGatewayPoller:
         if not self.client.connected and not await self._connect():
             return 0
         t0 = loop.time()
+        start = self.clock.now()
+        aligned = boundary(start, self.interval_s) if self.align and self.interval_s else None
         gap = interval_wall_s * spread / max(len(self.devices), 1)
         rows: list[dict[str, object]] = []
         try:
@@ -98,10 +326,14 @@ class ModbusGatewayPoller:
                 if self.stopping:
                     break
                 now = self.clock.now()
-                if dev.skip_until is not None and now < dev.skip_until:
+                if not self.tracker.due(dev.meter_id, now):
                     continue
+                if not self.client.connected and not await self._connect():
+                    break
                 reading = await self._read_device(dev, now)
                 if reading is not None:
+                    if aligned is not None:
+                        reading["ts"] = aligned
                     rows.append(reading)
                 if self.pause_s:
                     await asyncio.sleep(self.pause_s)
@@ -112,13 +344,12 @@ class ModbusGatewayPoller:
         return len(rows)
 
     async def _connect(self) -> bool:
+        reason = "connection refused or timed out"
         try:
             ok = await self.client.connect()
         except (ConnectionException, OSError) as exc:
             ok = False
             reason = str(exc)
-        else:
-            reason = "connection refused or timed out"
         if not ok:
             self.stats.count("modbus_connect_errors")
             if not self._gateway_down:
@@ -133,44 +364,42 @@ class ModbusGatewayPoller:
         return True
 
     async def _read_device(self, dev: ModbusDevice, now: datetime) -> dict[str, object] | None:
-        health = self.stats.meter(dev.meter_id)
         values: dict[str, float] = {}
         try:
             for block in dev.blocks:
-                health.requests += 1
-                self.stats.count("modbus_requests")
+                self.tracker.request(dev.meter_id)
                 values.update(dev.regmap.decode_block(block, await self._read_block(dev, block)))
         except DeviceError as exc:
-            self._failed(dev, health, now, exc)
+            if not isinstance(exc, DeviceTimeout | DeviceException):
+                # A broken link or garbled framing: start the next request on a fresh connection.
+                self.stats.count("modbus_reconnects")
+                self.client.close()
+            self.tracker.failed(dev.meter_id, now, exc, f"{self.address} unit {dev.unit}")
+            dev.failures = self.tracker.failures.get(dev.meter_id, 0)
+            dev.skip_until = self.tracker.skip_until.get(dev.meter_id)
             return None
+        self.tracker.succeeded(dev.meter_id, now, f"{self.address} unit {dev.unit}")
         dev.failures = 0
         dev.skip_until = None
-        health.consecutive_errors = 0
-        health.last_success = now
-        if health.online is False:
-            log.info("meter %s back online", dev.meter_id)
-        health.online = True
         ts = pd.Timestamp(now).floor("s")
-        return {"meter_id": dev.meter_id, "ts": ts, **values}
+        return {"meter_id": dev.meter_id, "ts": ts, "collected_at": pd.Timestamp(now), **values}
 
     async def _read_block(self, dev: ModbusDevice, block: ReadBlock) -> list[int]:
-        return await read_block(self.client, self.address, dev, block, self.timeout_s)
-
-    def _failed(self, dev: ModbusDevice, health, now: datetime, exc: DeviceError) -> None:  # noqa: ANN001
-        dev.failures += 1
-        health.errors += 1
-        health.consecutive_errors += 1
-        health.last_error = str(exc)
-        self.stats.count("modbus_errors")
-        backoff = min(self.backoff_cap_s, 2.0**dev.failures)  # wall seconds
-        dev.skip_until = now + timedelta(seconds=self.clock.service_seconds(backoff))
-        if health.consecutive_errors >= self.offline_after and health.online is not False:
-            log.warning("meter %s offline: %s", dev.meter_id, exc)
-            health.online = False
+        attempt = 0
+        while True:
+            try:
+                async with bus_lock(self.client):
+                    return await read_block(self.client, self.address, dev, block, self.timeout_s)
+            except DeviceException as exc:
+                if exc.code != BUSY or attempt >= self.busy_retries:
+                    raise
+                attempt += 1
+                self.stats.count("modbus_busy_retries")
+                await asyncio.sleep(self.busy_delay_s)
 
 
 async def read_block(
-    client: AsyncModbusTcpClient,
+    client: ModbusClient,
     address: str,
     dev: ModbusDevice,
     block: ReadBlock,
@@ -197,3 +426,15 @@ async def read_block(
             dev.meter_id, where, f"answered {len(rr.registers)} registers, asked {block.count}"
         )
     return list(rr.registers)
+
+
+def failing_meters(stats: Stats, meter_ids: Iterable[str] | None = None, n: int = 5) -> list[str]:
+    """Top-``n`` meters by errors, as ``"id errors/requests (last error)"`` lines for summaries."""
+    with stats._lock:
+        items = [
+            (mid, h)
+            for mid, h in stats.meters.items()
+            if h.errors and (meter_ids is None or mid in meter_ids)
+        ]
+    items.sort(key=lambda kv: (-kv[1].errors, kv[0]))
+    return [f"{mid} {h.errors}/{h.requests} ({h.last_error})" for mid, h in items[:n]]

@@ -166,9 +166,117 @@ class AnalyticsConfig(_Model):
     detectors: dict[str, dict[str, Any]] = {}
 
 
+class MqttDeliveryConfig(_Model):
+    """``alerts.delivery.mqtt``: alert state and events on the broker of the ``mqtt`` section."""
+
+    enabled: bool = False
+    topic_prefix: str = "meterwatch"
+    client_id: str = "meterwatch-alerts"
+
+
+class WebhookConfig(_Model):
+    """``alerts.delivery.webhooks[]``: a receiver of Alertmanager's webhook format (version 4)."""
+
+    url: str
+    token_env: str | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class AlertmanagerDeliveryConfig(_Model):
+    """``alerts.delivery.alertmanager``: push to a Prometheus Alertmanager (API v2)."""
+
+    url: str | None = None
+    refresh: Duration = Field(60.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class SmtpConfig(_Model):
+    """``alerts.delivery.smtp``: e-mail; off while ``host`` is null or ``to`` is empty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: str | None = None
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = Field("meterwatch@localhost", alias="from")
+    to: list[str] = []
+    username_env: str | None = None
+    password_env: str | None = None
+    starttls: bool = False
+    timeout_s: float = Field(15.0, gt=0)
+
+
+class RetryConfig(_Model):
+    """``alerts.delivery.retry``: exponential backoff with jitter between delivery attempts."""
+
+    initial: Duration = Field(1.0, gt=0)
+    max: Duration = Field(300.0, gt=0)
+    jitter: float = Field(0.2, ge=0, lt=1)
+    give_up_after: Duration = Field(86400.0, gt=0)
+
+
+class DeliveryConfig(_Model):
+    """``alerts.delivery``: where alert changes are sent, through a persistent outbox."""
+
+    state_dir: Path = Path("var/delivery")
+    external_url: str = ""
+    mqtt: MqttDeliveryConfig = MqttDeliveryConfig()
+    webhooks: list[WebhookConfig] = []
+    alertmanager: AlertmanagerDeliveryConfig = AlertmanagerDeliveryConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    retry: RetryConfig = RetryConfig()
+
+
+class AlertHttpConfig(_Model):
+    """``alerts.http``: JSON API, SSE stream and engineers' web page (token auth)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)
+    token_env: str = "MW_ALERTS_TOKEN"
+
+
+class SlaOverrideConfig(_Model):
+    """Allowed times for alerts of a severity and/or customer class (most specific wins)."""
+
+    severity: Literal["critical", "major", "minor", "warning", "info"] | None = None
+    customer_class: Literal["residential", "commercial", "industrial"] | None = None
+    acknowledge: Duration | None = Field(None, gt=0)
+    resolve: Duration | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _keys(self) -> SlaOverrideConfig:
+        if self.severity is None and self.customer_class is None:
+            raise ValueError("an SLA override needs severity and/or customer_class")
+        if self.acknowledge is None and self.resolve is None:
+            raise ValueError("an SLA override needs acknowledge and/or resolve")
+        return self
+
+
+class SlaConfig(_Model):
+    """Service-level deadlines, counted from when an alert opens (utility service standard)."""
+
+    acknowledge: Duration = Field(2 * 3600.0, gt=0)
+    resolve: Duration = Field(24 * 3600.0, gt=0)
+    overrides: list[SlaOverrideConfig] = []
+
+
+class AuditConfig(_Model):
+    path: Path | None = None  # default: <state_dir>/audit.jsonl
+    key_env: str = "MW_AUDIT_KEY"
+    checkpoint_every: int = Field(100, ge=1)
+
+
 class AlertsConfig(_Model):
     feed: Path = Path("var/alerts.jsonl")
+    state_dir: Path | None = None  # default: next to the feed, <feed dir>/<feed stem>-state
+    verify_after_intervals: int = Field(3, ge=0)
+    flap_hold: Duration = Field(7200.0, ge=0)
+    sla: SlaConfig = SlaConfig()
+    escalate_at_fraction: float = Field(0.8, gt=0, lt=1)
+    audit: AuditConfig = AuditConfig()
     console: bool = True
+    delivery: DeliveryConfig = DeliveryConfig()
+    http: AlertHttpConfig = AlertHttpConfig()
     auto_resolve_categories: list[
         Literal["consumption", "theft", "billing", "equipment", "data_quality"]
     ] = [

@@ -1,7 +1,14 @@
-"""Modbus TCP server for simulated meters: one unit id per meter, registers as the model's map."""
+"""Modbus server for simulated meters: one unit id per meter, registers as the model's map.
+
+Serves Modbus TCP (MBAP), RTU framing over TCP (``framer=FramerType.RTU``, like a transparent
+serial device server) or serial RTU on a (pseudo-)terminal (:meth:`MeterModbusServer.start_serial`).
+Faults can be injected per unit: ``busy`` answers exception 6 a given number of times, ``delay_s``
+answers late (a slow meter).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -9,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from meterwatch.schema import READING_FIELDS
@@ -67,7 +75,16 @@ class _FleetContext:
     async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | ExcCodes:
-        return self._server.serve_read(device_id, func_code, address, count)
+        server = self._server
+        server.in_flight += 1
+        server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            delay = server.delay_s.get(device_id, 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+            return server.serve_read(device_id, func_code, address, count)
+        finally:
+            server.in_flight -= 1
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: list[int]
@@ -84,13 +101,23 @@ class MeterModbusServer:
     logged in ``served`` so tests can count what went out.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, framer: FramerType = FramerType.SOCKET
+    ):
         self.host = host
         self.port = port
+        self.framer = framer
         self.devices: dict[int, SimulatedDevice] = {}
         self.served: list[ServedRead] = []
         self.function_codes: Counter[int] = Counter()
-        self._server: ModbusTcpServer | None = None
+        #: unit id -> how many more reads to refuse with exception 6 (device busy).
+        self.busy: dict[int, int] = {}
+        #: unit id -> seconds to wait before answering (a slow meter).
+        self.delay_s: dict[int, float] = {}
+        #: requests being answered now, and the most ever at once (a bus carries one).
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     def add_device(self, meter_id: str, unit: int, regmap: RegisterMap) -> SimulatedDevice:
         if unit in self.devices:
@@ -119,6 +146,9 @@ class MeterModbusServer:
             raise NoSuchIdException(f"no simulated meter at unit id {unit}")
         if func_code in _WRITE_FCS:
             return ExcCodes.ILLEGAL_FUNCTION
+        if self.busy.get(unit, 0) > 0:
+            self.busy[unit] -= 1
+            return ExcCodes.DEVICE_BUSY
         table = _TABLE_BY_FC.get(func_code)
         image = dev.images.get(table) if table else None
         if image is None:
@@ -132,7 +162,10 @@ class MeterModbusServer:
         """Listen; return the bound port (useful with port 0)."""
         placeholder = SimDevice(1, simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)])
         self._server = ModbusTcpServer(
-            placeholder, address=(self.host, self.port), ignore_missing_devices=True
+            placeholder,
+            framer=self.framer,
+            address=(self.host, self.port),
+            ignore_missing_devices=True,
         )
         self._server.context = _FleetContext(self)  # type: ignore[assignment]
         await self._server.serve_forever(background=True)
@@ -146,6 +179,21 @@ class MeterModbusServer:
             "simulated Modbus meters on %s:%d (%d units)", self.host, self.port, len(self.devices)
         )
         return self.port
+
+    async def start_serial(self, port: str, baudrate: int = 9600, parity: str = "N") -> None:
+        """Serve RTU on a serial (or pseudo-terminal) device instead of TCP."""
+        placeholder = SimDevice(1, simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)])
+        self._server = ModbusSerialServer(
+            placeholder,
+            framer=FramerType.RTU,
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            ignore_missing_devices=True,
+        )
+        self._server.context = _FleetContext(self)  # type: ignore[assignment]
+        await self._server.serve_forever(background=True)
+        log.info("simulated Modbus meters on serial %s (%d units)", port, len(self.devices))
 
     async def stop(self) -> None:
         if self._server is not None:
