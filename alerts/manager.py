@@ -1,24 +1,53 @@
-"""Turns detector findings into alerts: one open alert per fingerprint, appended to a JSONL feed."""
+"""Turns detector findings into alerts and runs their lifecycle, appended to a JSONL feed.
+
+Lifecycle: ``open`` → ``acknowledged`` (who, when, note) → ``resolved`` (by hand, or ``auto``
+when the condition clears and stays clear for the flap hold) → *verified* after
+``verify_after_intervals`` clean analytics runs. A new episode of a resolved but unverified
+alert re-opens the same alert; after verification it is a new alert. Listener events:
+``opened``, ``updated``, ``acknowledged``, ``resolved``, ``verified``, ``reopened``,
+``escalated``; each alert carries ``quiet`` (silenced / inhibited) so delivery can skip it.
+
+Persistence: the feed is an append-only log whose last line per ``id`` is the state, replayed
+on start and re-read before every change (the CLI and the service may both write it; an
+exclusive ``flock`` on ``<state_dir>/feed.lock`` serialises them). Silences, verification
+counters and the audit log live in the state directory next to the feed.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from alerts.model import Alert, fingerprint
+from alerts.audit import AuditLog, load_key
+from alerts.errors import AlertNotFound, AlertStateError
+from alerts.model import Alert, fingerprint, iso
+from alerts.silence import Silence, SilenceStore
+from alerts.sla import SlaPolicy, SlaRule, due_escalations, record_step
+
+if TYPE_CHECKING:
+    from meterwatch.config import AlertsConfig
 
 log = logging.getLogger(__name__)
 
-#: Called with (event, alert) for every change: event is "opened", "updated" or "resolved".
+#: Called with (event, alert) for every change; see the module docstring for the events.
 Listener = Callable[[str, Alert], None]
+
+#: Per-meter alert types an open ``outage`` of the meter's transformer area inhibits.
+INHIBITED_BY_OUTAGE: frozenset[str] = frozenset({"voltage_loss", "meter_offline"})
+
+#: Events written to the feed and the audit log but not sent to listeners (no notification).
+_SILENT_EVENTS = frozenset({"clearing"})
 
 
 def _ts(value: object) -> datetime | None:
@@ -27,14 +56,17 @@ def _ts(value: object) -> datetime | None:
     return pd.Timestamp(value).to_pydatetime()  # type: ignore[arg-type]
 
 
-class AlertManager:
-    """Deduplicates findings into alerts and keeps the feed.
+def default_state_dir(feed_path: str | Path) -> Path:
+    """``var/alerts.jsonl`` → ``var/alerts-state``."""
+    feed = Path(feed_path)
+    return feed.parent / f"{feed.stem}-state"
 
-    The feed is an append-only log: every change to an alert appends its whole current state
-    as one JSON line, so the last line of an ``id`` is its state. It is replayed on start, so
-    open alerts survive restarts. Findings are matched to alerts by fingerprint: while an alert
-    is open (or acknowledged) a new finding updates it; an episode that ended before the
-    latest alert of the fingerprint was resolved is one we already reported and is ignored.
+
+class AlertManager:
+    """Deduplicates findings into alerts, runs their lifecycle and keeps the feed.
+
+    Constructor defaults suit one-shot use (``meterwatch analyze``): no flap hold and no
+    verification stage. The service builds it with :meth:`from_config`.
     """
 
     def __init__(
@@ -42,18 +74,152 @@ class AlertManager:
         feed_path: str | Path,
         auto_resolve_categories: Iterable[str] = ("equipment", "consumption"),
         listeners: Iterable[Listener] = (),
+        *,
+        state_dir: str | Path | None = None,
+        verify_after_intervals: int = 0,
+        flap_hold_s: float = 0.0,
+        sla: SlaPolicy | None = None,
+        meters: pd.DataFrame | Mapping[str, str | None] | None = None,
+        audit: AuditLog | None = None,
     ):
         self.feed_path = Path(feed_path)
         self.feed_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir(self.feed_path)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.auto_resolve = frozenset(auto_resolve_categories)
         self.listeners = list(listeners)
-        self._lock = threading.Lock()
+        self.verify_after = int(verify_after_intervals)
+        self.flap_hold_s = float(flap_hold_s)
+        self.sla = sla or SlaPolicy()
+        self.audit = audit or AuditLog(
+            self.state_dir / "audit.jsonl", load_key("MW_AUDIT_KEY", self.state_dir)
+        )
+        self.silences = SilenceStore(self.state_dir / "silences.jsonl")
+        self._silence_stat: tuple[int, int] | None = None
+        self._customer_class: dict[str, str | None] = {}
+        if meters is not None:
+            self.set_meters(meters)
+        self._lock = threading.RLock()
         self.alerts: dict[str, Alert] = {}
         self._latest: dict[str, Alert] = {}
-        self._episodes: dict[str, set[str]] = {}
-        self._replay()
+        self._feed_offset = 0
+        self.skipped_lines = 0
+        #: fingerprints with a still-present condition seen since the last tick
+        self._active_fps: set[str] = set()
+        self._resolved_since_tick: set[str] = set()
+        self._clean_path = self.state_dir / "verify.json"
+        self._clean: dict[str, int] = self._load_clean()
+        with self._locked():
+            pass  # replays the feed
 
-    # -- public -------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        cfg: AlertsConfig,
+        *,
+        listeners: Iterable[Listener] = (),
+        meters: pd.DataFrame | Mapping[str, str | None] | None = None,
+    ) -> AlertManager:
+        """Build from ``alerts:`` config (state dir, hold, verification, SLA, audit log)."""
+        state_dir = cfg.state_dir or default_state_dir(cfg.feed)
+        sla = SlaPolicy(
+            acknowledge=cfg.sla.acknowledge,
+            resolve=cfg.sla.resolve,
+            overrides=tuple(
+                SlaRule(o.severity, o.customer_class, o.acknowledge, o.resolve)
+                for o in cfg.sla.overrides
+            ),
+            escalate_at_fraction=cfg.escalate_at_fraction,
+        )
+        audit = AuditLog(
+            cfg.audit.path or state_dir / "audit.jsonl",
+            load_key(cfg.audit.key_env, state_dir),
+            cfg.audit.checkpoint_every,
+        )
+        return cls(
+            cfg.feed,
+            cfg.auto_resolve_categories,
+            listeners,
+            state_dir=state_dir,
+            verify_after_intervals=cfg.verify_after_intervals,
+            flap_hold_s=cfg.flap_hold,
+            sla=sla,
+            meters=meters,
+            audit=audit,
+        )
+
+    def set_meters(self, meters: pd.DataFrame | Mapping[str, str | None]) -> None:
+        """Customer class per meter (registry frame or mapping) for the SLA policy."""
+        if isinstance(meters, pd.DataFrame):
+            cls_col = meters.get("customer_class")
+            values = (
+                cls_col.where(cls_col.notna() & (cls_col != ""), None)
+                if cls_col is not None
+                else pd.Series(None, index=meters.index)
+            )
+            self._customer_class = dict(zip(meters["meter_id"].astype(str), values, strict=True))
+        else:
+            self._customer_class = {str(k): (v or None) for k, v in meters.items()}
+
+    # -- queries ------------------------------------------------------------------------
+
+    def get(self, alert_id: str) -> Alert:
+        """The alert with this id (or a unique prefix of it); AlertNotFound otherwise."""
+        with self._locked():
+            return self._get(alert_id)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        meter_id: str | None = None,
+        transformer_id: str | None = None,
+        since: datetime | None = None,
+    ) -> list[Alert]:
+        """Alerts matching every given filter, oldest first.
+
+        ``status`` is ``open``, ``acknowledged``, ``resolved`` (verified included),
+        ``verified``, or ``active`` (open or acknowledged); ``since`` keeps alerts changed at
+        or after that instant.
+        """
+        with self._locked():
+            out = []
+            for a in self.alerts.values():
+                if status is not None:
+                    if status == "verified":
+                        if a.verified_at is None:
+                            continue
+                    elif status == "active":
+                        if a.status == "resolved":
+                            continue
+                    elif a.status != status:
+                        continue
+                if type is not None and a.type != type:
+                    continue
+                if meter_id is not None and a.meter_id != meter_id:
+                    continue
+                if transformer_id is not None and a.transformer_id != transformer_id:
+                    continue
+                if since is not None and (a.updated_at or a.starts_at) < since:
+                    continue
+                out.append(a)
+        return sorted(out, key=lambda a: (a.starts_at, a.id))
+
+    def open_alerts(self) -> list[Alert]:
+        with self._locked():
+            return [a for a in self.alerts.values() if a.status != "resolved"]
+
+    def counts_by_type(self) -> Counter[str]:
+        """Alerts raised so far (any status), by type."""
+        with self._lock:
+            return Counter(a.type for a in self.alerts.values())
+
+    def active_silences(self, now: datetime) -> list[Silence]:
+        with self._locked():
+            return [s for s in self.silences.silences.values() if s.active(now)]
+
+    # -- changes ------------------------------------------------------------------------
 
     def process(
         self, findings: pd.DataFrame, now: datetime, *, streaming: bool = False
@@ -66,112 +232,378 @@ class AlertManager:
         """
         if findings.empty:
             return []
-        changes: list[tuple[str, Alert]] = []
         rows = findings.sort_values("starts_at", kind="stable").to_dict("records")
-        with self._lock:
+        with self._locked():
+            changes: list[tuple[str, Alert]] = []
             for row in rows:
-                change = self._apply(row, now, streaming)
-                if change is not None:
-                    changes.append(change)
-            self._append([a for _, a in changes])
-        for event, alert in changes:
-            for listener in self.listeners:
-                listener(event, alert)
-        return changes
+                changes.extend(self._apply(row, now, streaming))
+            self._commit(changes, now)
+        return self._notify(changes)
 
-    def open_alerts(self) -> list[Alert]:
-        with self._lock:
-            return [a for a in self.alerts.values() if a.status != "resolved"]
+    def acknowledge(self, alert_id: str, *, by: str, note: str = "", now: datetime) -> Alert:
+        """Open → acknowledged; AlertStateError if it is not open."""
+        with self._locked():
+            alert = self._get(alert_id)
+            if alert.status != "open":
+                raise AlertStateError(alert.id, alert.status, "acknowledge")
+            alert.status = "acknowledged"
+            alert.acknowledged_at, alert.acknowledged_by, alert.ack_note = now, by, note
+            alert.updated_at = now
+            record_step(alert.sla, "acknowledge", now)
+            changes = [("acknowledged", alert)]
+            self._commit(changes, now, by=by, note=note)
+        self._notify(changes)
+        return alert
 
-    def counts_by_type(self) -> Counter[str]:
-        """Alerts raised so far (any status), by type."""
-        with self._lock:
-            return Counter(a.type for a in self.alerts.values())
+    def resolve(self, alert_id: str, *, by: str, note: str = "", now: datetime) -> Alert:
+        """Open or acknowledged → resolved by hand; AlertStateError if already resolved."""
+        with self._locked():
+            alert = self._get(alert_id)
+            if alert.status == "resolved":
+                raise AlertStateError(alert.id, alert.status, "resolve")
+            self._resolve(alert, now, by=by, note=note)
+            changes = [("resolved", alert)]
+            self._commit(changes, now, by=by, note=note)
+        self._notify(changes)
+        return alert
+
+    def silence(
+        self,
+        matchers: dict[str, str],
+        *,
+        starts_at: datetime,
+        ends_at: datetime,
+        author: str,
+        comment: str,
+        now: datetime | None = None,
+    ) -> Silence:
+        """Store a silence; open alerts it covers at ``now`` (default ``starts_at``) go quiet."""
+        s = Silence(
+            matchers=dict(matchers),
+            starts_at=starts_at,
+            ends_at=ends_at,
+            author=author,
+            comment=comment,
+        )
+        at = now or starts_at
+        with self._locked():
+            self.silences.add(s)
+            self._silence_stat = self._stat(self.silences.path)
+            self.audit.append("silence.created", s.to_json())
+            changes = self._refresh_quiet(at)
+            self._commit(changes, at)
+        self._notify(changes)
+        return s
+
+    def tick(self, now: datetime) -> list[tuple[str, Alert]]:
+        """Once per analytics run, after :meth:`process`: flap-hold expiry, verification,
+        SLA escalations and quiet (silence/inhibition) changes."""
+        with self._locked():
+            changes: list[tuple[str, Alert]] = []
+            clean_changed = False
+            for alert in list(self.alerts.values()):
+                if alert.status != "resolved":
+                    if (
+                        alert.clear_since is not None
+                        and (now - alert.clear_since).total_seconds() >= self.flap_hold_s
+                    ):
+                        self._resolve(alert, now, by="auto", ends=alert.clear_since)
+                        changes.append(("resolved", alert))
+                        continue
+                    if due_escalations(alert, now, self.sla.escalate_at_fraction):
+                        alert.updated_at = now
+                        changes.append(("escalated", alert))
+                elif self.verify_after > 0 and alert.verified_at is None:
+                    if alert.id in self._resolved_since_tick:
+                        continue
+                    if alert.fingerprint in self._active_fps:
+                        n = 0
+                    else:
+                        n = self._clean.get(alert.id, 0) + 1
+                    if n >= self.verify_after:
+                        alert.verified_at = now
+                        alert.updated_at = now
+                        self._clean.pop(alert.id, None)
+                        changes.append(("verified", alert))
+                    else:
+                        self._clean[alert.id] = n
+                    clean_changed = True
+            self._active_fps.clear()
+            self._resolved_since_tick.clear()
+            changes.extend(self._refresh_quiet(now))
+            self._commit(changes, now)
+            if clean_changed:
+                self._save_clean()
+        return self._notify(changes)
+
+    def close(self) -> None:
+        """Sign the audit log's head (a checkpoint at close)."""
+        self.audit.close()
 
     # -- internals ----------------------------------------------------------------------
 
+    def _get(self, alert_id: str) -> Alert:
+        if alert_id in self.alerts:
+            return self.alerts[alert_id]
+        hits = [a for i, a in self.alerts.items() if alert_id and i.startswith(alert_id)]
+        if len(hits) == 1:
+            return hits[0]
+        raise AlertNotFound(alert_id, str(self.feed_path))
+
+    def _resolve(
+        self,
+        alert: Alert,
+        now: datetime,
+        *,
+        by: str,
+        note: str = "",
+        ends: datetime | None = None,
+    ) -> None:
+        alert.status = "resolved"
+        alert.resolved_at, alert.resolved_by, alert.resolve_note = now, by, note
+        if ends is not None:
+            alert.ends_at = ends
+        alert.clear_since = None
+        alert.updated_at = now
+        # resolving answers the alert too: the acknowledge step is done at the latest now
+        if alert.sla is not None and alert.sla.get("acknowledge") is None:
+            record_step(alert.sla, "acknowledge", now)
+        record_step(alert.sla, "resolve", now)
+        self._resolved_since_tick.add(alert.id)
+        self._clean.pop(alert.id, None)
+
     def _apply(
         self, row: dict[str, object], now: datetime, streaming: bool = False
-    ) -> tuple[str, Alert] | None:
+    ) -> list[tuple[str, Alert]]:
         atype = str(row["type"])
-        meter_id = row.get("meter_id") or None
-        transformer_id = row.get("transformer_id") or None
-        fp = fingerprint(atype, meter_id, transformer_id)  # type: ignore[arg-type]
+        meter_id = str(row.get("meter_id") or "") or None
+        transformer_id = str(row.get("transformer_id") or "") or None
+        fp = fingerprint(atype, meter_id, transformer_id)
         starts = _ts(row["starts_at"])
         ends = _ts(row.get("ends_at"))
         assert starts is not None
-        episode = starts.isoformat()
+        if ends is None:
+            self._active_fps.add(fp)
         latest = self._latest.get(fp)
+        summary = str(row["summary"])
+        evidence = dict(row["evidence"])  # type: ignore[call-overload]
 
         if latest is not None and latest.status != "resolved":
             latest.last_seen = now
+            new_episode = latest.last_episode is None or starts > latest.last_episode
             if streaming:
-                return None
-            event = None
-            seen = self._episodes.setdefault(latest.id, set())
-            if episode not in seen:
-                seen.add(episode)
-                latest.count = len(seen)
-                latest.summary = str(row["summary"])
-                latest.evidence = dict(row["evidence"])  # type: ignore[call-overload]
-                event = "updated"
-            if ends is not None and latest.category in self.auto_resolve:
-                latest.status = "resolved"
-                latest.ends_at = ends
-                latest.summary = str(row["summary"])
-                latest.evidence = dict(row["evidence"])  # type: ignore[call-overload]
-                event = "resolved"
-            if event:
+                if latest.clear_since is not None and ends is None and new_episode:
+                    latest.clear_since = None  # back within the flap hold: stays open
+                    latest.updated_at = now
+                    return [("updated", latest)]
+                return []
+            events: list[str] = []
+            if new_episode:
+                latest.last_episode = starts
+                latest.count += 1
+                latest.summary, latest.evidence = summary, evidence
+                latest.clear_since = None
+                events.append("updated")
+            if (
+                ends is not None
+                and latest.category in self.auto_resolve
+                and latest.last_episode is not None
+                and starts >= latest.last_episode
+            ):
+                latest.summary, latest.evidence = summary, evidence
+                if (now - ends).total_seconds() >= self.flap_hold_s:
+                    self._resolve(latest, now, by="auto", ends=ends)
+                    events = ["resolved"]
+                elif latest.clear_since != ends:
+                    latest.clear_since = ends
+                    events = events or ["clearing"]
+            if events:
                 latest.updated_at = now
-                return event, latest
-            return None
+            return [(e, latest) for e in events[-1:]]
 
-        if latest is not None and latest.ends_at is not None and starts <= latest.ends_at:
-            return None  # an episode already reported and resolved
+        if latest is not None:  # resolved
+            known = latest.last_episode is not None and starts <= latest.last_episode
+            if known or (latest.ends_at is not None and starts <= latest.ends_at):
+                return []  # an episode already reported
+            if self.verify_after > 0 and latest.verified_at is None:
+                return self._reopen(latest, starts, ends, summary, evidence, now)
 
         alert = Alert(
             type=atype,
             severity=str(row["severity"]),
-            meter_id=meter_id,  # type: ignore[arg-type]
-            transformer_id=transformer_id,  # type: ignore[arg-type]
+            meter_id=meter_id,
+            transformer_id=transformer_id,
             starts_at=starts,
-            summary=str(row["summary"]),
-            evidence=dict(row["evidence"]),  # type: ignore[call-overload]
+            summary=summary,
+            evidence=evidence,
             last_seen=now,
             updated_at=now,
+            opened_at=now,
+            last_episode=starts,
         )
-        if ends is not None and alert.category in self.auto_resolve:
-            alert.status = "resolved"
-            alert.ends_at = ends
+        alert.sla = self.sla.start(alert, self._customer_class.get(meter_id or ""), now)
         self.alerts[alert.id] = alert
         self._latest[fp] = alert
-        self._episodes[alert.id] = {episode}
-        return "opened", alert
+        changes = [("opened", alert)]
+        if ends is not None and alert.category in self.auto_resolve:
+            if (now - ends).total_seconds() >= self.flap_hold_s:
+                self._resolve(alert, now, by="auto", ends=ends)
+                # one line: opened already resolved (the episode is over)
+                changes = [("resolved", alert)]
+            else:
+                alert.clear_since = ends
+        return changes
 
-    def _append(self, alerts: list[Alert]) -> None:
-        if not alerts:
+    def _reopen(
+        self,
+        alert: Alert,
+        starts: datetime,
+        ends: datetime | None,
+        summary: str,
+        evidence: dict[str, Any],
+        now: datetime,
+    ) -> list[tuple[str, Alert]]:
+        alert.status = "open"
+        alert.ends_at = None
+        alert.resolved_at = alert.resolved_by = alert.resolve_note = None
+        alert.reopened += 1
+        alert.count += 1
+        alert.last_episode = starts
+        alert.summary, alert.evidence = summary, evidence
+        alert.last_seen = alert.updated_at = now
+        alert.clear_since = (
+            ends if ends is not None and alert.category in self.auto_resolve else None
+        )
+        if alert.sla is not None:
+            alert.sla["resolve"] = None
+        self._clean.pop(alert.id, None)
+        return [("reopened", alert)]
+
+    def _quiet(self, alert: Alert, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
+        if alert.type in INHIBITED_BY_OUTAGE and alert.meter_id and alert.transformer_id:
+            outage = self._latest.get(fingerprint("outage", None, alert.transformer_id))
+            if outage is not None and outage.status != "resolved":
+                return {"reason": "inhibited", "inhibited_by": outage.id}, outage.id
+        s = self.silences.silencing(alert, now)
+        if s is not None:
+            return {"reason": "silenced", "silence_id": s.id, "until": iso(s.ends_at)}, None
+        return None, None
+
+    def _refresh_quiet(self, now: datetime) -> list[tuple[str, Alert]]:
+        changes = []
+        for alert in self.alerts.values():
+            if alert.status == "resolved":
+                continue
+            quiet, inhibitor = self._quiet(alert, now)
+            if quiet != alert.quiet:
+                alert.quiet, alert.inhibited_by = quiet, inhibitor
+                alert.updated_at = now
+                changes.append(("updated", alert))
+        return changes
+
+    def _commit(
+        self, changes: list[tuple[str, Alert]], now: datetime, *, by: str = "", note: str = ""
+    ) -> None:
+        """Set quiet state, then append to the feed and the audit log (under the lock)."""
+        if not changes:
             return
-        with self.feed_path.open("a", encoding="utf-8") as fh:
-            for alert in alerts:
-                fh.write(json.dumps(alert.to_json(), ensure_ascii=False) + "\n")
+        for _, alert in changes:
+            alert.quiet, alert.inhibited_by = self._quiet(alert, now)
+        lines = [json.dumps(a.to_json(), ensure_ascii=False) + "\n" for _, a in changes]
+        data = "".join(lines).encode()
+        with self.feed_path.open("ab") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        self._feed_offset += len(data)
+        for event, alert in changes:
+            payload: dict[str, Any] = {"alert": alert.to_json()}
+            if by:
+                payload["by"] = by
+            if note:
+                payload["note"] = note
+            self.audit.append(f"alert.{event}", payload)
 
-    def _replay(self) -> None:
+    def _notify(self, changes: list[tuple[str, Alert]]) -> list[tuple[str, Alert]]:
+        visible = [(e, a) for e, a in changes if e not in _SILENT_EVENTS]
+        for event, alert in visible:
+            for listener in self.listeners:
+                listener(event, alert)
+        return visible
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Thread lock + cross-process file lock, with the feed re-read up to date."""
+        with self._lock, (self.state_dir / "feed.lock").open("a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            try:
+                self._sync()
+                yield
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _sync(self) -> None:
+        """Apply feed lines (and silences) written by other processes since the last look."""
+        st = self._stat(self.silences.path)
+        if st != self._silence_stat:
+            self.silences.reload()
+            self._silence_stat = st
         if not self.feed_path.exists():
             return
-        with self.feed_path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
+        with self.feed_path.open("rb") as fh:
+            fh.seek(self._feed_offset)
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # a line being written; read it next time
+                start = self._feed_offset
+                self._feed_offset += len(raw)
+                if not raw.strip():
                     continue
                 try:
-                    alert = Alert.from_json(json.loads(line))
+                    alert = Alert.from_json(json.loads(raw))
                 except (ValueError, KeyError, TypeError) as exc:
+                    self.skipped_lines += 1
                     log.warning(
-                        "%s:%d: unreadable alert line skipped: %s", self.feed_path, lineno, exc
+                        "%s: unreadable alert line at byte %d skipped (%d so far): %s",
+                        self.feed_path,
+                        start,
+                        self.skipped_lines,
+                        exc,
                     )
                     continue
                 self.alerts[alert.id] = alert
-        for alert in sorted(self.alerts.values(), key=lambda a: a.starts_at):
-            self._latest[alert.fingerprint] = alert
-            self._episodes[alert.id] = {alert.starts_at.isoformat()}
+                cur = self._latest.get(alert.fingerprint)
+                if cur is None or cur.id == alert.id or _age_key(alert) >= _age_key(cur):
+                    self._latest[alert.fingerprint] = alert
+
+    def _load_clean(self) -> dict[str, int]:
+        if not self._clean_path.exists():
+            return {}
+        try:
+            data = json.loads(self._clean_path.read_text(encoding="utf-8"))
+            return {str(k): int(v) for k, v in data["clean_intervals"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning(
+                "%s unreadable (%s): verification counters restart at 0", self._clean_path, exc
+            )
+            return {}
+
+    def _save_clean(self) -> None:
+        tmp = self._clean_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump({"clean_intervals": self._clean}, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._clean_path)
+
+
+def _age_key(alert: Alert) -> tuple[datetime, datetime]:
+    return (alert.opened_at or alert.starts_at, alert.starts_at)

@@ -266,8 +266,45 @@ class AuditConfig(_Model):
     checkpoint_every: int = Field(100, ge=1)
 
 
+class SlaOverrideConfig(_Model):
+    """Allowed times for alerts of a severity and/or customer class (most specific wins)."""
+
+    severity: Literal["critical", "major", "minor", "warning", "info"] | None = None
+    customer_class: Literal["residential", "commercial", "industrial"] | None = None
+    acknowledge: Duration | None = Field(None, gt=0)
+    resolve: Duration | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _keys(self) -> SlaOverrideConfig:
+        if self.severity is None and self.customer_class is None:
+            raise ValueError("an SLA override needs severity and/or customer_class")
+        if self.acknowledge is None and self.resolve is None:
+            raise ValueError("an SLA override needs acknowledge and/or resolve")
+        return self
+
+
+class SlaConfig(_Model):
+    """Service-level deadlines, counted from when an alert opens (utility service standard)."""
+
+    acknowledge: Duration = Field(2 * 3600.0, gt=0)
+    resolve: Duration = Field(24 * 3600.0, gt=0)
+    overrides: list[SlaOverrideConfig] = []
+
+
+class AuditConfig(_Model):
+    path: Path | None = None  # default: <state_dir>/audit.jsonl
+    key_env: str = "MW_AUDIT_KEY"
+    checkpoint_every: int = Field(100, ge=1)
+
+
 class AlertsConfig(_Model):
     feed: Path = Path("var/alerts.jsonl")
+    state_dir: Path | None = None  # default: next to the feed, <feed dir>/<feed stem>-state
+    verify_after_intervals: int = Field(3, ge=0)
+    flap_hold: Duration = Field(7200.0, ge=0)
+    sla: SlaConfig = SlaConfig()
+    escalate_at_fraction: float = Field(0.8, gt=0, lt=1)
+    audit: AuditConfig = AuditConfig()
     state_dir: Path | None = None  # default: next to the feed, <feed dir>/<feed stem>-state
     verify_after_intervals: int = Field(3, ge=0)
     flap_hold: Duration = Field(7200.0, ge=0)

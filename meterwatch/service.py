@@ -91,10 +91,8 @@ class Service:
             assert cfg.registry.path is not None
             self.registry = load_registry(cfg.registry.path)
         self.store = EmbeddedStore(cfg.storage.path, cfg.storage.retention_days)
-        self.alerts = AlertManager(
-            cfg.alerts.feed,
-            cfg.alerts.auto_resolve_categories,
-            listeners=[self._alert_event],
+        self.alerts = AlertManager.from_config(
+            cfg.alerts, listeners=[self._alert_event], meters=self.registry
         )
         self.writer = ReadingWriter(self.store, self.stats, listeners=[self._stream_detect])
 
@@ -230,6 +228,7 @@ class Service:
             await poller.close()
         if self.broker is not None:
             await self.broker.stop()
+        self.alerts.close()  # signed audit checkpoint
         self.store.close()
 
     async def _drain_mqtt(self, timeout_s: float = 10.0) -> None:
@@ -306,6 +305,7 @@ class Service:
         readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
         findings = await asyncio.to_thread(run_detectors, self.detectors, readings, self.registry)
         self.alerts.process(findings, now)
+        self.alerts.tick(now)  # flap hold, verification, SLA escalation, silences
         self.stats.count("analytics_runs")
 
     def _stream_detect(self, frame: pd.DataFrame) -> None:

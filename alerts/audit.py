@@ -1,0 +1,261 @@
+"""Tamper-evident audit log: a SHA-256 hash chain of JSON lines with HMAC-signed checkpoints.
+
+Each line is one entry ``{seq, ts, event, payload, prev_hash, hash}`` where
+``hash = sha256(prev_hash + canonical_json(entry without "hash"))`` and canonical JSON has
+sorted keys and no spaces. Every ``checkpoint_every`` entries, and at close, a ``checkpoint``
+entry signs the chain head with HMAC-SHA256 (key from the environment variable named by
+``alerts.audit.key_env``, else a generated key file with mode 0600 in the alert state
+directory). A modified, inserted, reordered or deleted entry breaks the chain or a signature;
+:func:`verify` names the first bad ``seq``. Entries after the last checkpoint are reported as
+an unverified tail: deleting them cannot be told from them never having been written.
+
+Several processes (the service, the ``meterwatch alerts`` CLI) may append: an exclusive
+``flock`` on ``<log>.lock`` is held while the tail is re-read and the entry written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alerts.errors import AuditError
+from alerts.model import iso
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+CHECKPOINT = "checkpoint"
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256((entry["prev_hash"] + canonical(body)).encode()).hexdigest()
+
+
+def sign(key: bytes, upto_seq: int, head_hash: str) -> str:
+    return hmac.new(key, f"{upto_seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+def load_key(key_env: str, state_dir: Path, *, create: bool = True) -> bytes:
+    """The checkpoint key: ``$key_env`` if set, else ``state_dir/audit.key`` (made 0600)."""
+    value = os.environ.get(key_env)
+    if value:
+        return value.encode()
+    path = state_dir / "audit.key"
+    if path.exists():
+        return path.read_bytes().strip()
+    if not create:
+        raise AuditError(f"no audit key: ${key_env} is not set and {path} does not exist")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    log.warning("audit: $%s not set; generated a signing key in %s (mode 0600)", key_env, path)
+    return path.read_bytes().strip()
+
+
+@dataclass
+class AuditLog:
+    """Append-only hash-chained log. ``append`` is thread- and process-safe."""
+
+    path: Path
+    key: bytes
+    checkpoint_every: int = 100
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _offset: int = 0
+    _last_seq: int = 0
+    _last_hash: str = GENESIS
+    _since_checkpoint: int = 0
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.checkpoint_every < 1:
+            raise AuditError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock, open(str(self.path) + ".lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            try:
+                self._catch_up()
+                yield
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> None:
+        """Read entries other writers appended since we last looked."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line is never chained onto
+                self._offset += len(raw)
+                try:
+                    e = json.loads(raw)
+                    self._last_seq, self._last_hash = int(e["seq"]), str(e["hash"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise AuditError(
+                        f"{self.path}: unreadable entry at byte {self._offset}: {exc}"
+                    ) from exc
+                self._since_checkpoint = (
+                    0 if e.get("event") == CHECKPOINT else self._since_checkpoint + 1
+                )
+
+    def _write(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "seq": self._last_seq + 1,
+            "ts": iso(datetime.now(UTC)),
+            "event": event,
+            "payload": payload,
+            "prev_hash": self._last_hash,
+        }
+        entry["hash"] = entry_hash(entry)
+        line = (canonical(entry) + "\n").encode()
+        try:
+            with self.path.open("ab") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot append audit entry: {exc}") from exc
+        self._offset += len(line)
+        self._last_seq, self._last_hash = entry["seq"], entry["hash"]
+        self._since_checkpoint = 0 if event == CHECKPOINT else self._since_checkpoint + 1
+        return entry
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return self._write(
+            CHECKPOINT,
+            {
+                "upto_seq": self._last_seq,
+                "head_hash": self._last_hash,
+                "hmac": sign(self.key, self._last_seq, self._last_hash),
+            },
+        )
+
+    def append(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Append one entry (payload must be JSON-serializable); return it as written."""
+        if event == CHECKPOINT:
+            raise AuditError("'checkpoint' is reserved for signed checkpoints")
+        try:
+            canonical(payload)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit payload for {event!r} is not JSON: {exc}") from exc
+        with self._locked():
+            entry = self._write(event, payload)
+            if self._since_checkpoint >= self.checkpoint_every:
+                self._checkpoint()
+        return entry
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Sign the current head now (no-op if the last entry is already a checkpoint)."""
+        with self._locked():
+            if self._since_checkpoint == 0:
+                return None
+            return self._checkpoint()
+
+    def close(self) -> None:
+        self.checkpoint()
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify`. ``ok`` is False when any problem was found."""
+
+    entries: int = 0
+    checkpoints: int = 0
+    last_checkpoint_seq: int = 0
+    unverified_tail: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        return self.problems[0][0] if self.problems else None
+
+
+def verify(path: Path, key: bytes) -> VerifyResult:
+    """Check the chain and every checkpoint signature; problems name the first bad seq."""
+    res = VerifyResult()
+    if not path.exists():
+        raise AuditError(f"audit log {path} does not exist")
+    prev_hash, expected_seq = GENESIS, 1
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                res.problems.append((expected_seq, f"line {lineno}: empty line"))
+                continue
+            try:
+                e = json.loads(raw)
+                seq = int(e["seq"])
+                stored = str(e["hash"])
+                _ = e["prev_hash"], e["event"], e["payload"]
+            except (ValueError, KeyError, TypeError) as exc:
+                res.problems.append((expected_seq, f"line {lineno}: unreadable entry: {exc}"))
+                break
+            res.entries += 1
+            if seq != expected_seq:
+                what = "missing (deleted?)" if seq > expected_seq else "out of order or inserted"
+                res.problems.append(
+                    (
+                        min(seq, expected_seq),
+                        f"line {lineno}: seq {seq} where {expected_seq} was expected: entry {what}",
+                    )
+                )
+                break
+            if e["prev_hash"] != prev_hash:
+                res.problems.append(
+                    (
+                        seq,
+                        f"seq {seq}: prev_hash does not match the entry before (inserted, reordered or deleted entry)",
+                    )
+                )
+                break
+            if entry_hash(e) != stored:
+                res.problems.append((seq, f"seq {seq}: content does not match its hash (modified)"))
+                break
+            if e["event"] == CHECKPOINT:
+                p = e["payload"]
+                good = (
+                    p.get("upto_seq") == seq - 1
+                    and p.get("head_hash") == prev_hash
+                    and hmac.compare_digest(str(p.get("hmac", "")), sign(key, seq - 1, prev_hash))
+                )
+                if not good:
+                    res.problems.append(
+                        (
+                            res.last_checkpoint_seq + 1,
+                            f"seq {seq}: checkpoint signature does not match the chain "
+                            f"(entries {res.last_checkpoint_seq + 1}..{seq - 1} were rewritten, or wrong key)",
+                        )
+                    )
+                    break
+                res.checkpoints += 1
+                res.last_checkpoint_seq = seq
+            prev_hash, expected_seq = stored, seq + 1
+    if res.ok:
+        res.unverified_tail = res.entries - res.last_checkpoint_seq
+    return res
