@@ -10,6 +10,19 @@ import pandas as pd
 
 from analytics.base import Detector
 from analytics.consumption import ConsumptionSpike
+from analytics.equipment import (
+    CalibrationDue,
+    CurrentLoss,
+    CurrentUnbalance,
+    FrequencyDeviation,
+    LowPowerFactor,
+    Outage,
+    Overvoltage,
+    ReversePower,
+    TransformerOverload,
+    Undervoltage,
+    VoltageUnbalance,
+)
 from analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
 from meterwatch.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
 
@@ -18,6 +31,17 @@ DETECTOR_CLASSES: tuple[type[Detector], ...] = (
     RegisterDecrease,
     VoltageLoss,
     PhaseBreak,
+    CurrentLoss,
+    Overvoltage,
+    Undervoltage,
+    VoltageUnbalance,
+    CurrentUnbalance,
+    ReversePower,
+    LowPowerFactor,
+    FrequencyDeviation,
+    Outage,
+    TransformerOverload,
+    CalibrationDue,
     ConsumptionSpike,
 )
 

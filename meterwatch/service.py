@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from alerts.manager import AlertManager
 from alerts.model import Alert
 from analytics.base import Detector
+from analytics.equipment import STREAMING_CLASSES
 from analytics.rules import PhaseBreak, VoltageLoss
 from analytics.suite import default_detectors, run_detectors
 from collector.broker import EmbeddedBroker
@@ -66,7 +67,7 @@ class Service:
         self.pollers: list[ModbusGatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
         self.streaming: list[Detector] = [
-            d for d in self.detectors if isinstance(d, VoltageLoss | PhaseBreak)
+            d for d in self.detectors if isinstance(d, (VoltageLoss, PhaseBreak, *STREAMING_CLASSES))
         ]
         self._jobs: set[asyncio.Task[Any]] = set()
         self._stopping = False

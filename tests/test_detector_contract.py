@@ -47,8 +47,28 @@ def _registry() -> pd.DataFrame:
             "transformer_id": "T2",
             "customer_class": "industrial",
         },
+        {
+            "meter_id": "M4",
+            "phases": 3,
+            "nominal_voltage_v": 220.0,
+            "ct_ratio": 1.0,
+            "customer_class": "commercial",
+        },
+        {
+            "meter_id": "TS3",
+            "role": "transformer",
+            "phases": 3,
+            "nominal_voltage_v": 220.0,
+            "ct_ratio": 100.0,
+            "transformer_id": "T3",
+            "customer_class": "",
+            "rated_kva": 100.0,
+        },
     ]
-    return check_registry(pd.DataFrame([{**common, **r} for r in rows]))
+    reg = pd.DataFrame([{**common, **r} for r in rows])
+    # M2 was calibrated 2025-06-01 every 200 days: due 2025-12-18, before the window.
+    reg.loc[reg["meter_id"] == "M2", "calibration_interval_days"] = 200
+    return check_registry(reg)
 
 
 def _fleet() -> pd.DataFrame:
@@ -57,6 +77,10 @@ def _fleet() -> pd.DataFrame:
     M1 (1-phase): flat 1 kWh/h, a 4 kWh hour on the last evening, voltage loss for 2 h.
     M2 (1-phase): flat 0.5 kWh/h, register steps back 3 kWh once.
     M3 (3-phase, CT 50): L3 broken for 3 h while L1/L2 are live.
+    M4 (3-phase commercial): one case per equipment rule at its own hours -- current loss,
+    overvoltage, undervoltage, voltage and current unbalance, reverse power, low power
+    factor, frequency deviation.
+    TS3 (supply meter of area T3, CT 100, 100 kVA): outage for 2 h, overload for 5 h.
     X9: not in the registry, with every fault at once (must be ignored).
     """
     records = []
@@ -97,6 +121,51 @@ def _fleet() -> pd.DataFrame:
                 "current_l1_a": 1.0,
                 "current_l2_a": 1.0,
                 "current_l3_a": 0.0 if broken else 1.0,
+            }
+        )
+        u4 = [221.0, 220.0, 219.0]
+        i4 = [2.0, 2.0, 2.0]
+        p4, pf4, f4 = 1.254, 0.95, 50.0
+        if h in (30, 31):
+            i4 = [2.0, 0.0, 2.0]  # current loss on L2
+        elif h in (40, 41):
+            u4 = [240.0, 230.0, 230.0]  # overvoltage on L1
+        elif h in (45, 46):
+            u4 = [200.0, 215.0, 215.0]  # undervoltage on L1
+        elif 60 <= h < 65:
+            u4 = [228.0, 220.0, 212.0]  # voltage unbalance 3.6 %
+        elif 80 <= h < 85:
+            i4 = [3.0, 1.0, 1.0]  # current unbalance 80 %
+        elif h in (90, 91):
+            p4 = -1.0  # reverse power
+        elif 100 <= h < 105:
+            pf4 = 0.8  # low power factor
+        elif h in (110, 111):
+            f4 = 50.5  # frequency deviation
+        records.append(
+            {
+                "meter_id": "M4",
+                "ts": t[h],
+                "energy_import_kwh": 300 + 1.25 * h,
+                "power_kw": p4,
+                "power_factor": pf4,
+                "frequency_hz": f4,
+                **{f"voltage_l{k + 1}_v": u4[k] for k in range(3)},
+                **{f"current_l{k + 1}_a": i4[k] for k in range(3)},
+            }
+        )
+        out = h in (120, 121)
+        s_kw = 1.5 if 130 <= h < 135 else 0.3  # secondary: x CT 100 -> 150 kW vs 100 kVA
+        records.append(
+            {
+                "meter_id": "TS3",
+                "ts": t[h],
+                "energy_import_kwh": 5000 + 0.3 * h,
+                "power_kw": 0.0 if out else s_kw,
+                "reactive_power_kvar": 0.0,
+                "power_factor": 0.95,
+                **{f"voltage_l{k + 1}_v": 0.0 if out else 220.0 for k in range(3)},
+                **{f"current_l{k + 1}_a": 0.0 if out else 1.0 for k in range(3)},
             }
         )
         records.append(
@@ -153,9 +222,14 @@ def test_detector_contract(detector: Detector) -> None:
     assert found.dtypes.equals(empty_findings().dtypes)
     assert set(found["type"]) <= set(detector.alert_types)
     assert set(found["severity"]) <= set(SEVERITIES)
-    assert set(found["meter_id"]) <= set(REGISTRY["meter_id"]), "unknown meter X9 reported"
+    per_meter = found[found["meter_id"].notna()]
+    assert set(per_meter["meter_id"]) <= set(REGISTRY["meter_id"]), "unknown meter X9 reported"
     expected_area = REGISTRY.set_index("meter_id")["transformer_id"]
-    assert (found["transformer_id"].to_numpy() == expected_area[found["meter_id"]].to_numpy()).all()
+    assert (
+        per_meter["transformer_id"].to_numpy() == expected_area[per_meter["meter_id"]].to_numpy()
+    ).all()
+    # A transformer-level finding (no meter id) names an area of the registry.
+    assert set(found["transformer_id"]) <= set(REGISTRY["transformer_id"])
     ended = found["ends_at"].notna()
     assert (found.loc[ended, "starts_at"] <= found.loc[ended, "ends_at"]).all()
     for summary, evidence in zip(found["summary"], found["evidence"], strict=True):
