@@ -67,7 +67,9 @@ class Service:
         self.pollers: list[ModbusGatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
         self.streaming: list[Detector] = [
-            d for d in self.detectors if isinstance(d, (VoltageLoss, PhaseBreak, *STREAMING_CLASSES))
+            d
+            for d in self.detectors
+            if isinstance(d, (VoltageLoss, PhaseBreak, *STREAMING_CLASSES))
         ]
         self._jobs: set[asyncio.Task[Any]] = set()
         self._stopping = False
