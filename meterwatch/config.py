@@ -103,6 +103,32 @@ class RegistryConfig(_Model):
     path: Path | None = None
 
 
+class MqttSubscriptionConfig(_Model):
+    """``mqtt.subscriptions[]``: a topic template and the payload codec of its messages."""
+
+    topic: str  # may start with $share/<group>/; {meter_id} at most once
+    codec: Literal["canonical", "batch", "tasmota"] = "canonical"
+
+    @model_validator(mode="after")
+    def _meter_in_topic(self) -> MqttSubscriptionConfig:
+        n = self.topic.count("{meter_id}")
+        if n > 1:
+            raise ValueError("topic may contain {meter_id} at most once")
+        if self.codec == "tasmota" and n != 1:
+            raise ValueError(
+                "a tasmota subscription needs {meter_id} in the topic, e.g. tele/{meter_id}/SENSOR"
+            )
+        return self
+
+
+class MqttTlsConfig(_Model):
+    """``mqtt.tls``: CA bundle and optional client certificate; the server name is verified."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
 class MqttConfig(_Model):
     enabled: bool = True
     broker: Literal["embedded", "external"] = "embedded"
@@ -117,6 +143,11 @@ class MqttConfig(_Model):
     batch_wait_s: float = Field(0.2, gt=0)
     dead_letter: Path = Path("var/mqtt-dead-letter.jsonl")
     max_payload_bytes: int = Field(262144, ge=64)
+    subscriptions: list[MqttSubscriptionConfig] = []  # empty: [{topic: <topic>, codec: canonical}]
+    tls: MqttTlsConfig | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry: Duration = Field(86400.0, ge=0)  # MQTT 5 only; 3.1.1 sessions never expire
+    receive_maximum: int = Field(100, ge=1, le=65535)  # MQTT 5: unacked QoS 1 in flight to us
 
     @field_validator("topic")
     @classmethod
@@ -322,8 +353,105 @@ class AlertsConfig(_Model):
     ]
 
 
+class VeeConfig(_Model):
+    """``vee``: validation/estimation thresholds (analytics/vee.py; sources in docs/billing.md)."""
+
+    interval: Duration = Field(900.0, gt=0)
+    rule_set_version: str = "mw-vee-1.0"
+    max_read_spacing_intervals: float = Field(1.5, gt=0)
+    alignment_tolerance_s: float = Field(60.0, ge=0)
+    future_tolerance_s: float = Field(300.0, ge=0)
+    clock_tolerance_s: float = Field(900.0, ge=0)
+    register_max_kwh: float = Field(99_999_999.99, gt=0)
+    register_resolution_kwh: float = Field(0.01, ge=0)
+    rollover_fraction: float = Field(0.9, gt=0, lt=1)
+    decrease_tolerance_kwh: float = Field(0.01, ge=0)
+    spike_ratio: float = Field(10.0, gt=0)
+    spike_floor_kwh: float = Field(1.0, ge=0)
+    high_usage_ratio: float = Field(2.0, gt=1)
+    low_usage_ratio: float = Field(0.5, gt=0, lt=1)
+    usage_floor_kwh: float = Field(5.0, ge=0)
+    usage_history_days: int = Field(7, ge=1)
+    zero_consumption_hours: float = Field(24.0, gt=0)
+    outage_voltage_fraction: float = Field(0.6, gt=0, lt=1)
+    stuck_hours: float = Field(4.0, gt=0)
+    stuck_current_fraction: float = Field(0.05, gt=0)
+    runaway_factor: float = Field(1.2, gt=0)
+    mismatch_window_hours: float = Field(24.0, gt=0)
+    mismatch_tolerance: float = Field(0.1, gt=0)
+    mismatch_floor_kwh: float = Field(1.0, ge=0)
+    multiplier_tolerance: float = Field(0.1, gt=0)
+    linear_max_gap_s: Duration = Field(7200.0, ge=0)
+    like_days: int = Field(3, ge=1)
+    like_day_search_days: int = Field(28, ge=1)
+    max_consecutive_estimated_s: Duration = Field(86400.0, gt=0)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_divides_day(cls, v: float) -> float:
+        if v != int(v) or 86400 % int(v):
+            raise ValueError("interval must be a whole number of seconds that divides a day")
+        return v
+
+
+def _minutes(text: str) -> int:
+    m = re.fullmatch(r"([01]\d|2[0-4]):([0-5]\d)", text)
+    if not m or (m.group(1) == "24" and m.group(2) != "00"):
+        raise ValueError(f"{text!r} is not a local time HH:MM (00:00..24:00)")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+class TouPeriodConfig(_Model):
+    """One time-of-use period: local ``start`` (inclusive) to ``end`` (exclusive), HH:MM."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    label: str = ""
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        _minutes(v)
+        return v
+
+
+class TariffConfig(_Model):
+    """A time-of-use tariff: periods that cover the local day exactly once."""
+
+    periods: list[TouPeriodConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _covers_day(self) -> TariffConfig:
+        count = [0] * 1440
+        for p in self.periods:
+            a, b = _minutes(p.start) % 1440, _minutes(p.end) % 1440
+            span = range(a, b) if a < b else [*range(a, 1440), *range(0, b)]
+            for minute in span:
+                count[minute] += 1
+        holes = [i for i, c in enumerate(count) if c == 0]
+        twice = [i for i, c in enumerate(count) if c > 1]
+        if holes or twice:
+            i = holes[0] if holes else twice[0]
+            at = f"{i // 60:02d}:{i % 60:02d}"
+            what = f"not covered from {at}" if holes else f"covered twice at {at}"
+            raise ValueError(f"periods must cover 00:00-24:00 exactly once; {what}")
+        return self
+
+
+class BillingConfig(_Model):
+    """``billing``: determinants and holds (analytics/billing.py)."""
+
+    timezone: str | None = None  # default: site.timezone
+    estimated_share_limit: float = Field(0.02, ge=0, le=1)
+    demand_window: Duration = Field(900.0, gt=0)
+
+
 class Config(_Model):
     site: SiteConfig = SiteConfig()
+    vee: VeeConfig = VeeConfig()
+    tariffs: dict[str, TariffConfig] = {}
+    billing: BillingConfig = BillingConfig()
     clock: ClockConfig = ClockConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     registry: RegistryConfig = RegistryConfig()
