@@ -249,5 +249,12 @@ def probe_modbus(
         console.print(f"{k:22} {v}", highlight=False)
 
 
+from meterwatch.cli_alerts import alerts as _alerts_group  # noqa: E402
+from meterwatch.cli_alerts import audit as _audit_group  # noqa: E402
+
+main.add_command(_alerts_group)
+main.add_command(_audit_group)
+
+
 if __name__ == "__main__":
     main()
