@@ -1,9 +1,30 @@
-"""Batches readings from collectors into the store; runs callbacks once they are durable."""
+"""Batches readings from collectors into the spool or store; acknowledges them once durable.
+
+Two modes, chosen by the service from ``storage.spool`` (see README, "Durability"):
+
+* **spooled** (always with InfluxDB): a flush appends the pending frames to the durable
+  :class:`~storage.spool.Spool` (one fsynced SQLite commit) and then runs the ``on_stored``
+  callbacks (the MQTT acknowledgement). A separate drain task sends spooled readings to the store
+  oldest first, deletes them from the spool only after the store returned, and retries a failed
+  store with exponential backoff and jitter while new readings keep being spooled. Readings that
+  are in the spool when the process dies are drained after the restart.
+* **direct** (the embedded store by default): a flush writes to the store (one DuckDB commit,
+  itself durable through DuckDB's write-ahead log) and then runs the callbacks. A spool in front
+  of a local DuckDB file would only write every reading twice to the same disk.
+
+Nothing is dropped silently: a submit past ``max_pending_rows`` in memory, or while the spool is
+full, is refused (``submit`` returns False), counted as ``readings_refused`` (and
+``spool_refused`` when the spool is the reason) and logged once per episode; the caller keeps or
+re-requests the data (an unacknowledged MQTT message stays with the broker).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,11 +33,15 @@ import pandas as pd
 from meterwatch.errors import StorageError
 from meterwatch.stats import Stats
 from storage.base import ReadingStore
+from storage.spool import Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
 
 Done = Callable[[], None]
 StoredListener = Callable[[pd.DataFrame], None]
+
+#: Window over which ``store_write_rate_rows_per_s`` is averaged [wall s].
+RATE_WINDOW_S = 10.0
 
 
 @dataclass
@@ -26,12 +51,10 @@ class _Item:
 
 
 class ReadingWriter:
-    """One writer task per process: collectors submit frames; the writer stores them in batches.
+    """One writer per process: collectors submit frames; the writer makes them durable in batches.
 
-    ``on_stored`` callbacks (e.g. the MQTT acknowledgement) run only after the store returned,
-    i.e. after the rows are durable. Pending rows are bounded by ``max_pending_rows``; a submit
-    past that is refused, counted as ``readings_refused`` and reported to the caller, never
-    dropped silently. A failed write is retried with backoff, keeping the batch.
+    ``on_stored`` callbacks run only once the rows are durable: in the spool when there is one,
+    otherwise in the store. ``listeners`` (streaming analytics) see every frame the store stored.
     """
 
     def __init__(
@@ -39,34 +62,64 @@ class ReadingWriter:
         store: ReadingStore,
         stats: Stats,
         *,
+        spool: Spool | None = None,
         flush_interval_s: float = 0.25,
+        drain_interval_s: float = 1.0,
+        drain_batch_rows: int = 5000,
         max_pending_rows: int = 200_000,
+        backoff_cap_s: float = 30.0,
         listeners: list[StoredListener] | None = None,
     ):
         self.store = store
         self.stats = stats
+        self.spool = spool
         self.flush_interval_s = flush_interval_s
+        self.drain_interval_s = drain_interval_s
+        self.drain_batch_rows = drain_batch_rows
         self.max_pending_rows = max_pending_rows
+        self.backoff_cap_s = backoff_cap_s
         self.listeners = listeners or []
         self._pending: list[_Item] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
+        self._drain_wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_failing = False
+        self._closing = False
+        self._spool_full_logged = False
+        self._rate: deque[tuple[float, int]] = deque()
+        self._random = random.Random()
+        if spool is not None and spool.depth_rows:
+            log.info(
+                "spool %s holds %d readings from a previous run; draining them to the store",
+                spool.file,
+                spool.depth_rows,
+            )
+        self._update_gauges()
 
     @property
     def pending_rows(self) -> int:
+        """Readings submitted but not yet durable (in memory)."""
         return self._pending_rows
 
+    @property
+    def spool_rows(self) -> int:
+        """Readings durable in the spool, waiting for the store."""
+        return self.spool.depth_rows if self.spool is not None else 0
+
     def submit(self, frame: pd.DataFrame, on_stored: Done | None = None) -> bool:
-        """Queue a canonical frame (event-loop thread only). False if refused (queue full)."""
+        """Queue a canonical frame (event-loop thread only). False if refused (counted)."""
+        if self.spool is not None and self.spool.is_full:
+            self._refuse(len(frame), spool_full=True)
+            return False
         if self._pending_rows + len(frame) > self.max_pending_rows:
-            self.stats.count("readings_refused", len(frame))
+            self._refuse(len(frame), spool_full=False)
             return False
         self._pending.append(_Item(frame, on_stored))
         self._pending_rows += len(frame)
-        if self._pending_rows >= 5000:
+        if self._pending_rows >= self.drain_batch_rows:
             self._wake.set()
         return True
 
@@ -78,40 +131,164 @@ class ReadingWriter:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="reading-writer")
+        if self.spool is not None:
+            self._drain_task = asyncio.create_task(self._drain_loop(), name="spool-drainer")
 
-    async def close(self) -> None:
-        """Flush what is pending, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self.flush()
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Flush what is pending; with a spool, drain it for up to ``drain_timeout_s``; stop.
+
+        What the store does not take in time stays in the spool for the next start.
+        """
+        # Stop the loops by flag, not only by cancel(): on Python 3.11 a cancel that races with
+        # asyncio.wait_for's inner wait can be lost, and the loop would keep running.
+        self._closing = True
+        self._wake.set()
+        self._drain_wake.set()
+        tasks = {t for t in (self._task, self._drain_task) if t is not None}
+        if tasks:
+            _, running = await asyncio.wait(tasks, timeout=drain_timeout_s)
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+        try:
+            await self.flush()
+        except StorageError:
+            log.error("writer closing: %d readings could not be made durable", self._pending_rows)
+        if self.spool is None:
+            return
+        deadline = time.monotonic() + drain_timeout_s
+        try:
+            while self.spool.depth_rows and time.monotonic() < deadline:
+                await self.drain_once()
+        except StorageError:
+            pass
+        if self.spool.depth_rows:
+            log.warning(
+                "%d readings stay in the spool %s; they are sent at the next start",
+                self.spool.depth_rows,
+                self.spool.file,
+            )
+        self._update_gauges()
+
+    # ------------------------------------------------------------------ flush
 
     async def flush(self) -> None:
+        """Make every pending frame durable (spool or store), then acknowledge it."""
         if not self._pending:
             return
         items, self._pending, rows = self._pending, [], self._pending_rows
         self._pending_rows = 0
-        frame = pd.concat([i.frame for i in items], ignore_index=True)
+        frames = [i.frame for i in items if len(i.frame)]
+        frame = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=items[0].frame.columns)
+        )
+        if self.spool is not None:
+            await self._flush_to_spool(items, frame, rows)
+        else:
+            await self._flush_to_store(items, frame, rows)
+
+    async def _flush_to_spool(self, items: list[_Item], frame: pd.DataFrame, rows: int) -> None:
+        assert self.spool is not None
+        if len(frame):
+            try:
+                await asyncio.to_thread(self.spool.append, frame)
+            except SpoolFullError:
+                # Accepted while there was room, but an earlier flush filled the spool.
+                self._refuse(rows, spool_full=True)
+                return
+            except StorageError as exc:
+                self._pending = items + self._pending
+                self._pending_rows += rows
+                self.stats.count("spool_errors")
+                log.error("spool append failed, keeping %d readings in memory: %s", rows, exc)
+                raise
+            self.stats.count("readings_spooled", len(frame))
+        self._ack(items)
+        self._update_gauges()
+        self._drain_wake.set()
+
+    async def _flush_to_store(self, items: list[_Item], frame: pd.DataFrame, rows: int) -> None:
         try:
             written = await asyncio.to_thread(self.store.write_readings, frame)
         except StorageError as exc:
             self._pending = items + self._pending
             self._pending_rows += rows
-            self.stats.count("store_errors")
-            if not self._store_failing:
-                log.error("store write failed, keeping %d readings to retry: %s", rows, exc)
-                self._store_failing = True
+            self._store_failed(exc, rows)
             raise
-        if self._store_failing:
-            log.info("store writes recovered")
-            self._store_failing = False
-        self.stats.count("readings_stored", written)
+        self._store_ok(written)
+        self._ack(items)
+        await self._notify(frame)
+
+    # ------------------------------------------------------------------ drain
+
+    async def drain_once(self) -> int:
+        """Send the oldest spooled readings to the store; remove them once stored. Rows sent."""
+        assert self.spool is not None
+        batch = await asyncio.to_thread(self.spool.peek, self.drain_batch_rows)
+        if batch is None:
+            return 0
+        try:
+            written = await asyncio.to_thread(self.store.write_readings, batch.frame)
+        except StorageError as exc:
+            self._store_failed(exc, self.spool.depth_rows)
+            raise
+        await asyncio.to_thread(self.spool.remove_through, batch.last_seq)
+        self.stats.count("readings_drained", len(batch.frame))
+        self._store_ok(written)
+        self._update_gauges()
+        await self._notify(batch.frame)
+        return len(batch.frame)
+
+    async def _drain_loop(self) -> None:
+        delay = self.drain_interval_s
+        failures = 0
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._drain_wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._drain_wake.clear()
+            if self._closing:
+                return
+            try:
+                while not self._closing and await self.drain_once():
+                    pass
+                failures = 0
+                delay = self.drain_interval_s
+            except StorageError:
+                failures += 1
+                ceiling = min(self.backoff_cap_s, self.drain_interval_s * 2**failures)
+                delay = self._random.uniform(ceiling / 2, ceiling)
+            self._update_gauges()
+
+    async def _run(self) -> None:
+        backoff = self.flush_interval_s
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                await self.flush()
+                backoff = self.flush_interval_s
+            except StorageError:
+                backoff = min(backoff * 2, self.backoff_cap_s)
+            self._update_gauges()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _ack(self, items: list[_Item]) -> None:
         for item in items:
             if item.on_stored is not None:
                 item.on_stored()
+
+    async def _notify(self, frame: pd.DataFrame) -> None:
         for listener in self.listeners:
             # Off the event loop: listeners run analytics, which must not delay polls or acks.
             try:
@@ -119,16 +296,47 @@ class ReadingWriter:
             except Exception:
                 log.exception("listener on stored readings failed")
 
-    async def _run(self) -> None:
-        backoff = self.flush_interval_s
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.flush()
-                backoff = self.flush_interval_s
-            except StorageError:
-                backoff = min(backoff * 2, 30.0)
+    def _refuse(self, rows: int, *, spool_full: bool) -> None:
+        self.stats.count("readings_refused", rows)
+        if spool_full:
+            self.stats.count("spool_refused", rows)
+            if not self._spool_full_logged:
+                assert self.spool is not None
+                log.error(
+                    "spool %s is full (%d bytes, storage.spool.max_bytes=%d): refusing new "
+                    "readings until the store catches up; refusals are counted (spool_refused)",
+                    self.spool.file,
+                    self.spool.depth_bytes,
+                    self.spool.max_bytes,
+                )
+                self._spool_full_logged = True
+
+    def _store_failed(self, exc: StorageError, rows: int) -> None:
+        self.stats.count("store_errors")
+        if not self._store_failing:
+            log.error("store write failed, keeping %d readings to retry: %s", rows, exc)
+            self._store_failing = True
+
+    def _store_ok(self, written: int) -> None:
+        if self._store_failing:
+            log.info("store writes recovered")
+            self._store_failing = False
+        self.stats.count("readings_stored", written)
+        now = time.monotonic()
+        self._rate.append((now, written))
+
+    def _update_gauges(self) -> None:
+        now = time.monotonic()
+        while self._rate and self._rate[0][0] < now - RATE_WINDOW_S:
+            self._rate.popleft()
+        self.stats.set_gauge(
+            "store_write_rate_rows_per_s", sum(n for _, n in self._rate) / RATE_WINDOW_S
+        )
+        self.stats.set_gauge("writer_pending_rows", self._pending_rows)
+        if self.spool is not None:
+            if not self.spool.is_full:
+                self._spool_full_logged = False
+            self.stats.set_gauge("spool_depth_rows", self.spool.depth_rows)
+            self.stats.set_gauge("spool_depth_bytes", self.spool.depth_bytes)
+            self.stats.set_gauge("spool_oldest_pending_s", self.spool.oldest_age_s())
+            self.stats.set_gauge("spool_max_bytes", self.spool.max_bytes)

@@ -163,32 +163,147 @@ class ModbusDeviceConfig(_Model):
     meter_id: str
     unit: int = Field(ge=0, le=247)
     model: str
+    interval: Duration | None = Field(None, gt=0)  # poll group; default: the gateway's
 
 
 class ModbusGatewayConfig(_Model):
     name: str
-    host: str
+    transport: Literal["tcp", "rtu-over-tcp", "serial"] = "tcp"
+    host: str = ""
     port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None  # transport serial: e.g. /dev/ttyUSB0
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
     timeout_s: float = Field(1.0, gt=0)
     pause_s: float = Field(0.0, ge=0)
+    busy_retries: int = Field(2, ge=0)  # retries after exception 6 (device busy)
+    busy_delay_s: float = Field(0.2, ge=0)
+    interval: Duration | None = Field(None, gt=0)  # default: collector.modbus.interval
+    align: bool | None = None  # default: collector.modbus.align
     devices: Literal["simulator"] | list[ModbusDeviceConfig] = []
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> ModbusGatewayConfig:
+        if self.transport == "serial" and not self.serial_port:
+            raise ValueError("serial_port is required when transport is serial")
+        if self.transport != "serial" and not self.host:
+            raise ValueError(f"host is required when transport is {self.transport}")
+        return self
 
 
 class ModbusCollectorConfig(_Model):
     enabled: bool = True
     interval: Duration = 900.0
+    align: bool = False  # ts = the interval boundary the poll belongs to
+    offline_after: int = Field(3, ge=1)  # consecutive failed reads before meter_offline
+    backoff_cap: Duration = Field(300.0, gt=0)  # cap of a failing meter's exponential backoff
     gateways: list[ModbusGatewayConfig] = []
+
+
+class Dlt645DeviceConfig(_Model):
+    meter_id: str
+    address: str = Field(pattern=r"^[0-9A-Fa-f]{12}$")
+    interval: Duration | None = Field(None, gt=0)
+
+
+class Dlt645GatewayConfig(_Model):
+    name: str
+    host: str
+    port: int = Field(8899, ge=1, le=65535)
+    timeout_s: float = Field(1.0, gt=0)
+    pause_s: float = Field(0.0, ge=0)
+    interval: Duration | None = Field(None, gt=0)
+    align: bool | None = None
+    devices: list[Dlt645DeviceConfig] = []
+
+
+class Dlt645CollectorConfig(_Model):
+    enabled: bool = True
+    interval: Duration = 900.0
+    align: bool = False
+    offline_after: int = Field(3, ge=1)
+    backoff_cap: Duration = Field(300.0, gt=0)
+    gateways: list[Dlt645GatewayConfig] = []
 
 
 class CollectorConfig(_Model):
     modbus: ModbusCollectorConfig = ModbusCollectorConfig()
+    dlt645: Dlt645CollectorConfig = Dlt645CollectorConfig()
     maps: dict[str, dict[str, Any]] = {}
 
 
+class InfluxConfig(_Model):
+    """``storage.influx``: an InfluxDB server (v1: 1.x /write; v2: 2.x, 3.x, 1.8+ /api/v2/write)."""
+
+    flavor: Literal["v1", "v2"] = "v1"
+    url: str = "http://127.0.0.1:8086"
+    database: str | None = None
+    retention_policy: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token_env: str = "MW_INFLUX_TOKEN"
+    username_env: str | None = None
+    password_env: str | None = None
+    batch_size: int = Field(5000, ge=1)
+    flush_interval: Duration = Field(1.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    retry_budget_s: float = Field(60.0, gt=0)
+    dead_letter: Path = Path("var/influx-dead-letter.jsonl")
+
+    @model_validator(mode="after")
+    def _flavor_fields(self) -> InfluxConfig:
+        if self.flavor == "v1" and not self.database:
+            raise ValueError("storage.influx.database is required when flavor is v1")
+        if self.flavor == "v2" and not (self.org and self.bucket):
+            raise ValueError("storage.influx.org and storage.influx.bucket are required for v2")
+        return self
+
+
+class SpoolConfig(_Model):
+    """``storage.spool``: the durable queue between collectors and the store (storage/spool.py)."""
+
+    enabled: bool | None = None  # None: on for influx (required), off for embedded
+    path: Path = Path("var/spool")
+    max_bytes: int = Field(1 << 30, ge=1 << 16)
+    drain_batch_rows: int = Field(5000, ge=1)
+
+
 class StorageConfig(_Model):
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "influx"] = "embedded"
     path: Path = Path("var/meterwatch.duckdb")
     retention_days: float | None = Field(None, gt=0)
+    retention_interval: Duration = Field(3600.0, gt=0)
+    influx: InfluxConfig | None = None
+    spool: SpoolConfig = SpoolConfig()
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> StorageConfig:
+        if self.backend == "influx":
+            if self.influx is None:
+                raise ValueError("storage.influx is required when storage.backend is influx")
+            if self.spool.enabled is False:
+                raise ValueError(
+                    "storage.spool.enabled cannot be false with backend influx: "
+                    "InfluxDB writes always go through the durable spool"
+                )
+        return self
+
+    @property
+    def uses_spool(self) -> bool:
+        """Whether readings go through the spool (always for influx; opt-in for embedded)."""
+        if self.spool.enabled is None:
+            return self.backend == "influx"
+        return self.spool.enabled
+
+
+class MetricsConfig(_Model):
+    """``metrics``: Prometheus text exposition on ``http://host:port/metrics``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9469, ge=0, le=65535)
 
 
 class AnalyticsConfig(_Model):
@@ -297,45 +412,8 @@ class AuditConfig(_Model):
     checkpoint_every: int = Field(100, ge=1)
 
 
-class SlaOverrideConfig(_Model):
-    """Allowed times for alerts of a severity and/or customer class (most specific wins)."""
-
-    severity: Literal["critical", "major", "minor", "warning", "info"] | None = None
-    customer_class: Literal["residential", "commercial", "industrial"] | None = None
-    acknowledge: Duration | None = Field(None, gt=0)
-    resolve: Duration | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _keys(self) -> SlaOverrideConfig:
-        if self.severity is None and self.customer_class is None:
-            raise ValueError("an SLA override needs severity and/or customer_class")
-        if self.acknowledge is None and self.resolve is None:
-            raise ValueError("an SLA override needs acknowledge and/or resolve")
-        return self
-
-
-class SlaConfig(_Model):
-    """Service-level deadlines, counted from when an alert opens (utility service standard)."""
-
-    acknowledge: Duration = Field(2 * 3600.0, gt=0)
-    resolve: Duration = Field(24 * 3600.0, gt=0)
-    overrides: list[SlaOverrideConfig] = []
-
-
-class AuditConfig(_Model):
-    path: Path | None = None  # default: <state_dir>/audit.jsonl
-    key_env: str = "MW_AUDIT_KEY"
-    checkpoint_every: int = Field(100, ge=1)
-
-
 class AlertsConfig(_Model):
     feed: Path = Path("var/alerts.jsonl")
-    state_dir: Path | None = None  # default: next to the feed, <feed dir>/<feed stem>-state
-    verify_after_intervals: int = Field(3, ge=0)
-    flap_hold: Duration = Field(7200.0, ge=0)
-    sla: SlaConfig = SlaConfig()
-    escalate_at_fraction: float = Field(0.8, gt=0, lt=1)
-    audit: AuditConfig = AuditConfig()
     state_dir: Path | None = None  # default: next to the feed, <feed dir>/<feed stem>-state
     verify_after_intervals: int = Field(3, ge=0)
     flap_hold: Duration = Field(7200.0, ge=0)
@@ -350,6 +428,7 @@ class AlertsConfig(_Model):
     ] = [
         "equipment",
         "consumption",
+        "data_quality",
     ]
 
 
@@ -460,6 +539,7 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -26,6 +26,7 @@ class Stats:
 
     counters: Counter[str] = field(default_factory=Counter)
     meters: dict[str, MeterHealth] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -56,3 +57,12 @@ class Stats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counters)
+
+    def set_gauge(self, name: str, value: float) -> None:
+        """Set a level that goes up and down (e.g. spool depth); counters only ever grow."""
+        with self._lock:
+            self.gauges[name] = float(value)
+
+    def gauge_snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.gauges)

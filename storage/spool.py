@@ -1,0 +1,227 @@
+"""Durable spool: readings wait on local disk between their acknowledgement and the store's write.
+
+Why SQLite (WAL, ``synchronous=FULL``) rather than hand-rolled append-only segment files:
+
+* **Durability per append.** In WAL mode with ``synchronous=FULL`` every commit fsyncs the WAL
+  before ``commit()`` returns, so an append that returned survives ``kill -9`` and power loss;
+  a torn last write is rolled back by SQLite's recovery at the next open, never half-read. A
+  segment format needs its own framing, checksums and torn-tail repair to get the same.
+* **Delete after drain is one transaction.** Segments can only be dropped whole, so a segment
+  with one undrained batch keeps its drained neighbours on disk and the drainer must persist a
+  separate read offset; here ``DELETE ... WHERE seq <= ?`` is atomic and the free pages are
+  reused by later appends (the file does not grow without bound).
+* **Standard library**, one file, inspectable with the ``sqlite3`` shell.
+
+Layout: one table ``batches(seq INTEGER PRIMARY KEY AUTOINCREMENT, created_at, rows, nbytes,
+data)``; one row per appended frame, ``data`` the frame as an Arrow IPC stream (zstd), so an
+append costs one insert and one fsync whatever the number of readings. ``AUTOINCREMENT`` keeps
+``seq`` strictly increasing across deletes and restarts: draining by ascending ``seq`` is oldest
+first.
+
+Size policy (``max_bytes``, counting the stored ``data`` bytes): once the pending bytes reach
+``max_bytes``, :meth:`Spool.append` refuses with :class:`SpoolFullError` (an append that starts
+below the bound is accepted whole, so the overshoot is at most one batch). Nothing already in the
+spool is ever dropped to make room: register readings are billing evidence. The caller refuses
+the reading upstream instead (an MQTT message is left unacknowledged, so the broker keeps it; a
+Modbus reading refused is counted as ``readings_refused`` and alerted on).
+
+Replays are harmless: a batch whose store write succeeded but whose delete was lost (crash in
+between) is written again at the next drain; both stores keep one reading per (meter_id, ts).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from meterwatch.errors import StorageError
+from meterwatch.schema import normalize_readings
+
+SPOOL_FILE = "spool.sqlite3"
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+class SpoolFullError(StorageError):
+    """The spool holds ``max_bytes`` or more; the append was refused (nothing was dropped)."""
+
+    def __init__(self, path: Path, depth_bytes: int, max_bytes: int):
+        self.path = path
+        self.depth_bytes = depth_bytes
+        self.max_bytes = max_bytes
+        super().__init__(
+            f"spool {path} is full ({depth_bytes} of storage.spool.max_bytes={max_bytes} bytes "
+            "pending): the store is not keeping up or is unreachable"
+        )
+
+
+@dataclass(frozen=True)
+class SpoolBatch:
+    """Oldest pending readings: ``frame`` concatenates the appended frames up to ``last_seq``."""
+
+    last_seq: int
+    batches: int
+    frame: pd.DataFrame
+
+
+def _encode(frame: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode(data: bytes) -> pd.DataFrame:
+    with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
+        return reader.read_all().to_pandas()
+
+
+class Spool:
+    """A bounded, durable FIFO of canonical reading frames in ``path/spool.sqlite3``.
+
+    Thread-safe (one lock around the connection); meant for one appender and one drainer.
+    Depth (rows, bytes) and the oldest pending append time are kept in memory and recomputed from
+    the file when it is opened, so a restarted process sees (and drains) what a killed one left.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int = 1 << 30):
+        self.dir = Path(path)
+        self.max_bytes = max_bytes
+        self.file = self.dir / SPOOL_FILE
+        self._lock = threading.Lock()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(
+                str(self.file), check_same_thread=False, isolation_level=None
+            )
+            mode = self._con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"spool {self.file}: cannot use WAL mode (got {mode})")
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "created_at REAL NOT NULL, rows INTEGER NOT NULL, nbytes INTEGER NOT NULL, "
+                "data BLOB NOT NULL)"
+            )
+            row = self._con.execute(
+                "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(nbytes), 0), "
+                "min(created_at) FROM batches"
+            ).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open spool {self.file}: {exc}") from exc
+        self._batches = int(row[0])
+        self._rows = int(row[1])
+        self._bytes = int(row[2])
+        self._oldest: float | None = float(row[3]) if row[3] is not None else None
+        self.recovered_rows = self._rows
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def depth_rows(self) -> int:
+        """Readings waiting for the store."""
+        return self._rows
+
+    @property
+    def depth_bytes(self) -> int:
+        """Bytes of pending readings (compressed, as stored)."""
+        return self._bytes
+
+    @property
+    def depth_batches(self) -> int:
+        return self._batches
+
+    @property
+    def is_full(self) -> bool:
+        return self._bytes >= self.max_bytes
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        """Seconds since the oldest pending batch was appended (0 when empty) [wall s]."""
+        if self._oldest is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self._oldest)
+
+    # ------------------------------------------------------------ operations
+
+    def append(self, frame: pd.DataFrame) -> int:
+        """Store a frame durably (fsynced when this returns); return its sequence number.
+
+        Raises :class:`SpoolFullError` when the spool already holds ``max_bytes``.
+        """
+        if self._bytes >= self.max_bytes:
+            raise SpoolFullError(self.file, self._bytes, self.max_bytes)
+        data = _encode(frame)
+        now = time.time()
+        with self._lock:
+            try:
+                cur = self._con.execute(
+                    "INSERT INTO batches (created_at, rows, nbytes, data) VALUES (?, ?, ?, ?)",
+                    (now, len(frame), len(data), data),
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool {self.file}: append failed: {exc}") from exc
+            self._batches += 1
+            self._rows += len(frame)
+            self._bytes += len(data)
+            if self._oldest is None:
+                self._oldest = now
+            seq = cur.lastrowid
+        assert seq is not None
+        return int(seq)
+
+    def peek(self, max_rows: int = 5000) -> SpoolBatch | None:
+        """The oldest pending frames, whole appends up to ``max_rows`` (at least one); None if empty."""
+        with self._lock:
+            try:
+                rows = self._con.execute(
+                    "SELECT seq, rows, data FROM batches ORDER BY seq LIMIT 1000"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
+        if not rows:
+            return None
+        chosen = []
+        total = 0
+        for seq, n, data in rows:
+            if chosen and total + n > max_rows:
+                break
+            chosen.append((seq, data))
+            total += n
+        frames = [_decode(d) for _, d in chosen]
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        return SpoolBatch(int(chosen[-1][0]), len(chosen), normalize_readings(frame))
+
+    def remove_through(self, last_seq: int) -> None:
+        """Delete every batch with ``seq <= last_seq`` (after the store stored them), durably."""
+        with self._lock:
+            try:
+                self._con.execute("BEGIN IMMEDIATE")
+                gone = self._con.execute(
+                    "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(nbytes), 0) "
+                    "FROM batches WHERE seq <= ?",
+                    (last_seq,),
+                ).fetchone()
+                self._con.execute("DELETE FROM batches WHERE seq <= ?", (last_seq,))
+                oldest = self._con.execute("SELECT min(created_at) FROM batches").fetchone()[0]
+                self._con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise StorageError(f"spool {self.file}: delete failed: {exc}") from exc
+            self._batches -= int(gone[0])
+            self._rows -= int(gone[1])
+            self._bytes -= int(gone[2])
+            self._oldest = float(oldest) if oldest is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._con.close()
+            except sqlite3.Error:
+                pass
