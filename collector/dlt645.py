@@ -7,7 +7,8 @@ built by :mod:`protocols.dlt645`. A *transport* is anything with::
     async def read_frame(self, timeout: float) -> Frame   # raises TimeoutError
 
 so a serial (pyserial) transport can be added next to :class:`TcpTransport`, which talks to a
-serial device server (RS-485 meters behind a TCP port).
+serial device server (RS-485 meters behind a TCP port). :class:`Dlt645GatewayPoller` polls the
+meters of one such server for the service, with the Modbus poller's backoff and offline alerts.
 
 Bus discipline: one request in flight per transport. Concurrent ``read_meter`` calls on the
 same transport queue on a per-transport lock, each meter read done as a whole.
@@ -37,7 +38,14 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meterwatch.errors import DeviceError, DeviceTimeout
+import pandas as pd
+
+from collector.modbus import FindingsCallback, MeterTracker, boundary
+from collector.writer import ReadingWriter
+from meterwatch.clock import Clock
+from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
+from meterwatch.schema import readings_from_records
+from meterwatch.stats import Stats
 from protocols.dlt645 import (
     DATA_ITEMS,
     READ_ADDRESS_REPLY,
@@ -286,3 +294,137 @@ async def read_meter_address(transport: Transport, timeout: float = 1.0) -> str:
         except OSError as exc:
             raise DeviceError("unknown", "AAAAAAAAAAAA", f"link {endpoint} failed: {exc}") from exc
     return parse_read_address_reply(frame)
+
+
+@dataclass
+class Dlt645Device:
+    """A DL/T 645 meter on a bus: its meter id and 12-digit address."""
+
+    meter_id: str
+    address: str
+
+
+class Dlt645GatewayPoller:
+    """Polls the DL/T 645 meters behind one serial device server (TCP), like the Modbus poller.
+
+    Same discipline as :class:`collector.modbus.ModbusGatewayPoller`: one request in flight on
+    the link, polls spread over the interval, a failing meter backed off exponentially (capped),
+    offline/online transitions logged once and reported as ``meter_offline`` findings. A link
+    error (not a timeout) closes the connection; the next meter reconnects.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        devices: list[Dlt645Device],
+        *,
+        clock: Clock,
+        writer: ReadingWriter,
+        stats: Stats,
+        timeout_s: float = 1.0,
+        pause_s: float = 0.0,
+        offline_after: int = 3,
+        backoff_cap_s: float = 300.0,
+        interval_s: float | None = None,
+        align: bool = False,
+        dis: Sequence[str] | None = None,
+        on_findings: FindingsCallback | None = None,
+    ):
+        self.name = name
+        self.host, self.port = host, port
+        self.address = f"tcp:{host}:{port}"
+        self.devices = devices
+        self.clock = clock
+        self.writer = writer
+        self.stats = stats
+        self.timeout_s = timeout_s
+        self.pause_s = pause_s
+        self.interval_s = interval_s
+        self.align = align
+        self.dis = dis
+        self.tracker = MeterTracker(
+            clock,
+            stats,
+            protocol="dlt645",
+            offline_after=offline_after,
+            backoff_cap_s=backoff_cap_s,
+            on_findings=on_findings,
+        )
+        self.transport = TcpTransport()
+        self._connected = False
+        self._gateway_down = False
+        self.stopping = False
+
+    async def close(self) -> None:
+        self.transport.close()
+        self._connected = False
+
+    async def _connect(self) -> bool:
+        try:
+            await self.transport.connect(self.host, self.port, timeout=self.timeout_s)
+        except (OSError, TimeoutError) as exc:
+            self.stats.count("dlt645_connect_errors")
+            if not self._gateway_down:
+                log.warning(
+                    "DL/T 645 gateway %s (%s) unreachable: %s", self.name, self.address, exc
+                )
+                self._gateway_down = True
+            return False
+        if self._gateway_down:
+            log.info("DL/T 645 gateway %s (%s) reachable again", self.name, self.address)
+            self._gateway_down = False
+        self._connected = True
+        return True
+
+    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.5) -> int:
+        """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
+        loop = asyncio.get_running_loop()
+        if not self._connected and not await self._connect():
+            return 0
+        t0 = loop.time()
+        start = self.clock.now()
+        aligned = boundary(start, self.interval_s) if self.align and self.interval_s else None
+        gap = interval_wall_s * spread / max(len(self.devices), 1)
+        rows: list[dict[str, object]] = []
+        try:
+            for i, dev in enumerate(self.devices):
+                delay = t0 + i * gap - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self.stopping:
+                    break
+                now = self.clock.now()
+                if not self.tracker.due(dev.meter_id, now):
+                    continue
+                if not self._connected and not await self._connect():
+                    break
+                where = f"{self.address} address {dev.address}"
+                self.tracker.request(dev.meter_id)
+                try:
+                    values = await read_meter(
+                        self.transport, dev.address, self.dis, self.timeout_s, meter_id=dev.meter_id
+                    )
+                except (DeviceError, ProtocolError) as exc:
+                    if not isinstance(exc, DeviceTimeout):
+                        self.stats.count("dlt645_reconnects")
+                        await self.close()
+                    self.tracker.failed(dev.meter_id, now, exc, where)
+                else:
+                    self.tracker.succeeded(dev.meter_id, now, where)
+                    ts = aligned if aligned is not None else pd.Timestamp(now).floor("s")
+                    rows.append(
+                        {
+                            "meter_id": dev.meter_id,
+                            "ts": ts,
+                            "collected_at": pd.Timestamp(now),
+                            **values,
+                        }
+                    )
+                if self.pause_s:
+                    await asyncio.sleep(self.pause_s)
+        finally:
+            if rows:
+                self.writer.submit(readings_from_records(rows))
+        return len(rows)

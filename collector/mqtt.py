@@ -1,4 +1,11 @@
-"""MQTT subscription (paho-mqtt 2.x): QoS 1, persistent session, ack only after storage."""
+"""MQTT subscription (paho-mqtt 2.x): QoS 1, persistent session, ack only after storage.
+
+Several subscriptions, each with a payload codec (:mod:`protocols.mqtt_payload`); shared
+subscriptions (``$share/<group>/...``) let several collectors split one stream. Bounded in-flight:
+with MQTT 5 the client announces ``receive_maximum`` (the broker sends at most that many unacked
+QoS 1 messages); with 3.1.1 the broker's own limit applies (Mosquitto: ``max_inflight_messages``).
+TLS: CA bundle and optional client certificate, hostname verified (never ``tls_insecure``).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,16 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+import pandas as pd
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from collector.writer import ReadingWriter
 from meterwatch.errors import ProtocolError
 from meterwatch.schema import readings_from_records
 from meterwatch.stats import Stats
-from protocols.mqtt_payload import decode_reading, meter_from_topic, topic_matcher
+from protocols.mqtt_payload import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,7 @@ class MqttCollector:
         *,
         host: str,
         port: int,
-        topic_template: str,
+        topic_template: str | None = None,
         writer: ReadingWriter,
         stats: Stats,
         client_id: str = "meterwatch-collector",
@@ -46,9 +56,22 @@ class MqttCollector:
         password: str | None = None,
         dead_letter: str | Path = "var/mqtt-dead-letter.jsonl",
         max_payload_bytes: int = 262144,
+        subscriptions: list[tuple[str, str]] | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        protocol: str = "3.1.1",
+        session_expiry_s: float = 86400.0,
+        receive_maximum: int = 100,
     ):
         self.host, self.port = host, port
-        self.filter, self._prefix, self._suffix = topic_matcher(topic_template)
+        pairs = list(subscriptions or [])
+        if topic_template is not None and not pairs:
+            pairs = [(topic_template, "canonical")]
+        if not pairs:
+            raise ValueError("MqttCollector needs a topic_template or subscriptions")
+        self.subscriptions = [Subscription.compile(t, c) for t, c in pairs]
+        self.filter = self.subscriptions[0].filter
         self.qos = qos
         self.writer = writer
         self.stats = stats
@@ -57,12 +80,32 @@ class MqttCollector:
         self._dl_lock = threading.Lock()
         self.connected = threading.Event()
         self._stopping = False
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            manual_ack=True,
-        )
+        self.v5 = protocol == "5"
+        if self.v5:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=MQTTProtocolVersion.MQTTv5,
+                manual_ack=True,
+            )
+            self._connect_props: Properties | None = Properties(PacketTypes.CONNECT)
+            self._connect_props.SessionExpiryInterval = int(session_expiry_s)
+            self._connect_props.ReceiveMaximum = receive_maximum
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                manual_ack=True,
+            )
+            self._connect_props = None
+        if tls_ca or tls_cert:
+            self.client.tls_set(
+                ca_certs=str(tls_ca) if tls_ca else None,
+                certfile=str(tls_cert) if tls_cert else None,
+                keyfile=str(tls_key) if tls_key else None,
+            )
+            self.client.tls_insecure_set(False)
         if username:
             self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
@@ -72,7 +115,16 @@ class MqttCollector:
 
     def start(self) -> None:
         """Connect (retrying in the background if the broker is not up yet) and subscribe."""
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        if self.v5:
+            self.client.connect_async(
+                self.host,
+                self.port,
+                keepalive=30,
+                clean_start=False,
+                properties=self._connect_props,
+            )
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -86,9 +138,14 @@ class MqttCollector:
         if reason_code.is_failure:
             log.error("MQTT broker %s:%d refused connection: %s", self.host, self.port, reason_code)
             return
-        client.subscribe(self.filter, qos=self.qos)
+        client.subscribe([(sub.filter, self.qos) for sub in self.subscriptions])
         self.connected.set()
-        log.info("MQTT connected to %s:%d, subscribed to %s", self.host, self.port, self.filter)
+        log.info(
+            "MQTT connected to %s:%d, subscribed to %s",
+            self.host,
+            self.port,
+            ", ".join(f"{s.filter} ({s.codec})" for s in self.subscriptions),
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if self.connected.is_set() and not self._stopping:
@@ -108,16 +165,28 @@ class MqttCollector:
                 raise ProtocolError(
                     f"payload of {len(msg.payload)} bytes exceeds mqtt.max_payload_bytes={self.max_payload_bytes}"
                 )
-            topic_meter = meter_from_topic(msg.topic, self._prefix, self._suffix)
-            reading = decode_reading(msg.payload, topic_meter)
-            frame = readings_from_records([reading])
-            if frame["ts"].isna().any():
-                raise ProtocolError(f"ts {reading['ts']!r} is not an ISO 8601 time")
+            sub = next((s for s in self.subscriptions if s.matches(msg.topic)), None)
+            if sub is None:
+                raise ProtocolError(f"topic {msg.topic!r} matches no configured subscription")
+            readings = sub.decode(msg.topic, msg.payload)
+            collected_at = pd.Timestamp.now("UTC")
+            for reading in readings:
+                # Collector time next to the source's ts (see protocols.mqtt_payload).
+                reading["collected_at"] = collected_at
+            frame = readings_from_records(readings)
+            bad = frame["ts"].isna().to_numpy()
+            if bad.any():
+                first = readings[int(bad.argmax())]
+                raise ProtocolError(
+                    f"ts {first['ts']!r} of meter {first['meter_id']} is not an ISO 8601 time"
+                )
         except (ProtocolError, ValueError) as exc:
             self._dead_letter(msg, str(exc))
             ack()
             return
-        self.stats.seen([reading["meter_id"]], frame["ts"].iloc[0].to_pydatetime())
+        self.stats.count("mqtt_readings", len(frame))
+        self.stats.seen(list(frame["meter_id"]), frame["ts"].max().to_pydatetime())
+        # One submit for the whole message: its PUBACK goes out when all of it is stored.
         self.writer.submit_threadsafe(frame, ack)
 
     def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str) -> None:

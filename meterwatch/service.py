@@ -21,7 +21,8 @@ from analytics.equipment import STREAMING_CLASSES
 from analytics.rules import PhaseBreak, VoltageLoss
 from analytics.suite import default_detectors, run_detectors
 from collector.broker import EmbeddedBroker
-from collector.modbus import ModbusDevice, ModbusGatewayPoller
+from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+from collector.modbus import ModbusDevice, ModbusGatewayPoller, failing_meters, make_client
 from collector.mqtt import MqttCollector
 from collector.writer import ReadingWriter
 from meterwatch.clock import Clock
@@ -64,7 +65,7 @@ class Service:
         self.simulator: SimulatorRunner | None = None
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttCollector | None = None
-        self.pollers: list[ModbusGatewayPoller] = []
+        self.pollers: list[ModbusGatewayPoller | Dlt645GatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
         self.streaming: list[Detector] = [
             d
@@ -130,6 +131,7 @@ class Service:
             counters=self.stats.snapshot(),
             alerts_by_type=dict(self.alerts.counts_by_type()),
             open_alerts=len(self.alerts.open_alerts()),
+            extra={"failing_meters": failing_meters(self.stats)},
         )
 
     async def _start(self) -> None:
@@ -151,10 +153,18 @@ class Service:
                 interval_s=interval,
             )
         if cfg.mqtt.enabled:
+            tls = cfg.mqtt.tls
             self.mqtt = MqttCollector(
                 host=cfg.mqtt.host,
                 port=cfg.mqtt.port,
                 topic_template=cfg.mqtt.topic,
+                subscriptions=[(s.topic, s.codec) for s in cfg.mqtt.subscriptions],
+                tls_ca=tls.ca_file if tls else None,
+                tls_cert=tls.cert_file if tls else None,
+                tls_key=tls.key_file if tls else None,
+                protocol=cfg.mqtt.protocol,
+                session_expiry_s=cfg.mqtt.session_expiry,
+                receive_maximum=cfg.mqtt.receive_maximum,
                 writer=self.writer,
                 stats=self.stats,
                 client_id=cfg.mqtt.client_id,
@@ -170,18 +180,22 @@ class Service:
         if self.simulator is not None:
             await self.simulator.start()
         if cfg.collector.modbus.enabled:
-            self.pollers = self._build_pollers()
+            self.pollers = list(self._build_pollers())
+        if cfg.collector.dlt645.enabled:
+            self.pollers.extend(self._build_dlt645_pollers())
 
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_listener(self._job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         wall_interval = self.clock.wall_seconds(interval)
         now = datetime.now(UTC)
         for poller in self.pollers:
+            # Each poll group runs at its own interval (gateway or device-level `interval`).
+            poller_wall = self.clock.wall_seconds(poller.interval_s or interval)
             self.scheduler.add_job(
                 self._poll,
                 "interval",
-                args=[poller, wall_interval],
-                seconds=wall_interval,
+                args=[poller, poller_wall],
+                seconds=poller_wall,
                 next_run_time=now,
                 max_instances=1,
                 coalesce=True,
@@ -229,6 +243,9 @@ class Service:
             await asyncio.to_thread(self.mqtt.stop)
         for poller in self.pollers:
             await poller.close()
+        failing = failing_meters(self.stats)
+        if failing:
+            log.warning("meters with failed reads (errors/requests): %s", "; ".join(failing))
         if self.broker is not None:
             await self.broker.stop()
         self.alerts.close()  # signed audit checkpoint
@@ -247,35 +264,98 @@ class Service:
 
     # -- components ---------------------------------------------------------------------
 
+    def _report_findings(self, findings: pd.DataFrame) -> None:
+        """meter_offline findings from the pollers, and their recovery (ends_at)."""
+        self.alerts.process(findings, self.clock.now())
+
     def _build_pollers(self) -> list[ModbusGatewayPoller]:
+        """One poller per (gateway, interval group); the groups of a gateway share its client."""
         cfg = self.cfg
+        mb = cfg.collector.modbus
         pollers = []
-        for gw in cfg.collector.modbus.gateways:
-            devices: list[ModbusDevice] = []
+        for gw in mb.gateways:
+            groups: dict[float, list[ModbusDevice]] = {}
             port = gw.port
+            gw_interval = gw.interval or mb.interval
             if gw.devices == "simulator":
                 assert self.simulator is not None
                 port = self.simulator.modbus.port
                 for dev in self.simulator.modbus.devices.values():
-                    devices.append(ModbusDevice(dev.meter_id, dev.unit, dev.regmap))
+                    groups.setdefault(gw_interval, []).append(
+                        ModbusDevice(dev.meter_id, dev.unit, dev.regmap)
+                    )
             else:
                 for d in gw.devices:
-                    devices.append(
+                    groups.setdefault(d.interval or gw_interval, []).append(
                         ModbusDevice(d.meter_id, d.unit, load_map(d.model, cfg.collector.maps))
                     )
-            pollers.append(
-                ModbusGatewayPoller(
-                    gw.name,
-                    gw.host,
-                    port,
-                    devices,
-                    clock=self.clock,
-                    writer=self.writer,
-                    stats=self.stats,
-                    timeout_s=gw.timeout_s,
-                    pause_s=gw.pause_s,
-                )
+            client, address = make_client(
+                gw.transport,
+                host=gw.host,
+                port=port,
+                serial_port=gw.serial_port,
+                baudrate=gw.baudrate,
+                parity=gw.parity,
+                stopbits=gw.stopbits,
+                timeout_s=gw.timeout_s,
             )
+            for group_interval, devices in groups.items():
+                name = gw.name if len(groups) == 1 else f"{gw.name}@{group_interval:g}s"
+                pollers.append(
+                    ModbusGatewayPoller(
+                        name,
+                        gw.host,
+                        port,
+                        devices,
+                        clock=self.clock,
+                        writer=self.writer,
+                        stats=self.stats,
+                        timeout_s=gw.timeout_s,
+                        pause_s=gw.pause_s,
+                        offline_after=mb.offline_after,
+                        backoff_cap_s=mb.backoff_cap,
+                        client=client,
+                        address=address,
+                        busy_retries=gw.busy_retries,
+                        busy_delay_s=gw.busy_delay_s,
+                        interval_s=group_interval,
+                        align=mb.align if gw.align is None else gw.align,
+                        on_findings=self._report_findings,
+                    )
+                )
+        return pollers
+
+    def _build_dlt645_pollers(self) -> list[Dlt645GatewayPoller]:
+        """DL/T 645 meters behind serial device servers, grouped by interval like Modbus."""
+        dc = self.cfg.collector.dlt645
+        pollers = []
+        for gw in dc.gateways:
+            gw_interval = gw.interval or dc.interval
+            groups: dict[float, list[Dlt645Device]] = {}
+            for d in gw.devices:
+                groups.setdefault(d.interval or gw_interval, []).append(
+                    Dlt645Device(d.meter_id, d.address)
+                )
+            for group_interval, devices in groups.items():
+                name = gw.name if len(groups) == 1 else f"{gw.name}@{group_interval:g}s"
+                pollers.append(
+                    Dlt645GatewayPoller(
+                        name,
+                        gw.host,
+                        gw.port,
+                        devices,
+                        clock=self.clock,
+                        writer=self.writer,
+                        stats=self.stats,
+                        timeout_s=gw.timeout_s,
+                        pause_s=gw.pause_s,
+                        offline_after=dc.offline_after,
+                        backoff_cap_s=dc.backoff_cap,
+                        interval_s=group_interval,
+                        align=dc.align if gw.align is None else gw.align,
+                        on_findings=self._report_findings,
+                    )
+                )
         return pollers
 
     async def _tracked(self, job: Any) -> None:
@@ -291,10 +371,14 @@ class Service:
         finally:
             self._jobs.discard(task)
 
-    async def _poll(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+    async def _poll(
+        self, poller: ModbusGatewayPoller | Dlt645GatewayPoller, wall_interval: float
+    ) -> None:
         await self._tracked(self._poll_once(poller, wall_interval))
 
-    async def _poll_once(self, poller: ModbusGatewayPoller, wall_interval: float) -> None:
+    async def _poll_once(
+        self, poller: ModbusGatewayPoller | Dlt645GatewayPoller, wall_interval: float
+    ) -> None:
         await poller.poll_cycle(wall_interval)
         self.stats.count("poll_cycles")
 

@@ -1,14 +1,48 @@
-"""MQTT payload codecs: canonical JSON readings to and from bytes. Pure functions."""
+"""MQTT payload codecs and topic templates. Pure functions: bytes and topics in, readings out.
+
+Codecs (``CODECS``; each ``(payload, topic_meter_id) -> list of reading dicts``):
+
+* ``canonical`` — one reading: ``{"meter_id", "ts", <canonical columns>..., "device_ts"?}``.
+* ``batch`` — a gateway publishing many meters in one message:
+  ``{"gateway": "gw1", "ts": <default ts>?, "readings": [<canonical reading>, ...]}``. The
+  message is all or nothing: one bad entry rejects it, and the error names the entry's index.
+* ``tasmota`` — Tasmota ``tele/<device>/SENSOR`` JSON with an ``ENERGY`` object; see
+  :data:`TASMOTA_FIELDS` for the name and unit mapping. The meter id is the topic's device.
+
+Timestamps: ``ts`` is the instant the values apply to, as the source states it (the device's
+time for MQTT sources). A source that also reports its own clock separately may send
+``device_ts``; it is kept as an extra key of the reading dict (not a canonical column).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from meterwatch.errors import ProtocolError
 from meterwatch.schema import READING_FIELDS
+
+Reading = dict[str, Any]
+Codec = Callable[[bytes | bytearray, str | None], list[Reading]]
+
+#: Tasmota ENERGY key -> (canonical column, factor to the canonical unit). Tasmota reports
+#: energy in kWh, power in W, reactive power in var, voltage V, current A, frequency Hz.
+#: ``ApparentPower`` (VA), ``Today``/``Yesterday`` (kWh) have no canonical column: ignored.
+#: Three-phase devices send lists ``[l1, l2, l3]`` for Voltage/Current; a list of Power values
+#: is summed into the total.
+TASMOTA_FIELDS: dict[str, tuple[str, float]] = {
+    "Total": ("energy_import_kwh", 1.0),
+    "ExportActive": ("energy_export_kwh", 1.0),
+    "Power": ("power_kw", 0.001),
+    "ReactivePower": ("reactive_power_kvar", 0.001),
+    "Factor": ("power_factor", 1.0),
+    "Frequency": ("frequency_hz", 1.0),
+    "Voltage": ("voltage_l{}_v", 1.0),
+    "Current": ("current_l{}_a", 1.0),
+}
 
 
 def encode_reading(reading: Mapping[str, Any]) -> bytes:
@@ -23,42 +57,154 @@ def encode_reading(reading: Mapping[str, Any]) -> bytes:
     return json.dumps(out, separators=(",", ":")).encode()
 
 
-def decode_reading(payload: bytes | bytearray, topic_meter_id: str | None = None) -> dict[str, Any]:
+def _json(payload: bytes | bytearray) -> Any:
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"payload is not JSON: {exc}") from None
+
+
+def _number(name: str, value: Any, where: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{where}{name}={value!r} is not a number")
+    return float(value)
+
+
+def reading_from_object(
+    data: Any, topic_meter_id: str | None = None, *, default_ts: Any = None, where: str = ""
+) -> Reading:
+    """A canonical reading from a decoded JSON object (see :func:`decode_reading`)."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{where}payload is a JSON {type(data).__name__}, expected an object")
+    meter_id = data.get("meter_id", topic_meter_id)
+    if meter_id is None or str(meter_id) == "":
+        raise ProtocolError(f"{where}no meter_id in the payload or the topic")
+    if topic_meter_id is not None and str(meter_id) != topic_meter_id:
+        raise ProtocolError(
+            f"{where}payload meter_id {meter_id!r} disagrees with topic meter {topic_meter_id!r}"
+        )
+    ts = data.get("ts", default_ts)
+    if ts is None:
+        raise ProtocolError(f"{where}payload has no ts")
+    out: Reading = {"meter_id": str(meter_id), "ts": ts}
+    for name in READING_FIELDS:
+        if name in data and data[name] is not None:
+            out[name] = _number(name, data[name], where)
+    if data.get("device_ts") is not None:
+        out["device_ts"] = data["device_ts"]
+    return out
+
+
+def decode_reading(payload: bytes | bytearray, topic_meter_id: str | None = None) -> Reading:
     """Parse canonical JSON; the meter id comes from the payload or else from the topic.
 
     Raises :class:`ProtocolError` with the reason for anything that is not one well-formed
     reading: not JSON, not an object, no timestamp, a meter id that disagrees with the topic,
     or a quantity that is not a number.
     """
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload is not JSON: {exc}") from None
+    return reading_from_object(_json(payload), topic_meter_id)
+
+
+def decode_canonical(
+    payload: bytes | bytearray, topic_meter_id: str | None = None
+) -> list[Reading]:
+    return [decode_reading(payload, topic_meter_id)]
+
+
+def decode_batch(payload: bytes | bytearray, topic_meter_id: str | None = None) -> list[Reading]:
+    """A gateway's batch: every entry of ``readings`` is a canonical reading (all or nothing).
+
+    An entry without ``ts`` takes the batch's ``ts``. Entries must carry their ``meter_id`` (a
+    topic meter, if the template has one, is not applied to a batch).
+    """
+    data = _json(payload)
     if not isinstance(data, dict):
         raise ProtocolError(f"payload is a JSON {type(data).__name__}, expected an object")
-    meter_id = data.get("meter_id", topic_meter_id)
-    if meter_id is None or str(meter_id) == "":
-        raise ProtocolError("no meter_id in the payload or the topic")
-    if topic_meter_id is not None and str(meter_id) != topic_meter_id:
-        raise ProtocolError(
-            f"payload meter_id {meter_id!r} disagrees with topic meter {topic_meter_id!r}"
-        )
-    if "ts" not in data:
-        raise ProtocolError("payload has no ts")
-    out: dict[str, Any] = {"meter_id": str(meter_id), "ts": data["ts"]}
-    for name in READING_FIELDS:
-        if name in data and data[name] is not None:
-            value = data[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ProtocolError(f"{name}={value!r} is not a number")
-            out[name] = float(value)
+    entries = data.get("readings")
+    if not isinstance(entries, list):
+        raise ProtocolError("batch payload has no readings list")
+    if not entries:
+        raise ProtocolError("batch payload has an empty readings list")
+    default_ts = data.get("ts")
+    out = [
+        reading_from_object(entry, None, default_ts=default_ts, where=f"readings[{i}]: ")
+        for i, entry in enumerate(entries)
+    ]
+    ids = [r["meter_id"] for r in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({m for m in ids if ids.count(m) > 1})
+        raise ProtocolError(f"batch payload repeats meter_id {', '.join(dup)}")
     return out
 
 
+def decode_tasmota(payload: bytes | bytearray, topic_meter_id: str | None = None) -> list[Reading]:
+    """Tasmota SENSOR JSON (``{"Time": ..., "ENERGY": {...}}``) as one canonical reading.
+
+    ``Time`` is the device clock. Tasmota sends local time without an offset; a time without
+    offset is taken as UTC (set ``Timezone 0`` on the device, or send an offset).
+    """
+    if not topic_meter_id:
+        raise ProtocolError("tasmota payload needs the device name from the topic")
+    data = _json(payload)
+    if not isinstance(data, dict):
+        raise ProtocolError(f"payload is a JSON {type(data).__name__}, expected an object")
+    energy = data.get("ENERGY")
+    if not isinstance(energy, dict):
+        raise ProtocolError("tasmota payload has no ENERGY object")
+    if not isinstance(data.get("Time"), str):
+        raise ProtocolError("tasmota payload has no Time")
+    out: Reading = {"meter_id": topic_meter_id, "ts": data["Time"], "device_ts": data["Time"]}
+    for key, (column, factor) in TASMOTA_FIELDS.items():
+        value = energy.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            nums = [_number(f"ENERGY.{key}[{i}]", v) for i, v in enumerate(value)]
+            if "{}" in column:
+                if not 1 <= len(nums) <= 3:
+                    raise ProtocolError(f"ENERGY.{key} has {len(nums)} phases, expected 1 to 3")
+                for i, v in enumerate(nums, start=1):
+                    out[column.format(i)] = v * factor
+            else:
+                out[column] = sum(nums) * factor
+        else:
+            v = _number(f"ENERGY.{key}", value)
+            out[column.format(1)] = v * factor
+    if len(out) == 3:
+        raise ProtocolError("tasmota ENERGY object has none of " + ", ".join(TASMOTA_FIELDS))
+    return [out]
+
+
+CODECS: dict[str, Codec] = {
+    "canonical": decode_canonical,
+    "batch": decode_batch,
+    "tasmota": decode_tasmota,
+}
+
+
+def strip_share(topic_filter: str) -> tuple[str, str | None]:
+    """``$share/<group>/<filter>`` -> (filter, group); other filters -> (filter, None)."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3 or not parts[1] or not parts[2]:
+            raise ValueError(
+                f"shared subscription {topic_filter!r} must be $share/<group>/<filter>"
+            )
+        return parts[2], parts[1]
+    return topic_filter, None
+
+
 def topic_matcher(template: str) -> tuple[str, str, str]:
-    """For a template like ``meters/{meter_id}/reading``: (subscription filter, prefix, suffix)."""
+    """For a template like ``meters/{meter_id}/reading``: (subscription filter, prefix, suffix).
+
+    A shared template ``$share/g/meters/{meter_id}/reading`` subscribes to the shared filter;
+    prefix and suffix apply to the topic messages arrive on, which has no ``$share/g/``.
+    """
     prefix, suffix = template.split("{meter_id}")
-    return prefix + "+" + suffix, prefix, suffix
+    _, group = strip_share(template.replace("{meter_id}", "+"))
+    if group is not None:
+        prefix = prefix[len(f"$share/{group}/") :]
+    return template.replace("{meter_id}", "+"), prefix, suffix
 
 
 def meter_from_topic(topic: str, prefix: str, suffix: str) -> str | None:
@@ -67,3 +213,47 @@ def meter_from_topic(topic: str, prefix: str, suffix: str) -> str | None:
         return None
     mid = topic[len(prefix) : len(topic) - len(suffix)]
     return mid if mid and "/" not in mid else None
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest), ``$share/g/`` stripped."""
+    pattern, _ = strip_share(topic_filter)
+    fl, tl = pattern.split("/"), topic.split("/")
+    for i, part in enumerate(fl):
+        if part == "#":
+            return True
+        if i >= len(tl) or (part != "+" and part != tl[i]):
+            return False
+    return len(fl) == len(tl)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One ``mqtt.subscriptions`` entry compiled: what to subscribe to and how to decode."""
+
+    template: str
+    codec: str
+    filter: str  # what is sent in SUBSCRIBE (may be $share/...)
+    prefix: str | None  # None when the template has no {meter_id}
+    suffix: str | None
+
+    @classmethod
+    def compile(cls, template: str, codec: str = "canonical") -> Subscription:
+        if codec not in CODECS:
+            raise ValueError(f"unknown MQTT codec {codec!r}; use {', '.join(CODECS)}")
+        if "{meter_id}" in template:
+            filt, prefix, suffix = topic_matcher(template)
+            return cls(template, codec, filt, prefix, suffix)
+        strip_share(template)  # validates a $share form
+        return cls(template, codec, template, None, None)
+
+    def matches(self, topic: str) -> bool:
+        return filter_matches(self.filter, topic)
+
+    def decode(self, topic: str, payload: bytes | bytearray) -> list[Reading]:
+        """Readings of one message; ProtocolError names the reason."""
+        meter = None
+        if self.prefix is not None and self.suffix is not None:
+            # None (an empty level) leaves the meter id to the payload, as before templates.
+            meter = meter_from_topic(topic, self.prefix, self.suffix)
+        return CODECS[self.codec](payload, meter)
