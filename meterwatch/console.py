@@ -80,6 +80,18 @@ def status_table(service: Service) -> Table:
     t.add_row("meters online", f"{service.stats.online_count()} / {len(service.registry)}")
     t.add_row("readings stored", str(c.get("readings_stored", 0)))
     t.add_row("writer pending", str(service.writer.pending_rows))
+    if service.writer.spool is not None:
+        g = service.stats.gauge_snapshot()
+        t.add_row(
+            "spool pending (rows / MB / oldest s)",
+            f"{g.get('spool_depth_rows', 0):.0f} / {g.get('spool_depth_bytes', 0) / 1e6:.1f}"
+            f" / {g.get('spool_oldest_pending_s', 0):.0f}",
+        )
+    t.add_row(
+        "store writes / s, errors",
+        f"{service.stats.gauge_snapshot().get('store_write_rate_rows_per_s', 0):.0f}, "
+        f"{c.get('store_errors', 0)}",
+    )
     t.add_row(
         "Modbus requests / errors", f"{c.get('modbus_requests', 0)} / {c.get('modbus_errors', 0)}"
     )
@@ -111,6 +123,8 @@ def print_summary(console: Console, s: RunSummary) -> None:
         "mqtt_messages",
         "mqtt_dead_letters",
         "readings_refused",
+        "spool_refused",
+        "readings_spooled",
         "store_errors",
         "cycles_overrun",
         "analytics_runs",

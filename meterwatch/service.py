@@ -27,12 +27,15 @@ from collector.mqtt import MqttCollector
 from collector.writer import ReadingWriter
 from meterwatch.clock import Clock
 from meterwatch.config import Config
+from meterwatch.metrics import MetricsServer
 from meterwatch.registry import check_registry, load_registry
 from meterwatch.stats import Stats
 from protocols.register_map import load_map
 from simulators.fleet import Fleet
 from simulators.runner import SimulatorRunner, anomaly_specs
 from storage.embedded import EmbeddedStore
+from storage.factory import build_store
+from storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,25 @@ class Service:
         else:
             assert cfg.registry.path is not None
             self.registry = load_registry(cfg.registry.path)
-        self.store = EmbeddedStore(cfg.storage.path, cfg.storage.retention_days)
+        self.store = build_store(cfg.storage, self.registry)
+        # InfluxDB always behind the durable spool; the embedded store only when configured.
+        self.spool = (
+            Spool(cfg.storage.spool.path, cfg.storage.spool.max_bytes)
+            if cfg.storage.uses_spool
+            else None
+        )
+        self.metrics: MetricsServer | None = None
         self.alerts = AlertManager.from_config(
             cfg.alerts, listeners=[self._alert_event], meters=self.registry
         )
-        self.writer = ReadingWriter(self.store, self.stats, listeners=[self._stream_detect])
+        self.writer = ReadingWriter(
+            self.store,
+            self.stats,
+            spool=self.spool,
+            drain_batch_rows=cfg.storage.spool.drain_batch_rows,
+            drain_interval_s=cfg.storage.influx.flush_interval if cfg.storage.influx else 1.0,
+            listeners=[self._stream_detect],
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -214,6 +231,20 @@ class Service:
             id="analytics",
             name="analytics",
         )
+        if isinstance(self.store, EmbeddedStore) and cfg.storage.retention_days:
+            self.scheduler.add_job(
+                self._retention,
+                "interval",
+                seconds=self.clock.wall_seconds(cfg.storage.retention_interval),
+                next_run_time=now,
+                max_instances=1,
+                coalesce=True,
+                id="retention",
+                name="retention",
+            )
+        if cfg.metrics.enabled:
+            self.metrics = MetricsServer(self.stats, cfg.metrics.host, cfg.metrics.port)
+            self.metrics.start()
         self.scheduler.start()
         log.info(
             "running: %d meters, Modbus every %.0f s (%.2f s wall), analytics every %.0f s",
@@ -249,6 +280,10 @@ class Service:
         if self.broker is not None:
             await self.broker.stop()
         self.alerts.close()  # signed audit checkpoint
+        if self.spool is not None:
+            self.spool.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.close()
 
     async def _drain_mqtt(self, timeout_s: float = 10.0) -> None:
@@ -381,6 +416,17 @@ class Service:
     ) -> None:
         await poller.poll_cycle(wall_interval)
         self.stats.count("poll_cycles")
+
+    async def _retention(self) -> None:
+        await self._tracked(self.apply_retention())
+
+    async def apply_retention(self) -> int:
+        """Delete embedded-store readings older than ``storage.retention_days``; rows deleted."""
+        if not isinstance(self.store, EmbeddedStore):
+            return 0
+        deleted = await asyncio.to_thread(self.store.apply_retention, self.clock.now())
+        self.stats.count("retention_deleted", deleted)
+        return deleted
 
     async def _analyze(self) -> None:
         await self._tracked(self.analyze_once())

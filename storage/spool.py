@@ -186,7 +186,7 @@ class Spool:
                 raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
         if not rows:
             return None
-        chosen = []
+        chosen: list[tuple[int, bytes]] = []
         total = 0
         for seq, n, data in rows:
             if chosen and total + n > max_rows:
