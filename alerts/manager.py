@@ -50,6 +50,12 @@ INHIBITED_BY_OUTAGE: frozenset[str] = frozenset({"voltage_loss", "meter_offline"
 _SILENT_EVENTS = frozenset({"clearing"})
 
 
+#: (event, alert) pairs, in order. Aliases: ``AlertManager.list`` shadows the builtin in the class.
+Changes = list[tuple[str, Alert]]
+AlertList = list[Alert]
+SilenceList = list[Silence]
+
+
 def _ts(value: object) -> datetime | None:
     if value is None or pd.isna(value):  # type: ignore[arg-type]
         return None
@@ -176,7 +182,7 @@ class AlertManager:
         meter_id: str | None = None,
         transformer_id: str | None = None,
         since: datetime | None = None,
-    ) -> list[Alert]:
+    ) -> AlertList:
         """Alerts matching every given filter, oldest first.
 
         ``status`` is ``open``, ``acknowledged``, ``resolved`` (verified included),
@@ -206,7 +212,7 @@ class AlertManager:
                 out.append(a)
         return sorted(out, key=lambda a: (a.starts_at, a.id))
 
-    def open_alerts(self) -> list[Alert]:
+    def open_alerts(self) -> AlertList:
         with self._locked():
             return [a for a in self.alerts.values() if a.status != "resolved"]
 
@@ -215,15 +221,13 @@ class AlertManager:
         with self._lock:
             return Counter(a.type for a in self.alerts.values())
 
-    def active_silences(self, now: datetime) -> list[Silence]:
+    def active_silences(self, now: datetime) -> SilenceList:
         with self._locked():
             return [s for s in self.silences.silences.values() if s.active(now)]
 
     # -- changes ------------------------------------------------------------------------
 
-    def process(
-        self, findings: pd.DataFrame, now: datetime, *, streaming: bool = False
-    ) -> list[tuple[str, Alert]]:
+    def process(self, findings: pd.DataFrame, now: datetime, *, streaming: bool = False) -> Changes:
         """Apply a findings frame (meterwatch.schema.FINDING_COLUMNS); return the changes.
 
         ``streaming`` findings come from one batch of fresh readings: they can open an alert,
@@ -234,7 +238,7 @@ class AlertManager:
             return []
         rows = findings.sort_values("starts_at", kind="stable").to_dict("records")
         with self._locked():
-            changes: list[tuple[str, Alert]] = []
+            changes: Changes = []
             for row in rows:
                 changes.extend(self._apply(row, now, streaming))
             self._commit(changes, now)
@@ -295,11 +299,11 @@ class AlertManager:
         self._notify(changes)
         return s
 
-    def tick(self, now: datetime) -> list[tuple[str, Alert]]:
+    def tick(self, now: datetime) -> Changes:
         """Once per analytics run, after :meth:`process`: flap-hold expiry, verification,
         SLA escalations and quiet (silence/inhibition) changes."""
         with self._locked():
-            changes: list[tuple[str, Alert]] = []
+            changes: Changes = []
             clean_changed = False
             for alert in list(self.alerts.values()):
                 if alert.status != "resolved":
@@ -372,9 +376,7 @@ class AlertManager:
         self._resolved_since_tick.add(alert.id)
         self._clean.pop(alert.id, None)
 
-    def _apply(
-        self, row: dict[str, object], now: datetime, streaming: bool = False
-    ) -> list[tuple[str, Alert]]:
+    def _apply(self, row: dict[str, object], now: datetime, streaming: bool = False) -> Changes:
         atype = str(row["type"])
         meter_id = str(row.get("meter_id") or "") or None
         transformer_id = str(row.get("transformer_id") or "") or None
@@ -462,7 +464,7 @@ class AlertManager:
         summary: str,
         evidence: dict[str, Any],
         now: datetime,
-    ) -> list[tuple[str, Alert]]:
+    ) -> Changes:
         alert.status = "open"
         alert.ends_at = None
         alert.resolved_at = alert.resolved_by = alert.resolve_note = None
@@ -489,7 +491,7 @@ class AlertManager:
             return {"reason": "silenced", "silence_id": s.id, "until": iso(s.ends_at)}, None
         return None, None
 
-    def _refresh_quiet(self, now: datetime) -> list[tuple[str, Alert]]:
+    def _refresh_quiet(self, now: datetime) -> Changes:
         changes = []
         for alert in self.alerts.values():
             if alert.status == "resolved":
@@ -501,9 +503,7 @@ class AlertManager:
                 changes.append(("updated", alert))
         return changes
 
-    def _commit(
-        self, changes: list[tuple[str, Alert]], now: datetime, *, by: str = "", note: str = ""
-    ) -> None:
+    def _commit(self, changes: Changes, now: datetime, *, by: str = "", note: str = "") -> None:
         """Set quiet state, then append to the feed and the audit log (under the lock)."""
         if not changes:
             return
@@ -524,7 +524,7 @@ class AlertManager:
                 payload["note"] = note
             self.audit.append(f"alert.{event}", payload)
 
-    def _notify(self, changes: list[tuple[str, Alert]]) -> list[tuple[str, Alert]]:
+    def _notify(self, changes: Changes) -> Changes:
         visible = [(e, a) for e, a in changes if e not in _SILENT_EVENTS]
         for event, alert in visible:
             for listener in self.listeners:
