@@ -191,3 +191,68 @@ bind-address = "{LOOPBACK}:{rpc_port}"
             yield server
         finally:
             stop_process(process)
+
+
+def restart_influxdb(server: RunningServer, *, start_timeout_s: float = 30.0) -> RunningServer:
+    """Start influxd again on the same config, ports and data after ``stop_process(server.process)``.
+
+    The caller stops the returned server (``stop_process(new.process)``): the ``influxdb()``
+    context manager only stops the process it started.
+    """
+    binary = require_binary(("influxd", "/usr/bin/influxd"), "influxdb")
+    with open(server.log_path, "ab") as log:
+        process = subprocess.Popen(
+            [binary, "run", "-config", str(server.workdir / "influxdb.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    new = RunningServer(
+        server.name, server.host, server.port, server.workdir, server.log_path, process
+    )
+    try:
+        wait_http(
+            f"{new.url}/ping", process, server.log_path, status=204, timeout_s=start_timeout_s
+        )
+    except BaseException:
+        stop_process(process)
+        raise
+    return new
+
+
+@contextmanager
+def victoria_metrics(
+    base_dir: Path | None = None, *, start_timeout_s: float = 30.0
+) -> Iterator[RunningServer]:
+    """VictoriaMetrics (Debian ``victoria-metrics``, ``/usr/bin/victoria-metrics``) in a temp dir.
+
+    Accepts InfluxDB line protocol on ``/write`` and ``/api/v2/write``; ``/api/v1/export`` reads
+    raw samples back. Retention is 100 years so that test timestamps are never too old. Ready when
+    ``/health`` answers 200.
+    """
+    binary = require_binary(("victoria-metrics", "/usr/bin/victoria-metrics"), "victoria-metrics")
+    with _workdir("victoria-metrics-", base_dir) as work:
+        port = free_port()
+        log_path = work / "victoria-metrics.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"-storageDataPath={work / 'data'}",
+                    f"-httpListenAddr={LOOPBACK}:{port}",
+                    "-retentionPeriod=100y",
+                    "-search.latencyOffset=0s",
+                    "-loggerLevel=WARN",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            server = RunningServer("victoria-metrics", LOOPBACK, port, work, log_path, process)
+            wait_http(
+                f"{server.url}/health", process, log_path, status=200, timeout_s=start_timeout_s
+            )
+            yield server
+        finally:
+            stop_process(process)

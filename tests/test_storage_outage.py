@@ -1,0 +1,255 @@
+"""Spool + writer against a real influxd: an outage past the retry budget, and kill -9.
+
+Every reading acknowledged upstream must arrive in InfluxDB exactly once: the test keeps its own
+record of what was submitted and acknowledged and compares it per (meter_id, ts) with what the
+server returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from servers import RunningServer, influxdb, restart_influxdb, stop_process
+
+from collector.writer import ReadingWriter
+from meterwatch.schema import normalize_readings
+from meterwatch.stats import Stats
+from storage.influx import InfluxStore
+from storage.spool import Spool
+
+METERS = [f"M{i:02d}" for i in range(10)]
+T0 = pd.Timestamp("2026-03-01T00:00:00Z")
+
+
+def step_frame(step: int) -> pd.DataFrame:
+    """One reading per meter at T0 + step seconds, values derived from (meter, step)."""
+    n = len(METERS)
+    k = np.arange(n)
+    return normalize_readings(
+        pd.DataFrame(
+            {
+                "meter_id": METERS,
+                "ts": T0 + pd.Timedelta(seconds=step),
+                "energy_import_kwh": 1000.0 * k + step * 0.125,
+                "power_kw": (k + 1) * 0.5 + step % 7,
+                "voltage_l1_v": 230.0 + (step % 11) * 0.1,
+            }
+        )
+    )
+
+
+def influxql(server: RunningServer, q: str, db: str | None = None) -> dict[str, Any]:
+    params = {"q": q, **({"db": db} if db else {})}
+    req = urllib.request.Request(
+        f"{server.url}/query", data=urllib.parse.urlencode(params).encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def make_store(server: RunningServer, db: str) -> InfluxStore:
+    return InfluxStore(
+        flavor="v1",
+        url=server.url,
+        database=db,
+        timeout_s=1.0,
+        max_retries=3,
+        retry_budget_s=1.0,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.2,
+    )
+
+
+def stored_keys(server: RunningServer, db: str) -> pd.DataFrame:
+    store = make_store(server, db)
+    try:
+        return store.read_readings()
+    finally:
+        store.close()
+
+
+def point_count(server: RunningServer, db: str) -> int:
+    doc = influxql(server, "SELECT count(energy_import_kwh) FROM readings", db)
+    series = doc["results"][0].get("series") or []
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_outage_longer_than_retry_budget_every_reading_arrives_once(tmp_path: Path) -> None:
+    with influxdb(tmp_path) as server:
+        db = f"mw_{uuid.uuid4().hex[:8]}"
+        influxql(server, f'CREATE DATABASE "{db}"')
+        restarted: list[RunningServer] = []
+
+        async def scenario() -> tuple[list[int], list[int], Stats, float]:
+            store = make_store(server, db)
+            stats = Stats()
+            writer = ReadingWriter(
+                store,
+                stats,
+                spool=Spool(tmp_path / "spool"),
+                flush_interval_s=0.05,
+                drain_interval_s=0.1,
+                backoff_cap_s=0.5,
+            )
+            writer.start()
+            submitted: list[int] = []
+            acked: list[int] = []
+            max_depth = 0.0
+            step = 0
+
+            async def produce(seconds: float) -> None:
+                nonlocal step, max_depth
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    assert writer.submit(step_frame(step), on_stored=lambda s=step: acked.append(s))
+                    submitted.append(step)
+                    step += 1
+                    max_depth = max(max_depth, stats.gauge_snapshot().get("spool_depth_rows", 0))
+                    await asyncio.sleep(0.02)
+
+            await produce(1.0)
+            await asyncio.to_thread(stop_process, server.process)
+            outage_start = time.monotonic()
+            await produce(3.0)  # 3 s down > retry_budget_s = 1 s: the store raises, spool keeps
+            assert stats.snapshot().get("store_errors", 0) >= 1
+            restarted.append(await asyncio.to_thread(restart_influxdb, server))
+            outage_s = time.monotonic() - outage_start
+            await produce(1.0)
+            await writer.close(drain_timeout_s=30.0)
+            assert writer.spool_rows == 0
+            store.close()
+            return submitted, acked, stats, max_depth if outage_s > 1.0 else 0.0
+
+        try:
+            submitted, acked, stats, max_depth = asyncio.run(scenario())
+            got = stored_keys(restarted[0], db)
+            count = point_count(restarted[0], db)
+        finally:
+            for s in restarted:
+                stop_process(s.process)
+
+    assert sorted(acked) == submitted  # every submit acknowledged (after the spool append)
+    assert max_depth > 100  # readings really waited in the spool during the outage
+    expected = pd.concat([step_frame(s) for s in submitted], ignore_index=True)
+    assert count == len(expected) == len(got)
+    assert not got.duplicated(["meter_id", "ts"]).any()
+    pd.testing.assert_frame_equal(
+        got.sort_values(["meter_id", "ts"]).reset_index(drop=True),
+        expected.sort_values(["meter_id", "ts"]).reset_index(drop=True),
+    )
+    c = stats.snapshot()
+    assert c["readings_stored"] >= len(expected) and c.get("readings_refused", 0) == 0
+
+
+WORKER = r"""
+import asyncio, os, sys, time
+sys.path.insert(0, os.environ["MW_TEST_DIR"])
+from test_storage_outage import step_frame, make_store
+from servers import RunningServer
+from collector.writer import ReadingWriter
+from meterwatch.stats import Stats
+from storage.spool import Spool
+
+url, db, spool_dir, acked_path, mode = sys.argv[1:6]
+
+class _S:  # only .url is used by make_store
+    def __init__(self, url): self.url = url
+
+async def main():
+    store = make_store(_S(url), db)
+    writer = ReadingWriter(store, Stats(), spool=Spool(spool_dir), flush_interval_s=0.02,
+                           drain_interval_s=0.05, backoff_cap_s=0.3)
+    writer.start()
+    if mode == "drain":
+        deadline = time.monotonic() + 60
+        while writer.spool_rows and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await writer.close(drain_timeout_s=30)
+        sys.exit(0 if writer.spool_rows == 0 else 3)
+    fd = os.open(acked_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    def ack(step):
+        os.write(fd, f"{step}\n".encode())  # the upstream acknowledgement, as a file
+        os.fsync(fd)
+    step = 0
+    while True:  # until SIGKILL
+        writer.submit(step_frame(step), on_stored=lambda s=step: ack(s))
+        step += 1
+        await asyncio.sleep(0.01)
+
+asyncio.run(main())
+"""
+
+
+def _acked(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    return [int(x) for x in path.read_text().split()]
+
+
+def _wait_acked(path: Path, n: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(_acked(path)) < n:
+        assert proc.poll() is None, f"worker exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"fewer than {n} acknowledgements in {timeout_s} s"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path) -> None:
+    spool_dir, acked_path = tmp_path / "spool", tmp_path / "acked.txt"
+    env = {**os.environ, "MW_TEST_DIR": str(Path(__file__).parent)}
+    with influxdb(tmp_path) as server:
+        db = f"mw_{uuid.uuid4().hex[:8]}"
+        influxql(server, f'CREATE DATABASE "{db}"')
+        args = [sys.executable, "-c", WORKER, server.url, db, str(spool_dir), str(acked_path)]
+        worker = subprocess.Popen([*args, "produce"], env=env, stderr=subprocess.PIPE)
+        try:
+            _wait_acked(acked_path, 30, worker, 30.0)
+            # Freeze the database so that acknowledged readings pile up in the spool, then kill.
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                n = len(_acked(acked_path))
+                _wait_acked(acked_path, n + 40, worker, 30.0)
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        acked = _acked(acked_path)
+        left = Spool(spool_dir)
+        pending = left.depth_rows
+        left.close()
+        assert pending > 0, "nothing was pending at the kill: the test did not exercise recovery"
+
+        drain = subprocess.run(
+            [*args, "drain"], env=env, capture_output=True, timeout=120, check=False
+        )
+        assert drain.returncode == 0, drain.stderr.decode()[-2000:]
+        got = stored_keys(server, db)
+        count = point_count(server, db)
+
+    expected = pd.concat([step_frame(s) for s in sorted(set(acked))], ignore_index=True)
+    keys = set(zip(got["meter_id"], got["ts"], strict=True))
+    missing = set(zip(expected["meter_id"], expected["ts"], strict=True)) - keys
+    assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
+    # Nothing twice, nothing invented: stored steps are a prefix of what the worker produced.
+    assert count == len(got) and not got.duplicated(["meter_id", "ts"]).any()
+    steps = ((got["ts"] - T0).dt.total_seconds()).astype(int)
+    assert steps.min() == 0 and len(got) == len(METERS) * (steps.max() + 1)
+    merged = got.merge(expected, on=["meter_id", "ts"], suffixes=("", "_sent"))
+    assert (merged["energy_import_kwh"] == merged["energy_import_kwh_sent"]).all()
