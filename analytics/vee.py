@@ -347,11 +347,16 @@ def validate(
 
     frame = prepare(readings, meters, list(_REGISTRY))
     if len(raw):
-        flags = (
-            pd.DataFrame({"meter_id": raw_ids, "t": raw_t, "bits": read_bits})
-            .groupby(["meter_id", "t"], sort=False)["bits"]
-            .agg(np.bitwise_or.reduce)
+        flag_cols = {
+            code: (read_bits & BIT[code]) > 0
+            for code in ("duplicate_ts", "out_of_order", "future_ts")
+        }
+        per_read = (
+            pd.DataFrame({"meter_id": raw_ids, "t": raw_t, **flag_cols})
+            .groupby(["meter_id", "t"], sort=False)
+            .max()
         )
+        flags = sum(per_read[code].astype(np.int64) * BIT[code] for code in flag_cols)
         key = pd.MultiIndex.from_arrays([frame["meter_id"].to_numpy(), ts_ns(frame["ts"])])
         fbits = flags.reindex(key).fillna(0).to_numpy(dtype=np.int64)
     else:
@@ -571,7 +576,7 @@ def validate(
     day_idx = day_idx.reshape(-1)
     slot = ((local.asi8 - local_date.asi8) // step).astype(np.int64)
     days = pd.DatetimeIndex(pd.to_datetime(day_keys, utc=True)).tz_convert(timezone)
-    weekend = days.dayofweek.to_numpy() >= 5
+    weekend = days.day_of_week.to_numpy() >= 5
     n_days = day_keys.size
     n_slots = int(slot.max()) + 1
     expected_slots = (
@@ -599,6 +604,8 @@ def validate(
         srt = -np.sort(-np.where(np.isnan(A), -np.inf, A), axis=2)
     if n_slots >= 3:
         h1, h3 = srt[:, :, 0], srt[:, :, 2]
+        h3 = np.where(np.isfinite(h3), h3, np.nan)
+        h1 = np.where(np.isfinite(h1), h1, np.nan)
         spike_day = (
             np.isfinite(h3)
             & strictly_greater(h1, p.spike_ratio * h3)
@@ -729,7 +736,8 @@ def validate(
         known = pure & B_ok[rows, c0] & B_ok[rows, c1 + 1] & same_steps
         delta_run = np.where(known, (V[rows, c1 + 1] - V[rows, c0]) * ct[rows], np.nan)
         m_run = np.where(linear_ok, 1, np.where(ld_ok_run, 2, np.where(known, 3, 0)))
-        m_cell = m_run[run_id]
+        # A run without one complete method still takes like-day values where they exist.
+        m_cell = np.where((m_run[run_id] == 0) & np.isfinite(ld), 2, m_run[run_id])
         value = np.select(
             [m_cell == 1, m_cell == 2, m_cell == 3],
             [lin, ld, delta_run[run_id] / lengths[run_id]],
@@ -873,7 +881,7 @@ def _events_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(events)
     for col in ("starts_at", "ends_at"):
         df[col] = pd.Series(
-            pd.to_datetime([None if v is None else int(v) for v in df[col]], utc=True)
+            pd.to_datetime([None if v is None or pd.isna(v) else int(v) for v in df[col]], utc=True)
         ).astype(TS_DTYPE)
     df = df[list(EVENT_COLUMNS)].sort_values(["meter_id", "code", "starts_at"], kind="mergesort")
     return df.reset_index(drop=True)

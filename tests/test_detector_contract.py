@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from billing_cases import billing_fault_meters, billing_fault_readings
 
 from analytics.base import Detector
 from analytics.suite import default_detectors
@@ -184,8 +185,9 @@ def _fleet() -> pd.DataFrame:
     return readings_from_records(records)
 
 
-FLEET = _fleet()
-REGISTRY = _registry()
+# B1, B2: billing-error cases for analytics/billing_rules.py (tests/billing_cases.py).
+FLEET = pd.concat([_fleet(), billing_fault_readings(START, HOURS)], ignore_index=True)
+REGISTRY = pd.concat([_registry(), billing_fault_meters()], ignore_index=True)
 
 
 @pytest.mark.parametrize("detector", default_detectors(), ids=lambda d: type(d).__name__)
