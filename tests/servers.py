@@ -256,3 +256,52 @@ def victoria_metrics(
             yield server
         finally:
             stop_process(process)
+
+
+@contextmanager
+def alertmanager(
+    base_dir: Path | None = None, *, start_timeout_s: float = 30.0
+) -> Iterator[RunningServer]:
+    """Prometheus Alertmanager (Debian ``prometheus-alertmanager``) with a null receiver.
+
+    Clustering is off (empty ``--cluster.listen-address``), data in a temp dir, the web API on a
+    free loopback port. Ready when ``/-/ready`` answers 200; alerts are posted and read through
+    ``/api/v2/alerts``.
+    """
+    binary = require_binary(
+        ("prometheus-alertmanager", "/usr/bin/prometheus-alertmanager"), "prometheus-alertmanager"
+    )
+    with _workdir("alertmanager-", base_dir) as work:
+        port = free_port()
+        config = work / "alertmanager.yml"
+        config.write_text(
+            "route:\n"
+            "  receiver: 'null'\n"
+            "  group_wait: 0s\n"
+            "  group_interval: 1s\n"
+            "receivers:\n"
+            "  - name: 'null'\n"
+        )
+        log_path = work / "alertmanager.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.path={work / 'data'}",
+                    f"--web.listen-address={LOOPBACK}:{port}",
+                    "--cluster.listen-address=",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            server = RunningServer("alertmanager", LOOPBACK, port, work, log_path, process)
+            wait_http(
+                f"{server.url}/-/ready", process, log_path, status=200, timeout_s=start_timeout_s
+            )
+            yield server
+        finally:
+            stop_process(process)
