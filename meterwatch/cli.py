@@ -255,6 +255,12 @@ from meterwatch.cli_alerts import audit as _audit_group  # noqa: E402
 main.add_command(_alerts_group)
 main.add_command(_audit_group)
 
+from meterwatch.cli_storage import backup_cmd as _backup_cmd  # noqa: E402
+from meterwatch.cli_storage import restore_cmd as _restore_cmd  # noqa: E402
+
+main.add_command(_backup_cmd)
+main.add_command(_restore_cmd)
+
 
 if __name__ == "__main__":
     main()
