@@ -17,6 +17,7 @@ Shared conventions of this module
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -646,7 +647,8 @@ class LowPowerFactor(_OutageAware):
             0.0,
         ).astype(float)
         pf = np.abs(frame["power_factor"].to_numpy(dtype=float))
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # meters without phases: NaN
             i_mean = np.nanmean(np.where(ph.present, ph.i, np.nan), axis=1)
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib)
         hit = (limit > 0) & loaded & strictly_less(pf, limit) & ~self._outage(frame)

@@ -23,7 +23,7 @@ from meterwatch.schema import (
 )
 
 START = pd.Timestamp("2026-01-01T00:00:00Z")
-HOURS = 8 * 24
+HOURS = 22 * 24
 
 
 def _registry() -> pd.DataFrame:
@@ -55,6 +55,7 @@ def _registry() -> pd.DataFrame:
             "ct_ratio": 1.0,
             "customer_class": "commercial",
         },
+        {"meter_id": "M5", "phases": 1, "nominal_voltage_v": 220.0, "ct_ratio": 1.0},
         {
             "meter_id": "TS3",
             "role": "transformer",
@@ -73,7 +74,7 @@ def _registry() -> pd.DataFrame:
 
 
 def _fleet() -> pd.DataFrame:
-    """8 days of hourly readings in which every default detector has something to find.
+    """22 days of hourly readings in which every default detector has something to find.
 
     M1 (1-phase): flat 1 kWh/h, a 4 kWh hour on the last evening, voltage loss for 2 h.
     M2 (1-phase): flat 0.5 kWh/h, register steps back 3 kWh once.
@@ -81,6 +82,8 @@ def _fleet() -> pd.DataFrame:
     M4 (3-phase commercial): one case per equipment rule at its own hours -- current loss,
     overvoltage, undervoltage, voltage and current unbalance, reverse power, low power
     factor, frequency deviation.
+    M5 (1-phase): about 0.8 kWh/h with a daily shape; 30 h without any consumption, and
+    10 h at an eighth of its usual near the end.
     TS3 (supply meter of area T3, CT 100, 100 kVA): outage for 2 h, overload for 5 h.
     X9: not in the registry, with every fault at once (must be ignored).
     """
@@ -90,6 +93,11 @@ def _fleet() -> pd.DataFrame:
     e2 = np.r_[0.0, np.cumsum(np.full(HOURS, 0.5))] + 20
     e2[100:] -= 3.0
     e3 = np.r_[0.0, np.cumsum(np.full(HOURS, 0.2))] + 500
+    hod = np.arange(HOURS) % 24
+    use5 = 0.8 + 0.3 * np.sin(2 * np.pi * hod / 24)
+    use5[HOURS - 130 : HOURS - 100] = 0.0
+    use5[HOURS - 30 : HOURS - 20] /= 8
+    e5 = np.r_[0.0, np.cumsum(use5)] + 700
     for h in range(HOURS + 1):
         loss = h in (50, 51)
         records.append(
@@ -153,6 +161,15 @@ def _fleet() -> pd.DataFrame:
                 "frequency_hz": f4,
                 **{f"voltage_l{k + 1}_v": u4[k] for k in range(3)},
                 **{f"current_l{k + 1}_a": i4[k] for k in range(3)},
+            }
+        )
+        records.append(
+            {
+                "meter_id": "M5",
+                "ts": t[h],
+                "energy_import_kwh": e5[h],
+                "voltage_l1_v": 220.0,
+                "current_l1_a": 2.0,
             }
         )
         out = h in (120, 121)

@@ -323,10 +323,11 @@ def test_spike_4x_flagged_2x_not() -> None:
     assert row["severity"] == "warning"
     peak = row["evidence"]["peak"]
     assert (peak["kwh"], peak["baseline_kwh"], peak["ratio"]) == pytest.approx((4.0, 1.0, 4.0))
-    assert peak["history_samples"] == 7
+    # Thursday 2026-01-08: the 5 weekdays of the previous 7 days (not the weekend).
+    assert peak["history_samples"] == 5
     assert row["summary"] == (
         "Consumption 4.00 kWh in the hour from 2026-01-08 18:00Z vs baseline 1.00 kWh "
-        "(4.0×, median of 7 days)"
+        "(4.0×, median of 5 days)"
     )
 
 
@@ -351,8 +352,17 @@ def test_spike_without_history_not_flagged() -> None:
     assert ConsumptionSpike().detect(frame, registry(M1={})).empty
 
 
+def test_weekend_is_judged_against_weekends() -> None:
+    """Saturday 2026-01-10 with twice the weekday load is no spike: last weekend was alike."""
+    weekdays = np.tile(np.r_[np.full(5, 1.0), np.full(2, 3.0)].repeat(24), 2)
+    frame = hourly_meter("M1", weekdays[:-24], start=pd.Timestamp("2025-12-29T00:00Z"))
+    assert ConsumptionSpike().detect(frame, registry(M1={})).empty
+
+
 def test_spike_needs_min_history_days() -> None:
-    frame = hourly_meter("M1", flat_week_then({18: 4.0}, days=2))
+    # Monday and Tuesday as history, the spike on Wednesday 2026-01-07.
+    start = pd.Timestamp("2026-01-05T00:00Z")
+    frame = hourly_meter("M1", flat_week_then({18: 4.0}, days=2), start=start)
     assert len(ConsumptionSpike().detect(frame, registry(M1={}))) == 1
     assert ConsumptionSpike(min_history_days=3).detect(frame, registry(M1={})).empty
 

@@ -23,7 +23,6 @@ from analytics.equipment import (
     VoltageUnbalance,
     unbalance,
 )
-from analytics.rules import PhaseBreak, VoltageLoss
 from analytics.suite import default_detectors, run_detectors
 from meterwatch.registry import check_registry
 from meterwatch.schema import readings_from_records
@@ -280,8 +279,6 @@ def test_phase_break_reading_raises_only_phase_break() -> None:
     lost = {"voltage_l2_v": 110.0}
     found = run_detectors(default_detectors(), frame("M", [lost] * 6), REG3)
     assert set(found["type"]) == {"voltage_loss"}
-    assert isinstance(default_detectors()[1], VoltageLoss)
-    assert isinstance(default_detectors()[2], PhaseBreak)
 
 
 @pytest.mark.parametrize(
