@@ -121,7 +121,8 @@ class AuditLog:
                     0 if e.get("event") == CHECKPOINT else self._since_checkpoint + 1
                 )
 
-    def _write(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def _entry(self, event: str, payload: dict[str, Any], buf: list[bytes]) -> dict[str, Any]:
+        """Chain one entry onto the head and queue its line in ``buf`` (see :meth:`_flush`)."""
         entry: dict[str, Any] = {
             "seq": self._last_seq + 1,
             "ts": iso(datetime.now(UTC)),
@@ -130,49 +131,69 @@ class AuditLog:
             "prev_hash": self._last_hash,
         }
         entry["hash"] = entry_hash(entry)
-        line = (canonical(entry) + "\n").encode()
-        try:
-            with self.path.open("ab") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot append audit entry: {exc}") from exc
-        self._offset += len(line)
+        buf.append((canonical(entry) + "\n").encode())
         self._last_seq, self._last_hash = entry["seq"], entry["hash"]
         self._since_checkpoint = 0 if event == CHECKPOINT else self._since_checkpoint + 1
+        if event != CHECKPOINT and self._since_checkpoint >= self.checkpoint_every:
+            self._checkpoint(buf)
         return entry
 
-    def _checkpoint(self) -> dict[str, Any]:
-        return self._write(
+    def _checkpoint(self, buf: list[bytes]) -> dict[str, Any]:
+        return self._entry(
             CHECKPOINT,
             {
                 "upto_seq": self._last_seq,
                 "head_hash": self._last_hash,
                 "hmac": sign(self.key, self._last_seq, self._last_hash),
             },
+            buf,
         )
+
+    def _flush(self, buf: list[bytes], state: tuple[int, str, int]) -> None:
+        """Write queued lines with one fsync; on failure the head goes back to ``state``."""
+        data = b"".join(buf)
+        try:
+            with self.path.open("ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            self._last_seq, self._last_hash, self._since_checkpoint = state
+            raise AuditError(f"{self.path}: cannot append audit entry: {exc}") from exc
+        self._offset += len(data)
 
     def append(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Append one entry (payload must be JSON-serializable); return it as written."""
-        if event == CHECKPOINT:
-            raise AuditError("'checkpoint' is reserved for signed checkpoints")
-        try:
-            canonical(payload)
-        except (TypeError, ValueError) as exc:
-            raise AuditError(f"audit payload for {event!r} is not JSON: {exc}") from exc
+        return self.append_many([(event, payload)])[0]
+
+    def append_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Append several entries with one write and one fsync; return them as written."""
+        for event, payload in items:
+            if event == CHECKPOINT:
+                raise AuditError("'checkpoint' is reserved for signed checkpoints")
+            try:
+                canonical(payload)
+            except (TypeError, ValueError) as exc:
+                raise AuditError(f"audit payload for {event!r} is not JSON: {exc}") from exc
+        if not items:
+            return []
         with self._locked():
-            entry = self._write(event, payload)
-            if self._since_checkpoint >= self.checkpoint_every:
-                self._checkpoint()
-        return entry
+            state = (self._last_seq, self._last_hash, self._since_checkpoint)
+            buf: list[bytes] = []
+            entries = [self._entry(event, payload, buf) for event, payload in items]
+            self._flush(buf, state)
+        return entries
 
     def checkpoint(self) -> dict[str, Any] | None:
         """Sign the current head now (no-op if the last entry is already a checkpoint)."""
         with self._locked():
             if self._since_checkpoint == 0:
                 return None
-            return self._checkpoint()
+            state = (self._last_seq, self._last_hash, self._since_checkpoint)
+            buf: list[bytes] = []
+            entry = self._checkpoint(buf)
+            self._flush(buf, state)
+            return entry
 
     def close(self) -> None:
         self.checkpoint()

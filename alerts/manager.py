@@ -516,13 +516,15 @@ class AlertManager:
             fh.flush()
             os.fsync(fh.fileno())
         self._feed_offset += len(data)
+        items: list[tuple[str, dict[str, Any]]] = []
         for event, alert in changes:
             payload: dict[str, Any] = {"alert": alert.to_json()}
             if by:
                 payload["by"] = by
             if note:
                 payload["note"] = note
-            self.audit.append(f"alert.{event}", payload)
+            items.append((f"alert.{event}", payload))
+        self.audit.append_many(items)
 
     def _notify(self, changes: Changes) -> Changes:
         visible = [(e, a) for e, a in changes if e not in _SILENT_EVENTS]

@@ -437,8 +437,9 @@ class Service:
         start = now - timedelta(seconds=self.cfg.analytics.window)
         readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
         findings = await asyncio.to_thread(run_detectors, self.detectors, readings, self.registry)
-        self.alerts.process(findings, now)
-        self.alerts.tick(now)  # flap hold, verification, SLA escalation, silences
+        # Off the loop: the alert manager takes a file lock and fsyncs the feed and audit log.
+        await asyncio.to_thread(self.alerts.process, findings, now)
+        await asyncio.to_thread(self.alerts.tick, now)  # flap hold, verify, SLA, silences
         self.stats.count("analytics_runs")
 
     def _stream_detect(self, frame: pd.DataFrame) -> None:
