@@ -195,3 +195,42 @@ def test_writer_drains_what_a_previous_process_left(tmp_path: Path) -> None:
     got = pd.concat(store.frames, ignore_index=True)
     pd.testing.assert_frame_equal(got, frame(0, 10))
     assert Spool(tmp_path / "s").depth_rows == 0
+
+
+def test_storage_config_spool_policy_and_factory_secrets(tmp_path: Path) -> None:
+    from meterwatch.config import parse_config
+    from meterwatch.errors import ConfigError
+    from storage.embedded import EmbeddedStore
+    from storage.factory import build_store
+    from storage.influx import InfluxStore
+
+    base = {"registry": {"path": "meters.csv"}}
+    assert not parse_config(base).storage.uses_spool  # embedded: direct, DuckDB commits itself
+    v2 = {"flavor": "v2", "url": "http://127.0.0.1:1", "org": "grid", "bucket": "mw"}
+    cfg = parse_config({**base, "storage": {"backend": "influx", "influx": v2}})
+    assert cfg.storage.uses_spool and cfg.storage.influx is not None
+    assert cfg.storage.influx.token_env == "MW_INFLUX_TOKEN"
+    with pytest.raises(ConfigError, match="storage.influx"):
+        parse_config({**base, "storage": {"backend": "influx"}})
+    with pytest.raises(ConfigError, match="always go through the durable spool"):
+        parse_config(
+            {**base, "storage": {"backend": "influx", "influx": v2, "spool": {"enabled": False}}}
+        )
+    with pytest.raises(ConfigError, match="database is required"):
+        parse_config({**base, "storage": {"backend": "influx", "influx": {"flavor": "v1"}}})
+
+    with pytest.raises(ConfigError) as err:
+        build_store(cfg.storage, env={})
+    assert err.value.problems == [
+        (
+            "storage.influx.token_env",
+            "environment variable MW_INFLUX_TOKEN is not set (it holds the secret)",
+        )
+    ]
+    store = build_store(cfg.storage, env={"MW_INFLUX_TOKEN": "t"})
+    assert isinstance(store, InfluxStore) and store.flavor == "v2"
+    store.close()
+    emb = parse_config({**base, "storage": {"path": str(tmp_path / "x.duckdb")}})
+    local = build_store(emb.storage)
+    assert isinstance(local, EmbeddedStore)
+    local.close()
