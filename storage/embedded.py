@@ -17,6 +17,27 @@ _COLUMNS_SQL = ", ".join(
     ["meter_id VARCHAR NOT NULL", "ts TIMESTAMP NOT NULL"] + [f"{c} DOUBLE" for c in READING_FIELDS]
 )
 _SELECT = ", ".join(READING_COLUMNS)
+#: Validated interval energy (analytics/vee.py), every data version kept (docs/billing.md).
+VALIDATED_STORE_COLUMNS: tuple[str, ...] = (
+    "meter_id",
+    "interval_start",
+    "ts",
+    "kwh",
+    "quality",
+    "method",
+    "reasons",
+    "rule_set_version",
+    "data_version",
+    "written_at",
+    "edited_by",
+    "edit_reason",
+)
+_VALIDATED_SQL = (
+    "CREATE TABLE IF NOT EXISTS validated_readings (meter_id VARCHAR NOT NULL, "
+    "interval_start TIMESTAMP NOT NULL, ts TIMESTAMP NOT NULL, kwh DOUBLE, quality VARCHAR NOT NULL, "
+    "method VARCHAR, reasons VARCHAR, rule_set_version VARCHAR, data_version BIGINT NOT NULL, "
+    "written_at TIMESTAMP NOT NULL, edited_by VARCHAR, edit_reason VARCHAR)"
+)
 
 
 def _naive_utc(t: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -45,6 +66,7 @@ class EmbeddedStore:
         except duckdb.Error as exc:
             raise StorageError(f"cannot open embedded store {self.path}: {exc}") from exc
         self._con.execute(f"CREATE TABLE IF NOT EXISTS readings ({_COLUMNS_SQL})")
+        self._con.execute(_VALIDATED_SQL)
 
     def write_readings(self, df: pd.DataFrame) -> int:
         if df.empty:
@@ -94,6 +116,82 @@ class EmbeddedStore:
                 "DELETE FROM readings WHERE ts < ? RETURNING 1", [cutoff.to_pydatetime()]
             ).fetchall()
         return len(row)
+
+    def write_validated_readings(self, df: pd.DataFrame, written_at: datetime | None = None) -> int:
+        """Store validated intervals as a new data version; return that version number.
+
+        The version is one more than the highest stored (1 for the first write) and replaces
+        the frame's ``data_version``; earlier versions are never changed. Optional columns
+        ``edited_by`` / ``edit_reason`` record a manual edit.
+        """
+        if df.empty:
+            raise StorageError(f"embedded store {self.path}: no validated intervals to write")
+        frame = df.copy()
+        for col in ("edited_by", "edit_reason"):
+            if col not in frame:
+                frame[col] = None
+        for col in ("interval_start", "ts"):
+            frame[col] = pd.to_datetime(frame[col], utc=True).dt.tz_localize(None)
+        frame["written_at"] = _naive_utc(written_at or pd.Timestamp.now(tz="UTC"))
+        cols = ", ".join(c for c in VALIDATED_STORE_COLUMNS if c != "data_version")
+        with self._lock:
+            try:
+                self._con.execute("BEGIN TRANSACTION")
+                rows = self._con.execute(
+                    "SELECT coalesce(max(data_version), 0) + 1 FROM validated_readings"
+                ).fetchall()
+                version = int(rows[0][0])
+                self._con.register("_validated", frame)
+                self._con.execute(
+                    f"INSERT INTO validated_readings ({cols}, data_version) "
+                    f"SELECT {cols}, ? FROM _validated",
+                    [version],
+                )
+                self._con.unregister("_validated")
+                self._con.execute("COMMIT")
+            except duckdb.Error as exc:
+                self._con.execute("ROLLBACK")
+                raise StorageError(
+                    f"embedded store {self.path}: validated write failed: {exc}"
+                ) from exc
+        return version
+
+    def read_validated_readings(
+        self,
+        meter_ids: Sequence[str] | None = None,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        *,
+        version: int | None = None,
+        all_versions: bool = False,
+    ) -> pd.DataFrame:
+        """Validated intervals with ``start <= ts < end``: per (meter_id, ts) the latest data
+        version (at most ``version`` when given), or every version with ``all_versions``."""
+        where, params = self._where(meter_ids, start, end)
+        if version is not None:
+            where = (where + " AND " if where else "WHERE ") + "data_version <= ?"
+            params.append(int(version))
+        cols = ", ".join(VALIDATED_STORE_COLUMNS)
+        latest = (
+            ""
+            if all_versions
+            else "QUALIFY row_number() OVER (PARTITION BY meter_id, ts ORDER BY data_version DESC) = 1"
+        )
+        sql = (
+            f"SELECT {cols} FROM validated_readings {where} {latest} "
+            "ORDER BY meter_id, ts, data_version"
+        )
+        with self._lock:
+            try:
+                df = self._con.execute(sql, params).df()
+            except duckdb.Error as exc:
+                raise StorageError(
+                    f"embedded store {self.path}: validated read failed: {exc}"
+                ) from exc
+        for col in ("interval_start", "ts", "written_at"):
+            df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+        df["data_version"] = df["data_version"].astype("int64")
+        return df
 
     def close(self) -> None:
         with self._lock:
