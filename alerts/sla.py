@@ -68,7 +68,7 @@ class SlaPolicy:
             "resolve_due": iso(now + timedelta(seconds=allowed["resolve"])),
             "acknowledge": None,  # "met" / "missed" once decided
             "resolve": None,
-            "escalations": [],  # e.g. "acknowledge:approaching", "acknowledge:missed"
+            "escalations": [],  # raised so far, e.g. "acknowledge:approaching"
         }
 
 
@@ -98,10 +98,9 @@ def due_escalations(alert: Alert, now: datetime, fraction: float) -> list[str]:
         due = parse_iso(sla[f"{step}_due"])
         assert due is not None
         if now >= due:
+            # only "missed" when a run comes after the deadline: the warning would be moot
             if f"{step}:missed" not in done:
                 raised.append(f"{step}:missed")
-                # the approaching warning is moot once the deadline has passed
-                done.add(f"{step}:approaching")
             sla[step] = "missed"
         elif now >= opened + (due - opened) * fraction and f"{step}:approaching" not in done:
             raised.append(f"{step}:approaching")

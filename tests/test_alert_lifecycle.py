@@ -421,3 +421,14 @@ def test_from_config_uses_lifecycle_settings(tmp_path: Path) -> None:
         "2026-01-05T16:00:00Z",
     )
     assert (am.state_dir / "audit.jsonl").exists()
+
+
+def test_late_run_raises_only_missed(tmp_path: Path) -> None:
+    am, events = manager(tmp_path, sla=SlaPolicy())
+    am.process(episode(0), at(0))
+    am.tick(at(3))  # first run after the 2 h acknowledge deadline
+    ((event, a),) = events[1:]
+    assert event == "escalated" and a.sla is not None
+    assert a.sla["escalations"] == ["acknowledge:missed"] and a.sla["acknowledge"] == "missed"
+    am.acknowledge(a.id, by="li", now=at(3.5))
+    assert a.sla["acknowledge"] == "missed"  # late stays late
