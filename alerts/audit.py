@@ -28,10 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alerts.errors import AuditError
 from alerts.model import iso
+
+if TYPE_CHECKING:
+    from meterwatch.config import AlertsConfig
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +200,20 @@ class AuditLog:
 
     def close(self) -> None:
         self.checkpoint()
+
+
+def audit_log_from_config(cfg: AlertsConfig) -> AuditLog:
+    """The audit log of an ``alerts:`` config section (path, key, checkpoint interval).
+
+    Other writers (VEE estimates and edits) use this and :meth:`AuditLog.append`; with the
+    same config they share the service's chain safely (the file lock serialises writers).
+    """
+    state_dir = cfg.state_dir or cfg.feed.parent / f"{cfg.feed.stem}-state"
+    return AuditLog(
+        cfg.audit.path or state_dir / "audit.jsonl",
+        load_key(cfg.audit.key_env, state_dir),
+        cfg.audit.checkpoint_every,
+    )
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from alerts.audit import AuditLog, load_key
+from alerts.audit import AuditLog, audit_log_from_config, load_key
 from alerts.errors import AlertNotFound, AlertStateError
 from alerts.model import Alert, fingerprint, iso
 from alerts.silence import Silence, SilenceStore
@@ -137,11 +137,7 @@ class AlertManager:
             ),
             escalate_at_fraction=cfg.escalate_at_fraction,
         )
-        audit = AuditLog(
-            cfg.audit.path or state_dir / "audit.jsonl",
-            load_key(cfg.audit.key_env, state_dir),
-            cfg.audit.checkpoint_every,
-        )
+        audit = audit_log_from_config(cfg)
         return cls(
             cfg.feed,
             cfg.auto_resolve_categories,

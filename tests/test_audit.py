@@ -232,3 +232,34 @@ def test_cli_audit_verify_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert report["ok"] is False and report["first_bad_seq"] == 7
     text = runner.invoke(main, ["audit", "verify", "--log", str(p)])
     assert text.exit_code == 1 and "first bad seq 7" in text.output
+
+
+def test_other_writers_share_the_service_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alerts.audit import audit_log_from_config
+    from meterwatch.config import AlertsConfig
+
+    monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())
+    cfg = AlertsConfig(feed=tmp_path / "alerts.jsonl")
+    vee = audit_log_from_config(cfg)
+    entry = vee.append("vee.edit", {"meter_id": "M1", "by": "li", "old": 1.0, "new": 2.0})
+    assert entry["seq"] == 1 and entry["event"] == "vee.edit"
+    am = AlertManager.from_config(cfg)
+    am.silence(
+        {"type": "outage"},
+        starts_at=datetime(2026, 1, 5, tzinfo=UTC),
+        ends_at=datetime(2026, 1, 6, tzinfo=UTC),
+        author="li",
+        comment="work",
+    )
+    vee.append("vee.estimate", {"meter_id": "M2"})
+    am.close()
+    log = tmp_path / "alerts-state" / "audit.jsonl"
+    assert [json.loads(x)["event"] for x in lines(log)] == [
+        "vee.edit",
+        "silence.created",
+        "vee.estimate",
+        "checkpoint",
+    ]
+    assert verify(log, KEY).ok
