@@ -86,12 +86,28 @@ class AuditLog:
     _last_seq: int = 0
     _last_hash: str = GENESIS
     _since_checkpoint: int = 0
+    _last_checkpoint: dict[str, Any] | None = None
+    #: where the key came from, for error messages (e.g. "$MW_AUDIT_KEY")
+    key_source: str = "the configured key"
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if self.checkpoint_every < 1:
             raise AuditError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            cp = self._last_checkpoint
+        # Refuse to extend a chain signed with another key: its later checkpoints would all
+        # fail verification (typically the CLI run without the service's $MW_AUDIT_KEY).
+        if cp is not None:
+            p = cp["payload"]
+            expected = sign(self.key, int(p.get("upto_seq", -1)), str(p.get("head_hash", "")))
+            if not hmac.compare_digest(str(p.get("hmac", "")), expected):
+                raise AuditError(
+                    f"{self.path}: checkpoint seq {cp['seq']} was not signed with "
+                    f"{self.key_source}; use the key the log was written with (or run "
+                    "`meterwatch audit verify` if it may have been altered)"
+                )
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -120,9 +136,10 @@ class AuditLog:
                     raise AuditError(
                         f"{self.path}: unreadable entry at byte {self._offset}: {exc}"
                     ) from exc
-                self._since_checkpoint = (
-                    0 if e.get("event") == CHECKPOINT else self._since_checkpoint + 1
-                )
+                if e.get("event") == CHECKPOINT:
+                    self._since_checkpoint, self._last_checkpoint = 0, e
+                else:
+                    self._since_checkpoint += 1
 
     def _entry(self, event: str, payload: dict[str, Any], buf: list[bytes]) -> dict[str, Any]:
         """Chain one entry onto the head and queue its line in ``buf`` (see :meth:`_flush`)."""
@@ -136,7 +153,10 @@ class AuditLog:
         entry["hash"] = entry_hash(entry)
         buf.append((canonical(entry) + "\n").encode())
         self._last_seq, self._last_hash = entry["seq"], entry["hash"]
-        self._since_checkpoint = 0 if event == CHECKPOINT else self._since_checkpoint + 1
+        if event == CHECKPOINT:
+            self._since_checkpoint, self._last_checkpoint = 0, entry
+        else:
+            self._since_checkpoint += 1
         if event != CHECKPOINT and self._since_checkpoint >= self.checkpoint_every:
             self._checkpoint(buf)
         return entry
@@ -209,10 +229,12 @@ def audit_log_from_config(cfg: AlertsConfig) -> AuditLog:
     same config they share the service's chain safely (the file lock serialises writers).
     """
     state_dir = cfg.state_dir or cfg.feed.parent / f"{cfg.feed.stem}-state"
+    env = cfg.audit.key_env
     return AuditLog(
         cfg.audit.path or state_dir / "audit.jsonl",
-        load_key(cfg.audit.key_env, state_dir),
+        load_key(env, state_dir),
         cfg.audit.checkpoint_every,
+        key_source=f"${env}" if os.environ.get(env) else f"{state_dir / 'audit.key'}",
     )
 
 

@@ -263,3 +263,13 @@ def test_other_writers_share_the_service_chain(
         "checkpoint",
     ]
     assert verify(log, KEY).ok
+
+
+def test_refuses_to_extend_a_chain_signed_with_another_key(tmp_path: Path) -> None:
+    p = tmp_path / "audit.jsonl"
+    build(p)
+    with pytest.raises(AuditError, match=r"checkpoint seq 15 was not signed with \$OTHER"):
+        AuditLog(p, b"other", key_source="$OTHER")
+    assert verify(p, KEY).ok  # nothing was written
+    AuditLog(p, KEY).append("x", {})  # the right key continues the chain
+    assert verify(p, KEY).ok
