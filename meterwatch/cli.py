@@ -186,7 +186,20 @@ def simulate(
     type=click.Path(),
     help="Detector thresholds from this config.",
 )
-def analyze(readings_path: str, meters_path: str, out_path: str, config_path: str | None) -> None:
+@click.option(
+    "--validated",
+    "validated_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write validated interval energy (VEE, docs/billing.md) here (.csv/.parquet).",
+)
+def analyze(
+    readings_path: str,
+    meters_path: str,
+    out_path: str,
+    config_path: str | None,
+    validated_path: str | None = None,
+) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
     from datetime import UTC, datetime
 
@@ -204,6 +217,16 @@ def analyze(readings_path: str, meters_path: str, out_path: str, config_path: st
             f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"
         ):
             findings = run_detectors(default_detectors(params), readings, meters)
+        if validated_path:
+            from meterwatch.cli_billing import write_validated_file
+
+            vpath, vcounts = write_validated_file(readings, meters, config_path, validated_path)
+            console.print(
+                f"validated intervals → {vpath}: "
+                + ", ".join(
+                    f"{q} {vcounts[f'intervals_{q}']}" for q in ("actual", "estimated", "missing")
+                )
+            )
     except MeterWatchError as exc:
         _fail(exc)
         return
@@ -260,6 +283,12 @@ from meterwatch.cli_storage import restore_cmd as _restore_cmd  # noqa: E402
 
 main.add_command(_backup_cmd)
 main.add_command(_restore_cmd)
+
+from meterwatch.cli_billing import export as _export_group  # noqa: E402
+from meterwatch.cli_billing import vee as _vee_group  # noqa: E402
+
+main.add_command(_export_group)
+main.add_command(_vee_group)
 
 
 if __name__ == "__main__":
