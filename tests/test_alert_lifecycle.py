@@ -432,3 +432,17 @@ def test_late_run_raises_only_missed(tmp_path: Path) -> None:
     assert a.sla["escalations"] == ["acknowledge:missed"] and a.sla["acknowledge"] == "missed"
     am.acknowledge(a.id, by="li", now=at(3.5))
     assert a.sla["acknowledge"] == "missed"  # late stays late
+
+
+def test_ack_from_another_process_is_not_overwritten(tmp_path: Path) -> None:
+    service, _ = manager(tmp_path)
+    service.process(episode(0), at(0))
+    aid = service.list()[0].id
+    cli, _ = manager(tmp_path)  # e.g. `meterwatch alerts ack` while the service runs
+    cli.acknowledge(aid, by="li", note="seen", now=at(0.5))
+    service.process(episode(1), at(1))  # a new episode updates the alert in the service
+    line = json.loads((tmp_path / "alerts.jsonl").read_text().splitlines()[-1])
+    assert (line["status"], line["acknowledged_by"], line["count"]) == ("acknowledged", "li", 2)
+    assert service.get(aid).status == "acknowledged"
+    with pytest.raises(AlertStateError, match="already acknowledged"):
+        service.acknowledge(aid, by="wang", now=at(2))
