@@ -445,9 +445,8 @@ class AlertManager:
         changes = [("opened", alert)]
         if ends is not None and alert.category in self.auto_resolve:
             if (now - ends).total_seconds() >= self.flap_hold_s:
+                # one "opened" line whose status is already resolved: the episode is over
                 self._resolve(alert, now, by="auto", ends=ends)
-                # one line: opened already resolved (the episode is over)
-                changes = [("resolved", alert)]
             else:
                 alert.clear_since = ends
         return changes
@@ -504,7 +503,10 @@ class AlertManager:
         if not changes:
             return
         for _, alert in changes:
-            alert.quiet, alert.inhibited_by = self._quiet(alert, now)
+            # A resolved alert keeps the quiet state it had while open, so that an alert that
+            # was notified also gets its resolution notified (and a quiet one stays quiet).
+            if alert.status != "resolved" or alert.opened_at == now:
+                alert.quiet, alert.inhibited_by = self._quiet(alert, now)
         lines = [json.dumps(a.to_json(), ensure_ascii=False) + "\n" for _, a in changes]
         data = "".join(lines).encode()
         with self.feed_path.open("ab") as fh:

@@ -96,7 +96,7 @@ LIFECYCLE = {
         (("tick", 10), []),
     ],
     "after verification a new occurrence is a new alert": [
-        (("find", 0, 1, 5), ["resolved"]),  # an episode already older than the hold
+        (("find", 0, 1, 5), ["opened"]),  # already over (older than the hold): opened resolved
         (("tick", 6), []),
         (("tick", 7), []),
         (("tick", 8), ["verified"]),
@@ -446,3 +446,25 @@ def test_ack_from_another_process_is_not_overwritten(tmp_path: Path) -> None:
     assert service.get(aid).status == "acknowledged"
     with pytest.raises(AlertStateError, match="already acknowledged"):
         service.acknowledge(aid, by="wang", now=at(2))
+
+
+def test_resolution_keeps_the_quiet_state_it_was_notified_with(tmp_path: Path) -> None:
+    am, events = manager(tmp_path, flap_hold_s=0)
+    am.process(findings({"type": "outage", "meter_id": None, "starts_at": at(0)}), at(0))
+    am.process(episode(0, meter_id="M1"), at(0))  # inhibited: never notified
+    am.process(episode(0, meter_id="M1", type="phase_break"), at(0))  # notified
+    outage = am.list(type="outage")[0]
+    am.resolve(outage.id, by="li", now=at(1))
+    events.clear()
+    am.process(
+        findings(
+            {"meter_id": "M1", "starts_at": at(0), "ends_at": at(1.5)},
+            {"meter_id": "M1", "type": "phase_break", "starts_at": at(0), "ends_at": at(1.5)},
+        ),
+        at(2),
+    )
+    resolved = {a.type: a.quiet for e, a in events if e == "resolved"}
+    assert resolved == {
+        "voltage_loss": {"reason": "inhibited", "inhibited_by": outage.id},
+        "phase_break": None,
+    }
