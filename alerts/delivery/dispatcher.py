@@ -91,7 +91,11 @@ class Dispatcher:
         self._thread.start()
 
     def stop(self, drain_s: float = 5.0) -> None:
-        """Try to deliver what is due for up to ``drain_s``, then stop; the rest stays queued."""
+        """Try to deliver what is due for up to ``drain_s``, then stop; the rest stays queued.
+
+        The outbox stays open: a change notified after ``stop`` is still persisted and is
+        delivered by the next start (nothing is lost while the service shuts down).
+        """
         if self._thread is None:
             return
         if drain_s > 0:
@@ -105,7 +109,6 @@ class Dispatcher:
                 sink.close()
             except Exception as exc:  # a sink that fails to close must not block the others
                 log.warning("closing delivery sink %s: %r", sink.name, exc)
-        self.outbox.close()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until nothing is due (every row delivered, failed, or waiting for a retry)."""

@@ -283,16 +283,22 @@ class AlertmanagerSink:
 
     def _item(self, alert: dict[str, Any], firing: bool) -> dict[str, Any]:
         now = self.clock()
+        starts = parse_iso(alert["starts_at"])
+        # Alertmanager compares with its wall clock; a simulated clock running ahead of it must
+        # not produce startsAt after endsAt (which Alertmanager refuses).
+        if starts is None or starts > now:
+            starts = now
         item: dict[str, Any] = {
             "labels": _labels(alert),
             "annotations": _annotations(alert),
-            "startsAt": alert["starts_at"],
+            "startsAt": starts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         if self.external_url:
             item["generatorURL"] = f"{self.external_url}/#alert={alert['id']}"
         if firing:
             horizon = now + timedelta(seconds=4 * self.refresh_s)
-            item["endsAt"] = horizon.strftime("%Y-%m-%dT%H:%M:%SZ")
+            # milliseconds: a short refresh interval must not round the horizon into the past
+            item["endsAt"] = horizon.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         else:
             # Alertmanager shows an alert as resolved once endsAt is past; the alert's own
             # end is data time, which may be ahead of wall time in a simulation: use the
