@@ -348,7 +348,10 @@ class AlertManager:
         hits = [a for i, a in self.alerts.items() if alert_id and i.startswith(alert_id)]
         if len(hits) == 1:
             return hits[0]
-        raise AlertNotFound(alert_id, str(self.feed_path))
+        where = str(self.feed_path)
+        if hits:
+            where += f" (the prefix matches {len(hits)} alerts; give more of the id)"
+        raise AlertNotFound(alert_id, where)
 
     def _resolve(
         self,
