@@ -275,6 +275,12 @@ def silence_cmd(
 
 @alerts.command("report")
 @_filters
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    help="Judge open deadlines at this ISO instant [default: now] (e.g. the demo's service time).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Rows as a JSON array.")
 @_feed_options
 def report_cmd(
@@ -284,13 +290,19 @@ def report_cmd(
     meter: str | None,
     area: str | None,
     since: str | None,
+    at_text: str | None,
     as_json: bool,
 ) -> None:
     """On-time rates (acknowledged, resolved) per transformer area and type."""
     found = manager.list(
         status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(since)
     )
-    df = on_time_report(found, _now())
+    try:
+        at = parse_iso(at_text) if at_text else _now()
+    except ValueError as exc:
+        raise click.BadParameter(f"--at {at_text!r}: {exc}") from exc
+    assert at is not None
+    df = on_time_report(found, at)
     if as_json:
         records = [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}

@@ -143,6 +143,11 @@ def test_report_json_and_table(feed: Path) -> None:
     # wall-clock now is past every 2026-01-05 deadline: the others missed theirs
     r1 = rows[("TA01", "voltage_loss")]
     assert (r1["ack_on_time"], r1["ack_rate"], r1["resolve_rate"]) == (0, 0.0, 0.0)
+    # judged at T0 + 1 h, the open alerts have missed nothing yet
+    early = run("alerts", "report", "--feed", str(feed), "--json", "--at", "2026-01-05T13:00:00Z")
+    rows = {(r["transformer_id"], r["type"]): r for r in json.loads(early.output)}
+    r1 = rows[("TA01", "voltage_loss")]
+    assert (r1["ack_decided"], r1["ack_rate"], r1["pending"]) == (0, None, 1)
     table = run("alerts", "report", "--feed", str(feed), "--area", "TA02")
     assert table.exit_code == 0 and "register_decrease" in table.output
     assert "voltage_loss" not in table.output and "100%" in table.output
