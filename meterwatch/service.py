@@ -14,6 +14,8 @@ import pandas as pd
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from alerts.delivery import Dispatcher, build_dispatcher
+from alerts.http import AlertHttpServer, build_http_server
 from alerts.manager import AlertManager
 from alerts.model import Alert
 from analytics.base import Detector
@@ -108,6 +110,11 @@ class Service:
         self.alerts = AlertManager.from_config(
             cfg.alerts, listeners=[self._alert_event], meters=self.registry
         )
+        # Alert delivery (MQTT, webhooks, Alertmanager, e-mail) through a persistent outbox.
+        self.delivery: Dispatcher | None = build_dispatcher(cfg.alerts.delivery, cfg.mqtt)
+        if self.delivery is not None:
+            self.alerts.listeners.append(self.delivery)
+        self.alerts_http: AlertHttpServer | None = None
         self.writer = ReadingWriter(
             self.store,
             self.stats,
@@ -245,6 +252,18 @@ class Service:
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self.stats, cfg.metrics.host, cfg.metrics.port)
             self.metrics.start()
+        if self.delivery is not None:
+            self.delivery.seed([a.to_json() for a in self.alerts.list(status="active")])
+            self.delivery.start()
+        if cfg.alerts.http.enabled:
+            self.alerts_http = build_http_server(
+                cfg.alerts.http,
+                self.alerts,
+                lambda meter, start, end: self.store.read_readings([meter], start, end),
+                self.clock.now,
+            )
+            self.alerts.listeners.append(self.alerts_http)
+            self.alerts_http.start()
         self.scheduler.start()
         log.info(
             "running: %d meters, Modbus every %.0f s (%.2f s wall), analytics every %.0f s",
@@ -277,6 +296,10 @@ class Service:
         failing = failing_meters(self.stats)
         if failing:
             log.warning("meters with failed reads (errors/requests): %s", "; ".join(failing))
+        if self.alerts_http is not None:
+            self.alerts_http.stop()
+        if self.delivery is not None:  # before the broker: the MQTT sink may use it
+            await asyncio.to_thread(self.delivery.stop)
         if self.broker is not None:
             await self.broker.stop()
         self.alerts.close()  # signed audit checkpoint

@@ -81,6 +81,14 @@ class Dispatcher:
         self._wake.set()
         return added
 
+    def seed(self, active: list[dict[str, Any]]) -> None:
+        """Tell sinks that keep state (Alertmanager refresh) which alerts fire at start-up."""
+        loud = [a for a in active if not a.get("quiet") and not a.get("inhibited_by")]
+        for sink in self.sinks.values():
+            seed = getattr(sink, "seed", None)
+            if seed is not None:
+                seed(loud)
+
     # -- background thread ----------------------------------------------------------------
 
     def start(self) -> None:
@@ -104,6 +112,18 @@ class Dispatcher:
         self._wake.set()
         self._thread.join()
         self._thread = None
+        for name, s in self.stats().items():
+            # one line per sink at shutdown; what is left is delivered by the next start
+            level = logging.WARNING if s["pending"] or s["failed"] else logging.INFO
+            log.log(
+                level,
+                "alert delivery to %s: %d delivered, %d retried, %d failed, %d pending",
+                name,
+                s["delivered"],
+                s["retried"],
+                s["failed"],
+                s["pending"],
+            )
         for sink in self.sinks.values():
             try:
                 sink.close()
