@@ -460,8 +460,9 @@ def validate(
     )
     unwrapped = energy + wraps * modulus
     delta = np.where(same_prev, unwrapped - np.r_[np.nan, unwrapped[:-1]], 0.0)
-    delta = np.round(delta, 9)
-    decrease = same_prev & strictly_greater(-delta, float(p.decrease_tolerance_kwh))
+    # Rounded to 1e-6 kWh for the comparison only, so float noise of the register
+    # representation cannot decide a decrease at the tolerance.
+    decrease = same_prev & strictly_greater(-np.round(delta, 6), float(p.decrease_tolerance_kwh))
     runmax = pd.Series(unwrapped).groupby(ec).cummax().to_numpy() if ec.size else np.zeros(0)
     runmax_prev = np.where(same_prev, np.r_[np.nan, runmax[:-1]], np.nan)
     tol = float(p.decrease_tolerance_kwh)
@@ -748,6 +749,12 @@ def validate(
         factor = np.where(scale_ok & (s > 0), delta_run / np.where(s > 0, s, 1.0), 1.0)
         even = scale_ok & ~(s > 0)
         value = np.where(even[run_id], delta_run[run_id] / lengths[run_id], value * factor[run_id])
+        # Estimates validated again: a run whose estimates fail (negative, or above the
+        # runaway limit) falls back to spreading its known register delta evenly.
+        fails = strictly_less(value, -REL_TOL) | strictly_greater(value / ct[r], limit[r])
+        run_fails = pd.Series(fails).groupby(run_id).any().to_numpy() & known & (m_run != 3)
+        value = np.where(run_fails[run_id], delta_run[run_id] / lengths[run_id], value)
+        m_cell = np.where(run_fails[run_id], 3, m_cell)
         scaled = scale_ok[run_id] | (m_cell == 3)
         est[r, c] = value
         method[r, c] = m_cell
@@ -755,7 +762,7 @@ def validate(
             "scaled_to_register"
         ]
 
-    # Estimates validated again.
+    # Estimates that still fail (no known delta to fall back on) are rejected.
     est_sec = est / ct[:, None]
     rejected = (
         need
