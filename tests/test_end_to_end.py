@@ -58,7 +58,14 @@ def e2e_config(tmp_path: Path, *, broker: str, mqtt_port: int) -> Config:
                 "modbus": {
                     "interval": "15m",
                     "gateways": [
-                        {"name": "sim", "host": "127.0.0.1", "port": 1, "devices": "simulator"}
+                        # Generous timeout: a loaded CI machine must not look like a dead meter.
+                        {
+                            "name": "sim",
+                            "host": "127.0.0.1",
+                            "port": 1,
+                            "devices": "simulator",
+                            "timeout_s": 3.0,
+                        }
                     ],
                 }
             },
