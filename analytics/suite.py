@@ -24,6 +24,7 @@ from analytics.equipment import (
     VoltageUnbalance,
 )
 from analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
+from analytics.theft import TheftSuspected, TransformerLoss
 from meterwatch.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
 
 #: Detector classes of the default suite, in run order.
@@ -45,6 +46,8 @@ DETECTOR_CLASSES: tuple[type[Detector], ...] = (
     ConsumptionSpike,
     ConsumptionDrop,
     ZeroConsumption,
+    TransformerLoss,
+    TheftSuspected,
 )
 
 

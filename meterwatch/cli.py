@@ -193,12 +193,20 @@ def simulate(
     type=click.Path(dir_okay=False),
     help="Also write validated interval energy (VEE, docs/billing.md) here (.csv/.parquet).",
 )
+@click.option(
+    "--suspects",
+    "suspects_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write every customer meter's theft score, ranked (meter_id,score,rank,reasons) as CSV.",
+)
 def analyze(
     readings_path: str,
     meters_path: str,
     out_path: str,
     config_path: str | None,
     validated_path: str | None = None,
+    suspects_path: str | None = None,
 ) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
     from datetime import UTC, datetime
@@ -217,6 +225,13 @@ def analyze(
             f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"
         ):
             findings = run_detectors(default_detectors(params), readings, meters)
+        if suspects_path:
+            from analytics.theft import rank_suspects
+
+            with console.status("ranking theft suspects (line loss, features, Isolation Forest)"):
+                suspects = rank_suspects(readings, meters)
+            suspects.to_csv(suspects_path, index=False)
+            console.print(f"{len(suspects)} customer meters ranked → {suspects_path}")
         if validated_path:
             from meterwatch.cli_billing import write_validated_file
 

@@ -75,6 +75,11 @@ STANDARD_CT_RATIOS: tuple[int, ...] = (
     4000, 5000, 6000, 8000, 10000,
 )  # fmt: skip
 
+#: Standard distribution transformer ratings [kVA] (GB/T 6451 / R10 series).
+STANDARD_KVA: tuple[float, ...] = (
+    30, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600, 2000,
+    2500, 3150, 4000, 5000, 6300, 8000, 10000,
+)  # fmt: skip
 # Band of the simulated voltages around nominal [fraction].
 _VOLTAGE_BAND = 0.03
 # Technical loss of a transformer area [fraction of the customers' energy].
@@ -520,6 +525,13 @@ class Fleet:
         ratios = np.array(STANDARD_CT_RATIOS, dtype=float)
         idx = np.minimum(np.searchsorted(ratios, wanted), len(ratios) - 1)
         self._ct_t: FloatArray = ratios[idx]
+        # Rating: the smallest standard size (GB/T 6451 series) loaded to <= 70 % at the
+        # estimated peak (peak kW x 1.05 loss / 0.9 PF).
+        need = self._area_peak_kw * 1.05 / 0.9 / 0.7
+        sizes = np.array(STANDARD_KVA)
+        self._rated_kva: FloatArray = sizes[
+            np.minimum(np.searchsorted(sizes, need), sizes.size - 1)
+        ]
 
     def _build_registry(self, rng: np.random.Generator, mqtt_share: float) -> pd.DataFrame:
         """The registry frame: transformer meters first, then customers by class."""
@@ -559,6 +571,8 @@ class Fleet:
                 "transport": np.where(mqtt, "mqtt", "modbus"),
                 "unit_id": unit_id.astype(int),
                 "gateway": gateway.astype(int),
+                # Transformer rating (optional registry column; NaN for customers).
+                "rated_kva": np.concatenate([self._rated_kva, np.full(mc, np.nan)]),
             }
         )
         assert tuple(reg.columns[: len(REGISTRY_COLUMNS)]) == REGISTRY_COLUMNS
@@ -844,3 +858,265 @@ def generate(
         }
     )
     return normalize_readings(frame)
+
+
+# ------------------------------------------------------------------ post-hoc injections
+
+#: Energy-theft attacks of Jokar, Arianpoo & Leung (2016), "Electricity theft detection in
+#: AMI using customers' consumption patterns", IEEE Trans. Smart Grid 7(1), applied per day.
+THEFT_ATTACKS: tuple[str, ...] = ("h1", "h2", "h3", "h4", "h5", "h6")
+#: Meter faults and events :func:`inject_faults` can write into generated readings, with the
+#: alert type each must raise.
+FAULT_TYPES: tuple[str, ...] = (
+    "current_loss",
+    "overvoltage",
+    "undervoltage",
+    "voltage_unbalance",
+    "current_unbalance",
+    "reverse_power",
+    "low_power_factor",
+    "frequency_deviation",
+    "outage",
+    "transformer_overload",
+    "calibration_due",
+    "consumption_drop",
+    "zero_consumption",
+)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One post-hoc injection into generated readings.
+
+    ``type`` is a Jokar attack (``h1``..``h6``, labelled ``theft_suspected``) or one of
+    :data:`FAULT_TYPES`; ``meter_id`` the meter (``outage``/``transformer_overload``: any
+    meter of the area, the area is affected); ``start``/``end`` the affected period (UTC).
+    """
+
+    type: str
+    meter_id: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    def __post_init__(self) -> None:
+        if self.type not in THEFT_ATTACKS + FAULT_TYPES:
+            raise ValueError(
+                f"injection type {self.type!r} unknown, expected one of "
+                f"{', '.join(THEFT_ATTACKS + FAULT_TYPES)}"
+            )
+        if not pd.Timestamp(self.end) > pd.Timestamp(self.start):
+            raise ValueError(f"injection {self.type} on {self.meter_id}: end must be after start")
+
+
+def _interval_day(ts: pd.Series) -> npt.NDArray[np.int64]:
+    """UTC day number of the interval that ends at each ``ts`` (an interval ending at
+    midnight belongs to the day before)."""
+    ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64) - 1
+    out: npt.NDArray[np.int64] = ns // (86400 * 10**9)
+    return out
+
+
+def inject(
+    readings: pd.DataFrame,
+    registry: pd.DataFrame,
+    injections: Sequence[Injection],
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Readings and registry with ``injections`` applied, and their ground-truth labels.
+
+    Theft attacks change only what the attacked meter *measures and registers*: each UTC day
+    in ``[start, end)`` its interval energies ``x`` become (α ~ U(0.1, 0.8) as in Jokar et
+    al. 2016) h1 ``α x`` (one α per day); h2 ``x`` with a random block of 4-12 h zeroed; h3
+    ``α_t x_t``; h4 ``α_t mean(x)``; h5 ``mean(x)``; h6 ``x`` reversed in time. The register
+    is rebuilt from the new intervals and active power/currents scaled alike; the supply
+    meter is untouched (the physical load is unchanged), so the area's line loss rises.
+    Faults overwrite measured values in ``[start, end]``; see :data:`FAULT_TYPES`.
+
+    Labels: ``type`` (alert type), ``injection``, ``meter_id`` (None for area events),
+    ``transformer_id``, ``starts_at``, ``ends_at``.
+    """
+    rng = np.random.default_rng([int(seed), 7])
+    out = readings.sort_values(["meter_id", "ts"], kind="mergesort").reset_index(drop=True)
+    reg = registry.copy()
+    area_of = dict(zip(reg["meter_id"], reg["transformer_id"], strict=True))
+    role_of = dict(zip(reg["meter_id"], reg["role"], strict=True))
+    labels: list[dict[str, object]] = []
+    meter_col = out["meter_id"].to_numpy()
+    ts_col = out["ts"]
+    for inj in injections:  # loop over injections (a few dozen), vectorized within each
+        if inj.meter_id not in area_of:
+            raise ValueError(f"injection {inj.type}: meter_id={inj.meter_id!r} not in registry")
+        start, end = pd.Timestamp(inj.start), pd.Timestamp(inj.end)
+        area = area_of[inj.meter_id]
+        in_time = ((ts_col >= start) & (ts_col <= end)).to_numpy()
+        rows = np.flatnonzero((meter_col == inj.meter_id) & in_time)
+        label: dict[str, object] = {
+            "type": inj.type,
+            "injection": inj.type,
+            "meter_id": inj.meter_id,
+            "transformer_id": area,
+            "starts_at": start,
+            "ends_at": end,
+        }
+        if inj.type in THEFT_ATTACKS:
+            _apply_attack(out, inj, rng)
+            label["type"] = "theft_suspected"
+        elif inj.type == "calibration_due":
+            interval = int(
+                reg.loc[reg["meter_id"] == inj.meter_id, "calibration_interval_days"].iat[0]
+            )
+            due = start.normalize()
+            reg.loc[reg["meter_id"] == inj.meter_id, "last_calibration"] = (
+                (due - pd.Timedelta(days=interval)).date().isoformat()
+            )
+            label["ends_at"] = pd.NaT
+        elif inj.type in ("consumption_drop", "zero_consumption"):
+            factor = 0.0 if inj.type == "zero_consumption" else float(rng.uniform(0.1, 0.3))
+            _scale_energy(
+                out, np.flatnonzero(meter_col == inj.meter_id), ts_col, start, end, factor
+            )
+        elif inj.type in ("outage", "transformer_overload"):
+            area_rows = np.flatnonzero(
+                np.isin(meter_col, [m for m, a in area_of.items() if a == area]) & in_time
+            )
+            if inj.type == "outage":
+                for c in ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v"):
+                    out.loc[area_rows, c] = np.where(out.loc[area_rows, c].notna(), 1.0, np.nan)
+                for c in ("current_l1_a", "current_l2_a", "current_l3_a"):
+                    out.loc[area_rows, c] = np.where(out.loc[area_rows, c].notna(), 0.0, np.nan)
+                out.loc[area_rows, ["power_kw", "reactive_power_kvar"]] = 0.0
+                for m in {meter_col[r] for r in area_rows}:
+                    _scale_energy(out, np.flatnonzero(meter_col == m), ts_col, start, end, 0.0)
+            else:
+                sup = [m for m, a in area_of.items() if a == area and role_of[m] == "transformer"]
+                rated = reg.loc[reg["meter_id"].isin(sup), "rated_kva"].astype(float)
+                sel = rows if not sup else np.flatnonzero((meter_col == sup[0]) & in_time)
+                ct = float(reg.loc[reg["meter_id"] == sup[0], "ct_ratio"].iat[0]) if sup else 1.0
+                s_now = np.hypot(out.loc[sel, "power_kw"], out.loc[sel, "reactive_power_kvar"]) * ct
+                k = (
+                    np.maximum(1.3 * float(rated.iat[0]) / np.maximum(s_now, 1e-6), 1.0)
+                    if sup
+                    else 1.0
+                )
+                for c in (
+                    "power_kw",
+                    "reactive_power_kvar",
+                    "current_l1_a",
+                    "current_l2_a",
+                    "current_l3_a",
+                ):
+                    out.loc[sel, c] = out.loc[sel, c] * k
+            label["meter_id"] = None
+        else:
+            _apply_fault(out, rows, inj.type, reg.set_index("meter_id").loc[inj.meter_id])
+        labels.append(label)
+    lab = pd.DataFrame(
+        labels, columns=["type", "injection", "meter_id", "transformer_id", "starts_at", "ends_at"]
+    )
+    for c in ("starts_at", "ends_at"):
+        lab[c] = pd.to_datetime(lab[c], utc=True).astype(TS_DTYPE)
+    return normalize_readings(out), reg, lab
+
+
+def _scale_energy(
+    out: pd.DataFrame,
+    meter_rows: npt.NDArray[np.int64],
+    ts: pd.Series,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    factor: float,
+) -> None:
+    """Scale one meter's interval energies ending in ``(start, end]`` by ``factor`` (and
+    power), rebuilding its import register."""
+    e = out.loc[meter_rows, "energy_import_kwh"].to_numpy(dtype=float)
+    t = ts.iloc[meter_rows]
+    sel = ((t > start) & (t <= end)).to_numpy()
+    d = np.r_[0.0, np.diff(e)]
+    d = np.where(sel, d * factor, d)
+    out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(d)
+    pw = out.loc[meter_rows, ["power_kw", "current_l1_a", "current_l2_a", "current_l3_a"]]
+    out.loc[meter_rows, pw.columns] = np.where(sel[:, None], pw.to_numpy() * factor, pw.to_numpy())
+
+
+def _apply_attack(out: pd.DataFrame, inj: Injection, rng: np.random.Generator) -> None:
+    """Rewrite one meter's registered intervals per day with Jokar attack ``inj.type``."""
+    idx = np.flatnonzero(out["meter_id"].to_numpy() == inj.meter_id)
+    e = out.loc[idx, "energy_import_kwh"].to_numpy(dtype=float)
+    ts = out.loc[idx, "ts"]
+    d = np.r_[0.0, np.diff(e)]
+    day = _interval_day(ts)
+    t = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    sel = (t > pd.Timestamp(inj.start).value) & (t <= pd.Timestamp(inj.end).value)
+    sel[0] = False
+    g = pd.Series(d[sel]).groupby(day[sel])
+    x = d[sel]
+    days = day[sel]
+    uniq, first, counts = np.unique(days, return_index=True, return_counts=True)
+    pos = np.arange(x.size) - np.repeat(first, counts)  # position within the day
+    mean = g.transform("mean").to_numpy()
+    if inj.type == "h1":
+        new = x * np.repeat(rng.uniform(0.1, 0.8, uniq.size), counts)
+    elif inj.type == "h2":
+        per_h = np.maximum(np.round(counts / 24.0), 1)
+        length = np.repeat(np.round(rng.uniform(4, 12, uniq.size) * per_h), counts)
+        begin = np.repeat(
+            np.floor(rng.uniform(0, 1, uniq.size) * np.maximum(counts - length[first], 1)), counts
+        )
+        new = np.where((pos >= begin) & (pos < begin + length), 0.0, x)
+    elif inj.type == "h3":
+        new = x * rng.uniform(0.1, 0.8, x.size)
+    elif inj.type == "h4":
+        new = mean * rng.uniform(0.1, 0.8, x.size)
+    elif inj.type == "h5":
+        new = mean
+    else:  # h6: the day reversed
+        new = x[np.repeat(first + counts - 1, counts) - pos]
+    ratio = np.divide(new, x, out=np.ones(x.size), where=x > 1e-9)
+    d2 = d.copy()
+    d2[sel] = new
+    out.loc[idx, "energy_import_kwh"] = e[0] + np.cumsum(d2)
+    cols = ["power_kw", "reactive_power_kvar", "current_l1_a", "current_l2_a", "current_l3_a"]
+    vals = out.loc[idx, cols].to_numpy(copy=True)
+    vals[sel] = vals[sel] * ratio[:, None]
+    out.loc[idx, cols] = vals
+
+
+def _apply_fault(
+    out: pd.DataFrame, rows: npt.NDArray[np.int64], kind: str, meter: pd.Series
+) -> None:
+    """Overwrite measured values of ``rows`` (one meter) with fault ``kind``."""
+    un = float(meter["nominal_voltage_v"])
+    ib = float(meter["rated_current_a"])
+    three = int(meter["phases"]) == 3
+    if kind == "current_loss":
+        if not three:
+            raise ValueError(f"injection current_loss: {meter.name} is single-phase")
+        out.loc[rows, "current_l2_a"] = 0.0
+        out.loc[rows, "current_l1_a"] = np.maximum(out.loc[rows, "current_l1_a"], 0.1 * ib)
+    elif kind == "overvoltage":
+        out.loc[rows, "voltage_l1_v"] = 1.12 * un
+    elif kind == "undervoltage":
+        out.loc[rows, "voltage_l1_v"] = 0.85 * un
+    elif kind == "voltage_unbalance":
+        if not three:
+            raise ValueError(f"injection voltage_unbalance: {meter.name} is single-phase")
+        out.loc[rows, "voltage_l1_v"] = 1.05 * un
+        out.loc[rows, "voltage_l3_v"] = 0.95 * un
+    elif kind == "current_unbalance":
+        if not three:
+            raise ValueError(f"injection current_unbalance: {meter.name} is single-phase")
+        total = out.loc[rows, ["current_l1_a", "current_l2_a", "current_l3_a"]].sum(axis=1)
+        total = np.maximum(total, 0.6 * ib)
+        out.loc[rows, "current_l1_a"] = 0.7 * total
+        out.loc[rows, "current_l2_a"] = 0.15 * total
+        out.loc[rows, "current_l3_a"] = 0.15 * total
+    elif kind == "reverse_power":
+        out.loc[rows, "power_kw"] = -np.maximum(np.abs(out.loc[rows, "power_kw"]), 0.1)
+    elif kind == "low_power_factor":
+        out.loc[rows, "power_factor"] = 0.7
+        for c in ("current_l1_a", "current_l2_a", "current_l3_a"):
+            out.loc[rows, c] = np.maximum(out.loc[rows, c], 0.3 * ib)
+    elif kind == "frequency_deviation":
+        out.loc[rows, "frequency_hz"] = NOMINAL_FREQUENCY_HZ + 0.5
+    else:  # pragma: no cover - guarded by Injection.__post_init__
+        raise ValueError(kind)

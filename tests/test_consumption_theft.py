@@ -149,3 +149,142 @@ def test_cusum_drop_accumulates_sustained_shifts_only() -> None:
     s = cusum_drop(z, k=0.5)
     np.testing.assert_allclose(s[0], [0.0, 1.5, 3.0, 1.5, 1.0])
     np.testing.assert_allclose(s[1], [0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+# ------------------------------------------------------------------------ theft
+
+
+from analytics.base import prepare  # noqa: E402
+from analytics.theft import TheftSuspected, TransformerLoss, area_loss, rank_suspects  # noqa: E402
+
+
+def _area_day(customer_kwh: float, ct: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Area T1 for 2 days: supply S 100 kWh/day (CT 10: 10 register kWh); customers A (CT 1)
+    and B (CT ``ct``) billing ``customer_kwh`` together (half each)."""
+    reg = registry(
+        S={"role": "transformer", "customer_class": "", "phases": 3, "ct_ratio": 10.0},
+        A={},
+        B={"ct_ratio": ct},
+    )
+    n = 48
+    per_h = {"S": 100 / 24 / 10, "A": customer_kwh / 2 / 24, "B": customer_kwh / 2 / 24 / ct}
+    parts = [hourly(m, np.full(n, v)) for m, v in per_h.items()]
+    return pd.concat(parts, ignore_index=True), reg
+
+
+@pytest.mark.parametrize(
+    ("customer_kwh", "ct", "kind"),
+    [
+        (90.0, 1.0, None),  # 10 % loss: at the band edge, not above
+        (89.9, 1.0, "high"),  # 10.1 %
+        (89.9, 5.0, "high"),  # CT applied to B
+        (100.0, 1.0, None),  # 0 %: at the lower edge
+        (100.1, 1.0, "negative"),  # negative loss: data or topology error
+    ],
+)
+def test_transformer_loss_band_edges(customer_kwh: float, ct: float, kind: str | None) -> None:
+    readings, reg = _area_day(customer_kwh, ct)
+    table, _ = area_loss(
+        prepare(readings, reg, ["transformer_id", "role", "customer_class", "ct_ratio"])
+    )
+    assert table["loss"].dropna().to_numpy() == pytest.approx([1 - customer_kwh / 100] * 2)
+    found = TransformerLoss().detect(readings, reg)
+    if kind is None:
+        assert found.empty
+        return
+    assert len(found) == 1
+    row = found.iloc[0]
+    assert row["meter_id"] is None and row["transformer_id"] == "T1"
+    assert row["evidence"]["kind"] == kind
+    assert ("topology" in row["summary"]) is (kind == "negative")
+    assert len(row["evidence"]["days"]) == 2
+
+
+def test_transformer_loss_unknown_when_a_customer_misses_hours() -> None:
+    readings, reg = _area_day(80.0)
+    gap = (readings["meter_id"] == "A") & readings["ts"].between(
+        T0 + pd.Timedelta(hours=5), T0 + pd.Timedelta(hours=9)
+    )
+    found = TransformerLoss().detect(readings[~gap], reg)
+    # Day 1 is unknown (A misses hours); day 2 is still judged.
+    assert len(found) == 1
+    assert [d["day"] for d in found["evidence"].iat[0]["days"]] == ["2026-01-06"]
+
+
+@pytest.fixture(scope="module")
+def theft_fleet() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    from simulators.fleet import Fleet, Injection, generate, inject
+
+    f = Fleet(
+        start=T0.to_pydatetime(),
+        residential=24,
+        commercial=8,
+        industrial=4,
+        transformers=2,
+        seed=5,
+        step_s=900.0,
+    )
+    r = generate(f, f.start + pd.Timedelta(days=24), interval_s=3600)
+    start = T0 + pd.Timedelta(days=15)
+    end = T0 + pd.Timedelta(days=24)
+    victims = ["R0003", "R0015", "C0002"]
+    inj = [
+        Injection("h1", victims[0], start, end),
+        Injection("h5", victims[1], start, end),
+        Injection("h2", victims[2], start, end),
+    ]
+    r2, reg, labels = inject(r, f.registry, inj, seed=1)
+    assert list(labels["type"]) == ["theft_suspected"] * 3
+    return r2, reg, victims
+
+
+def test_rank_suspects_puts_the_attacked_meters_first(theft_fleet) -> None:
+    readings, reg, victims = theft_fleet
+    ranked = rank_suspects(readings, reg)
+    assert list(ranked.columns) == ["meter_id", "score", "rank", "reasons"]
+    customers = set(reg.loc[reg["role"] == "customer", "meter_id"])
+    assert set(ranked["meter_id"]) == customers
+    assert ranked["score"].between(0, 1).all()
+    assert list(ranked["rank"]) == list(range(1, len(customers) + 1))
+    assert set(ranked["meter_id"].head(3)) == set(victims)
+    assert ranked["score"].iat[2] > 0.6 > ranked["score"].iat[3]
+    assert "flattened daily profile" in ranked.set_index("meter_id").at["R0015", "reasons"]
+
+
+def test_theft_suspected_alerts_carry_the_score(theft_fleet) -> None:
+    readings, reg, victims = theft_fleet
+    found = TheftSuspected().detect(readings, reg)
+    assert set(found["meter_id"]) == set(victims)
+    for ev in found["evidence"]:
+        assert 0.6 <= ev["score"] <= 1 and set(ev["features"]) >= {"level", "shape"}
+    assert TheftSuspected(min_days=30).detect(readings, reg).empty  # 24 days: not judged
+
+
+def test_analyze_writes_ranked_suspects(theft_fleet, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from meterwatch.cli import main
+
+    readings, reg, victims = theft_fleet
+    readings.to_parquet(tmp_path / "r.parquet", index=False)
+    reg.to_csv(tmp_path / "meters.csv", index=False)
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            "--readings",
+            str(tmp_path / "r.parquet"),
+            "--meters",
+            str(tmp_path / "meters.csv"),
+            "--out",
+            str(tmp_path / "alerts.jsonl"),
+            "--suspects",
+            str(tmp_path / "suspects.csv"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sus = pd.read_csv(tmp_path / "suspects.csv")
+    assert list(sus.columns) == ["meter_id", "score", "rank", "reasons"]
+    assert set(sus["meter_id"].head(3)) == set(victims)
+    alerts = pd.read_json(tmp_path / "alerts.jsonl", lines=True)
+    assert set(alerts.loc[alerts["type"] == "theft_suspected", "meter_id"]) == set(victims)
