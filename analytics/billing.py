@@ -248,13 +248,9 @@ def billing_determinants(
     out["estimated_share"] = out["intervals_estimated"] / n
     alerts = _open_alert_types(open_billing_alerts)
     idx = out.index.to_series()
-    alert_types = idx.map(alerts)
-    r_alert = np.where(
-        alert_types.isna(),
-        "",
-        "open billing alert"
-        + np.where(alert_types.fillna("") != "", ": " + alert_types.fillna(""), ""),
-    )
+    listed = idx.isin(list(alerts)).to_numpy()
+    types = idx.astype(object).map(alerts).astype(object).fillna("").to_numpy(dtype=object)
+    r_alert = np.where(listed, "open billing alert" + np.where(types != "", ": " + types, ""), "")
     share = out["estimated_share"].to_numpy(dtype=float)
     over = strictly_greater(share, estimated_share_limit)
     r_share = np.where(
