@@ -42,6 +42,13 @@ StoredListener = Callable[[pd.DataFrame], None]
 
 #: Window over which ``store_write_rate_rows_per_s`` is averaged [wall s].
 RATE_WINDOW_S = 10.0
+#: Store attributes mirrored as stats counters (InfluxStore has them; other stores need not).
+_STORE_COUNTERS = (
+    ("retries", "store_retries"),
+    ("lines_dead_lettered", "store_lines_dead_lettered"),
+    ("rows_skipped", "store_rows_skipped_empty"),
+    ("rows_invalid", "store_rows_invalid"),
+)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class ReadingWriter:
         self._closing = False
         self._spool_full_logged = False
         self._rate: deque[tuple[float, int]] = deque()
+        self._store_seen: dict[str, int] = {}
         self._random = random.Random()
         if spool is not None and spool.depth_rows:
             log.info(
@@ -325,7 +333,18 @@ class ReadingWriter:
         now = time.monotonic()
         self._rate.append((now, written))
 
+    def _mirror_store_counters(self) -> None:
+        """Copy the store's own counters (InfluxDB retries, dead-lettered lines) into stats."""
+        for attr, name in _STORE_COUNTERS:
+            value = getattr(self.store, attr, None)
+            if isinstance(value, int):
+                delta = value - self._store_seen.get(attr, 0)
+                if delta > 0:
+                    self.stats.count(name, delta)
+                    self._store_seen[attr] = value
+
     def _update_gauges(self) -> None:
+        self._mirror_store_counters()
         now = time.monotonic()
         while self._rate and self._rate[0][0] < now - RATE_WINDOW_S:
             self._rate.popleft()

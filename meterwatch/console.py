@@ -135,4 +135,6 @@ def print_summary(console: Console, s: RunSummary) -> None:
         ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none",
     )
     t.add_row("alerts still open", str(s.open_alerts))
+    if s.extra.get("spool_pending_rows") is not None:
+        t.add_row("spool pending (sent at next start)", str(s.extra["spool_pending_rows"]))
     console.print(t)

@@ -34,6 +34,8 @@ HELP = {
     "readings_refused": "Readings refused (writer queue or spool full); never dropped silently.",
     "spool_refused": "Readings refused because the spool reached storage.spool.max_bytes.",
     "store_errors": "Failed store writes (retried; data kept in the spool or writer).",
+    "store_retries": "Retried InfluxDB requests (429, 5xx, connection errors).",
+    "store_lines_dead_lettered": "Points InfluxDB refused (400), written to the dead-letter file.",
     "spool_depth_rows": "Readings in the spool waiting for the store.",
     "spool_depth_bytes": "Bytes of readings in the spool waiting for the store.",
     "spool_max_bytes": "storage.spool.max_bytes: the spool refuses new readings past this.",

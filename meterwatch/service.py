@@ -155,7 +155,11 @@ class Service:
             counters=self.stats.snapshot(),
             alerts_by_type=dict(self.alerts.counts_by_type()),
             open_alerts=len(self.alerts.open_alerts()),
-            extra={"failing_meters": failing_meters(self.stats)},
+            extra={
+                "failing_meters": failing_meters(self.stats),
+                # Readings left for the next start (store unreachable at shutdown); None: no spool.
+                "spool_pending_rows": self.spool.depth_rows if self.spool is not None else None,
+            },
         )
 
     async def _start(self) -> None:
