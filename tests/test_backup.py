@@ -120,3 +120,52 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
     assert (tmp_path / "b-alerts.jsonl").read_text() == '{"id": "x"}\n'
     res = runner.invoke(main, ["restore", str(tmp_path / "bk"), "--config", str(b)])
     assert res.exit_code == 2 and "--force" in res.output
+
+
+def test_service_applies_retention_on_a_schedule(tmp_path: Path) -> None:
+    import asyncio
+
+    from servers import free_port
+
+    from meterwatch.config import parse_config
+    from meterwatch.service import Service
+
+    old = readings(2, 10)  # 2026-01-05, more than 2 days before the service clock below
+    old["ts"] = old["ts"] - pd.Timedelta(days=30)
+    store = EmbeddedStore(tmp_path / "s.duckdb")
+    store.write_readings(old)
+    store.close()
+    cfg = parse_config(
+        {
+            "clock": {"start": "2026-01-05T00:00:00Z", "speed": 3600},
+            "simulator": {
+                "enabled": True,
+                "residential": 2,
+                "commercial": 1,
+                "industrial": 0,
+                "transformers": 1,
+                "modbus": {"port": free_port()},
+            },
+            "mqtt": {"enabled": False},
+            "collector": {
+                "modbus": {
+                    "gateways": [{"name": "sim", "host": "127.0.0.1", "devices": "simulator"}]
+                }
+            },
+            "storage": {
+                "path": str(tmp_path / "s.duckdb"),
+                "retention_days": 2,
+                "retention_interval": "1h",
+            },
+            "alerts": {"feed": str(tmp_path / "alerts.jsonl")},
+        }
+    )
+    service = Service(cfg)
+    summary = asyncio.run(service.run(2.5))
+    assert summary.counters["retention_deleted"] == len(old)
+    back = EmbeddedStore(tmp_path / "s.duckdb")
+    try:
+        kept = back.read_readings()
+    finally:
+        back.close()
+    assert len(kept) > 0 and kept["ts"].min() >= pd.Timestamp("2026-01-05T00:00:00Z")
