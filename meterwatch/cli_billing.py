@@ -158,15 +158,10 @@ def open_billing_alerts(feed: Path) -> dict[str, set[str]]:
 
 
 def _audit_log(cfg: Config) -> Any:
-    from alerts.audit import AuditLog, load_key
-    from alerts.manager import default_state_dir
+    """The alert manager's audit log (``alerts.audit``): estimates and edits share its chain."""
+    from alerts.audit import audit_log_from_config
 
-    state_dir = cfg.alerts.state_dir or default_state_dir(cfg.alerts.feed)
-    return AuditLog(
-        cfg.alerts.audit.path or state_dir / "audit.jsonl",
-        load_key(cfg.alerts.audit.key_env, state_dir),
-        cfg.alerts.audit.checkpoint_every,
-    )
+    return audit_log_from_config(cfg.alerts)
 
 
 def estimate_entries(intervals: pd.DataFrame) -> list[tuple[str, dict[str, Any]]]:
