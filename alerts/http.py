@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 import pandas as pd
 
+from alerts.delivery.outbox import json_safe
 from alerts.errors import AlertNotFound, AlertStateError
 from alerts.model import Alert, iso, parse_iso
 from meterwatch.errors import ConfigError
@@ -89,7 +90,7 @@ class HttpError(Exception):
 
 def alert_json(alert: Alert) -> dict[str, Any]:
     """The feed record plus the derived lifecycle stage."""
-    out = alert.to_json()
+    out: dict[str, Any] = json_safe(alert.to_json())
     out["lifecycle"] = alert.lifecycle
     return out
 

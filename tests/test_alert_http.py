@@ -72,7 +72,13 @@ def manager(tmp_path: Path) -> AlertManager:
                 "meter_id": "I0001",
                 "starts_at": "2026-01-05T04:00Z",
                 "summary": "phase L2 lost: U2 = 3.0 V < 60 % of 230 V with I2 = 0 A",
-                "evidence": {"rule": "phase_break", "phase": "l2", "u_v": 3.0, "limit_v": 138.0},
+                "evidence": {
+                    "rule": "phase_break",
+                    "phase": "l2",
+                    "u_v": 3.0,
+                    "limit_v": 138.0,
+                    "u3_v": float("nan"),  # not reported by the meter
+                },
             },
             {
                 "type": "register_decrease",
@@ -176,6 +182,7 @@ def test_list_filters_and_get(server: AlertHttpServer, manager: AlertManager) ->
     status, alert = call(server, "GET", f"/api/alerts/{alert_id}")
     assert status == 200
     assert alert["evidence"]["u_v"] == 3.0 and alert["lifecycle"] == "open"
+    assert alert["evidence"]["u3_v"] is None  # NaN → null: the body is valid JSON
     status, err = call(server, "GET", "/api/alerts/nosuchid")
     assert status == 404 and "nosuchid" in err["error"]
 

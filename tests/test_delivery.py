@@ -50,7 +50,7 @@ def findings(*rows: dict[str, Any]) -> pd.DataFrame:
         "severity": "critical",
         "transformer_id": "TA01",
         "summary": "phase L2 lost: U2 = 3.0 V",
-        "evidence": {"rule": "phase_break", "u_v": 3.0},
+        "evidence": {"rule": "phase_break", "u_v": 3.0, "i_a": float("nan")},
         "ends_at": pd.NaT,
     }
     df = pd.DataFrame([{**base, **r} for r in rows])
@@ -357,7 +357,11 @@ def test_webhook_payload_in_alertmanager_format_v4(
     assert item["endsAt"] == "0001-01-01T00:00:00Z"
     assert item["fingerprint"] == alert.fingerprint
     assert item["generatorURL"] == f"http://meterwatch.example:8470/#alert={alert.id}"
-    assert json.loads(item["annotations"]["evidence"]) == {"rule": "phase_break", "u_v": 3.0}
+    assert json.loads(item["annotations"]["evidence"]) == {
+        "rule": "phase_break",
+        "u_v": 3.0,
+        "i_a": None,  # NaN sent as null: valid JSON for the receiver
+    }
     assert firing["commonLabels"] == item["labels"]
     (done,) = resolved["alerts"]
     assert done["status"] == "resolved" and done["endsAt"] == "2026-01-05T12:00:00Z"
@@ -586,3 +590,76 @@ def test_smtp_mail_for_an_opened_alert(tmp_path: Path) -> None:
     body = msg.get_payload()
     assert "phase L2 lost: U2 = 3.0 V" in body and '"u_v": 3.0' in body
     assert f"#alert={alert.id}" in body
+
+
+# -- wired into the service ----------------------------------------------------------------------
+
+
+def test_service_delivers_alerts_and_serves_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's wiring: MQTT delivery on the embedded broker and the HTTP API, from config."""
+    import asyncio
+
+    from brokers import free_port
+
+    from alerts.delivery import Outbox
+    from meterwatch.config import parse_config
+    from meterwatch.service import Service
+
+    monkeypatch.setenv("MW_TEST_SERVICE_TOKEN", "svc-token")
+    http_port = free_port()
+    cfg = parse_config(
+        {
+            "clock": {"start": "2026-01-05T00:00:00Z", "speed": 3600},
+            "simulator": {
+                "enabled": True,
+                "residential": 2,
+                "commercial": 1,
+                "industrial": 2,
+                "transformers": 1,
+                "mqtt_share": 0.0,
+                "modbus": {"host": "127.0.0.1", "port": free_port()},
+                "anomalies": [{"type": "phase_break", "at": "1h", "duration": "3h"}],
+            },
+            "mqtt": {"port": free_port(), "dead_letter": str(tmp_path / "dead.jsonl")},
+            "collector": {
+                "modbus": {
+                    "interval": "15m",
+                    "gateways": [{"name": "sim", "host": "127.0.0.1", "devices": "simulator"}],
+                }
+            },
+            "storage": {"path": str(tmp_path / "store.duckdb")},
+            "alerts": {
+                "feed": str(tmp_path / "alerts.jsonl"),
+                "delivery": {
+                    "state_dir": str(tmp_path / "delivery"),
+                    "mqtt": {"enabled": True, "topic_prefix": "mw"},
+                },
+                "http": {"enabled": True, "port": http_port, "token_env": "MW_TEST_SERVICE_TOKEN"},
+            },
+        }
+    )
+    seen: list[dict[str, Any]] = []
+
+    def probe(service: Service) -> None:
+        if seen or not service.alerts.open_alerts():
+            return
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/api/alerts?status=active",
+            headers={"Authorization": "Bearer svc-token"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            seen.extend(json.load(resp)["alerts"])
+
+    service = Service(cfg, on_tick=probe)
+    asyncio.run(service.run(5.0))
+    assert [(a["type"], a["status"]) for a in seen] == [("phase_break", "open")]
+    outbox = Outbox(tmp_path / "delivery" / "outbox.sqlite")
+    try:
+        counts = outbox.counts()
+        notes = outbox.pending("mqtt")
+    finally:
+        outbox.close()
+    assert notes == [] and counts["mqtt"]["failed"] == 0
+    assert counts["mqtt"]["delivered"] >= 1  # at least the phase break's "opened"

@@ -11,6 +11,7 @@ that one notification, the only duplicate the design allows).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -59,6 +60,21 @@ class Notification:
         return str(self.alert.get("fingerprint", ""))
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and ±inf floats replaced by None, so the JSON is valid for receivers.
+
+    Detector evidence may carry NaN (a quantity the meter does not report); Python's json
+    would write it as the non-standard ``NaN`` token.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def notification_key(alert: dict[str, Any], event: str) -> str:
     """The identity of a notification: alert id, event and the alert's ``updated_at``."""
     return f"{alert['id']}:{event}:{alert.get('updated_at') or ''}"
@@ -89,7 +105,7 @@ class Outbox:
     def enqueue(self, alert: dict[str, Any], event: str, sinks: list[str], now: float) -> int:
         """Add the notification for each sink; return how many rows were new (not duplicates)."""
         key = notification_key(alert, event)
-        payload = json.dumps(alert, ensure_ascii=False, sort_keys=True)
+        payload = json.dumps(json_safe(alert), ensure_ascii=False, sort_keys=True, allow_nan=False)
         rows = [
             (key, sink, event, alert["id"], alert.get("fingerprint", ""), payload, now, now)
             for sink in sinks
