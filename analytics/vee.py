@@ -42,8 +42,9 @@ searched up to ``like_day_search_days`` before and after, nearer first, earlier 
 tie) at the same local time slot, or, when the register delta across the run is known, by
 spreading that delta evenly (``register_prorate``). When both boundary reads of a run are
 actual and the run is a pure data gap, its estimates are scaled so that their sum equals the
-register delta x ``ct_ratio`` (reason ``scaled_to_register``). Estimates are validated again
-(negative or runaway values are rejected: ``missing`` with ``estimate_rejected``). A run of
+register delta x ``ct_ratio`` (reason ``scaled_to_register``). Estimates are validated again:
+a run with a negative or runaway estimate falls back to ``register_prorate`` when its delta
+is known, else those estimates are rejected (``missing`` with ``estimate_rejected``). A run of
 consecutive estimated intervals longer than ``max_consecutive_estimated_s`` adds
 ``estimation_excess``.
 
@@ -646,9 +647,9 @@ def validate(
         w_len = int(p.mismatch_window_hours * 3600 * _NS)
         for m_i, w_i, ev in zip(mm, ww, evid, strict=True):  # loop over findings only
             w0 = g0 + w_i * w_len
-            c0 = max(int((w0 - g0) // step), 0)
-            c1 = min(int((w0 + w_len - g0) // step), n_int)
-            bits[m_i, c0:c1] |= BIT[code_name]
+            col_a = max(int((w0 - g0) // step), 0)
+            col_b = min(int((w0 + w_len - g0) // step), n_int)
+            bits[m_i, col_a:col_b] |= BIT[code_name]
             events.append(
                 {
                     "meter_id": meter_ids[m_i],
@@ -673,23 +674,23 @@ def validate(
             ref[ref <= np.iinfo(np.int64).min + 1] = np.nan
         lead = last - ref
         ahead = strictly_greater(lead, p.clock_tolerance_s * _NS) & (last > np.iinfo(np.int64).min)
-        for m_i in np.flatnonzero(ahead):  # loop over findings only
-            sel = (code_all == m_i) & (t_all > ref[m_i] + p.clock_tolerance_s * _NS)
+        for m_a in np.flatnonzero(ahead).tolist():  # loop over findings only
+            sel = (code_all == m_a) & (t_all > ref[m_a] + p.clock_tolerance_s * _NS)
             okc, colc = cell(code_all[sel], t_all[sel])
-            bits[m_i, colc[okc]] |= BIT["clock_error"]
+            bits[m_a, colc[okc]] |= BIT["clock_error"]
             events.append(
                 {
-                    "meter_id": meter_ids[m_i],
+                    "meter_id": meter_ids[m_a],
                     "code": "clock_error",
                     "starts_at": int(t_all[sel].min()),
                     "ends_at": None,
                     "evidence": {
-                        "latest_read": pd.Timestamp(int(last[m_i]), tz="UTC"),
-                        "reference": pd.Timestamp(int(ref[m_i]), tz="UTC"),
+                        "latest_read": pd.Timestamp(int(last[m_a]), tz="UTC"),
+                        "reference": pd.Timestamp(int(ref[m_a]), tz="UTC"),
                         "reference_kind": "now"
                         if now_ns is not None
                         else "latest read of the other meters",
-                        "lead_s": float(lead[m_i]) / _NS,
+                        "lead_s": float(lead[m_a]) / _NS,
                         "reads_ahead": int(sel.sum()),
                         "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
                     },
