@@ -6,7 +6,9 @@ sends due rows in order. A failure schedules a retry after ``initial_s · 2^(att
 (capped at ``max_s``) with ±``jitter`` random spread; a row still undelivered after
 ``give_up_after_s`` (or refused as not retryable, e.g. HTTP 400) is marked failed, logged
 once and counted. Later changes of the same alert wait for an earlier one that is being
-retried (per sink), so a receiver never sees "resolved" before "firing".
+retried (per sink), so a receiver never sees "resolved" before "firing". A failure also
+pauses the whole sink until that retry is due (failures are nearly always sink-wide: broker
+or server down), so an outage costs one attempt per backoff step, not one per queued row.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Dispatcher:
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._failing: set[str] = set()  # sinks whose outage was logged (log once, count rest)
+        self._paused_until: dict[str, float] = {}  # sink → clock() of its next attempt
 
     # -- listener -----------------------------------------------------------------------
 
@@ -143,9 +146,22 @@ class Dispatcher:
 
     def _due_any(self) -> bool:
         now = self.clock()
-        return any(
-            next_at <= now for name in self.sinks for _, next_at in self.outbox.pending(name, 1)
-        )
+        return any(self._sendable(name, now) for name in self.sinks)
+
+    def _sendable(self, name: str, now: float) -> list[Notification]:
+        """Due rows of a sink, in order, skipping later rows of an alert whose earlier row waits."""
+        if self._paused_until.get(name, 0.0) > now:
+            return []
+        waiting: set[str] = set()
+        out = []
+        for note, next_at in self.outbox.pending(name):
+            if note.fingerprint in waiting:
+                continue
+            if next_at > now:
+                waiting.add(note.fingerprint)
+                continue
+            out.append(note)
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -164,20 +180,14 @@ class Dispatcher:
         for name, sink in self.sinks.items():
             if self._stop.is_set():
                 break
-            blocked: set[str] = set()
-            for note, next_at in self.outbox.pending(name):
+            for note in self._sendable(name, self.clock()):
                 if self._stop.is_set():
                     break
-                if note.fingerprint in blocked:
-                    continue
-                if next_at > self.clock():
-                    blocked.add(note.fingerprint)
-                    continue
                 outcome = self._attempt(sink, note)
                 if outcome == "delivered":
                     delivered += 1
                 elif outcome == "retry":
-                    blocked.add(note.fingerprint)
+                    break  # the sink is paused until this row's retry is due
             tick = getattr(sink, "tick", None)
             if tick is not None:
                 tick()
@@ -198,6 +208,7 @@ class Dispatcher:
                 return "failed"
             delay = self.backoff(note.attempts + 1)
             self.outbox.mark_retry(note.seq, now + delay, str(exc))
+            self._paused_until[sink.name] = now + delay
             counters["retried"] += 1
             if sink.name not in self._failing:
                 self._failing.add(sink.name)
