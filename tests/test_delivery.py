@@ -666,3 +666,17 @@ def test_service_delivers_alerts_and_serves_the_api(
         outbox.close()
     assert notes == [] and counts["mqtt"]["failed"] == 0
     assert counts["mqtt"]["delivered"] >= 1  # at least the phase break's "opened"
+
+
+def test_old_delivered_rows_are_purged_pending_ones_kept(tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = RecordingSink()
+    d = Dispatcher(tmp_path / "d", [sink], clock=clock)
+    d.enqueue("opened", alert_record("a1", "t1"))
+    d.run_once()
+    d.sinks["rec"] = RecordingSink(fail=1)
+    d.enqueue("opened", alert_record("a2", "t1", fp="fp2"))
+    d.run_once()  # fails: stays pending
+    clock.t += 8 * 86400.0
+    assert d.outbox.purge_delivered(7 * 86400.0, clock.t) == 1
+    assert d.outbox.counts() == {"rec": {"delivered": 0, "failed": 0, "pending": 1}}

@@ -43,6 +43,7 @@ class Dispatcher:
         jitter: float = 0.2,
         give_up_after_s: float = 86400.0,
         poll_s: float = 1.0,
+        keep_delivered_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ):
@@ -55,6 +56,10 @@ class Dispatcher:
         self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
         self.give_up_after_s = give_up_after_s
         self.poll_s = poll_s
+        #: delivered rows older than this are purged (hourly); a change is never notified again
+        #: that late, so the purge cannot let a duplicate through
+        self.keep_delivered_s = keep_delivered_s
+        self._last_purge = 0.0
         self.clock = clock
         self.rng = rng or random.Random()
         self.counters: dict[str, Counter[str]] = {name: Counter() for name in self.sinks}
@@ -167,6 +172,9 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.run_once()
+                if time.monotonic() - self._last_purge > 3600.0:
+                    self._last_purge = time.monotonic()
+                    self.outbox.purge_delivered(self.keep_delivered_s, self.clock())
             except Exception:  # keep delivering: one bug must not stop every notification
                 log.exception("alert delivery loop")
             with self._idle:
