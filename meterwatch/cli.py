@@ -75,7 +75,8 @@ def run(config_path: str, duration: float | None) -> None:
 
     console.print(
         f"MeterWatch {__version__}: {len(service.registry)} meters; alerts → {cfg.alerts.feed}; "
-        f"store → {cfg.storage.path}" + ("" if duration else "; Ctrl-C to stop"),
+        f"store → {cfg.storage.influx.url if cfg.storage.influx and cfg.storage.backend == 'influx' else cfg.storage.path}"
+        + ("" if duration else "; Ctrl-C to stop"),
         highlight=False,
     )
     summary = asyncio.run(_main())
