@@ -680,3 +680,31 @@ def test_old_delivered_rows_are_purged_pending_ones_kept(tmp_path: Path) -> None
     clock.t += 8 * 86400.0
     assert d.outbox.purge_delivered(7 * 86400.0, clock.t) == 1
     assert d.outbox.counts() == {"rec": {"delivered": 0, "failed": 0, "pending": 1}}
+
+
+def test_mqtt_delivery_survives_a_broker_outage(
+    tmp_path: Path, mosquitto_broker: Mosquitto
+) -> None:
+    sink = MqttSink("127.0.0.1", mosquitto_broker.port, "mw", timeout_s=1.0)
+    d = Dispatcher(tmp_path / "d", [sink], initial_s=0.2, max_s=1.0)
+    d.start()
+    try:
+        d.enqueue("opened", alert_record("a1", "t1", fp="fp1"))
+        assert d.flush(10)
+        mosquitto_broker.stop()
+        d.enqueue("opened", alert_record("a2", "t1", fp="fp2"))
+        deadline = time.monotonic() + 10
+        while d.stats()["mqtt"]["retried"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.stats()["mqtt"]["retried"] >= 1 and d.stats()["mqtt"]["pending"] == 1
+        mosquitto_broker.start()
+        deadline = time.monotonic() + 15
+        while d.stats()["mqtt"]["pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = d.stats()["mqtt"]
+    finally:
+        d.stop()
+    assert stats["pending"] == 0 and stats["delivered"] == 2 and stats["failed"] == 0
+    # the broker persisted the retained state published after its restart
+    state = _collect(mosquitto_broker.port, "mw/alerts/state/+", 0.5)
+    assert "mw/alerts/state/fp2" in {t for t, _, _ in state}
