@@ -167,7 +167,8 @@ class ReadingWriter:
             return
         deadline = time.monotonic() + drain_timeout_s
         try:
-            while self.spool.depth_rows and time.monotonic() < deadline:
+            # While the store is failing a last drain would only wait out its retry budget.
+            while self.spool.depth_rows and not self._store_failing and time.monotonic() < deadline:
                 await self.drain_once()
         except StorageError:
             pass

@@ -179,20 +179,22 @@ class Spool:
         """The oldest pending frames, whole appends up to ``max_rows`` (at least one); None if empty."""
         with self._lock:
             try:
-                rows = self._con.execute(
-                    "SELECT seq, rows, data FROM batches ORDER BY seq LIMIT 1000"
+                # Sizes first (cheap), then only the chosen blobs.
+                heads = self._con.execute(
+                    "SELECT seq, rows FROM batches ORDER BY seq LIMIT 1000"
+                ).fetchall()
+                if not heads:
+                    return None
+                last, total = heads[0][0], 0
+                for seq, n in heads:
+                    if total and total + n > max_rows:
+                        break
+                    last, total = seq, total + n
+                chosen: list[tuple[int, bytes]] = self._con.execute(
+                    "SELECT seq, data FROM batches WHERE seq <= ? ORDER BY seq", (last,)
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
-        if not rows:
-            return None
-        chosen: list[tuple[int, bytes]] = []
-        total = 0
-        for seq, n, data in rows:
-            if chosen and total + n > max_rows:
-                break
-            chosen.append((seq, data))
-            total += n
         frames = [_decode(d) for _, d in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         return SpoolBatch(int(chosen[-1][0]), len(chosen), normalize_readings(frame))
