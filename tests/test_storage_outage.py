@@ -121,14 +121,14 @@ def test_outage_longer_than_retry_budget_every_reading_arrives_once(tmp_path: Pa
                     max_depth = max(max_depth, stats.gauge_snapshot().get("spool_depth_rows", 0))
                     await asyncio.sleep(0.02)
 
-            await produce(1.0)
+            await produce(0.5)
             await asyncio.to_thread(stop_process, server.process)
             outage_start = time.monotonic()
-            await produce(3.0)  # 3 s down > retry_budget_s = 1 s: the store raises, spool keeps
+            await produce(2.0)  # 2 s down > retry_budget_s = 1 s: the store raises, spool keeps
             assert stats.snapshot().get("store_errors", 0) >= 1
             restarted.append(await asyncio.to_thread(restart_influxdb, server))
             outage_s = time.monotonic() - outage_start
-            await produce(1.0)
+            await produce(0.5)
             deadline = time.monotonic() + 30  # the drainer catches up while nothing new comes
             while writer.spool_rows and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -315,8 +315,8 @@ def test_service_with_influx_backend_stores_everything_served_once(tmp_path: Pat
         scraped: list[str] = []
 
         async def run() -> Any:
-            task = asyncio.create_task(service.run(6))
-            await asyncio.sleep(4)
+            task = asyncio.create_task(service.run(5))
+            await asyncio.sleep(3)
             url = f"http://127.0.0.1:{metrics_port}/metrics"
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
             scraped.append(body.decode())
