@@ -227,6 +227,9 @@ class EnergyPowerMismatch(_VeeRule):
         Relative tolerance [-]. Default 0.1.
     mismatch_floor_kwh : float
         Absolute floor [kWh]. Default 1.0.
+    mismatch_min_coverage : float
+        Share of the window that read pairs must cover to be judged [-]. Default 0.9
+        (project choice: a short window magnifies poll-timestamp offsets).
     interval_s : int
         VEE interval [s]. Default 900.
     """
@@ -244,16 +247,19 @@ class EnergyPowerMismatch(_VeeRule):
         mismatch_window_hours: float = 24.0,
         mismatch_tolerance: float = 0.1,
         mismatch_floor_kwh: float = 1.0,
+        mismatch_min_coverage: float = 0.9,
         interval_s: int = 900,
     ) -> None:
         check_positive("mismatch_window_hours", mismatch_window_hours)
         check_positive("mismatch_tolerance", mismatch_tolerance)
         if not float(mismatch_floor_kwh) >= 0:
             raise ValueError(f"mismatch_floor_kwh must be >= 0, got {mismatch_floor_kwh!r}")
+        check_fraction("mismatch_min_coverage", mismatch_min_coverage, upper_inclusive=True)
         check_count("interval_s", interval_s)
         self.mismatch_window_hours = mismatch_window_hours
         self.mismatch_tolerance = mismatch_tolerance
         self.mismatch_floor_kwh = mismatch_floor_kwh
+        self.mismatch_min_coverage = mismatch_min_coverage
         self.interval_s = interval_s
 
     def _summary(self, meter: str, ev: dict[str, Any], start: Any, end: Any) -> str:
@@ -279,6 +285,9 @@ class MultiplierMismatch(_VeeRule):
         Window [h]. Default 24.
     mismatch_floor_kwh : float
         Absolute floor [kWh]. Default 1.0.
+    mismatch_min_coverage : float
+        Share of the window that read pairs must cover to be judged [-]. Default 0.9
+        (project choice: a short window magnifies poll-timestamp offsets).
     interval_s : int
         VEE interval [s]. Default 900.
     """
@@ -295,16 +304,19 @@ class MultiplierMismatch(_VeeRule):
         multiplier_tolerance: float = 0.1,
         mismatch_window_hours: float = 24.0,
         mismatch_floor_kwh: float = 1.0,
+        mismatch_min_coverage: float = 0.9,
         interval_s: int = 900,
     ) -> None:
         check_fraction("multiplier_tolerance", multiplier_tolerance)
         check_positive("mismatch_window_hours", mismatch_window_hours)
         if not float(mismatch_floor_kwh) >= 0:
             raise ValueError(f"mismatch_floor_kwh must be >= 0, got {mismatch_floor_kwh!r}")
+        check_fraction("mismatch_min_coverage", mismatch_min_coverage, upper_inclusive=True)
         check_count("interval_s", interval_s)
         self.multiplier_tolerance = multiplier_tolerance
         self.mismatch_window_hours = mismatch_window_hours
         self.mismatch_floor_kwh = mismatch_floor_kwh
+        self.mismatch_min_coverage = mismatch_min_coverage
         self.interval_s = interval_s
 
     def _summary(self, meter: str, ev: dict[str, Any], start: Any, end: Any) -> str:

@@ -151,6 +151,7 @@ class VeeParams:
     mismatch_window_hours: float = 24.0
     mismatch_tolerance: float = 0.1
     mismatch_floor_kwh: float = 1.0
+    mismatch_min_coverage: float = 0.9
     multiplier_tolerance: float = 0.1
     linear_max_gap_s: float = 7200.0
     like_days: int = 3
@@ -952,7 +953,8 @@ def _power_check(
 
     Read pairs of one meter with both values, at most ``max_read_spacing_intervals`` apart
     and without a register decrease, are summed per window of ``mismatch_window_hours``
-    (from the grid start). ``r = energy / integrated power``: with ``ct_ratio > 1`` a ratio
+    (from the grid start); windows whose pairs cover less than ``mismatch_min_coverage`` of
+    them are not judged. ``r = energy / integrated power``: with ``ct_ratio > 1`` a ratio
     within ``multiplier_tolerance`` of ``ct_ratio`` or ``1/ct_ratio`` is a multiplier
     mismatch (one of the two quantities is on the primary side); otherwise a difference of
     more than ``mismatch_tolerance`` of the larger and more than ``mismatch_floor_kwh`` is an
@@ -983,10 +985,13 @@ def _power_check(
     w_len = int(p.mismatch_window_hours * 3600 * _NS)
     win = (et[pair] - 1 - g0) // w_len
     g = (
-        pd.DataFrame({"m": ec[pair], "w": win, "e": e_pair, "p": p_pair, "n": 1})
+        pd.DataFrame({"m": ec[pair], "w": win, "e": e_pair, "p": p_pair, "dt": dt[pair], "n": 1})
         .groupby(["m", "w"])
         .sum()
     )
+    # Only windows mostly covered by read pairs are judged: in a short or patchy window the
+    # offset between a poll's timestamp and the instant the meter measured weighs too much.
+    g = g[at_least(g["dt"].to_numpy() / w_len, p.mismatch_min_coverage)]
     m_arr = g.index.get_level_values(0).to_numpy()
     w_arr = g.index.get_level_values(1).to_numpy()
     e_w, p_w = g["e"].to_numpy(), g["p"].to_numpy()
@@ -1011,6 +1016,7 @@ def _power_check(
         "mismatch_tolerance": p.mismatch_tolerance,
         "mismatch_floor_kwh": p.mismatch_floor_kwh,
         "multiplier_tolerance": p.multiplier_tolerance,
+        "mismatch_min_coverage": p.mismatch_min_coverage,
     }
     for name, flag in (("multiplier_mismatch", mult), ("energy_power_mismatch", mism)):
         for k in np.flatnonzero(flag):  # loop over findings only
@@ -1024,6 +1030,7 @@ def _power_check(
                     "ratio": float(r[k]) if np.isfinite(r[k]) else None,
                     "ct_ratio": float(ctm[k]),
                     "read_pairs": int(g["n"].to_numpy()[k]),
+                    "coverage": float(g["dt"].to_numpy()[k] / w_len),
                 }
             )
     return out

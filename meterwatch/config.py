@@ -459,6 +459,7 @@ class VeeConfig(_Model):
     mismatch_window_hours: float = Field(24.0, gt=0)
     mismatch_tolerance: float = Field(0.1, gt=0)
     mismatch_floor_kwh: float = Field(1.0, ge=0)
+    mismatch_min_coverage: float = Field(0.9, gt=0, le=1)
     multiplier_tolerance: float = Field(0.1, gt=0)
     linear_max_gap_s: Duration = Field(7200.0, ge=0)
     like_days: int = Field(3, ge=1)

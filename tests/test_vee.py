@@ -265,6 +265,13 @@ def test_energy_vs_integrated_power(day_kwh: float, code: str | None) -> None:
         assert ev["integrated_power_kwh"] == pytest.approx(24.0)
 
 
+@pytest.mark.parametrize(("hours", "judged"), [(21.5, False), (21.75, True)])  # 90 % = 21.6 h
+def test_mismatch_needs_covered_windows(hours: float, judged: bool) -> None:
+    n = int(hours * 4)
+    v = validate(reads(np.full(n, 0.5), power_kw=1.0), registry(), start=T0, end=T0 + 96 * Q)
+    assert (v.events["code"] == "energy_power_mismatch").any() == judged
+
+
 @pytest.mark.parametrize(
     ("p_over_e", "code"),
     [(50.0, "multiplier_mismatch"), (45.5, "multiplier_mismatch"), (44.0, "energy_power_mismatch")],
