@@ -179,7 +179,10 @@ class MeterRunaway(_VeeRule):
 
     Holds on an interval whose register delta (before ``ct_ratio``) exceeds
     ``runaway_factor`` x Un x Imax x phases x interval (``nominal_voltage_v``,
-    ``max_current_a``, ``phases`` from the registry). Default factor 1.2 as in issue #5.
+    ``max_current_a``, ``phases`` from the registry) and, when the meter reports
+    ``power_kw``, also ``runaway_factor`` x its highest power read in or at the start of the
+    interval x interval (an advance its own power explains is an overload, e.g. a CT meter
+    driven past Imax, not a register fault). Default factor 1.2 as in issue #5.
 
     Parameters
     ----------

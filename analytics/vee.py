@@ -25,7 +25,9 @@ Checks (vectorized over a meters x intervals matrix)
 not a rollover; also the step that brings it back above its earlier maximum),
 ``stuck_register`` (the register did not advance by a count for ``stuck_hours`` while the
 current was at least ``stuck_current_fraction`` x Ib), ``runaway`` (the register advanced by
-more than ``runaway_factor`` x Un x Imax x phases x interval), ``future_ts`` (reads after
+more than ``runaway_factor`` x Un x Imax x phases x interval and more than ``runaway_factor``
+x the highest ``power_kw`` read in or at the start of the interval, when there is one),
+``future_ts`` (reads after
 ``now + future_tolerance_s``; they are not used). *Soft* findings keep the interval
 ``actual`` and add a reason code for review: ``duplicate_ts``, ``out_of_order``,
 ``clock_error``, ``rollover``, ``spike``, ``high_usage``, ``low_usage``,
@@ -557,7 +559,17 @@ def validate(
 
     # --- hard checks --------------------------------------------------------------------
     limit = p.runaway_factor * un * imax * phases * (interval_s / 3600.0) / 1000.0  # [kWh]
-    runaway = strictly_greater(sec, limit[:, None])
+    # Power read in or at the start of the interval: when the meter's own power readings
+    # account for the advance (within the same factor), the meter is overloaded, not running
+    # away, and the energy is kept.
+    p_read = frame["power_kw"].to_numpy(dtype=float)
+    p_max = np.full((n_m, n_int), -np.inf)
+    has_p = ok & np.isfinite(p_read)
+    np.maximum.at(p_max, (code_all[has_p], col[has_p]), p_read[has_p])
+    p_max = np.fmax(p_max, np.c_[np.full(n_m, -np.inf), p_max[:, :-1]])
+    p_max = np.where(np.isinf(p_max), np.nan, p_max)
+    supported = at_least(p.runaway_factor * p_max * (interval_s / 3600.0), sec)
+    runaway = strictly_greater(sec, limit[:, None]) & ~supported
     bits |= np.where(runaway, BIT["runaway"], 0)
     unchanged = valid & ~stepbad & strictly_less(np.abs(sec), float(p.register_resolution_kwh))
     loaded = at_least(i_min, p.stuck_current_fraction * ib[:, None])

@@ -170,6 +170,15 @@ def test_runaway_edge(jump: float, runaway: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("power_kw", "runaway"),
+    [(20.0, False), (16.6, True)],  # 5 kWh in 15 min: 20 kW explains it, 1.2 x 16.6 x 0.25 < 5
+)
+def test_runaway_not_raised_when_power_readings_explain_it(power_kw: float, runaway: bool) -> None:
+    out = run(reads([0.1, 5.0, 0.1], power_kw=power_kw))
+    assert has(out, "runaway").tolist() == [False, runaway, False]
+
+
+@pytest.mark.parametrize(
     ("flat_intervals", "current_a", "stuck"),
     [
         (16, 0.25, True),  # 4 h at exactly 5 % of Ib
