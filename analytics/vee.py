@@ -596,7 +596,7 @@ def validate(
     n_slots = int(slot.max()) + 1
     expected_slots = (
         np.array(
-            [(d + pd.Timedelta(days=1)).normalize() - d for d in days], dtype="timedelta64[ns]"
+            [(d + pd.DateOffset(days=1)).normalize() - d for d in days], dtype="timedelta64[ns]"
         ).astype(np.int64)
         // step
     )

@@ -414,3 +414,17 @@ def test_total_equals_register_delta_times_ct(
     assert (out["quality"] != "missing").all()
     delta = (r["energy_import_kwh"].iloc[-1] - r["energy_import_kwh"].iloc[0]) * ct
     assert out["kwh"].sum() == pytest.approx(delta, rel=1e-9, abs=1e-6)
+
+
+def test_daylight_saving_day_of_25_hours_is_a_complete_day() -> None:
+    # Europe/Berlin falls back on Sunday 2026-10-25: that local day has 100 intervals.
+    t0 = pd.Timestamp("2026-10-24T22:00:00Z")  # local midnight
+    v = validate(
+        reads(np.full(4 * 24 * 4, 0.25), start=t0),
+        registry(),
+        timezone="Europe/Berlin",
+        start=t0,
+        end=t0 + pd.Timedelta(days=4),
+    )
+    assert v.counts["intervals_actual"] == 384
+    assert not any(c for k, c in v.counts.items() if k.startswith("reason_"))
