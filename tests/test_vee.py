@@ -416,15 +416,17 @@ def test_total_equals_register_delta_times_ct(
     assert out["kwh"].sum() == pytest.approx(delta, rel=1e-9, abs=1e-6)
 
 
-def test_daylight_saving_day_of_25_hours_is_a_complete_day() -> None:
-    # Europe/Berlin falls back on Sunday 2026-10-25: that local day has 100 intervals.
+def test_daylight_saving_day_of_25_hours_is_a_complete_like_day() -> None:
+    # Europe/Berlin falls back on Sunday 2026-10-25: that local day has 100 intervals. Reads
+    # stop on Saturday 2026-10-31 at 06:00 local; the only complete weekend day is Oct 25.
     t0 = pd.Timestamp("2026-10-24T22:00:00Z")  # local midnight
-    v = validate(
-        reads(np.full(4 * 24 * 4, 0.25), start=t0),
-        registry(),
-        timezone="Europe/Berlin",
-        start=t0,
-        end=t0 + pd.Timedelta(days=4),
-    )
-    assert v.counts["intervals_actual"] == 384
-    assert not any(c for k, c in v.counts.items() if k.startswith("reason_"))
+    end = pd.Timestamp("2026-11-01T23:00:00Z")  # Monday 00:00 local
+    r = reads(np.full(int((end - t0) / Q), 0.25), start=t0)
+    r = r[r["ts"] <= pd.Timestamp("2026-10-31T05:00:00Z")]
+    v = validate(r, registry(), timezone="Europe/Berlin", start=t0, end=end)
+    out = v.intervals
+    tail = out[out["interval_start"] >= pd.Timestamp("2026-10-31T05:00:00Z")]
+    assert len(tail) == 18 * 4 + 24 * 4
+    assert set(tail["method"]) == {"like_day_average"}
+    assert tail["kwh"].to_numpy() == pytest.approx(0.25)
+    assert not has(out[out["quality"] == "actual"], "high_usage").any()
