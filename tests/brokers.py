@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -61,6 +62,9 @@ class Mosquitto:
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
             f"log_dest file {self.log}\n"
+            # As root, Mosquitto drops to user `mosquitto`, which cannot write the temporary
+            # directory: no log and, worse, no persistence across restart(). Stay root here.
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
