@@ -295,3 +295,32 @@ def test_analyze_writes_validated_readings(site: dict[str, object]) -> None:
     assert set(val["meter_id"]) == set(r["meter_id"])
     gap = val[(val["meter_id"] == "R0001") & (val["quality"] == "estimated")]
     assert len(gap) == 48
+
+
+def test_validated_store_keeps_every_version(tmp_path: Path) -> None:
+    from analytics.vee import validate
+    from meterwatch.errors import StorageError
+
+    fleet = Fleet(
+        start=T0.to_pydatetime(), residential=2, commercial=0, industrial=0, transformers=1, seed=2
+    )
+    r = generate(fleet, (T0 + pd.Timedelta(hours=6)).to_pydatetime(), interval_s=900)
+    iv = validate(r, fleet.registry).intervals
+    store = EmbeddedStore(tmp_path / "s.duckdb")
+    try:
+        assert store.write_validated_readings(iv) == 1
+        assert store.write_validated_readings(iv.assign(kwh=iv["kwh"] * 2)) == 2
+        latest = store.read_validated_readings()
+        first = store.read_validated_readings(version=1)
+        every = store.read_validated_readings(all_versions=True)
+        assert len(latest) == len(first) == len(iv) and len(every) == 2 * len(iv)
+        assert set(latest["data_version"]) == {2} and set(first["data_version"]) == {1}
+        assert latest["kwh"].to_numpy() == pytest.approx(2 * first["kwh"].to_numpy())
+        one = store.read_validated_readings(
+            [iv["meter_id"].iloc[0]], iv["ts"].iloc[0], iv["ts"].iloc[2]
+        )
+        assert len(one) == 2 and list(one["ts"]) == list(iv["ts"].iloc[:2])
+        with pytest.raises(StorageError, match="no validated intervals"):
+            store.write_validated_readings(iv.iloc[:0])
+    finally:
+        store.close()
