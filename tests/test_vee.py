@@ -152,6 +152,28 @@ def test_duplicate_out_of_order_and_future_rows() -> None:
     assert out["ts"].max() == T0 + 3 * Q
 
 
+@pytest.mark.parametrize(("late_s", "future"), [(300, False), (301, True)])
+def test_future_tolerance_edge(late_s: int, future: bool) -> None:
+    r = reads([1.0, 1.0])  # last read at 00:30
+    v = validate(r, registry(), now=T0 + 2 * Q - pd.Timedelta(seconds=late_s))
+    assert v.counts["rows_future_ts"] == int(future)
+    assert len(v.intervals) == (1 if future else 2)
+
+
+@pytest.mark.parametrize(
+    ("prev", "cur", "rollover"),
+    [(89_999_999.99, 0.5, False), (90_000_000.0, 0.5, True), (99_999_999.0, 10_000_000.0, False)],
+)
+def test_rollover_fraction_edges(prev: float, cur: float, rollover: bool) -> None:
+    # A wrap needs prev >= 90 % of the maximum and cur < 10 % of it.
+    r = reads([1.0, 1.0])
+    r.loc[1, "energy_import_kwh"] = prev
+    r.loc[2, "energy_import_kwh"] = cur
+    out = run(r)
+    assert has(out, "rollover")[1] == rollover
+    assert has(out, "register_decrease")[1] == (not rollover)
+
+
 # ------------------------------------------------------------------------- hard checks
 
 
