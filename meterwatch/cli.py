@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -258,36 +257,6 @@ def analyze(
     )
 
 
-@main.group()
-def probe() -> None:
-    """Read one meter once and print a canonical reading."""
-
-
-@probe.command("modbus")
-@click.option("--host", required=True)
-@click.option("--port", type=int, default=502, show_default=True)
-@click.option("--unit", type=int, required=True)
-@click.option("--model", required=True, help="Register map id, e.g. eastron-sdm630.")
-@click.option("--timeout", type=float, default=2.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def probe_modbus(
-    host: str, port: int, unit: int, model: str, timeout: float, as_json: bool
-) -> None:
-    """Read a Modbus TCP meter once."""
-    from collector.probe import probe_modbus_once
-
-    try:
-        reading = asyncio.run(probe_modbus_once(host, port, unit, model, timeout))
-    except MeterWatchError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        click.echo(json.dumps(reading))
-        return
-    for k, v in reading.items():
-        console.print(f"{k:22} {v}", highlight=False)
-
-
 from meterwatch.cli_alerts import alerts as _alerts_group  # noqa: E402
 from meterwatch.cli_alerts import audit as _audit_group  # noqa: E402
 
@@ -306,6 +275,10 @@ from meterwatch.cli_billing import vee as _vee_group  # noqa: E402
 main.add_command(_export_group)
 main.add_command(_vee_group)
 
+
+from meterwatch.cli_probe import probe as _probe_group  # noqa: E402
+
+main.add_command(_probe_group)
 
 if __name__ == "__main__":
     main()

@@ -509,3 +509,70 @@ def test_simulator_refuses_writes_and_keeps_quiet_on_broadcast() -> None:
     reply = server.respond(unknown_di)
     assert reply is not None and decode_frame(reply).data == b"\x02"
     assert [r.control for r in server.requests] == [0x14, 0x08, 0x11]
+
+
+# ------------------------------------------------------------------ poller (service wiring)
+
+
+def test_poller_reads_the_bus_and_reports_a_silent_meter_offline_once() -> None:
+    """Dlt645GatewayPoller: readings to the writer, a silent meter backed off and alerted once."""
+    import pandas as pd
+
+    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.clock import Clock
+    from meterwatch.stats import Stats
+
+    class ListWriter:
+        def __init__(self) -> None:
+            self.frames: list[pd.DataFrame] = []
+
+        def submit(self, frame: pd.DataFrame, on_stored: object = None) -> bool:
+            self.frames.append(frame)
+            return True
+
+    live = {
+        "000000000001": {"energy_import_kwh": 100.25, "voltage_l1_v": 230.1, "power_kw": 1.5},
+        "000000000002": {"energy_import_kwh": 7.5, "voltage_l1_v": 229.9, "power_kw": -0.25},
+    }
+    served = dict(live)
+    findings: list[pd.DataFrame] = []
+
+    async def main() -> None:
+        server = Dlt645Server(lambda a: served[a], live.keys())
+        port = await server.start()
+        writer, stats = ListWriter(), Stats()
+        poller = Dlt645GatewayPoller(
+            "dl",
+            "127.0.0.1",
+            port,
+            [
+                Dlt645Device("A", "000000000001"),
+                Dlt645Device("B", "000000000002"),
+                Dlt645Device("C", "000000000003"),  # nobody answers there
+            ],
+            clock=Clock(),
+            writer=writer,  # type: ignore[arg-type]
+            stats=stats,
+            timeout_s=0.2,
+            offline_after=1,
+            backoff_cap_s=0.0,
+            on_findings=findings.append,
+            dis=["00010000", "0201FF00", "02030000"],
+        )
+        try:
+            assert await poller.poll_cycle(0.0) == 2
+            assert await poller.poll_cycle(0.0) == 2
+        finally:
+            await poller.close()
+            await server.stop()
+        rows = pd.concat(writer.frames).set_index("meter_id")
+        assert rows.loc["A", "energy_import_kwh"].tolist() == [100.25, 100.25]
+        assert rows.loc["B", "power_kw"].tolist() == [-0.25, -0.25]
+        assert len(findings) == 1 and findings[0]["meter_id"].iloc[0] == "C"
+        assert findings[0]["type"].iloc[0] == "meter_offline"
+        assert stats.meter("C").errors == 2 and stats.meter("A").errors == 0
+        # Only reads went out: 3 DIs per live meter per cycle; the dead one stops at its first.
+        assert {r.control for r in server.requests} == {0x11}
+        assert len(server.requests) == 2 * (3 + 3 + 1)
+
+    run(main())

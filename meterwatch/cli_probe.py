@@ -1,0 +1,160 @@
+"""`meterwatch probe modbus|dlt645|mqtt`: read one meter (or one message) once and print it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from rich.console import Console
+
+from meterwatch.errors import MeterWatchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    sys.exit(2)
+
+
+def _print(reading: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(dict(reading)))
+        return
+    for k, v in reading.items():
+        console.print(f"{k:22} {v}", highlight=False)
+
+
+@click.group()
+def probe() -> None:
+    """Read one meter once and print a canonical reading."""
+
+
+@probe.command("modbus")
+@click.option("--host", default="", help="Gateway host (tcp, rtu-over-tcp).")
+@click.option("--port", type=int, default=502, show_default=True)
+@click.option("--unit", type=int, required=True)
+@click.option("--model", required=True, help="Register map id, e.g. eastron-sdm630.")
+@click.option(
+    "--transport",
+    type=click.Choice(["tcp", "rtu-over-tcp", "serial"]),
+    default="tcp",
+    show_default=True,
+)
+@click.option("--serial-port", default=None, help="Serial device for --transport serial.")
+@click.option("--baudrate", type=int, default=9600, show_default=True)
+@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def probe_modbus(
+    host: str,
+    port: int,
+    unit: int,
+    model: str,
+    transport: str,
+    serial_port: str | None,
+    baudrate: int,
+    parity: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Read a Modbus meter once (TCP, RTU over TCP or serial RTU)."""
+    from collector.probe import probe_modbus_once
+
+    if transport != "serial" and not host:
+        _fail(click.UsageError(f"--host is required with --transport {transport}"))
+    if transport == "serial" and not serial_port:
+        _fail(click.UsageError("--serial-port is required with --transport serial"))
+    try:
+        reading = asyncio.run(
+            probe_modbus_once(
+                host,
+                port,
+                unit,
+                model,
+                timeout,
+                transport=transport,  # type: ignore[arg-type]
+                serial_port=serial_port,
+                baudrate=baudrate,
+                parity=parity,
+            )
+        )
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+    _print(reading, as_json)
+
+
+@probe.command("dlt645")
+@click.option("--host", required=True, help="Serial device server host.")
+@click.option("--port", type=int, default=8899, show_default=True)
+@click.option("--address", required=True, help="12-digit meter address, e.g. 000000001234.")
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def probe_dlt645(host: str, port: int, address: str, timeout: float, as_json: bool) -> None:
+    """Read a DL/T 645-2007 meter behind a serial device server once."""
+    from collector.probe import probe_dlt645_once
+
+    try:
+        reading = asyncio.run(probe_dlt645_once(host, port, address, timeout))
+    except (MeterWatchError, ValueError) as exc:
+        _fail(exc)
+        return
+    _print(reading, as_json)
+
+
+@probe.command("mqtt")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=1883, show_default=True)
+@click.option(
+    "--topic",
+    default="meters/{meter_id}/reading",
+    show_default=True,
+    help="Topic template or filter to wait on.",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["canonical", "batch", "tasmota"]),
+    default="canonical",
+    show_default=True,
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option("--username-env", default=None, help="Environment variable holding the user name.")
+@click.option("--password-env", default=None, help="Environment variable holding the password.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def probe_mqtt(
+    host: str,
+    port: int,
+    topic: str,
+    codec: str,
+    timeout: float,
+    username_env: str | None,
+    password_env: str | None,
+    as_json: bool,
+) -> None:
+    """Wait for one message and print its canonical reading(s)."""
+    from collector.probe import probe_mqtt_once
+
+    try:
+        readings = probe_mqtt_once(
+            host,
+            port,
+            topic,
+            codec,
+            timeout,
+            username=os.environ.get(username_env) if username_env else None,
+            password=os.environ.get(password_env) if password_env else None,
+        )
+    except (MeterWatchError, ValueError) as exc:
+        _fail(exc)
+        return
+    for i, reading in enumerate(readings):
+        if i and not as_json:
+            console.print()
+        _print(reading, as_json)
