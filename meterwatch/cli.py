@@ -275,6 +275,10 @@ from meterwatch.cli_billing import vee as _vee_group  # noqa: E402
 main.add_command(_export_group)
 main.add_command(_vee_group)
 
+from meterwatch.cli_evaluate import evaluate as _evaluate_cmd  # noqa: E402
+
+main.add_command(_evaluate_cmd)
+
 
 from meterwatch.cli_probe import probe as _probe_group  # noqa: E402
 

@@ -1093,10 +1093,11 @@ def _apply_fault(
             raise ValueError(f"injection current_loss: {meter.name} is single-phase")
         out.loc[rows, "current_l2_a"] = 0.0
         out.loc[rows, "current_l1_a"] = np.maximum(out.loc[rows, "current_l1_a"], 0.1 * ib)
-    elif kind == "overvoltage":
-        out.loc[rows, "voltage_l1_v"] = 1.12 * un
-    elif kind == "undervoltage":
-        out.loc[rows, "voltage_l1_v"] = 0.85 * un
+    elif kind in ("overvoltage", "undervoltage"):
+        # A supply voltage deviation: every phase the meter has.
+        for c in ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v"):
+            level = (1.12 if kind == "overvoltage" else 0.85) * un
+            out.loc[rows, c] = np.where(out.loc[rows, c].notna(), level, np.nan)
     elif kind == "voltage_unbalance":
         if not three:
             raise ValueError(f"injection voltage_unbalance: {meter.name} is single-phase")

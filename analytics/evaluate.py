@@ -1,0 +1,306 @@
+"""Score the detectors against simulated ground truth: per-type precision, recall, F1, delay.
+
+:func:`build_scenario` simulates a fleet (simulators.fleet), injects every catalogue type
+(in-simulation anomalies plus post-hoc faults and the six Jokar et al. 2016 theft attacks) and
+returns readings, registry and labels. :func:`score_findings` matches findings to labels:
+a finding matches a label of the same type and key (``meter_id``, or ``transformer_id`` for
+area-level types) when its ``[starts_at, ends_at]`` overlaps the label's period widened by
+``tolerance_h`` hours. :func:`theft_metrics` scores the theft ranking (ROC-AUC, PR-AUC, MAP@100).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Types reported per area (the finding has no meter id).
+AREA_TYPES: frozenset[str] = frozenset({"outage", "transformer_overload", "transformer_loss"})
+
+
+@dataclass
+class Scenario:
+    """Readings, registry and ground truth of one evaluation run."""
+
+    readings: pd.DataFrame
+    registry: pd.DataFrame
+    labels: pd.DataFrame
+    days: float
+    start: pd.Timestamp
+
+
+def build_scenario(
+    meters: int = 1000,
+    days: float = 60.0,
+    interval_s: float = 900.0,
+    seed: int = 11,
+    per_type: int | None = None,
+    progress: Any = None,
+) -> Scenario:
+    """Simulate ``meters`` customer meters for ``days`` and inject every catalogue type.
+
+    Class mix 70 % residential, 20 % commercial, 10 % industrial, one transformer area per 50
+    customers. ``per_type`` injections of each type (default ``max(2, meters // 100)``) on
+    distinct meters; faults start after day 15 (history for the baselines), theft attacks run
+    from a random day after day 15 to the end. ``progress(text)`` is called between stages.
+    """
+    from simulators.fleet import (
+        FAULT_TYPES,
+        THEFT_ATTACKS,
+        AnomalySpec,
+        Fleet,
+        Injection,
+        generate,
+        inject,
+    )
+
+    note = progress or (lambda _text: None)
+    n_res = int(round(meters * 0.7))
+    n_com = int(round(meters * 0.2))
+    n_ind = max(meters - n_res - n_com, 1)
+    n_areas = max(2, meters // 50)
+    k = per_type or max(2, meters // 100)
+    rng = np.random.default_rng([seed, 99])
+    start = pd.Timestamp("2026-01-05T00:00:00Z")
+    day_s = 86400.0
+    first = 15 * day_s
+    span = days * day_s - first - 2 * day_s
+    if span <= 0:
+        raise ValueError(f"days={days!r}: the evaluation needs more than 17 days")
+
+    def when() -> float:
+        return float(first + rng.uniform(0, span))
+
+    in_sim = [
+        AnomalySpec("phase_break", None, when(), 3 * 3600.0),
+        AnomalySpec("voltage_loss", None, when(), 2 * 3600.0),
+        AnomalySpec("register_decrease", None, when()),
+        AnomalySpec("consumption_spike", None, when(), 2 * 3600.0, 5.0),
+    ] * k
+    fleet = Fleet(
+        start=start.to_pydatetime(),
+        residential=n_res,
+        commercial=n_com,
+        industrial=n_ind,
+        transformers=n_areas,
+        seed=seed,
+        step_s=interval_s,
+        anomalies=in_sim,
+    )
+    note(f"simulating {len(fleet.registry)} meters × {days:g} days")
+    readings = generate(fleet, start.to_pydatetime() + pd.Timedelta(days=days), interval_s)
+    reg = fleet.registry
+    used = {a.meter_id for a in fleet.anomalies}
+    cust = reg[(reg["role"] == "customer") & ~reg["meter_id"].isin(used)]
+    three = cust[cust["phases"] == 3]["meter_id"].to_numpy()
+    anyone = cust["meter_id"].to_numpy()
+    areas = reg[reg["role"] == "transformer"]["meter_id"].to_numpy()
+    taken: set[str] = set()
+
+    def pick(pool: np.ndarray) -> str:
+        free = np.array([m for m in pool if m not in taken])
+        m = str(rng.choice(free))
+        taken.add(m)
+        return m
+
+    end_all = start + pd.Timedelta(days=days)
+    injections: list[Injection] = []
+    durations_h = {
+        "consumption_drop": (8, 16),
+        "zero_consumption": (30, 48),
+        "outage": (1, 3),
+        "transformer_overload": (2, 4),
+    }
+    area_pool = list(rng.permutation(areas)) * (2 * k)  # areas may repeat, at other times
+    for typ in FAULT_TYPES:
+        for _ in range(k):
+            t0 = start + pd.Timedelta(seconds=when())
+            lo, hi = durations_h.get(typ, (2, 6))
+            t1 = t0 + pd.Timedelta(hours=float(rng.uniform(lo, hi)))
+            if typ in ("outage", "transformer_overload"):
+                if not area_pool:
+                    continue
+                meter = str(area_pool.pop())
+            elif typ in ("current_loss", "voltage_unbalance", "current_unbalance"):
+                meter = pick(three)
+            else:
+                meter = pick(anyone)
+            injections.append(Injection(typ, meter, t0, t1))
+    for attack in THEFT_ATTACKS:
+        for _ in range(k):
+            t0 = start + pd.Timedelta(days=int(rng.integers(15, max(16, int(days) - 10))))
+            injections.append(Injection(attack, pick(anyone), t0, end_all))
+    note(f"injecting {len(injections)} faults and attacks")
+    readings, reg, post = inject(readings, reg, injections, seed=seed)
+    sim = fleet.labels().assign(injection=lambda f: f["type"])
+    labels = pd.concat([sim, post], ignore_index=True)
+    return Scenario(readings, reg, labels, float(days), start)
+
+
+def score_findings(
+    findings: pd.DataFrame,
+    labels: pd.DataFrame,
+    registry: pd.DataFrame,
+    days: float,
+    tolerance_h: float = 2.0,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-type precision, recall, F1 and detection delay; false alerts on clean meters.
+
+    Returns ``(table, summary)``. ``table`` rows are alert types (labels or findings) with
+    ``labels``, ``alerts`` (judged), ``explained`` (drop/zero/spike alerts on theft victims
+    during the attack, transformer_loss on their areas: consequences, not judged),
+    ``tp_labels``, ``tp_alerts``, ``precision``, ``recall``, ``f1``,
+    ``delay_median_h`` (alert start minus label start, over matched labels). ``summary`` has
+    ``clean_meter_days``, ``false_alerts_clean`` and ``false_per_1000_meter_days``: alerts on
+    meters with no injection at all (area-level alerts on areas without an area label or a
+    theft victim count as false too).
+    """
+    tolerance = pd.Timedelta(hours=tolerance_h)
+    f = findings.copy()
+    lab = labels.copy()
+    f["key"] = np.where(f["type"].isin(AREA_TYPES), f["transformer_id"], f["meter_id"])
+    lab["key"] = np.where(lab["type"].isin(AREA_TYPES), lab["transformer_id"], lab["meter_id"])
+    end_of_window = pd.Timestamp("2200-01-01T00:00:00Z")  # open episodes: still holding
+    f_end = f["ends_at"].fillna(end_of_window)
+    l_end = lab["ends_at"].fillna(end_of_window)
+    pairs = f.reset_index(names="fi").merge(
+        lab.assign(l_end=l_end).reset_index(names="li"), on=["type", "key"], suffixes=("", "_l")
+    )
+    fe = f_end.to_numpy()[pairs["fi"].to_numpy()] if len(pairs) else np.array([])
+    if len(pairs):
+        overlap = (pairs["starts_at"] <= pairs["l_end"] + tolerance) & (
+            pd.Series(fe, index=pairs.index) >= pairs["starts_at_l"] - tolerance
+        )
+        pairs = pairs[overlap]
+    # A thief's billed consumption really changes: drop/zero/spike alerts on a victim during
+    # its attack are consequences of the theft label, neither true nor false for their type.
+    victims = lab[lab["type"] == "theft_suspected"][["meter_id", "starts_at", "ends_at"]]
+    consequence = ["consumption_drop", "zero_consumption", "consumption_spike"]
+    cons = f[f["type"].isin(consequence)].reset_index(names="fi")
+    cons = cons.merge(victims, on="meter_id", suffixes=("", "_v"))
+    explained_ids = set(
+        cons.loc[cons["ends_at"].fillna(end_of_window) >= cons["starts_at_v"] - tolerance, "fi"]
+    )
+    # Theft raises its area's line loss; whether past the band depends on the victim's share.
+    victim_areas = lab.loc[lab["type"] == "theft_suspected", "transformer_id"]
+    explained_ids |= set(
+        f.index[(f["type"] == "transformer_loss") & f["transformer_id"].isin(victim_areas)]
+    )
+    pairs = pairs[~pairs["fi"].isin(explained_ids)] if len(pairs) else pairs
+    types = sorted(set(lab["type"]) | set(f["type"]))
+    rows = []
+    for t in types:  # loop over alert types (about 20)
+        n_lab = int((lab["type"] == t).sum())
+        explained = int(((f["type"] == t) & f.index.isin(explained_ids)).sum())
+        n_f = int((f["type"] == t).sum()) - explained
+        p = pairs[pairs["type"] == t]
+        tp_l = int(p["li"].nunique())
+        tp_f = int(p["fi"].nunique())
+        first = p.sort_values("starts_at").drop_duplicates("li")
+        delay = (first["starts_at"] - first["starts_at_l"]).dt.total_seconds() / 3600.0
+        precision = tp_f / n_f if n_f else math.nan
+        recall = tp_l / n_lab if n_lab else math.nan
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if n_f and n_lab and precision + recall > 0
+            else math.nan
+        )
+        rows.append(
+            {
+                "type": t,
+                "labels": n_lab,
+                "alerts": n_f,
+                "explained": explained,
+                "tp_labels": tp_l,
+                "tp_alerts": tp_f,
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "delay_median_h": float(delay.median()) if len(delay) else math.nan,
+            }
+        )
+    table = pd.DataFrame(rows)
+    dirty_meters = set(lab["meter_id"].dropna())
+    dirty_areas = set(lab["transformer_id"].dropna()) & set(
+        lab.loc[lab["type"].isin(AREA_TYPES), "transformer_id"]
+    )
+    customers = registry[registry["role"] == "customer"]["meter_id"]
+    clean = set(registry["meter_id"]) - dirty_meters
+    matched = set(pairs["fi"]) if len(pairs) else set()
+    unmatched = f[~f.index.isin(matched) & ~f.index.isin(explained_ids)]
+    false_clean = unmatched[
+        unmatched["meter_id"].isin(clean)
+        | (unmatched["meter_id"].isna() & ~unmatched["transformer_id"].isin(dirty_areas))
+    ]
+    meter_days = len(clean & set(customers) | (clean - set(customers))) * days
+    summary = {
+        "clean_meters": len(clean),
+        "clean_meter_days": meter_days,
+        "false_alerts_clean": len(false_clean),
+        "false_per_1000_meter_days": 1000 * len(false_clean) / meter_days if meter_days else 0.0,
+        "false_by_type": false_clean["type"].value_counts().to_dict(),
+    }
+    return table, summary
+
+
+def average_precision_at(y: np.ndarray, scores: np.ndarray, k: int = 100) -> float:
+    """AP@k of one ranking: mean of precision@i over the relevant items in the top ``k``,
+    divided by ``min(k, number relevant)`` (the MAP@k of Kaggle/SGCC theft studies)."""
+    order = np.argsort(-scores, kind="mergesort")[:k]
+    rel = np.asarray(y, dtype=bool)[order]
+    n_rel = int(np.sum(y))
+    if n_rel == 0:
+        return math.nan
+    hits = np.cumsum(rel)
+    prec = hits / np.arange(1, rel.size + 1)
+    return float(np.sum(prec * rel) / min(k, n_rel))
+
+
+def theft_metrics(ranked: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """ROC-AUC, PR-AUC (average precision) and MAP@100 of the theft ranking.
+
+    One row for all attacks and one per attack type (positives: that attack's victims;
+    negatives: every meter that is not a theft victim).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    theft = labels[labels["type"] == "theft_suspected"]
+    victim = dict(zip(theft["meter_id"], theft["injection"], strict=False))
+    attack = ranked["meter_id"].map(victim)
+    scores = ranked["score"].to_numpy(dtype=float)
+    rows = []
+    groups = [("all", attack.notna())] + [
+        (a, attack == a) for a in sorted(attack.dropna().unique())
+    ]
+    for name, pos in groups:  # loop over attack types (7)
+        keep = (pos | attack.isna()).to_numpy()
+        y = pos.to_numpy()[keep]
+        s = scores[keep]
+        ok = 0 < y.sum() < y.size
+        rows.append(
+            {
+                "attack": name,
+                "victims": int(y.sum()),
+                "roc_auc": float(roc_auc_score(y, s)) if ok else math.nan,
+                "pr_auc": float(average_precision_score(y, s)) if ok else math.nan,
+                "map_at_100": average_precision_at(y, s, 100) if ok else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """``df`` as a GitHub markdown table (floats rounded, NaN as an en dash)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
