@@ -399,3 +399,109 @@ def test_anomaly_on_an_unsuitable_meter_is_refused(spec: AnomalySpec) -> None:
 def test_bad_anomaly_specs_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AnomalySpec(**{"meter_id": None, "at_s": 0.0, **kwargs})
+
+
+# ------------------------------------------------------------------ post-hoc injections
+
+from simulators.fleet import FAULT_TYPES, THEFT_ATTACKS, Injection, inject  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def three_days() -> tuple[Fleet, pd.DataFrame]:
+    fleet = Fleet(start=START, step_s=900.0)
+    return fleet, generate(fleet, START + timedelta(days=3), interval_s=900.0)
+
+
+def _day_intervals(df: pd.DataFrame, meter: str, day: int) -> np.ndarray:
+    """Interval energies of ``meter`` ending within day ``day`` (0-based) [kWh]."""
+    m = df[df["meter_id"] == meter].sort_values("ts")
+    d = np.diff(m["energy_import_kwh"].to_numpy())
+    t = m["ts"].iloc[1:]
+    lo = pd.Timestamp(START) + pd.Timedelta(days=day)
+    sel = ((t > lo) & (t <= lo + pd.Timedelta(days=1))).to_numpy()
+    return d[sel]
+
+
+@pytest.mark.parametrize("attack", THEFT_ATTACKS)
+def test_theft_attacks_change_only_the_registered_day(attack: str, three_days) -> None:
+    fleet, df = three_days
+    t0 = pd.Timestamp(START) + pd.Timedelta(days=1)
+    out, reg, labels = inject(
+        df, fleet.registry, [Injection(attack, "R0002", t0, t0 + pd.Timedelta(days=1))], seed=3
+    )
+    x = _day_intervals(df, "R0002", 1)
+    y = _day_intervals(out, "R0002", 1)
+    assert x.size == y.size == 96
+    if attack == "h1":
+        ratio = y / x
+        assert np.allclose(ratio, ratio[0]) and 0.1 <= ratio[0] <= 0.8
+    elif attack == "h2":
+        zero = y == 0
+        assert 16 <= zero.sum() <= 48 and np.array_equal(y[~zero], x[~zero])
+        assert np.ptp(np.flatnonzero(zero)) == zero.sum() - 1  # one contiguous block
+    elif attack == "h3":
+        r = y / x
+        assert r.min() >= 0.1 - 1e-9 and r.max() <= 0.8 + 1e-9 and r.std() > 0.1
+    elif attack == "h4":
+        r = y / x.mean()
+        assert r.min() >= 0.1 - 1e-9 and r.max() <= 0.8 + 1e-9
+    elif attack == "h5":
+        assert np.allclose(y, x.mean())
+    else:
+        assert np.allclose(y, x[::-1])
+    # Other days, other meters and the supply meter are untouched: area loss rises.
+    for d in (0, 2):
+        if attack in ("h1", "h2", "h3", "h4"):
+            assert np.allclose(_day_intervals(out, "R0002", d), _day_intervals(df, "R0002", d))
+    before = df.sort_values(["meter_id", "ts"]).reset_index(drop=True)
+    others = (out["meter_id"] != "R0002").to_numpy()
+    pd.testing.assert_frame_equal(
+        out[others].reset_index(drop=True), before[others].reset_index(drop=True)
+    )
+    sup = out[out["meter_id"] == "T01"].sort_values("ts")["energy_import_kwh"].to_numpy()
+    sup0 = df[df["meter_id"] == "T01"].sort_values("ts")["energy_import_kwh"].to_numpy()
+    np.testing.assert_array_equal(sup, sup0)
+    assert list(labels["type"]) == ["theft_suspected"] and list(labels["injection"]) == [attack]
+    assert labels["transformer_id"].iat[0] == "TA01"
+
+
+@pytest.mark.parametrize("kind", FAULT_TYPES)
+def test_fault_injections_are_labelled(kind: str, three_days) -> None:
+    fleet, df = three_days
+    t0 = pd.Timestamp(START) + pd.Timedelta(hours=30)
+    meter = "C0001" if kind != "zero_consumption" else "R0004"
+    out, reg, labels = inject(
+        df, fleet.registry, [Injection(kind, meter, t0, t0 + pd.Timedelta(hours=3))]
+    )
+    assert list(labels["type"]) == [kind]
+    area_level = kind in ("outage", "transformer_overload")
+    assert (labels["meter_id"].iat[0] is None) is area_level
+    if kind == "calibration_due":
+        due = pd.Timestamp(reg.set_index("meter_id").at[meter, "last_calibration"]) + pd.Timedelta(
+            days=int(reg.set_index("meter_id").at[meter, "calibration_interval_days"])
+        )
+        assert due.date() == t0.date()
+    else:
+        assert not out.equals(df.sort_values(["meter_id", "ts"]).reset_index(drop=True))
+
+
+def test_registry_has_transformer_ratings() -> None:
+    fleet = Fleet(start=START)
+    reg = fleet.registry.set_index("meter_id")
+    assert reg.loc[reg["role"] == "transformer", "rated_kva"].gt(0).all()
+    assert reg.loc[reg["role"] == "customer", "rated_kva"].isna().all()
+
+
+def test_bad_injections_are_refused(three_days) -> None:
+    fleet, df = three_days
+    t0 = pd.Timestamp(START)
+    with pytest.raises(ValueError, match="unknown"):
+        Injection("h7", "R0001", t0, t0 + pd.Timedelta(hours=1))
+    with pytest.raises(ValueError, match="after start"):
+        Injection("h1", "R0001", t0, t0)
+    with pytest.raises(ValueError, match="not in registry"):
+        inject(df, fleet.registry, [Injection("h1", "X", t0, t0 + pd.Timedelta(hours=1))])
+    with pytest.raises(ValueError, match="single-phase"):
+        inject(
+            df, fleet.registry, [Injection("current_loss", "R0001", t0, t0 + pd.Timedelta(hours=1))]
+        )
