@@ -382,6 +382,12 @@ class Dlt645GatewayPoller:
         """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
         loop = asyncio.get_running_loop()
         if not self._connected and not await self._connect():
+            now = self.clock.now()
+            for dev in self.devices:  # each due meter counts a failed read (may go offline)
+                if self.tracker.due(dev.meter_id, now):
+                    where = f"{self.address} address {dev.address}"
+                    exc = DeviceError(dev.meter_id, where, f"gateway {self.name} unreachable")
+                    self.tracker.failed(dev.meter_id, now, exc, where)
             return 0
         t0 = loop.time()
         start = self.clock.now()

@@ -312,6 +312,7 @@ class ModbusGatewayPoller:
         """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
         loop = asyncio.get_running_loop()
         if not self.client.connected and not await self._connect():
+            self._gateway_unreachable()
             return 0
         t0 = loop.time()
         start = self.clock.now()
@@ -342,6 +343,15 @@ class ModbusGatewayPoller:
             if rows:
                 self.writer.submit(readings_from_records(rows))
         return len(rows)
+
+    def _gateway_unreachable(self) -> None:
+        """Every due meter behind an unreachable gateway counts a failed read (and may go offline)."""
+        now = self.clock.now()
+        for dev in self.devices:
+            if self.tracker.due(dev.meter_id, now):
+                where = f"{self.address} unit {dev.unit}"
+                exc = DeviceError(dev.meter_id, where, f"gateway {self.name} unreachable")
+                self.tracker.failed(dev.meter_id, now, exc, where)
 
     async def _connect(self) -> bool:
         reason = "connection refused or timed out"

@@ -240,6 +240,7 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
                 ("gateways/+/batch", "batch"),
                 ("tele/{meter_id}/SENSOR", "tasmota"),
             ],
+            max_payload_bytes=4096,
         )
         pub = Publisher(mosquitto_broker.port, "codec-publisher")
         batch = {
@@ -263,11 +264,12 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
         pub.publish("tele/plug7/SENSOR", json.dumps(tasmota).encode())
         pub.publish("tele/plug8/SENSOR", b'{"Time": "2026-01-05T00:15:00"}')
         pub.publish("meters/M1/reading", b"x" * 10)
+        pub.publish("gateways/gw3/batch", b" " * 5000)  # over max_payload_bytes
         await asyncio.to_thread(pub.wait_all)
         try:
             await wait_until(lambda: stored.rows >= 6, 10, "6 stored rows")
             await wait_until(
-                lambda: stats.snapshot().get("mqtt_dead_letters", 0) >= 3, 10, "3 dead letters"
+                lambda: stats.snapshot().get("mqtt_dead_letters", 0) >= 4, 10, "4 dead letters"
             )
         finally:
             await asyncio.to_thread(coll.stop)
@@ -285,6 +287,7 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
         assert "readings[1]" in reasons["gateways/gw2/batch"]
         assert "ENERGY" in reasons["tele/plug8/SENSOR"]
         assert "not JSON" in reasons["meters/M1/reading"]
+        assert "exceeds mqtt.max_payload_bytes=4096" in reasons["gateways/gw3/batch"]
         assert stats.snapshot()["mqtt_readings"] == 6
 
     asyncio.run(main())

@@ -324,3 +324,28 @@ def test_aligned_readings_carry_the_interval_boundary() -> None:
         assert writer.rows()["ts"].iloc[0] == pd.Timestamp("2026-01-05T10:00:00Z")
 
     asyncio.run(main())
+
+
+def test_unreachable_gateway_takes_its_meters_offline() -> None:
+    findings: list[pd.DataFrame] = []
+
+    async def main() -> None:
+        p, writer, stats = poller(
+            free_port(),
+            [1, 2],
+            timeout_s=0.2,
+            offline_after=2,
+            backoff_cap_s=0.0,
+            on_findings=findings.append,
+        )
+        try:
+            assert await p.poll_cycle(0.0) == 0
+            assert await p.poll_cycle(0.0) == 0
+        finally:
+            await p.close()
+        assert writer.frames == []
+        assert sorted(f["meter_id"].iloc[0] for f in findings) == ["m1", "m2"]
+        assert "unreachable" in str(stats.meter("m1").last_error)
+        assert stats.snapshot()["modbus_connect_errors"] == 2
+
+    asyncio.run(main())
