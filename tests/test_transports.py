@@ -349,3 +349,35 @@ def test_unreachable_gateway_takes_its_meters_offline() -> None:
         assert stats.snapshot()["modbus_connect_errors"] == 2
 
     asyncio.run(main())
+
+
+def test_reconnects_after_the_gateway_restarts() -> None:
+    async def main() -> None:
+        server = make_server([1])
+        await server.start()
+        port = server.port
+        p, writer, stats = poller(port, [1], timeout_s=0.3, backoff_cap_s=0.0)
+        try:
+            assert await p.poll_cycle(0.0) == 1
+            await server.stop()
+            await asyncio.sleep(0.1)
+            assert await p.poll_cycle(0.0) == 0  # link gone: counted, not raised
+            again = make_server([1])
+            again.port = port
+            await again.start()
+            try:
+                got = 0
+                for _ in range(5):  # the next cycles reconnect
+                    got = await p.poll_cycle(0.0)
+                    if got:
+                        break
+                    await asyncio.sleep(0.2)
+                assert got == 1
+            finally:
+                await again.stop()
+        finally:
+            await p.close()
+        assert len(writer.frames) == 2
+        assert stats.meter("m1").online is True and stats.meter("m1").errors >= 1
+
+    asyncio.run(main())
