@@ -54,6 +54,13 @@ def encode_reading(reading: Mapping[str, Any]) -> bytes:
         value = reading.get(name)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             out[name] = float(value)
+    device_ts = reading.get("device_ts")
+    if device_ts is not None:
+        out["device_ts"] = (
+            device_ts
+            if isinstance(device_ts, str)
+            else device_ts.strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+        )
     return json.dumps(out, separators=(",", ":")).encode()
 
 

@@ -163,6 +163,7 @@ def test_device_ts_is_kept_next_to_ts() -> None:
         b'{"meter_id": "M", "ts": "2026-01-05T00:15:00Z", "device_ts": "2026-01-05T00:15:02Z"}'
     )
     assert r["device_ts"] == "2026-01-05T00:15:02Z" and r["ts"] == "2026-01-05T00:15:00Z"
+    assert decode_reading(encode_reading(r)) == r
 
 
 def test_shared_subscription_strips_the_share_prefix_for_meter_ids() -> None:
