@@ -100,10 +100,11 @@ class EmbeddedStore:
     def count_rows(self) -> tuple[int, int]:
         """(stored rows, distinct (meter_id, ts) pairs): equal when nothing was stored twice."""
         with self._lock:
-            row = self._con.execute(
+            # fetchall, not fetchone: an unfinished result keeps the connection busy and a
+            # concurrent write would fail with "Resource In Use".
+            (row,) = self._con.execute(
                 "SELECT count(*), count(DISTINCT (meter_id, ts)) FROM readings"
-            ).fetchone()
-        assert row is not None
+            ).fetchall()
         return int(row[0]), int(row[1])
 
     def apply_retention(self, now: datetime) -> int:
