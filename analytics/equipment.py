@@ -495,6 +495,10 @@ class CurrentUnbalance(_OutageAware):
         choice).
     min_readings : int
         Consecutive readings [readings]. Default 4 (one hour at 15 min).
+    include_supply_meters : bool
+        Also judge ``role == "transformer"`` meters. Default False: a supply meter's
+        unbalance reflects how single-phase customers are spread over the phases (and
+        faults downstream), a planning metric judged on daily averages, not a meter fault.
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("current_unbalance",)
@@ -509,7 +513,11 @@ class CurrentUnbalance(_OutageAware):
     )
 
     def __init__(
-        self, limit_fraction: float = 0.30, min_load_fraction: float = 0.10, min_readings: int = 4
+        self,
+        limit_fraction: float = 0.30,
+        min_load_fraction: float = 0.10,
+        min_readings: int = 4,
+        include_supply_meters: bool = False,
     ) -> None:
         check_fraction("limit_fraction", limit_fraction, upper_inclusive=True)
         check_fraction("min_load_fraction", min_load_fraction)
@@ -517,6 +525,7 @@ class CurrentUnbalance(_OutageAware):
         self.limit_fraction = limit_fraction
         self.min_load_fraction = min_load_fraction
         self.min_readings = min_readings
+        self.include_supply_meters = include_supply_meters
 
     def _evaluate(
         self, frame: pd.DataFrame, ph: Phases
@@ -524,8 +533,14 @@ class CurrentUnbalance(_OutageAware):
         value = np.where(ph.three, unbalance(ph.i), np.nan)
         no_current = strictly_less(ph.i, 0.005 * ph.ib[:, None]).any(axis=1)
         loaded = strictly_greater(ph.i.mean(axis=1), self.min_load_fraction * ph.ib)
+        judged = (
+            np.ones(len(frame), dtype=bool)
+            if self.include_supply_meters
+            else frame["role"].astype(str).to_numpy() != "transformer"
+        )
         hit = (
-            ph.three
+            judged
+            & ph.three
             & ph.all_live
             & loaded
             & ~no_current

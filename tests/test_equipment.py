@@ -67,6 +67,7 @@ def frame(meter: str, rows: list[dict[str, Any]], base: dict[str, Any] = BASE3) 
 
 REG3 = registry(M={})
 REG1 = registry(M={"phases": 1, "customer_class": "residential"})
+REG_SUPPLY = registry(M={"role": "transformer", "customer_class": ""})
 
 
 def flagged(det: Detector, rows: list[dict[str, Any]], reg: pd.DataFrame = REG3) -> bool:
@@ -108,6 +109,13 @@ EDGE_CASES = [
         False,
     ),  # mean 0.5 A = 10 % Ib: light load not judged
     (CurrentUnbalance(), {"current_l2_a": 0.0}, REG3, False),  # that is current loss
+    (CurrentUnbalance(), {"current_l1_a": 2.61, "current_l3_a": 1.39}, REG_SUPPLY, False),
+    (
+        CurrentUnbalance(include_supply_meters=True),
+        {"current_l1_a": 2.61, "current_l3_a": 1.39},
+        REG_SUPPLY,
+        True,
+    ),
     # reverse power: < -0.5 % of 3 x 220 V x 5 A = -0.0165 kW
     (ReversePower(), {"power_kw": -0.0165}, REG3, False),
     (ReversePower(), {"power_kw": -0.017}, REG3, True),
