@@ -23,7 +23,8 @@ REGISTER_COUNT: dict[str, int] = {
 #: swap reverses all four words; for 16-bit types CDAB equals ABCD and DCBA equals BADC.
 BYTE_ORDERS: tuple[str, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 
-_STRUCT_CODES: dict[str, str] = {
+#: struct format character of each data type (big-endian prefix added by the caller).
+STRUCT_CODES: dict[str, str] = {
     "int16": "h",
     "uint16": "H",
     "int32": "i",
@@ -83,7 +84,7 @@ def decode(registers: Sequence[int], dtype: str, order: str = "ABCD") -> int | f
             raise ValueError(f"register value {reg!r} is not a 16-bit unsigned integer")
     words = _words_to_wire(list(registers), order)
     raw = b"".join(w.to_bytes(2, "big") for w in words)
-    value: int | float = struct.unpack(">" + _STRUCT_CODES[dtype], raw)[0]
+    value: int | float = struct.unpack(">" + STRUCT_CODES[dtype], raw)[0]
     return value
 
 
@@ -110,7 +111,7 @@ def encode(value: int | float, dtype: str, order: str = "ABCD") -> list[int]:
             raise ValueError(f"{value} is out of range for {dtype} ({low}..{high})")
         number = value
     try:
-        raw = struct.pack(">" + _STRUCT_CODES[dtype], number)
+        raw = struct.pack(">" + STRUCT_CODES[dtype], number)
     except (struct.error, OverflowError) as exc:  # e.g. a float64 too large for float32
         raise ValueError(f"{value!r} cannot be encoded as {dtype}: {exc}") from exc
     words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]

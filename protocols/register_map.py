@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -14,7 +15,13 @@ import yaml
 
 from meterwatch.errors import MapError
 from meterwatch.schema import READING_FIELDS
-from protocols.modbus_types import BYTE_ORDERS, REGISTER_COUNT, decode, encode, is_integer_type
+from protocols.modbus_types import (
+    BYTE_ORDERS,
+    REGISTER_COUNT,
+    STRUCT_CODES,
+    encode,
+    is_integer_type,
+)
 
 #: Register tables: "input" is read with function 04, "holding" with function 03.
 TABLES: tuple[str, ...] = ("input", "holding")
@@ -135,10 +142,22 @@ class RegisterMap:
                 f"register map {self.model}: block {block.table} {block.start}+{block.count} "
                 f"needs {block.count} registers, got {len(registers)}"
             )
+        try:
+            # The whole block as big-endian bytes once; each field is then one unpack_from.
+            buf = struct.pack(f">{block.count}H", *registers)
+        except struct.error:
+            bad = next(
+                (r for r in registers if not (isinstance(r, int) and 0 <= r <= 0xFFFF)), None
+            )
+            raise ValueError(f"register value {bad!r} is not a 16-bit unsigned integer") from None
         values: dict[str, float] = {}
         for f in block.fields:
-            offset = f.address - block.start
-            raw = decode(registers[offset : offset + f.count], f.dtype, f.order)
+            start = 2 * (f.address - block.start)
+            code = ">" + STRUCT_CODES[f.dtype]
+            if f.order == "ABCD":
+                raw = struct.unpack_from(code, buf, start)[0]
+            else:
+                raw = struct.unpack(code, _to_abcd(buf[start : start + 2 * f.count], f.order))[0]
             values[f.name] = float(raw) * f.scale + f.offset
         return values
 
@@ -447,3 +466,14 @@ def load_map(model: str, extra: Mapping[str, Mapping[str, Any]] | None = None) -
     raise MapError(
         model, f"unknown model; available: {', '.join(available_models(extra)) or '(none)'}"
     )
+
+
+def _to_abcd(raw: bytes, order: str) -> bytes:
+    """Bytes of one value read in ``order`` rearranged to big-endian (ABCD)."""
+    if order == "DCBA":
+        return raw[::-1]
+    if order == "CDAB":  # words in reverse order
+        return b"".join(raw[i : i + 2] for i in range(len(raw) - 2, -1, -2))
+    if order == "BADC":  # bytes swapped within each word
+        return bytes(b for i in range(0, len(raw), 2) for b in (raw[i + 1], raw[i]))
+    return raw

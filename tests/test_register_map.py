@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meterwatch.errors import MapError
 from meterwatch.schema import READING_FIELDS
+from protocols.modbus_types import BYTE_ORDERS, REGISTER_COUNT, decode
 from protocols.register_map import (
     MapField,
     ReadBlock,
@@ -429,3 +433,24 @@ def test_user_maps_add_models_and_override_builtins() -> None:
     assert len(load_map("eastron-sdm630").fields) == 12  # the built-in is untouched
     with pytest.raises(MapError, match="register map acme-x1.power_kw: scale: 0"):
         load_map("acme-x1", {"acme-x1": doc({"power_kw": f32(0, scale=0)})})
+
+
+@pytest.mark.parametrize(
+    ("dtype", "order"), list(itertools.product(sorted(REGISTER_COUNT), BYTE_ORDERS))
+)
+@given(data=st.data())
+def test_decode_block_agrees_with_per_value_decode(
+    dtype: str, order: str, data: st.DataObject
+) -> None:
+    """The block decoder (one buffer, unpack_from) equals decode() for every type and order."""
+    n = REGISTER_COUNT[dtype]
+    words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=n, max_size=n))
+    name = READING_FIELDS[0]
+    regmap = parse_map(
+        "t",
+        {"address_base": 0, "fields": {name: {"address": 3, "type": dtype, "byte_order": order}}},
+    )
+    (block,) = regmap.plan()
+    got = regmap.decode_block(block, words)[name]
+    want = float(decode(words, dtype, order))
+    assert got == want or (math.isnan(got) and math.isnan(want))
