@@ -87,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--only", choices=["analytics", "modbus"], default=None)
+    ap.add_argument("--full", action="store_true", help="include 1 M meters (about 20 min today)")
     args = ap.parse_args()
     if args.only in (None, "modbus"):
         modbus(50 if args.quick else 200, 3 if args.quick else 10)
@@ -94,7 +95,7 @@ def main() -> None:
         if args.quick:
             analytics([2_000], [2_000])
         else:
-            analytics([10_000, 100_000, 1_000_000], [10_000])
+            analytics([10_000, 100_000] + ([1_000_000] if args.full else []), [10_000])
     console.print("updated docs/benchmarks.md")
 
 
