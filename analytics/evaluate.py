@@ -126,6 +126,8 @@ def build_scenario(
                 meter = str(area_pool.pop())
             elif typ in ("current_loss", "voltage_unbalance", "current_unbalance"):
                 meter = pick(three)
+            elif typ == "low_power_factor":
+                meter = pick(three)  # residential power factor is not assessed (tariff rule)
             else:
                 meter = pick(anyone)
             injections.append(Injection(typ, meter, t0, t1))
