@@ -45,8 +45,7 @@ def check_registry(df: pd.DataFrame, source: str = "registry") -> pd.DataFrame:
             value = df.at[idx, column]
             value = value.item() if hasattr(value, "item") else value  # numpy scalar -> python
             problems.append(
-                f"row {idx + 1} ({out.at[idx, 'meter_id']}): {column}={value!r}, "
-                f"expected {allowed}"
+                f"row {idx + 1} ({out.at[idx, 'meter_id']}): {column}={value!r}, expected {allowed}"
             )
 
     bad(out["meter_id"].isin(["", "nan"]), "meter_id", "a non-empty id")

@@ -61,10 +61,9 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
-            f"log_dest file {self.log}\n"
+            f"log_dest file {self.log}\n" + ("user root\n" if os.geteuid() == 0 else "")
             # As root, Mosquitto drops to user `mosquitto`, which cannot write the temporary
             # directory: no log and, worse, no persistence across restart(). Stay root here.
-            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
