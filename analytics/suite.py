@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from analytics.base import Detector
+from analytics.billing_rules import BILLING_DETECTORS
 from analytics.consumption import ConsumptionDrop, ConsumptionSpike, ZeroConsumption
 from analytics.equipment import (
     CalibrationDue,
@@ -30,6 +31,7 @@ from meterwatch.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
 #: Detector classes of the default suite, in run order.
 DETECTOR_CLASSES: tuple[type[Detector], ...] = (
     RegisterDecrease,
+    *BILLING_DETECTORS,  # meter_stuck, meter_runaway, ... (analytics/billing_rules.py)
     VoltageLoss,
     PhaseBreak,
     CurrentLoss,
