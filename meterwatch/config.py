@@ -308,6 +308,7 @@ class MetricsConfig(_Model):
 
 class AnalyticsConfig(_Model):
     interval: Duration = 3600.0
+    daily_interval: Duration = 86400.0
     window: Duration = 8 * 86400.0
     detectors: dict[str, dict[str, Any]] = {}
 

@@ -31,6 +31,7 @@ from meterwatch.clock import Clock
 from meterwatch.config import Config
 from meterwatch.metrics import MetricsServer
 from meterwatch.registry import check_registry, load_registry
+from meterwatch.schema import ALERT_CATEGORIES
 from meterwatch.stats import Stats
 from protocols.register_map import load_map
 from simulators.fleet import Fleet
@@ -72,6 +73,11 @@ class Service:
         self.mqtt: MqttCollector | None = None
         self.pollers: list[ModbusGatewayPoller | Dlt645GatewayPoller] = []
         self.detectors: list[Detector] = default_detectors(cfg.analytics.detectors)
+        # Theft ranking and area line loss are day-scale analyses and the costliest: they run
+        # on their own, slower schedule so the hourly run keeps its cadence.
+        theft = {t for t, c in ALERT_CATEGORIES.items() if c == "theft"}
+        self.daily_detectors = [d for d in self.detectors if set(d.alert_types) <= theft]
+        self.interval_detectors = [d for d in self.detectors if d not in self.daily_detectors]
         self.streaming: list[Detector] = [
             d
             for d in self.detectors
@@ -241,6 +247,17 @@ class Service:
             coalesce=True,
             id="analytics",
             name="analytics",
+        )
+        daily_wall = self.clock.wall_seconds(cfg.analytics.daily_interval)
+        self.scheduler.add_job(
+            self._analyze_daily,
+            "interval",
+            seconds=daily_wall,
+            next_run_time=now + timedelta(seconds=daily_wall),
+            max_instances=1,
+            coalesce=True,
+            id="analytics-daily",
+            name="analytics (daily: theft, line loss)",
         )
         if isinstance(self.store, EmbeddedStore) and cfg.storage.retention_days:
             self.scheduler.add_job(
@@ -458,16 +475,29 @@ class Service:
     async def _analyze(self) -> None:
         await self._tracked(self.analyze_once())
 
-    async def analyze_once(self) -> None:
-        """Run every detector over the recent window and apply the findings to the alerts."""
+    async def _analyze_daily(self) -> None:
+        await self._tracked(self.analyze_once(self.daily_detectors, tick=False))
+
+    async def analyze_once(
+        self, detectors: list[Detector] | None = None, *, tick: bool = True
+    ) -> None:
+        """Run detectors (default: the interval set) over the recent window; apply findings.
+
+        ``tick`` advances the alert lifecycle (flap hold, verification, SLA, silences), which
+        counts analytics intervals, so only the interval run does it.
+        """
+        detectors = self.interval_detectors if detectors is None else detectors
         now = self.clock.now()
         start = now - timedelta(seconds=self.cfg.analytics.window)
         readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
-        findings = await asyncio.to_thread(run_detectors, self.detectors, readings, self.registry)
+        findings = await asyncio.to_thread(run_detectors, detectors, readings, self.registry)
         # Off the loop: the alert manager takes a file lock and fsyncs the feed and audit log.
         await asyncio.to_thread(self.alerts.process, findings, now)
-        await asyncio.to_thread(self.alerts.tick, now)  # flap hold, verify, SLA, silences
-        self.stats.count("analytics_runs")
+        if tick:
+            await asyncio.to_thread(self.alerts.tick, now)
+            self.stats.count("analytics_runs")
+        else:
+            self.stats.count("analytics_daily_runs")
 
     def _stream_detect(self, frame: pd.DataFrame) -> None:
         """Equipment rules on every stored batch: a fault is alerted within one poll."""
