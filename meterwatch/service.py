@@ -309,6 +309,12 @@ class Service:
             await self.simulator.stop()
             await self._drain_mqtt()
         await self.writer.close()
+        # One last pass over everything stored: an episode that ended after the last scheduled
+        # run (runs are coalesced when they take longer than the interval) is still reported.
+        try:
+            await self.analyze_once()
+        except Exception:
+            log.exception("final analytics run at stop failed")
         if self.mqtt is not None:
             await asyncio.sleep(0.2)  # let the last acknowledgements go out
             await asyncio.to_thread(self.mqtt.stop)
