@@ -501,7 +501,9 @@ class Fleet:
         scale[c] = np.clip(15.0 * rng.lognormal(0.0, 0.4, nc), 5.0, 45.0)  # plateau [kW]
         ni = mc - nr - nc
         self._ct[i] = rng.choice([100.0, 200.0], ni)
-        peak_secondary_a = rng.uniform(2.8, 4.0, ni)
+        # Sized so that shift-start transients and phase imbalance stay inside Imax (6 A): a
+        # clean meter must not look like a runaway register (> 1.2 x Un x Imax).
+        peak_secondary_a = rng.uniform(2.0, 3.0, ni)
         scale[i] = self._ct[i] * 3 * NOMINAL_VOLTAGE_V * peak_secondary_a * 0.93 / 1000.0
         self._scale = scale
         # The largest value of each class shape, for area peak estimates.
