@@ -36,15 +36,13 @@ import logging
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
-import pandas as pd
-
-from collector.modbus import FindingsCallback, MeterTracker, boundary
+from collector.modbus import FindingsCallback, GatewayPoller, MeterTracker
 from collector.writer import ReadingWriter
 from meterwatch.clock import Clock
 from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
-from meterwatch.schema import readings_from_records
 from meterwatch.stats import Stats
 from protocols.dlt645 import (
     DATA_ITEMS,
@@ -304,7 +302,7 @@ class Dlt645Device:
     address: str
 
 
-class Dlt645GatewayPoller:
+class Dlt645GatewayPoller(GatewayPoller):
     """Polls the DL/T 645 meters behind one serial device server (TCP), like the Modbus poller.
 
     Same discipline as :class:`collector.modbus.ModbusGatewayPoller`: one request in flight on
@@ -378,59 +376,29 @@ class Dlt645GatewayPoller:
         self._connected = True
         return True
 
-    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.5) -> int:
-        """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
-        loop = asyncio.get_running_loop()
-        if not self._connected and not await self._connect():
-            now = self.clock.now()
-            for dev in self.devices:  # each due meter counts a failed read (may go offline)
-                if self.tracker.due(dev.meter_id, now):
-                    where = f"{self.address} address {dev.address}"
-                    exc = DeviceError(dev.meter_id, where, f"gateway {self.name} unreachable")
-                    self.tracker.failed(dev.meter_id, now, exc, where)
-            return 0
-        t0 = loop.time()
-        start = self.clock.now()
-        aligned = boundary(start, self.interval_s) if self.align and self.interval_s else None
-        gap = interval_wall_s * spread / max(len(self.devices), 1)
-        rows: list[dict[str, object]] = []
+    def _is_connected(self) -> bool:
+        return self._connected
+
+    def _where(self, dev: Dlt645Device) -> str:
+        return f"{self.address} address {dev.address}"
+
+    async def _read_device(self, dev: Dlt645Device, now: datetime) -> dict[str, object] | None:
+        where = self._where(dev)
+        self.tracker.request(dev.meter_id)
         try:
-            for i, dev in enumerate(self.devices):
-                delay = t0 + i * gap - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self.stopping:
-                    break
-                now = self.clock.now()
-                if not self.tracker.due(dev.meter_id, now):
-                    continue
-                if not self._connected and not await self._connect():
-                    break
-                where = f"{self.address} address {dev.address}"
-                self.tracker.request(dev.meter_id)
-                try:
-                    values = await read_meter(
-                        self.transport, dev.address, self.dis, self.timeout_s, meter_id=dev.meter_id
-                    )
-                except (DeviceError, ProtocolError) as exc:
-                    if not isinstance(exc, DeviceTimeout):
-                        self.stats.count("dlt645_reconnects")
-                        await self.close()
-                    self.tracker.failed(dev.meter_id, now, exc, where)
-                else:
-                    self.tracker.succeeded(dev.meter_id, now, where)
-                    ts = aligned if aligned is not None else pd.Timestamp(now).floor("s")
-                    rows.append(
-                        {
-                            "meter_id": dev.meter_id,
-                            "ts": ts,
-                            "collected_at": pd.Timestamp(now),
-                            **values,
-                        }
-                    )
-                if self.pause_s:
-                    await asyncio.sleep(self.pause_s)
-        finally:
-            if rows:
-                self.writer.submit(readings_from_records(rows))
-        return len(rows)
+            values = await read_meter(
+                self.transport, dev.address, self.dis, self.timeout_s, meter_id=dev.meter_id
+            )
+        except (DeviceError, ProtocolError) as exc:
+            if not isinstance(exc, DeviceTimeout):
+                self.stats.count("dlt645_reconnects")
+                await self.close()
+            self.tracker.failed(dev.meter_id, now, exc, where)
+            return None
+        self.tracker.succeeded(dev.meter_id, now, where)
+        return {
+            "meter_id": dev.meter_id,
+            "ts": now.replace(microsecond=0),
+            "collected_at": now,
+            **values,
+        }

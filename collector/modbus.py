@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -232,7 +232,84 @@ def boundary(now: datetime, interval_s: float) -> pd.Timestamp:
     return ts.floor(pd.Timedelta(seconds=interval_s))
 
 
-class ModbusGatewayPoller:
+class GatewayPoller:
+    """One poll cycle over the meters behind a gateway, shared by the Modbus and DL/T 645 pollers.
+
+    Reads are spaced over ``spread`` of the interval, one at a time (one request in flight per
+    bus); meters in backoff are skipped; whatever was read reaches the writer even when the
+    cycle is cut short. Subclasses provide the transport: ``_is_connected``, ``_connect``,
+    ``_read_device`` (a reading dict, or None after recording the failure) and ``_where``.
+    """
+
+    name: str
+    devices: Sequence[Any]
+    clock: Clock
+    writer: ReadingWriter
+    tracker: MeterTracker
+    pause_s: float
+    interval_s: float | None
+    align: bool
+    stopping: bool
+
+    def _is_connected(self) -> bool:
+        raise NotImplementedError
+
+    async def _connect(self) -> bool:
+        raise NotImplementedError
+
+    async def _read_device(self, dev: Any, now: datetime) -> dict[str, object] | None:
+        raise NotImplementedError
+
+    def _where(self, dev: Any) -> str:
+        raise NotImplementedError
+
+    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.5) -> int:
+        """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
+        loop = asyncio.get_running_loop()
+        if not self._is_connected() and not await self._connect():
+            self._gateway_unreachable()
+            return 0
+        t0 = loop.time()
+        start = self.clock.now()
+        aligned = boundary(start, self.interval_s) if self.align and self.interval_s else None
+        gap = interval_wall_s * spread / max(len(self.devices), 1)
+        rows: list[dict[str, object]] = []
+        try:
+            for i, dev in enumerate(self.devices):
+                delay = t0 + i * gap - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self.stopping:
+                    break
+                now = self.clock.now()
+                if not self.tracker.due(dev.meter_id, now):
+                    continue
+                if not self._is_connected() and not await self._connect():
+                    break
+                reading = await self._read_device(dev, now)
+                if reading is not None:
+                    if aligned is not None:
+                        reading["ts"] = aligned
+                    rows.append(reading)
+                if self.pause_s:
+                    await asyncio.sleep(self.pause_s)
+        finally:
+            # Whatever was read reaches the writer, even if the cycle is cut short.
+            if rows:
+                self.writer.submit(readings_from_records(rows))
+        return len(rows)
+
+    def _gateway_unreachable(self) -> None:
+        """Every due meter behind an unreachable gateway counts a failed read (may go offline)."""
+        now = self.clock.now()
+        for dev in self.devices:
+            if self.tracker.due(dev.meter_id, now):
+                where = self._where(dev)
+                exc = DeviceError(dev.meter_id, where, f"gateway {self.name} unreachable")
+                self.tracker.failed(dev.meter_id, now, exc, where)
+
+
+class ModbusGatewayPoller(GatewayPoller):
     """Polls the meters of one Modbus gateway or serial bus, one request at a time.
 
     Each cycle spreads the meters' reads over ``spread`` of the interval; a meter that fails
@@ -308,50 +385,11 @@ class ModbusGatewayPoller:
     async def close(self) -> None:
         self.client.close()
 
-    async def poll_cycle(self, interval_wall_s: float, spread: float = 0.5) -> int:
-        """Read every due meter once, spaced over ``spread × interval``; return readings taken."""
-        loop = asyncio.get_running_loop()
-        if not self.client.connected and not await self._connect():
-            self._gateway_unreachable()
-            return 0
-        t0 = loop.time()
-        start = self.clock.now()
-        aligned = boundary(start, self.interval_s) if self.align and self.interval_s else None
-        gap = interval_wall_s * spread / max(len(self.devices), 1)
-        rows: list[dict[str, object]] = []
-        try:
-            for i, dev in enumerate(self.devices):
-                delay = t0 + i * gap - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self.stopping:
-                    break
-                now = self.clock.now()
-                if not self.tracker.due(dev.meter_id, now):
-                    continue
-                if not self.client.connected and not await self._connect():
-                    break
-                reading = await self._read_device(dev, now)
-                if reading is not None:
-                    if aligned is not None:
-                        reading["ts"] = aligned
-                    rows.append(reading)
-                if self.pause_s:
-                    await asyncio.sleep(self.pause_s)
-        finally:
-            # Whatever was read reaches the writer, even if the cycle is cut short.
-            if rows:
-                self.writer.submit(readings_from_records(rows))
-        return len(rows)
+    def _is_connected(self) -> bool:
+        return bool(self.client.connected)
 
-    def _gateway_unreachable(self) -> None:
-        """Every due meter behind an unreachable gateway counts a failed read (and may go offline)."""
-        now = self.clock.now()
-        for dev in self.devices:
-            if self.tracker.due(dev.meter_id, now):
-                where = f"{self.address} unit {dev.unit}"
-                exc = DeviceError(dev.meter_id, where, f"gateway {self.name} unreachable")
-                self.tracker.failed(dev.meter_id, now, exc, where)
+    def _where(self, dev: ModbusDevice) -> str:
+        return f"{self.address} unit {dev.unit}"
 
     async def _connect(self) -> bool:
         reason = "connection refused or timed out"
