@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config.yaml
 # Debian packages the test suite starts as real servers (see tests/servers.py).
-DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium
-DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium
+DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl
+DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl
 
 .PHONY: run test lint bench venv deb-test-packages clean
 

@@ -23,17 +23,17 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from alerts.audit import AuditLog, audit_log_from_config, load_key
-from alerts.errors import AlertNotFound, AlertStateError
-from alerts.model import Alert, fingerprint, iso
+from alerts.model import Alert, fingerprint, iso, parse_iso
 from alerts.silence import Silence, SilenceStore
 from alerts.sla import SlaPolicy, SlaRule, due_escalations, record_step
+from meterwatch.errors import AlertNotFound, AlertStateError
 
 if TYPE_CHECKING:
     from meterwatch.config import AlertsConfig
@@ -66,6 +66,70 @@ def default_state_dir(feed_path: str | Path) -> Path:
     """``var/alerts.jsonl`` → ``var/alerts-state``."""
     feed = Path(feed_path)
     return feed.parent / f"{feed.stem}-state"
+
+
+#: File in the state directory where the service records its clock (see :func:`record_clock`).
+CLOCK_FILE = "clock.json"
+#: A running service rewrites the clock file this often [s of wall time]; a record older than
+#: :data:`CLOCK_STALE_S` is taken as a service that stopped without saying so (crash, kill -9).
+CLOCK_HEARTBEAT_S = 5.0
+CLOCK_STALE_S = 30.0
+
+
+def record_clock(
+    state_dir: str | Path,
+    service_now: datetime,
+    *,
+    speed: float,
+    simulated: bool,
+    running: bool,
+    wall_now: datetime | None = None,
+) -> None:
+    """Write the service's clock next to the feed: service time at a wall instant, and speed.
+
+    CLI actions on the feed (``meterwatch alerts ack`` ...) read it to act at the service's time
+    when the service runs a simulated clock (:func:`service_time`). Written atomically.
+    """
+    wall = wall_now or datetime.now(UTC)
+    # microseconds kept: at speed 2400 one second of wall time is 40 minutes of service time
+    record = {
+        "service_time": service_now.astimezone(UTC).isoformat(),
+        "wall_time": wall.astimezone(UTC).isoformat(),
+        "speed": float(speed),
+        "simulated": bool(simulated),
+        "running": bool(running),
+    }
+    path = Path(state_dir) / CLOCK_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def service_time(state_dir: str | Path, wall_now: datetime) -> tuple[datetime, str] | None:
+    """The service's "now" at ``wall_now`` from its clock file, with a note on how it was found.
+
+    None when there is no clock file or the service runs on the real clock. A running service's
+    simulated clock is extrapolated from its last record (service time + wall elapsed × speed);
+    a stopped (or silent for :data:`CLOCK_STALE_S`) one stood still at its last record.
+    """
+    path = Path(state_dir) / CLOCK_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        at, wall = parse_iso(record["service_time"]), parse_iso(record["wall_time"])
+        speed, simulated, running = float(record["speed"]), record["simulated"], record["running"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable service clock (%s); using the wall clock", path, exc)
+        return None
+    if not simulated or at is None or wall is None:
+        return None
+    elapsed = (wall_now - wall).total_seconds()
+    if running and 0 <= elapsed <= CLOCK_STALE_S:
+        now = at + timedelta(seconds=elapsed * speed)
+        return now, f"the running service's simulated clock ({speed:g}x, {path})"
+    why = "stopped" if not running else f"silent for {elapsed:.0f} s"
+    return at, f"the service's simulated clock, {why} at this time ({path})"
 
 
 class AlertManager:

@@ -132,7 +132,9 @@ def billing_determinants(
     open_billing_alerts
         Meter ids with an open billing-error alert, or meter id -> alert types.
     estimated_share_limit
-        Hold when the share of estimated intervals is above this [-]. Default 0.02.
+        Hold when the share of estimated intervals is strictly above this [-]. Default 0.02
+        (issue #5). Itron IEE checks the same share of "all intervals used to calculate the bill
+        determinant" with 2 % as its example but no default ([IT-DQ] in ``docs/billing.md``).
     demand_window_s
         Demand window [s], a multiple of ``interval_s``; demand = window kWh / window hours,
         over fixed windows aligned to the clock; a window with a missing interval is skipped.

@@ -5,7 +5,7 @@ thresholds (the other VEE thresholds at their defaults) and turns the matching
 :attr:`~analytics.vee.ValidatedReadings.events` into findings (catalogue category
 ``billing``). ``register_decrease`` is raised by :class:`analytics.rules.RegisterDecrease`
 and is not repeated here. Validation results are shared between the detectors of one suite
-run: the last result is reused while the same frame objects and parameters come in again.
+run (see :func:`analytics.base.shared_session`).
 
 All detectors take ``interval_s`` (the VEE interval grid [s], default 900) and work on the
 intervals from the first grid boundary after the earliest reading to the last one before
@@ -14,7 +14,6 @@ the latest reading.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -25,6 +24,7 @@ from analytics.base import (
     check_fraction,
     check_positive,
     findings_frame,
+    memo,
     meter_windows,
     plain,
     prepare,
@@ -33,30 +33,19 @@ from analytics.base import (
 from analytics.vee import ValidatedReadings, VeeParams, validate
 from meterwatch.schema import empty_findings
 
-_cache_lock = threading.Lock()
-_cache: dict[str, Any] = {}
-
 
 def _validated(
     readings: pd.DataFrame, meters: pd.DataFrame, params: VeeParams, interval_s: int
 ) -> ValidatedReadings:
-    """``validate(readings, meters, params)``, reusing the previous result for the same inputs.
+    """``validate(readings, meters, params)``, shared by the detectors of one suite run.
 
-    The cache holds one entry and compares the frames by identity (they are not modified by
-    any detector, contracts of :mod:`analytics.base`), so one suite run validates once.
+    Within :func:`analytics.base.shared_session` (``run_detectors``) the result is computed
+    once per input frames and parameters, so one suite run validates once.
     """
-    with _cache_lock:
-        hit = (
-            _cache.get("readings") is readings
-            and _cache.get("meters") is meters
-            and _cache.get("params") == (params, interval_s)
-        )
-        if hit:
-            result: ValidatedReadings = _cache["result"]
-            return result
-    result = validate(readings, meters, params, interval_s=interval_s)
-    with _cache_lock:
-        _cache.update(readings=readings, meters=meters, params=(params, interval_s), result=result)
+    result: ValidatedReadings = memo(
+        ("validate", id(readings), id(meters), params, interval_s),
+        lambda: validate(readings, meters, params, interval_s=interval_s),
+    )
     return result
 
 

@@ -15,7 +15,9 @@ from analytics.base import (
     check_positive,
     episodes,
     findings_frame,
+    memo_on,
     meter_windows,
+    nanmedian,
     plain,
     prepare,
     short_ts,
@@ -33,6 +35,30 @@ MAD_SCALE = 1.4826
 
 
 def hourly_energy(
+    frame: pd.DataFrame, max_gap_minutes: float
+) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
+    """Billed energy per meter and UTC hour (see :func:`_hourly_energy`); shared in a session.
+
+    The matrix is shared read-only between the detectors of one suite run
+    (:func:`analytics.base.memo_on`): callers must not modify it in place.
+    """
+    result: tuple[np.ndarray, pd.Index, pd.DatetimeIndex] = memo_on(
+        frame,
+        "hourly_energy",
+        (float(max_gap_minutes),),
+        lambda: _read_only(_hourly_energy(frame, max_gap_minutes)),
+    )
+    return result
+
+
+def _read_only(
+    result: tuple[np.ndarray, pd.Index, pd.DatetimeIndex],
+) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
+    result[0].setflags(write=False)  # shared: an in-place change would leak between detectors
+    return result
+
+
+def _hourly_energy(
     frame: pd.DataFrame, max_gap_minutes: float
 ) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
     """Billed energy per meter and UTC hour, as a meters x hours matrix [kWh].
@@ -244,8 +270,8 @@ class ConsumptionSpike(Detector):
         with warnings.catch_warnings():
             # All-NaN slices (no history yet) are expected and give NaN.
             warnings.simplefilter("ignore", RuntimeWarning)
-            base = np.nanmedian(samples, axis=0)
-            mad = np.nanmedian(np.abs(samples - base), axis=0)
+            base = nanmedian(samples, axis=0)
+            mad = nanmedian(np.abs(samples - base), axis=0)
         spread = np.fmax(MAD_SCALE * mad, float(self.min_spread_fraction) * base)
         return base, spread, count
 
@@ -391,8 +417,8 @@ def robust_baseline(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     count = np.sum(~np.isnan(samples), axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        base = np.nanmedian(samples, axis=0)
-        mad = np.nanmedian(np.abs(samples - base), axis=0)
+        base = nanmedian(samples, axis=0)
+        mad = nanmedian(np.abs(samples - base), axis=0)
     return base, MAD_SCALE * mad, count
 
 

@@ -33,6 +33,8 @@ from analytics.base import (
     episodes,
     findings_frame,
     group_codes,
+    memo,
+    memo_on,
     meter_windows,
     plain,
     prepare,
@@ -63,16 +65,12 @@ OUTAGE_FRACTION = 0.6
 OUTAGE_BUCKET_MINUTES = 15.0
 
 
-def with_optional(meters: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
-    """``meters`` with each optional column added (filled with its default) when absent."""
-    missing = {c: v for c, v in columns.items() if c not in meters.columns}
-    return meters.assign(**missing) if missing else meters
-
-
 class Phases:
     """Per-reading arrays of a prepared frame: voltages, currents, Un, Ib, phase presence."""
 
-    def __init__(self, frame: pd.DataFrame) -> None:
+    def __init__(self, frame: pd.DataFrame, key: tuple[Any, ...] = ()) -> None:
+        #: Session key of the inputs the frame was prepared from (see analytics.base.memo).
+        self.key = key
         self.u = frame[list(VOLTAGE_COLUMNS)].to_numpy(dtype=float)
         self.i = frame[list(CURRENT_COLUMNS)].to_numpy(dtype=float)
         self.un = pd.to_numeric(frame["nominal_voltage_v"], errors="coerce").to_numpy(float)
@@ -92,6 +90,23 @@ def outage_rows(
     voltage_fraction: float = OUTAGE_FRACTION,
     bucket_minutes: float = OUTAGE_BUCKET_MINUTES,
     min_meters: int = 2,
+    ph: Phases | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Area outages (see :func:`_outage_rows`), shared within a suite run (read-only)."""
+    params = (float(voltage_fraction), float(bucket_minutes), int(min_meters))
+    result: tuple[np.ndarray, pd.DataFrame] = memo_on(
+        frame, "outage_rows", params, lambda: _outage_rows(frame, *params, ph=ph)
+    )
+    result[0].setflags(write=False)
+    return result
+
+
+def _outage_rows(
+    frame: pd.DataFrame,
+    voltage_fraction: float = OUTAGE_FRACTION,
+    bucket_minutes: float = OUTAGE_BUCKET_MINUTES,
+    min_meters: int = 2,
+    ph: Phases | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Which readings fall in an area outage, and the per (area, bucket) table.
 
@@ -103,7 +118,7 @@ def outage_rows(
     ``table`` has one row per (area, bucket), sorted, with columns ``transformer_id``,
     ``bucket``, ``out``, ``first_ns``, ``last_ns``, ``meters``, ``dead``, ``supply``.
     """
-    ph = Phases(frame)
+    ph = Phases(frame) if ph is None else ph
     low = strictly_less(ph.u, voltage_fraction * ph.un[:, None]) | ~ph.present
     dead = low.all(axis=1) & ph.present.any(axis=1)
     supply = frame["role"].astype(str).to_numpy() == "transformer"
@@ -168,12 +183,16 @@ class _RowRule(Detector):
 
     def mask(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
         """The prepared frame with ``hit`` (rule holds), ``value`` and ``limit`` columns."""
-        frame = prepare(
-            readings, with_optional(meters, self._optional), [*REGISTRY_COLUMNS, *self._optional]
-        )
+        have = [c for c in self._optional if c in meters.columns]
+        frame = prepare(readings, meters, [*REGISTRY_COLUMNS, *have])
+        defaults = {c: v for c, v in self._optional.items() if c not in meters.columns}
+        if defaults:
+            frame = frame.assign(**defaults)
         if frame.empty:
             return frame.assign(hit=np.zeros(0, bool), value=np.zeros(0), limit=np.zeros(0))
-        hit, value, limit = self._evaluate(frame, Phases(frame))
+        key = (id(readings), id(meters))
+        ph = memo(("phases", *key), lambda: Phases(frame, key))
+        hit, value, limit = self._evaluate(frame, ph)
         return frame.assign(hit=hit, value=value, limit=limit)
 
     def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
@@ -248,8 +267,8 @@ class _RowRule(Detector):
 class _OutageAware(_RowRule):
     """A row rule whose hits are cleared for readings inside an area outage."""
 
-    def _outage(self, frame: pd.DataFrame) -> np.ndarray:
-        rows, _ = outage_rows(frame)
+    def _outage(self, frame: pd.DataFrame, ph: Phases) -> np.ndarray:
+        rows, _ = outage_rows(frame, ph=ph)
         return rows
 
 
@@ -301,7 +320,9 @@ class CurrentLoss(_OutageAware):
         ib = ph.ib[:, None]
         none = strictly_less(ph.i, self.current_fraction * ib)
         load = strictly_greater(ph.i, self.load_fraction * ib)
-        hit = ph.three & ph.all_live & none.any(axis=1) & load.any(axis=1) & ~self._outage(frame)
+        hit = (
+            ph.three & ph.all_live & none.any(axis=1) & load.any(axis=1) & ~self._outage(frame, ph)
+        )
         value = np.where(ph.three, np.nanmin(np.where(ph.present, ph.i, np.inf), axis=1), np.nan)
         return hit, value, self.current_fraction * ph.ib
 
@@ -362,7 +383,7 @@ class Overvoltage(_VoltageBand):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, +1.0)
         over = strictly_greater(ph.u, limit[:, None]) & ph.present
-        hit = over.any(axis=1) & ~self._outage(frame)
+        hit = over.any(axis=1) & ~self._outage(frame, ph)
         value = np.nanmax(np.where(ph.present, ph.u, -np.inf), axis=1)
         return hit, np.where(np.isfinite(value), value, np.nan), limit
 
@@ -412,7 +433,7 @@ class Undervoltage(_VoltageBand):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, -1.0)
         under = strictly_less(ph.u, limit[:, None]) & ph.present
-        hit = under.any(axis=1) & ph.all_live & ~self._outage(frame)
+        hit = under.any(axis=1) & ph.all_live & ~self._outage(frame, ph)
         value = np.nanmin(np.where(ph.present, ph.u, np.inf), axis=1)
         return hit, np.where(np.isfinite(value), value, np.nan), limit
 
@@ -472,7 +493,7 @@ class VoltageUnbalance(_OutageAware):
             ph.three
             & ph.all_live
             & strictly_greater(value, self.limit_fraction)
-            & ~self._outage(frame)
+            & ~self._outage(frame, ph)
         )
         return hit, value, np.full(len(frame), float(self.limit_fraction))
 
@@ -545,7 +566,7 @@ class CurrentUnbalance(_OutageAware):
             & loaded
             & ~no_current
             & strictly_greater(value, self.limit_fraction)
-            & ~self._outage(frame)
+            & ~self._outage(frame, ph)
         )
         return hit, value, np.full(len(frame), float(self.limit_fraction))
 
@@ -666,7 +687,7 @@ class LowPowerFactor(_OutageAware):
             warnings.simplefilter("ignore", RuntimeWarning)  # meters without phases: NaN
             i_mean = np.nanmean(np.where(ph.present, ph.i, np.nan), axis=1)
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib)
-        hit = (limit > 0) & loaded & strictly_less(pf, limit) & ~self._outage(frame)
+        hit = (limit > 0) & loaded & strictly_less(pf, limit) & ~self._outage(frame, ph)
         return hit, pf, limit
 
 

@@ -21,6 +21,22 @@ import pandas as pd
 AREA_TYPES: frozenset[str] = frozenset({"outage", "transformer_overload", "transformer_loss"})
 
 
+#: Alert types that an injected fault legitimately raises on its meter besides its own
+#: (the registered data really changes): counted as "explained", not judged. The
+#: ``reverse_power`` injection rewrites only ``power_kw`` (negative) while the import
+#: register keeps counting, which is a real energy/power disagreement in the data.
+CONSEQUENCES: dict[str, tuple[str, ...]] = {
+    "meter_stuck": ("energy_power_mismatch", "consumption_drop", "zero_consumption"),
+    "meter_runaway": ("energy_power_mismatch", "consumption_spike"),
+    "multiplier_mismatch": ("energy_power_mismatch",),
+    "reverse_power": ("energy_power_mismatch",),
+    # A Jokar attack rewrites the registered intervals; power follows only per poll.
+    "theft_suspected": ("energy_power_mismatch",),
+    # A clock jumping ahead shifts the meter's last hours against the hour grid.
+    "clock_error": ("consumption_spike",),
+}
+
+
 @dataclass
 class Scenario:
     """Readings, registry and ground truth of one evaluation run."""
@@ -48,6 +64,7 @@ def build_scenario(
     from a random day after day 15 to the end. ``progress(text)`` is called between stages.
     """
     from simulators.fleet import (
+        BILLING_FAULT_TYPES,
         FAULT_TYPES,
         THEFT_ATTACKS,
         AnomalySpec,
@@ -100,14 +117,22 @@ def build_scenario(
     areas = reg[reg["role"] == "transformer"]["meter_id"].to_numpy()
     taken: set[str] = set()
 
-    def pick(pool: np.ndarray) -> str:
+    def pick(pool: np.ndarray, what: str = "customer meters") -> str:
         free = np.array([m for m in pool if m not in taken])
+        if not free.size:
+            raise ValueError(
+                f"meters={meters}, per_type={k}: not enough free {what} for distinct "
+                "injections; use more meters or a smaller per_type"
+            )
         m = str(rng.choice(free))
         taken.add(m)
         return m
 
     end_all = start + pd.Timedelta(days=days)
     injections: list[Injection] = []
+    # Multiplier mismatches need CT meters (industrial): reserve them before other faults.
+    ct_pool = cust[cust["ct_ratio"] > 1]["meter_id"].to_numpy()
+    ct_meters = [pick(ct_pool, "meters with ct_ratio > 1") for _ in range(k)]
     durations_h = {
         "consumption_drop": (8, 16),
         "zero_consumption": (30, 48),
@@ -130,6 +155,30 @@ def build_scenario(
                 meter = pick(three)  # residential power factor is not assessed (tariff rule)
             else:
                 meter = pick(anyone)
+            injections.append(Injection(typ, meter, t0, t1))
+    # Billing faults. Windowed rules (energy/power, multiplier) judge whole 24 h windows from
+    # the grid start (UTC midnight here): those injections cover 1-2 whole days (+/- 1 h).
+    # Clock errors lead the fleet from the last 2-6 h on; the rule compares a meter with the
+    # latest read of the others, so the k leads are staggered 20 min apart (> 15 min tolerance).
+    day = pd.Timedelta(days=1)
+    for typ in BILLING_FAULT_TYPES:
+        for i in range(k):
+            t0 = start + pd.Timedelta(seconds=when())
+            if typ == "meter_stuck":
+                meter, t1 = pick(anyone), t0 + pd.Timedelta(hours=float(rng.uniform(5, 8)))
+            elif typ == "meter_runaway":
+                meter, t1 = pick(anyone), t0 + pd.Timedelta(hours=float(rng.uniform(0.5, 2)))
+            elif typ in ("energy_power_mismatch", "multiplier_mismatch"):
+                meter = ct_meters[i] if typ == "multiplier_mismatch" else pick(anyone)
+                d0 = t0.normalize()
+                t0 = d0 - pd.Timedelta(hours=1)
+                t1 = d0 + int(rng.integers(1, 3)) * day + pd.Timedelta(hours=1)
+            elif typ == "clock_error":
+                meter = pick(anyone)
+                t0 = end_all - pd.Timedelta(hours=float(rng.uniform(2, 6)))
+                t1 = t0 + pd.Timedelta(minutes=40 + 20 * i)
+            else:  # estimation_excess: a gap longer than the 24 h limit
+                meter, t1 = pick(anyone), t0 + pd.Timedelta(hours=float(rng.uniform(27, 40)))
             injections.append(Injection(typ, meter, t0, t1))
     for attack in THEFT_ATTACKS:
         for _ in range(k):
@@ -186,11 +235,50 @@ def score_findings(
     explained_ids = set(
         cons.loc[cons["ends_at"].fillna(end_of_window) >= cons["starts_at_v"] - tolerance, "fi"]
     )
+    # A fault changes the registered data too: a stuck register's energy drops, a runaway's
+    # spikes, and register vs power disagree. Such alerts on the faulty meter within the
+    # label's period are consequences as well.
+    for fault, consequences in CONSEQUENCES.items():
+        faults = lab[lab["type"] == fault][["meter_id", "starts_at", "ends_at"]]
+        c = f[f["type"].isin(consequences)].reset_index(names="fi")
+        c = c.merge(faults, on="meter_id", suffixes=("", "_v"))
+        near = (c["ends_at"].fillna(end_of_window) >= c["starts_at_v"] - tolerance) & (
+            c["starts_at"] <= c["ends_at_v"].fillna(end_of_window) + tolerance
+        )
+        explained_ids |= set(c.loc[near, "fi"])
+    # An overloaded transformer's supply meter really registers the extra load.
+    supply = registry[registry["role"] == "transformer"][["meter_id", "transformer_id"]]
+    over = lab[lab["type"] == "transformer_overload"][["transformer_id", "starts_at", "ends_at"]]
+    c = f[f["type"] == "consumption_spike"].reset_index(names="fi")
+    c = c.merge(supply, on=["meter_id", "transformer_id"]).merge(
+        over, on="transformer_id", suffixes=("", "_v")
+    )
+    near = (c["ends_at"].fillna(end_of_window) >= c["starts_at_v"] - tolerance) & (
+        c["starts_at"] <= c["ends_at_v"].fillna(end_of_window) + tolerance
+    )
+    explained_ids |= set(c.loc[near, "fi"])
+    # An injected consumption spike (x5 load) on a large customer can really overload its
+    # area's transformer.
+    spikes = lab[lab["type"] == "consumption_spike"][["transformer_id", "starts_at", "ends_at"]]
+    c = f[f["type"] == "transformer_overload"].reset_index(names="fi")
+    c = c.merge(spikes, on="transformer_id", suffixes=("", "_v"))
+    near = (c["ends_at"].fillna(end_of_window) >= c["starts_at_v"] - tolerance) & (
+        c["starts_at"] <= c["ends_at_v"].fillna(end_of_window) + tolerance
+    )
+    explained_ids |= set(c.loc[near, "fi"])
     # Theft raises its area's line loss; whether past the band depends on the victim's share.
     victim_areas = lab.loc[lab["type"] == "theft_suspected", "transformer_id"]
     explained_ids |= set(
         f.index[(f["type"] == "transformer_loss") & f["transformer_id"].isin(victim_areas)]
     )
+    # The overload injection lifts the supply meter only: its extra energy is metered by no
+    # customer, so the area's line loss that day rises too.
+    c = f[f["type"] == "transformer_loss"].reset_index(names="fi")
+    c = c.merge(over, on="transformer_id", suffixes=("", "_v"))
+    near = (c["ends_at"].fillna(end_of_window) >= c["starts_at_v"] - tolerance) & (
+        c["starts_at"] <= c["ends_at_v"].fillna(end_of_window) + tolerance
+    )
+    explained_ids |= set(c.loc[near, "fi"])
     pairs = pairs[~pairs["fi"].isin(explained_ids)] if len(pairs) else pairs
     types = sorted(set(lab["type"]) | set(f["type"]))
     rows = []

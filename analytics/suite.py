@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from analytics.base import Detector
+from analytics.base import Detector, shared_session
 from analytics.billing_rules import BILLING_DETECTORS
 from analytics.consumption import ConsumptionDrop, ConsumptionSpike, ZeroConsumption
 from analytics.equipment import (
@@ -94,7 +94,8 @@ def run_detectors(
     Returns a frame with exactly ``FINDING_COLUMNS`` and a fresh index, in detector order;
     ``empty_findings()`` when nothing is found.
     """
-    frames = [d.detect(readings, meters) for d in detectors]
+    with shared_session():  # prepare the window once for all detectors
+        frames = [d.detect(readings, meters) for d in detectors]
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_findings()

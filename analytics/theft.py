@@ -46,6 +46,8 @@ from analytics.base import (
     episodes,
     findings_frame,
     group_codes,
+    memo_on,
+    nanmedian,
     plain,
     prepare,
     short_ts,
@@ -131,6 +133,16 @@ def _worst_week(x: np.ndarray, window: int) -> np.ndarray:
 def area_loss(
     frame: pd.DataFrame, max_gap_minutes: float = 75.0
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Daily line loss per area (see :func:`_area_loss`), shared within a suite run."""
+    result: tuple[pd.DataFrame, dict[str, Any]] = memo_on(
+        frame, "area_loss", (float(max_gap_minutes),), lambda: _area_loss(frame, max_gap_minutes)
+    )
+    return result
+
+
+def _area_loss(
+    frame: pd.DataFrame, max_gap_minutes: float = 75.0
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Daily line loss per area and the hourly data behind it.
 
     ``frame`` is a :func:`analytics.base.prepare` frame with :data:`THEFT_REGISTRY` columns.
@@ -205,7 +217,7 @@ def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
         for w in range(7):  # loop over the 7 weekdays, vectorized over meters
             sel = wd == w
             if sel.any():
-                prof[:, sel, :] = np.nanmedian(good[:, sel, :], axis=1, keepdims=True)
+                prof[:, sel, :] = nanmedian(good[:, sel, :], axis=1, keepdims=True)
         expected = np.nansum(prof, axis=2)
         level = np.where(
             complete & (expected > 0), daily / np.where(expected > 0, expected, 1), np.nan
@@ -214,10 +226,10 @@ def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
         corr = np.where(complete & np.isnan(corr), 0.0, corr)  # a flat day has no shape
         mean_h = np.nanmean(good, axis=2)
         cv = np.where(mean_h > 0, np.nanstd(good, axis=2) / np.where(mean_h > 0, mean_h, 1), np.nan)
-        cv_med = np.nanmedian(cv, axis=1, keepdims=True)
+        cv_med = nanmedian(cv, axis=1, keepdims=True)
         zeros = np.where(complete, np.sum(good <= 1e-9, axis=2), np.nan).astype(float)
-        zeros_med = np.nanmedian(zeros, axis=1, keepdims=True)
-        lvl_med = np.nanmedian(level, axis=1)
+        zeros_med = nanmedian(zeros, axis=1, keepdims=True)
+        lvl_med = nanmedian(level, axis=1)
     f = {
         "level": _worst_week(1.0 - level, window_days),
         "shape": _worst_week(1.0 - corr, window_days),

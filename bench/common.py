@@ -11,6 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from meterwatch.schema import normalize_readings
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
@@ -53,3 +58,35 @@ def update_doc(section: str, body: str) -> None:
         else text.rstrip() + f"\n\n{block}\n"
     )
     DOC.write_text(text, encoding="utf-8")
+
+
+def synthetic_readings(meters: int, intervals: int, seed: int = 7) -> pd.DataFrame:
+    """A canonical frame (contracts §1) of three-phase meters, every quantity present.
+
+    ``meters`` × ``intervals`` rows at 15-minute steps ending two days ago (InfluxDB and
+    VictoriaMetrics accept it under their default retention). Values are plausible, not a load
+    model: the benchmarks measure moving and storing readings, not what they say.
+    """
+    rng = np.random.default_rng(seed)
+    n = meters * intervals
+    end = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=2)
+    ts = pd.date_range(end=end, periods=intervals, freq="15min")
+    frame = pd.DataFrame(
+        {
+            "meter_id": np.repeat([f"BM{i:06d}" for i in range(meters)], intervals),
+            "ts": np.tile(ts, meters),
+            "energy_import_kwh": np.round(rng.uniform(100, 90_000, n), 2),
+            "energy_export_kwh": np.round(rng.uniform(0, 50, n), 2),
+            "power_kw": np.round(rng.normal(3, 1.5, n), 3),
+            "reactive_power_kvar": np.round(rng.normal(0.5, 0.3, n), 3),
+            "voltage_l1_v": np.round(rng.normal(230, 2, n), 1),
+            "voltage_l2_v": np.round(rng.normal(230, 2, n), 1),
+            "voltage_l3_v": np.round(rng.normal(230, 2, n), 1),
+            "current_l1_a": np.round(rng.uniform(0, 20, n), 2),
+            "current_l2_a": np.round(rng.uniform(0, 20, n), 2),
+            "current_l3_a": np.round(rng.uniform(0, 20, n), 2),
+            "power_factor": np.round(rng.uniform(0.85, 1.0, n), 3),
+            "frequency_hz": np.round(rng.normal(50, 0.02, n), 2),
+        }
+    )
+    return normalize_readings(frame)

@@ -6,9 +6,12 @@ built by :mod:`protocols.dlt645`. A *transport* is anything with::
     async def send(self, data: bytes) -> None
     async def read_frame(self, timeout: float) -> Frame   # raises TimeoutError
 
-so a serial (pyserial) transport can be added next to :class:`TcpTransport`, which talks to a
-serial device server (RS-485 meters behind a TCP port). :class:`Dlt645GatewayPoller` polls the
-meters of one such server for the service, with the Modbus poller's backoff and offline alerts.
+Two are here: :class:`TcpTransport` talks to a serial device server (RS-485 meters behind a TCP
+port), :class:`SerialTransport` to a local serial port (an RS-485 adapter, pyserial; DL/T 645's
+default framing 2400 baud 8E1). :class:`Dlt645GatewayPoller` polls the meters of one such bus
+for the service, with the Modbus poller's backoff and offline alerts, and optionally reads each
+meter's clock (:func:`read_meter_clock`) into ``device_ts`` next to the collector's
+``collected_at``.
 
 Bus discipline: one request in flight per transport. Concurrent ``read_meter`` calls on the
 same transport queue on a per-transport lock, each meter read done as a whole.
@@ -31,13 +34,19 @@ codec). Every exception carries ``meter_id`` and ``address``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import termios
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+import serial
 
 from collector.modbus import FindingsCallback, GatewayPoller, MeterTracker
 from collector.writer import ReadingWriter
@@ -45,17 +54,22 @@ from meterwatch.clock import Clock
 from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
 from meterwatch.stats import Stats
 from protocols.dlt645 import (
+    CLOCK_DATE_DI,
+    CLOCK_TIME_DI,
     DATA_ITEMS,
     READ_ADDRESS_REPLY,
     READ_DATA,
     Dlt645AbnormalReply,
     Frame,
+    check_abnormal,
     di_to_bytes,
     find_frame,
     frame_length,
     items_for,
     normalize_address,
     normalize_di,
+    parse_clock_date,
+    parse_clock_time,
     parse_read_address_reply,
     parse_read_values,
     read_address_request,
@@ -78,38 +92,26 @@ class Transport(Protocol):
         ...
 
 
-class TcpTransport:
-    """DL/T 645 over a TCP connection to a serial device server (transparent mode).
+class _FramedLink:
+    """Frame reassembly shared by the byte links: bytes in, complete frames out.
 
     Bytes are reassembled into frames with :func:`protocols.dlt645.find_frame`; bytes outside
     any frame (FEH wake-up bytes, line noise, corrupted frames) are dropped and counted in
-    ``discarded_bytes``.
+    ``discarded_bytes``. Subclasses provide ``_receive`` (the next chunk of bytes).
     """
+
+    endpoint: str
 
     def __init__(self, *, max_buffer: int = 4096) -> None:
         self.max_buffer = max_buffer
-        self.endpoint = "tcp:(not connected)"
         self.discarded_bytes = 0
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self._buf = bytearray()
 
-    async def connect(self, host: str, port: int, timeout: float = 5.0) -> None:
-        self.endpoint = f"tcp:{host}:{port}"
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), timeout
-        )
-        self._buf.clear()
-
-    async def send(self, data: bytes) -> None:
-        if self._writer is None:
-            raise ConnectionError(f"{self.endpoint}: not connected")
-        self._writer.write(data)
-        await self._writer.drain()
+    async def _receive(self, timeout: float) -> bytes:
+        """The next bytes heard (never empty); TimeoutError, or ConnectionError when lost."""
+        raise NotImplementedError
 
     async def read_frame(self, timeout: float) -> Frame:
-        if self._reader is None:
-            raise ConnectionError(f"{self.endpoint}: not connected")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -128,14 +130,47 @@ class TcpTransport:
             if remaining <= 0:
                 raise TimeoutError(f"{self.endpoint}: no complete frame within {timeout} s")
             try:
-                chunk = await asyncio.wait_for(self._reader.read(1024), remaining)
+                chunk = await self._receive(remaining)
             except TimeoutError:
                 raise TimeoutError(
                     f"{self.endpoint}: no complete frame within {timeout} s"
                 ) from None
-            if not chunk:
-                raise ConnectionError(f"{self.endpoint}: connection closed by the peer")
             self._buf += chunk
+
+
+class TcpTransport(_FramedLink):
+    """DL/T 645 over a TCP connection to a serial device server (transparent mode)."""
+
+    def __init__(self, *, max_buffer: int = 4096) -> None:
+        super().__init__(max_buffer=max_buffer)
+        self.endpoint = "tcp:(not connected)"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    async def connect(self, host: str, port: int, timeout: float = 5.0) -> None:
+        self.endpoint = f"tcp:{host}:{port}"
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), timeout
+        )
+        self._buf.clear()
+
+    async def send(self, data: bytes) -> None:
+        if self._writer is None:
+            raise ConnectionError(f"{self.endpoint}: not connected")
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def _receive(self, timeout: float) -> bytes:
+        if self._reader is None:
+            raise ConnectionError(f"{self.endpoint}: not connected")
+        chunk = await asyncio.wait_for(self._reader.read(1024), timeout)
+        if not chunk:
+            raise ConnectionError(f"{self.endpoint}: connection closed by the peer")
+        return chunk
 
     def close(self) -> None:
         if self._writer is not None:
@@ -143,6 +178,131 @@ class TcpTransport:
         self._reader = self._writer = None
 
     async def __aenter__(self) -> TcpTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """A local serial port and its framing. Defaults: DL/T 645's 2400 baud, 8 data bits, even
+    parity, 1 stop bit (8E1), the standard's default rate for RS-485 meters."""
+
+    port: str
+    baudrate: int = 2400
+    parity: str = "E"  #: N, E or O
+    bytesize: int = 8
+    stopbits: float = 1
+
+    def describe(self) -> str:
+        """Printable endpoint, e.g. ``serial:/dev/ttyUSB0@2400/8E1``."""
+        return f"serial:{self.port}@{self.baudrate}/{self.bytesize}{self.parity}{self.stopbits:g}"
+
+
+class SerialTransport(_FramedLink):
+    """DL/T 645 over a local serial port (an RS-485 adapter), with pyserial.
+
+    The port is opened non-blocking and exclusively (no second process on the same bus); the
+    event loop is told when bytes arrive (``add_reader``), so a read never blocks the loop.
+    Framing, FEH wake-up bytes and resync are the same as over TCP. Echoes of our own requests
+    (half-duplex adapters) are frames the reader ignores. A port that cannot be opened, or
+    that fails while open (adapter unplugged), raises ConnectionError naming the endpoint.
+    """
+
+    def __init__(self, settings: SerialSettings, *, max_buffer: int = 4096) -> None:
+        super().__init__(max_buffer=max_buffer)
+        self.settings = settings
+        self.endpoint = settings.describe()
+        self._serial: serial.Serial | None = None
+        self._fd: int | None = None
+        self._chunks = bytearray()
+        self._error: Exception | None = None
+        self._readable: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Open the port (``timeout`` is unused: opening a local port does not wait)."""
+        self.close()
+        s = self.settings
+        try:
+            port = serial.Serial(
+                port=s.port,
+                baudrate=s.baudrate,
+                bytesize=s.bytesize,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                timeout=0,
+                write_timeout=0,
+                exclusive=True,
+            )
+        except (serial.SerialException, ValueError, termios.error) as exc:
+            # termios.error: the driver refused the line settings (e.g. an unsupported rate).
+            raise ConnectionError(f"{self.endpoint}: cannot open the port: {exc}") from exc
+        port.reset_input_buffer()
+        self._serial = port
+        self._fd = port.fileno()
+        self._buf.clear()
+        self._chunks.clear()
+        self._error = None
+        self._readable = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        assert self._serial is not None and self._readable is not None
+        try:
+            data = self._serial.read(4096)
+        except (serial.SerialException, OSError) as exc:
+            self._error = exc
+            self._stop_reading()
+        else:
+            self._chunks += data
+        self._readable.set()
+
+    def _stop_reading(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._loop.remove_reader(self._fd)
+        self._fd = None
+
+    async def send(self, data: bytes) -> None:
+        if self._serial is None:
+            raise ConnectionError(f"{self.endpoint}: port not open")
+        rest = memoryview(data)
+        try:
+            while rest:
+                written = self._serial.write(rest) or 0
+                rest = rest[written:]
+                if rest:  # kernel buffer full (non-blocking write): let it drain
+                    await asyncio.sleep(0.005)
+        except (serial.SerialException, OSError) as exc:
+            raise ConnectionError(f"{self.endpoint}: write failed: {exc}") from exc
+
+    async def _receive(self, timeout: float) -> bytes:
+        if self._serial is None or self._readable is None:
+            raise ConnectionError(f"{self.endpoint}: port not open")
+        if not self._chunks and self._error is None:
+            self._readable.clear()
+            await asyncio.wait_for(self._readable.wait(), timeout)
+        if self._chunks:
+            data = bytes(self._chunks)
+            self._chunks.clear()
+            return data
+        raise ConnectionError(f"{self.endpoint}: port failed: {self._error}")
+
+    def close(self) -> None:
+        self._stop_reading()
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                self._serial.close()
+        self._serial = None
+
+    async def __aenter__(self) -> SerialTransport:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -203,6 +363,27 @@ async def _await_frame(
         log.debug("ignored frame %02XH from %s while waiting", frame.control, frame.address)
 
 
+async def _request(
+    transport: Transport, address: str, di: str, timeout: float, result: MeterRead, meter_id: str
+) -> Frame:
+    """Send one read of ``di`` and wait for its answer (the caller holds the bus lock)."""
+    endpoint = getattr(transport, "endpoint", type(transport).__name__)
+    timeout_error = DeviceTimeout(
+        meter_id, address, f"no reply to read of DI {di} within {timeout} s via {endpoint}"
+    )
+    try:
+        await transport.send(read_request(address, di))
+        return await _await_frame(
+            transport,
+            functools.partial(_answers_read, address=address, di_raw=di_to_bytes(di)),
+            timeout,
+            result,
+            timeout_error,
+        )
+    except OSError as exc:  # ConnectionError, socket and serial port errors
+        raise DeviceError(meter_id, address, f"link {endpoint} failed: {exc}") from exc
+
+
 async def read_meter_detailed(
     transport: Transport,
     address: str,
@@ -225,25 +406,10 @@ async def read_meter_detailed(
         items_for(di)  # unknown DIs fail here, before anything is sent
     must = {normalize_di(di) for di in required}
     result = MeterRead(address=address)
-    endpoint = getattr(transport, "endpoint", type(transport).__name__)
 
     async with _bus_lock(transport):
         for di in wanted:
-            di_raw = di_to_bytes(di)
-            timeout_error = DeviceTimeout(
-                meter_id, address, f"no reply to read of DI {di} within {timeout} s via {endpoint}"
-            )
-            try:
-                await transport.send(read_request(address, di))
-                frame = await _await_frame(
-                    transport,
-                    functools.partial(_answers_read, address=address, di_raw=di_raw),
-                    timeout,
-                    result,
-                    timeout_error,
-                )
-            except OSError as exc:  # ConnectionError and socket errors
-                raise DeviceError(meter_id, address, f"link {endpoint} failed: {exc}") from exc
+            frame = await _request(transport, address, di, timeout, result, meter_id)
             try:
                 result.values.update(parse_read_values(frame, di))
             except Dlt645AbnormalReply as exc:
@@ -271,6 +437,46 @@ async def read_meter(
         transport, address, dis, timeout, required=required, meter_id=meter_id
     )
     return read.values
+
+
+async def read_meter_clock(
+    transport: Transport,
+    address: str,
+    timeout: float = 1.0,
+    *,
+    meter_id: str | None = None,
+) -> datetime:
+    """The meter's clock (DIs 04000101 date, 04000102 time) as a naive local datetime.
+
+    The date is read first, then the time. Should the meter's midnight fall between the two
+    reads, the time (just after 00:00:00) would be paired with the previous day; so when the
+    time of day is no later than the seconds the two reads took (+1), the date is read once more
+    and that one is used. Raises DeviceError when the meter refuses a clock DI (the cause is the
+    Dlt645AbnormalReply), DeviceTimeout when it is silent, ProtocolError (Dlt645FrameError) when
+    the answer is not a valid date or time.
+    """
+    address = normalize_address(address)
+    meter_id = meter_id or address
+    scratch = MeterRead(address=address)
+    loop = asyncio.get_running_loop()
+
+    async def get(di: str) -> Frame:
+        frame = await _request(transport, address, di, timeout, scratch, meter_id)
+        if frame.is_abnormal:
+            try:
+                check_abnormal(frame, di)
+            except Dlt645AbnormalReply as exc:
+                raise DeviceError(meter_id, address, str(exc)) from exc
+        return frame
+
+    async with _bus_lock(transport):
+        t0 = loop.time()
+        day: date = parse_clock_date(await get(CLOCK_DATE_DI))[0]
+        moment: time = parse_clock_time(await get(CLOCK_TIME_DI))
+        elapsed = loop.time() - t0
+        if moment.hour * 3600 + moment.minute * 60 + moment.second <= elapsed + 1:
+            day = parse_clock_date(await get(CLOCK_DATE_DI))[0]
+    return datetime.combine(day, moment)
 
 
 async def read_meter_address(transport: Transport, timeout: float = 1.0) -> str:
@@ -302,13 +508,32 @@ class Dlt645Device:
     address: str
 
 
+def local_to_utc(local: datetime, zone: ZoneInfo) -> pd.Timestamp:
+    """A meter's naive local clock reading as a UTC Timestamp (NaT in a DST gap or overlap).
+
+    An hour that does not exist, or exists twice, at a daylight-saving change cannot be placed
+    without guessing, so it becomes NaT (the caller counts it).
+    """
+    ts = pd.Timestamp(local).tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    return pd.NaT if pd.isna(ts) else ts.tz_convert("UTC")
+
+
 class Dlt645GatewayPoller(GatewayPoller):
-    """Polls the DL/T 645 meters behind one serial device server (TCP), like the Modbus poller.
+    """Polls the DL/T 645 meters on one bus (a TCP serial device server, or a local serial port).
 
     Same discipline as :class:`collector.modbus.ModbusGatewayPoller`: one request in flight on
     the link, polls spread over the interval, a failing meter backed off exponentially (capped),
     offline/online transitions logged once and reported as ``meter_offline`` findings. A link
-    error (not a timeout) closes the connection; the next meter reconnects.
+    error (not a timeout) closes the connection (or port); the next meter reconnects.
+
+    ``serial`` set: the bus is that local port (``host``/``port`` unused). ``link``: an open or
+    closed transport to use instead, e.g. one serial port shared by the pollers of several
+    interval groups (requests queue on its bus lock; a poller finding it closed reopens it).
+    With ``read_clock``
+    each reading also carries ``device_ts``: the meter clock, read right after the values and
+    taken as local time in ``clock_timezone``, as a UTC Timestamp. A meter whose clock cannot be
+    read (refused, silent, invalid) still gives its reading, with ``device_ts`` NaT; that is
+    counted (``dlt645_clock_errors``) and logged once per meter until its clock reads again.
     """
 
     def __init__(
@@ -329,10 +554,13 @@ class Dlt645GatewayPoller(GatewayPoller):
         align: bool = False,
         dis: Sequence[str] | None = None,
         on_findings: FindingsCallback | None = None,
+        serial: SerialSettings | None = None,
+        link: TcpTransport | SerialTransport | None = None,
+        read_clock: bool = True,
+        clock_timezone: str = "Asia/Shanghai",
     ):
         self.name = name
         self.host, self.port = host, port
-        self.address = f"tcp:{host}:{port}"
         self.devices = devices
         self.clock = clock
         self.writer = writer
@@ -342,6 +570,14 @@ class Dlt645GatewayPoller(GatewayPoller):
         self.interval_s = interval_s
         self.align = align
         self.dis = dis
+        self.read_clock = read_clock
+        try:
+            self.clock_zone = ZoneInfo(clock_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"DL/T 645 gateway {name}: clock_timezone {clock_timezone!r} is not an IANA "
+                f"time zone ({exc})"
+            ) from None
         self.tracker = MeterTracker(
             clock,
             stats,
@@ -350,18 +586,30 @@ class Dlt645GatewayPoller(GatewayPoller):
             backoff_cap_s=backoff_cap_s,
             on_findings=on_findings,
         )
-        self.transport = TcpTransport()
-        self._connected = False
+        self.transport: TcpTransport | SerialTransport
+        if link is not None:
+            self.transport = link
+        elif serial is not None:
+            self.transport = SerialTransport(serial)
+        else:
+            self.transport = TcpTransport()
+        if isinstance(self.transport, SerialTransport):
+            self.address = self.transport.endpoint
+        else:
+            self.address = f"tcp:{host}:{port}"
+        self._clock_failing: set[str] = set()
         self._gateway_down = False
         self.stopping = False
 
     async def close(self) -> None:
         self.transport.close()
-        self._connected = False
 
     async def _connect(self) -> bool:
         try:
-            await self.transport.connect(self.host, self.port, timeout=self.timeout_s)
+            if isinstance(self.transport, SerialTransport):
+                await self.transport.connect(timeout=self.timeout_s)
+            else:
+                await self.transport.connect(self.host, self.port, timeout=self.timeout_s)
         except (OSError, TimeoutError) as exc:
             self.stats.count("dlt645_connect_errors")
             if not self._gateway_down:
@@ -373,11 +621,10 @@ class Dlt645GatewayPoller(GatewayPoller):
         if self._gateway_down:
             log.info("DL/T 645 gateway %s (%s) reachable again", self.name, self.address)
             self._gateway_down = False
-        self._connected = True
         return True
 
     def _is_connected(self) -> bool:
-        return self._connected
+        return self.transport.is_open
 
     def _where(self, dev: Dlt645Device) -> str:
         return f"{self.address} address {dev.address}"
@@ -396,9 +643,38 @@ class Dlt645GatewayPoller(GatewayPoller):
             self.tracker.failed(dev.meter_id, now, exc, where)
             return None
         self.tracker.succeeded(dev.meter_id, now, where)
-        return {
+        reading: dict[str, object] = {
             "meter_id": dev.meter_id,
             "ts": now.replace(microsecond=0),
             "collected_at": now,
             **values,
         }
+        if self.read_clock:
+            reading["device_ts"] = await self._device_time(dev, where)
+        return reading
+
+    async def _device_time(self, dev: Dlt645Device, where: str) -> pd.Timestamp:
+        """The meter clock as UTC, or NaT (counted, logged once) when it cannot be read."""
+        try:
+            local = await read_meter_clock(
+                self.transport, dev.address, self.timeout_s, meter_id=dev.meter_id
+            )
+        except (DeviceError, ProtocolError) as exc:
+            self.stats.count("dlt645_clock_errors")
+            refused = isinstance(exc.__cause__, Dlt645AbnormalReply)
+            if isinstance(exc, DeviceError) and not refused and not isinstance(exc, DeviceTimeout):
+                self.stats.count("dlt645_reconnects")  # link failed: next meter reconnects
+                await self.close()
+            if dev.meter_id not in self._clock_failing:
+                self._clock_failing.add(dev.meter_id)
+                log.warning(
+                    "meter %s (%s): clock not read, device_ts empty: %s", dev.meter_id, where, exc
+                )
+            return pd.NaT
+        if dev.meter_id in self._clock_failing:
+            self._clock_failing.discard(dev.meter_id)
+            log.info("meter %s (%s): clock read again", dev.meter_id, where)
+        device_ts = local_to_utc(local, self.clock_zone)
+        if pd.isna(device_ts):
+            self.stats.count("dlt645_clock_ambiguous")
+        return device_ts

@@ -5,15 +5,31 @@ subscriptions (``$share/<group>/...``) let several collectors split one stream. 
 with MQTT 5 the client announces ``receive_maximum`` (the broker sends at most that many unacked
 QoS 1 messages); with 3.1.1 the broker's own limit applies (Mosquitto: ``max_inflight_messages``).
 TLS: CA bundle and optional client certificate, hostname verified (never ``tls_insecure``).
+
+Refused messages (the writer is full: spool at ``storage.spool.max_bytes`` or its memory queue
+at its bound) are held here, unacknowledged, and submitted again with exponential backoff until
+the writer takes them, oldest first. MQTT has no negative acknowledgement: a broker sends an
+unacknowledged QoS 1 message again only when the client reconnects, so without this a refused
+message would wait for the next reconnect. A held message is never lost: it is not
+acknowledged, so if the process dies the broker delivers it again. The broker's flow control
+(``receive_maximum`` with MQTT 5, ``max_inflight_messages`` in Mosquitto for 3.1.1) should bound
+how many are held, but Mosquitto 2.0.11 was seen sending well past it once acknowledgements
+interleave; so at most ``max_held`` are kept, later ones are left with the broker (counted
+``mqtt_held_overflow``) and fetched by one reconnect of the same session once the held ones are
+taken (``mqtt_overflow_reconnects``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -29,6 +45,29 @@ from meterwatch.stats import Stats
 from protocols.mqtt_payload import Subscription
 
 log = logging.getLogger(__name__)
+
+#: First wait before a refused message is offered to the writer again [wall s]; doubled after
+#: every refusal up to ``REFUSED_RETRY_MAX_S``. Project choice: the spool drains in batches every
+#: ``storage.influx.flush_interval`` (1 s by default), so retrying faster only adds refusals.
+REFUSED_RETRY_INITIAL_S = 0.1
+#: Longest wait between two offers of held messages [wall s] (project choice: a drained spool is
+#: used again within 2 s, and a full one is not asked more than every 2 s).
+REFUSED_RETRY_MAX_S = 2.0
+
+
+@dataclass(eq=False)
+class _Received:
+    """A decoded message on its way to storage: its readings and what its PUBACK needs."""
+
+    seq: int  # arrival order
+    frame: pd.DataFrame
+    mid: int
+    qos: int
+    generation: int  # connection it arrived on; a PUBACK on a later connection is not sent
+    acked: bool = False
+
+
+_NO_FRAME = pd.DataFrame()  # a dead-lettered message has no readings
 
 
 class MqttCollector:
@@ -63,6 +102,9 @@ class MqttCollector:
         protocol: str = "3.1.1",
         session_expiry_s: float = 86400.0,
         receive_maximum: int = 100,
+        refused_retry_initial_s: float = REFUSED_RETRY_INITIAL_S,
+        refused_retry_max_s: float = REFUSED_RETRY_MAX_S,
+        max_held: int | None = None,
     ):
         self.host, self.port = host, port
         pairs = list(subscriptions or [])
@@ -80,6 +122,24 @@ class MqttCollector:
         self._dl_lock = threading.Lock()
         self.connected = threading.Event()
         self._stopping = False
+        self.receive_maximum = receive_maximum
+        self.refused_retry_initial_s = refused_retry_initial_s
+        self.refused_retry_max_s = refused_retry_max_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Arrival counter (network thread) and connection generation (bumped on disconnect).
+        self._seq = 0
+        self._generation = 0
+        # Refused messages, oldest first; touched on the event loop only.
+        self._held: list[_Received] = []
+        self._retry_delay = refused_retry_initial_s
+        self._retry_handle: asyncio.TimerHandle | None = None
+        # Accepted by the writer, not yet acknowledged (by seq). The writer keeps what it
+        # accepted until it is durable (collector/writer.py), so these are only waited for.
+        self._outstanding: dict[int, _Received] = {}
+        # Refused messages kept in memory at most (None: 10 x receive_maximum, at least 1000).
+        self.max_held = max_held if max_held is not None else max(10 * receive_maximum, 1000)
+        self._overflow = False
+        self._reconnecting = False
         self.v5 = protocol == "5"
         if self.v5:
             self.client = mqtt.Client(
@@ -114,7 +174,14 @@ class MqttCollector:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
 
     def start(self) -> None:
-        """Connect (retrying in the background if the broker is not up yet) and subscribe."""
+        """Connect (retrying in the background if the broker is not up yet) and subscribe.
+
+        Call it on the writer's event loop: received messages are handed to the writer there.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._connect()
+
+    def _connect(self) -> None:
         if self.v5:
             self.client.connect_async(
                 self.host,
@@ -128,9 +195,20 @@ class MqttCollector:
         self.client.loop_start()
 
     def stop(self) -> None:
+        """Disconnect. Held messages stay unacknowledged: the broker sends them at the next start."""
         self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._release_held)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    @property
+    def held_messages(self) -> int:
+        """Messages the writer refused that wait here, unacknowledged, to be offered again."""
+        return len(self._held)
 
     # -- paho callbacks (network thread) -----------------------------------------------
 
@@ -139,6 +217,7 @@ class MqttCollector:
             log.error("MQTT broker %s:%d refused connection: %s", self.host, self.port, reason_code)
             return
         client.subscribe([(sub.filter, self.qos) for sub in self.subscriptions])
+        self.stats.count("mqtt_connects")
         self.connected.set()
         log.info(
             "MQTT connected to %s:%d, subscribed to %s",
@@ -148,18 +227,18 @@ class MqttCollector:
         )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        if self.connected.is_set() and not self._stopping:
+        # Packet ids are per connection: an ack still to come for a message of this connection
+        # must not be sent on the next one, where the broker may have reused the id for another
+        # message. The unacknowledged ones come again (same session) and are acked then.
+        self._generation += 1
+        if self.connected.is_set() and not self._stopping and not self._reconnecting:
             log.warning("MQTT disconnected from %s:%d: %s", self.host, self.port, reason_code)
         self.connected.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
         self.stats.count("mqtt_messages")
-        mid, qos = msg.mid, msg.qos
-
-        def ack() -> None:
-            if qos > 0:
-                client.ack(mid, qos)
-
+        self._seq += 1
+        seq, generation = self._seq, self._generation
         try:
             if len(msg.payload) > self.max_payload_bytes:
                 raise ProtocolError(
@@ -173,6 +252,8 @@ class MqttCollector:
             for reading in readings:
                 # Collector time next to the source's ts (see protocols.mqtt_payload).
                 reading["collected_at"] = collected_at
+                # The payload's own ts is the device's clock unless it sends device_ts apart.
+                reading.setdefault("device_ts", reading.get("ts"))
             frame = readings_from_records(readings)
             bad = frame["ts"].isna().to_numpy()
             if bad.any():
@@ -182,12 +263,139 @@ class MqttCollector:
                 )
         except (ProtocolError, ValueError) as exc:
             self._dead_letter(msg, str(exc))
-            ack()
+            self._puback(_Received(seq, _NO_FRAME, msg.mid, msg.qos, generation))
             return
         self.stats.count("mqtt_readings", len(frame))
         self.stats.seen(list(frame["meter_id"]), frame["ts"].max().to_pydatetime())
         # One submit for the whole message: its PUBACK goes out when all of it is stored.
-        self.writer.submit_threadsafe(frame, ack)
+        assert self._loop is not None, "MqttCollector.start() was not called"
+        received = _Received(seq, frame, msg.mid, msg.qos, generation)
+        self._loop.call_soon_threadsafe(self._offer, received)
+
+    # -- hand-off to the writer (event loop) ----------------------------------------------
+
+    def _offer(self, msg: _Received) -> None:
+        """Submit a new message, or hold it behind older held ones (arrival order)."""
+        self._drop_stale()
+        if self._held or not self._submit(msg):
+            self._hold(msg)
+
+    def _submit(self, msg: _Received) -> bool:
+        """One offer to the writer; False (counted) if it refused."""
+        if not self.writer.submit(msg.frame, partial(self._ack, msg)):
+            self.stats.count("mqtt_refused")
+            return False
+        self._outstanding[msg.seq] = msg
+        return True
+
+    def _hold(self, msg: _Received) -> None:
+        if len(self._held) >= self.max_held:
+            if msg.qos == 0:
+                # QoS 0 has no redelivery: past the bound it cannot be kept.
+                self.stats.count("mqtt_qos0_dropped")
+                log.error("QoS 0 MQTT message dropped: writer full, %d held", len(self._held))
+                return
+            # Not kept, not acknowledged: the broker still has it and sends it again after the
+            # reconnect that follows once the held ones are taken (see _retry).
+            self.stats.count("mqtt_held_overflow")
+            if not self._overflow:
+                log.warning(
+                    "%d refused MQTT messages held (max_held): the broker sends more "
+                    "unacknowledged messages than its in-flight window; later ones are left "
+                    "with the broker and fetched again by a reconnect once the writer has room",
+                    len(self._held),
+                )
+                self._overflow = True
+            return
+        bisect.insort(self._held, msg, key=lambda m: m.seq)
+        self.stats.set_gauge("mqtt_held_messages", len(self._held))
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is None and self._held and not self._stopping:
+            assert self._loop is not None
+            self._retry_handle = self._loop.call_later(self._retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        """Offer the held messages again, oldest first, until the writer refuses one."""
+        self._retry_handle = None
+        self._drop_stale()
+        while self._held and not self._stopping:
+            self.stats.count("mqtt_refused_retries")
+            if not self._submit(self._held[0]):
+                self._retry_delay = min(self._retry_delay * 2, self.refused_retry_max_s)
+                break
+            self._held.pop(0)
+        else:
+            self._retry_delay = self.refused_retry_initial_s
+            self._reconnect_if_settled()
+        self.stats.set_gauge("mqtt_held_messages", len(self._held))
+        self._schedule_retry()
+
+    def _reconnect_if_settled(self) -> None:
+        """After an overflow, once every held and accepted message is acknowledged: reconnect.
+
+        Messages past max_held were left with the broker: only a new connection of the same
+        session makes it send them again. Waiting for the accepted ones to be acknowledged first
+        keeps their acknowledgements on the connection they came on (no redelivery of those).
+        """
+        if self._overflow and not self._held and not self._outstanding and not self._stopping:
+            self._overflow = False
+            assert self._loop is not None
+            self._loop.run_in_executor(None, self._reconnect)
+
+    def _reconnect(self) -> None:
+        """Disconnect and connect again on the same session (worker thread)."""
+        self.stats.count("mqtt_overflow_reconnects")
+        log.info("MQTT reconnecting to fetch the messages left with the broker (max_held)")
+        self._reconnecting = True
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._reconnecting = False
+        if not self._stopping:
+            self._connect()
+
+    def _drop_stale(self) -> None:
+        """Forget held messages of an earlier connection (the broker sends them again) and ones
+        a late acknowledgement settled meanwhile."""
+        if self._held:
+            gen = self._generation
+            self._held = [m for m in self._held if m.generation == gen and not m.acked]
+            self.stats.set_gauge("mqtt_held_messages", len(self._held))
+
+    def _release_held(self) -> None:
+        """At stop: cancel the retry; held messages stay with the broker (unacknowledged)."""
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        self._retry_handle = None
+        self._outstanding.clear()
+        if self._held:
+            log.info(
+                "%d refused MQTT messages left unacknowledged; the broker sends them again",
+                len(self._held),
+            )
+            self._held = []
+            self.stats.set_gauge("mqtt_held_messages", 0)
+
+    def _ack(self, msg: _Received) -> None:
+        """The writer stored ``msg`` (event loop): PUBACK once, on the connection it came on."""
+        if msg.acked:  # defensive: never PUBACK twice
+            return
+        msg.acked = True
+        self._outstanding.pop(msg.seq, None)
+        self._puback(msg)
+        if self._overflow and not self._outstanding:
+            self._reconnect_if_settled()
+
+    def _puback(self, msg: _Received) -> None:
+        """Acknowledge to the broker (any thread), unless the connection it came on is gone."""
+        if msg.qos == 0:
+            return
+        if msg.generation != self._generation:
+            # The broker sends it again on this connection (same session); that copy is acked.
+            self.stats.count("mqtt_stale_acks_skipped")
+            return
+        self.client.ack(msg.mid, msg.qos)
 
     def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str) -> None:
         self.stats.count("mqtt_dead_letters")

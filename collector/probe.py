@@ -9,13 +9,21 @@ from __future__ import annotations
 import queue
 import threading
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import paho.mqtt.client as mqtt
 import pandas as pd
 from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.exceptions import ConnectionException
 
-from collector.dlt645 import TcpTransport, read_meter
+from collector.dlt645 import (
+    SerialSettings,
+    SerialTransport,
+    TcpTransport,
+    local_to_utc,
+    read_meter,
+    read_meter_clock,
+)
 from collector.modbus import ModbusDevice, Transport, make_client, read_block
 from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
 from protocols.mqtt_payload import CODECS, Subscription
@@ -68,22 +76,62 @@ async def probe_modbus_once(
 
 
 async def probe_dlt645_once(
-    host: str, port: int, address: str, timeout: float
+    host: str | None,
+    port: int,
+    address: str,
+    timeout: float,
+    *,
+    serial: SerialSettings | None = None,
+    read_clock: bool = True,
+    clock_timezone: str = "Asia/Shanghai",
 ) -> dict[str, object]:
-    """Read one DL/T 645 meter behind a serial device server once (every known DI)."""
-    link = TcpTransport()
-    endpoint = f"tcp:{host}:{port}"
+    """Read one DL/T 645 meter once (every known DI): behind a serial device server
+    (``host``/``port``) or on a local serial port (``serial``).
+
+    With ``read_clock`` the meter clock is read too and shown as ``device_ts`` (UTC, ISO 8601 Z;
+    the meter keeps local time in ``clock_timezone``); a clock the meter refuses or garbles
+    gives ``device_ts`` null and the reason in ``device_ts_error``, the values still print.
+    """
+    link: TcpTransport | SerialTransport
+    if serial is not None:
+        link = SerialTransport(serial)
+        endpoint = link.endpoint
+    elif host:
+        link = TcpTransport()
+        endpoint = f"tcp:{host}:{port}"
+    else:
+        raise ValueError("give a device server host (--host) or a serial port (--serial-port)")
     try:
-        await link.connect(host, port, timeout=timeout)
+        zone = ZoneInfo(clock_timezone) if read_clock else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"clock time zone {clock_timezone!r} is not an IANA time zone") from None
+    try:
+        if isinstance(link, SerialTransport):
+            await link.connect(timeout=timeout)
+        else:
+            await link.connect(host or "", port, timeout=timeout)
     except (OSError, TimeoutError) as exc:
-        raise DeviceError(address, endpoint, f"connection refused or timed out ({exc})") from None
+        what = "cannot open the port" if serial is not None else "connection refused or timed out"
+        raise DeviceError(address, endpoint, f"{what} ({exc})") from None
+    clock: dict[str, object] = {}
     try:
         values = await read_meter(link, address, None, timeout, meter_id=address)
+        if values and zone is not None:
+            try:
+                local = await read_meter_clock(link, address, timeout, meter_id=address)
+            except (DeviceError, ProtocolError) as exc:
+                clock = {"device_ts": None, "device_ts_error": str(exc)}
+            else:
+                ts = local_to_utc(local, zone)
+                clock = {
+                    "device_ts": None if pd.isna(ts) else ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "device_local_time": local.isoformat(),
+                }
     finally:
         link.close()
     if not values:
         raise DeviceError(address, endpoint, "the meter refused every data identifier")
-    return {"meter_id": address, "ts": _now_text(), **values}
+    return {"meter_id": address, "ts": _now_text(), **values, **clock}
 
 
 def probe_mqtt_once(

@@ -12,6 +12,10 @@ Two modes, chosen by the service from ``storage.spool`` (see README, "Durability
   itself durable through DuckDB's write-ahead log) and then runs the callbacks. A spool in front
   of a local DuckDB file would only write every reading twice to the same disk.
 
+Frames pass through unchanged: besides the canonical columns they may carry the optional
+``collected_at`` / ``device_ts`` (:data:`meterwatch.schema.READING_TIME_COLUMNS`), which the spool
+keeps and both stores store (a flush mixing frames with and without them fills NaT).
+
 Nothing is dropped silently: a submit past ``max_pending_rows`` in memory, or while the spool is
 full, is refused (``submit`` returns False), counted as ``readings_refused`` (and
 ``spool_refused`` when the spool is the reason) and logged once per episode; the caller keeps or
@@ -172,6 +176,16 @@ class ReadingWriter:
                 await self.drain_once()
         except StorageError:
             pass
+        if self._pending_rows:  # the drain may have made room for what the full spool refused
+            try:
+                await self.flush()
+            except StorageError:
+                self.stats.count("readings_lost_at_close", self._pending_rows)
+                log.error(
+                    "writer closing: %d accepted readings could not be made durable "
+                    "(counted as readings_lost_at_close; never acknowledged upstream)",
+                    self._pending_rows,
+                )
         if self.spool.depth_rows:
             log.warning(
                 "%d readings stay in the spool %s; they are sent at the next start",
@@ -205,9 +219,14 @@ class ReadingWriter:
             try:
                 await asyncio.to_thread(self.spool.append, frame)
             except SpoolFullError:
-                # Accepted while there was room, but an earlier flush filled the spool.
-                self._refuse(rows, spool_full=True)
-                return
+                # Accepted while there was room, but an earlier flush filled the spool: keep
+                # them in memory (not acknowledged) and retry with backoff while the spool
+                # drains. New submissions are refused meanwhile (submit checks is_full).
+                self._pending = items + self._pending
+                self._pending_rows += rows
+                self.stats.count("spool_full_retries")
+                self._refuse(0, spool_full=True)
+                raise
             except StorageError as exc:
                 self._pending = items + self._pending
                 self._pending_rows += rows

@@ -200,6 +200,20 @@ def simulate(
     type=click.Path(dir_okay=False),
     help="Write every customer meter's theft score, ranked (meter_id,score,rank,reasons) as CSV.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes running partitions in parallel (one per core is a good choice).",
+)
+@click.option(
+    "--partition-meters",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Meters per partition (whole transformer areas); bounds memory per worker.",
+)
 def analyze(
     readings_path: str,
     meters_path: str,
@@ -207,12 +221,18 @@ def analyze(
     config_path: str | None,
     validated_path: str | None = None,
     suspects_path: str | None = None,
+    workers: int = 1,
+    partition_meters: int = 20_000,
 ) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
     from datetime import UTC, datetime
 
+    import rich.progress
+
     from alerts.manager import AlertManager
-    from analytics.suite import default_detectors, run_detectors
+    from analytics.partition import analyze_partitioned
+    from analytics.suite import default_detectors
+    from meterwatch.console import warn_coerced
     from meterwatch.io import read_readings_file
     from meterwatch.registry import load_registry
 
@@ -221,10 +241,26 @@ def analyze(
         meters = load_registry(meters_path)
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
-        with console.status(
-            f"running detectors over {len(readings)} readings of {readings['meter_id'].nunique()} meters"
-        ):
-            findings = run_detectors(default_detectors(params), readings, meters)
+        warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
+        detectors = default_detectors(params)
+        with rich.progress.Progress(
+            *rich.progress.Progress.get_default_columns(),
+            rich.progress.TextColumn("{task.completed:,.0f}/{task.total:,.0f} meters"),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(
+                f"detectors over {len(readings):,} readings ({workers} worker(s))",
+                total=len(meters),
+            )
+            findings = analyze_partitioned(
+                detectors,
+                readings,
+                meters,
+                max_meters=partition_meters,
+                workers=workers,
+                progress=lambda done, _total: bar.update(task, completed=done),
+            )
         if suspects_path:
             from analytics.theft import rank_suspects
 

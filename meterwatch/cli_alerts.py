@@ -1,7 +1,13 @@
 """`meterwatch alerts …` and `meterwatch audit verify`: work the alert feed from the shell.
 
-Actions use wall-clock UTC as "now" (the service uses its own clock, which the demo speeds
-up; SLA outcomes of CLI actions compare wall-clock time with the recorded deadlines).
+The time of an action (ack, resolve, silence; the instant ``report`` judges at) is, in order:
+``--at TIME`` if given; else the service's time when the service that writes the feed runs a
+simulated clock (the demo's, which is sped up) — read from ``<state_dir>/clock.json``, which the
+service rewrites every few seconds and at stop (:func:`alerts.manager.service_time`): while it
+runs, its service time now; after it stopped, the service time it stopped at; else wall-clock
+UTC. SLA deadlines are in the clock of the service that opened the alert, so acting on the
+wall clock against a simulated feed would read every SLA as missed (or met, before the
+simulated start).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alerts.audit import load_key, verify
-from alerts.manager import AlertManager, default_state_dir
+from alerts.manager import AlertManager, default_state_dir, service_time
 from alerts.model import Alert, iso, parse_iso
 from alerts.report import on_time_report
 from alerts.silence import parse_matchers
@@ -38,6 +44,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _at_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--at", "at_text", default=None, metavar="TIME", help=help_text)
+
+
+_AT_HELP = (
+    "Action time, ISO 8601 (UTC if no zone) [default: the service's time when the feed's "
+    "service runs a simulated clock, else now]."
+)
+
+
+def _action_time(manager: AlertManager, at_text: str | None) -> datetime:
+    """``--at``, else the simulated service time recorded next to the feed, else wall-clock now."""
+    if at_text:
+        try:
+            at = parse_iso(at_text)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{at_text!r} is not an ISO 8601 time", param_hint="--at"
+            ) from exc
+        assert at is not None
+        return at
+    found = service_time(manager.state_dir, _now())
+    if found is None:
+        return _now()
+    at, how = found
+    err_console.print(f"at {iso(at)} from {how}; --at overrides", highlight=False, markup=False)
+    return at
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
@@ -211,10 +246,11 @@ def _by_option(fn: F) -> F:
 @click.argument("alert_id")
 @_by_option
 @click.option("--note", default="", help="What is being done about it.")
+@_at_option(_AT_HELP)
 @_feed_options
-def ack_cmd(manager: AlertManager, alert_id: str, by: str, note: str) -> None:
+def ack_cmd(manager: AlertManager, alert_id: str, by: str, note: str, at_text: str | None) -> None:
     """Acknowledge an open alert."""
-    a = manager.acknowledge(alert_id, by=by, note=note, now=_now())
+    a = manager.acknowledge(alert_id, by=by, note=note, now=_action_time(manager, at_text))
     sla = (a.sla or {}).get("acknowledge")
     console.print(f"acknowledged {a.id} ({a.type}) by {by}; SLA: {sla}", highlight=False)
 
@@ -223,10 +259,13 @@ def ack_cmd(manager: AlertManager, alert_id: str, by: str, note: str) -> None:
 @click.argument("alert_id")
 @_by_option
 @click.option("--note", default="", help="What was done.")
+@_at_option(_AT_HELP)
 @_feed_options
-def resolve_cmd(manager: AlertManager, alert_id: str, by: str, note: str) -> None:
+def resolve_cmd(
+    manager: AlertManager, alert_id: str, by: str, note: str, at_text: str | None
+) -> None:
     """Resolve an open or acknowledged alert by hand."""
-    a = manager.resolve(alert_id, by=by, note=note, now=_now())
+    a = manager.resolve(alert_id, by=by, note=note, now=_action_time(manager, at_text))
     sla = (a.sla or {}).get("resolve")
     console.print(f"resolved {a.id} ({a.type}) by {by}; SLA: {sla}", highlight=False)
 
@@ -234,7 +273,8 @@ def resolve_cmd(manager: AlertManager, alert_id: str, by: str, note: str) -> Non
 @alerts.command("silence")
 @click.argument("matchers", nargs=-1, required=True)
 @click.option("--duration", default="2h", show_default=True, help="How long (e.g. 30m, 2h, 1d).")
-@click.option("--start", default=None, help="ISO start time [default: now].")
+@click.option("--start", default=None, help="ISO start time [default: the action time, see --at].")
+@_at_option(_AT_HELP)
 @click.option(
     "--author",
     default=lambda: os.environ.get("USER") or getpass.getuser(),
@@ -249,9 +289,10 @@ def silence_cmd(
     start: str | None,
     author: str,
     comment: str,
+    at_text: str | None,
 ) -> None:
     """Silence alerts matching label=value pairs (type, meter_id, transformer_id, severity, category)."""
-    now = _now()
+    now = _action_time(manager, at_text)
     try:
         starts = parse_iso(start) if start else now
         length = parse_duration(duration)
@@ -279,7 +320,7 @@ def silence_cmd(
     "--at",
     "at_text",
     default=None,
-    help="Judge open deadlines at this ISO instant [default: now] (e.g. the demo's service time).",
+    help="Judge open deadlines at this ISO instant [default: as for ack --at].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Rows as a JSON array.")
 @_feed_options
@@ -297,12 +338,7 @@ def report_cmd(
     found = manager.list(
         status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(since)
     )
-    try:
-        at = parse_iso(at_text) if at_text else _now()
-    except ValueError as exc:
-        raise click.BadParameter(f"--at {at_text!r}: {exc}") from exc
-    assert at is not None
-    df = on_time_report(found, at)
+    df = on_time_report(found, _action_time(manager, at_text))
     if as_json:
         records = [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}

@@ -92,17 +92,75 @@ def probe_modbus(
 
 
 @probe.command("dlt645")
-@click.option("--host", required=True, help="Serial device server host.")
+@click.option("--host", default=None, help="Serial device server host (TCP).")
 @click.option("--port", type=int, default=8899, show_default=True)
+@click.option(
+    "--serial-port", default=None, help="Local serial port instead of --host, e.g. /dev/ttyUSB0."
+)
+@click.option("--baudrate", type=int, default=2400, show_default=True, help="With --serial-port.")
+@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="E", show_default=True)
+@click.option("--bytesize", type=click.Choice(["7", "8"]), default="8", show_default=True)
+@click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--address", required=True, help="12-digit meter address, e.g. 000000001234.")
 @click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option(
+    "--clock/--no-clock",
+    "read_clock",
+    default=True,
+    show_default=True,
+    help="Also read the meter clock (DI 04000101/04000102) as device_ts.",
+)
+@click.option(
+    "--clock-timezone",
+    default="Asia/Shanghai",
+    show_default=True,
+    help="IANA zone of the meter's local clock.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def probe_dlt645(host: str, port: int, address: str, timeout: float, as_json: bool) -> None:
-    """Read a DL/T 645-2007 meter behind a serial device server once."""
+def probe_dlt645(
+    host: str | None,
+    port: int,
+    serial_port: str | None,
+    baudrate: int,
+    parity: str,
+    bytesize: str,
+    stopbits: str,
+    address: str,
+    timeout: float,
+    read_clock: bool,
+    clock_timezone: str,
+    as_json: bool,
+) -> None:
+    """Read a DL/T 645-2007 meter once: behind a serial device server (--host/--port) or on a
+    local serial port (--serial-port, default framing 2400 baud 8E1)."""
+    from collector.dlt645 import SerialSettings
     from collector.probe import probe_dlt645_once
 
+    if bool(host) == bool(serial_port):
+        _fail(
+            click.UsageError(
+                "give either --host (a serial device server) or --serial-port (a local port), "
+                + ("not both" if host else "one of them")
+            )
+        )
+        return
+    serial = (
+        SerialSettings(serial_port, baudrate, parity, int(bytesize), int(stopbits))
+        if serial_port
+        else None
+    )
     try:
-        reading = asyncio.run(probe_dlt645_once(host, port, address, timeout))
+        reading = asyncio.run(
+            probe_dlt645_once(
+                host,
+                port,
+                address,
+                timeout,
+                serial=serial,
+                read_clock=read_clock,
+                clock_timezone=clock_timezone,
+            )
+        )
     except (MeterWatchError, ValueError) as exc:
         _fail(exc)
         return

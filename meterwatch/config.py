@@ -9,11 +9,13 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -207,15 +209,53 @@ class Dlt645DeviceConfig(_Model):
     interval: Duration | None = Field(None, gt=0)
 
 
+def _iana_zone(value: str | None) -> str | None:
+    """An IANA time zone name (checked with zoneinfo), or None."""
+    if value is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, Europe/Berlin, UTC)"
+        ) from None
+    return value
+
+
 class Dlt645GatewayConfig(_Model):
     name: str
-    host: str
+    transport: Literal["tcp", "serial"] = "tcp"  # tcp: serial device server; serial: local port
+    host: str = Field("", validate_default=True)
     port: int = Field(8899, ge=1, le=65535)
+    serial_port: str | None = Field(None, validate_default=True)  # e.g. /dev/ttyUSB0
+    baudrate: int = Field(2400, gt=0)  # DL/T 645 default framing 2400 8E1
+    parity: Literal["N", "E", "O"] = "E"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
     timeout_s: float = Field(1.0, gt=0)
     pause_s: float = Field(0.0, ge=0)
     interval: Duration | None = Field(None, gt=0)
     align: bool | None = None
+    read_clock: bool | None = None  # default: collector.dlt645.read_clock
+    clock_timezone: Annotated[str | None, AfterValidator(_iana_zone)] = None  # default: collector's
     devices: list[Dlt645DeviceConfig] = []
+
+    # Field validators (not a model validator) so that errors carry the field's path.
+    @field_validator("host")
+    @classmethod
+    def _host_for_tcp(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("transport", "tcp") == "tcp" and not value:
+            raise ValueError("host is required when transport is tcp")
+        return value
+
+    @field_validator("serial_port")
+    @classmethod
+    def _port_for_serial(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("transport") == "serial" and not value:
+            raise ValueError("serial_port is required when transport is serial (e.g. /dev/ttyUSB0)")
+        return value
 
 
 class Dlt645CollectorConfig(_Model):
@@ -224,6 +264,9 @@ class Dlt645CollectorConfig(_Model):
     align: bool = False
     offline_after: int = Field(3, ge=1)
     backoff_cap: Duration = Field(300.0, gt=0)
+    read_clock: bool = True  # read each meter's clock (DI 04000101/04000102) into device_ts
+    #: Zone the meter clocks keep (they hold local time without a zone); China's meters: CST.
+    clock_timezone: Annotated[str, AfterValidator(_iana_zone)] = "Asia/Shanghai"
     gateways: list[Dlt645GatewayConfig] = []
 
 
@@ -274,7 +317,12 @@ class StorageConfig(_Model):
     backend: Literal["embedded", "influx"] = "embedded"
     path: Path = Path("var/meterwatch.duckdb")
     retention_days: float | None = Field(None, gt=0)
+    # DuckDB memory limit of the embedded store (DuckDB syntax, e.g. "512MB", "2GB"); DuckDB's
+    # own default is 80 % of RAM, too much on a gateway shared with the collector.
+    memory_limit: str = Field("1GB", pattern=r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
     retention_interval: Duration = Field(3600.0, gt=0)
+    # collector_health snapshot every this much service time; null: off (docs/storage-schema.md)
+    health_interval: Duration | None = Field(3600.0, gt=0)
     influx: InfluxConfig | None = None
     spool: SpoolConfig = SpoolConfig()
 
@@ -310,6 +358,9 @@ class AnalyticsConfig(_Model):
     interval: Duration = 3600.0
     daily_interval: Duration = 86400.0
     window: Duration = 8 * 86400.0
+    # VEE over the completed window into validated_readings, every this much service time and
+    # at stop; null: off (billing export still validates on demand)
+    validation_interval: Duration | None = Field(86400.0, gt=0)
     detectors: dict[str, dict[str, Any]] = {}
 
 
@@ -349,6 +400,8 @@ class SmtpConfig(_Model):
     username_env: str | None = None
     password_env: str | None = None
     starttls: bool = False
+    #: CA bundle (PEM) that signed the server's certificate, for a private CA; None: system CAs
+    ca_file: Path | None = None
     timeout_s: float = Field(15.0, gt=0)
 
 

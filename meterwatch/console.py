@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from alerts.model import Alert
@@ -137,4 +140,48 @@ def print_summary(console: Console, s: RunSummary) -> None:
     t.add_row("alerts still open", str(s.open_alerts))
     if s.extra.get("spool_pending_rows") is not None:
         t.add_row("spool pending (sent at next start)", str(s.extra["spool_pending_rows"]))
+    for sink, d in sorted(s.delivery.items()):
+        t.add_row(f"alert delivery to {sink}", delivery_text(d))
     console.print(t)
+
+
+def delivery_text(d: Mapping[str, int]) -> str:
+    """One sink's delivery counts: this run's delivered/retried/failed, the outbox's pending."""
+    pending = d.get("pending", 0)
+    return (
+        f"{d.get('delivered', 0)} delivered, {d.get('retried', 0)} retried, "
+        f"{d.get('failed', 0)} failed, {pending} pending"
+        + (" (sent at next start)" if pending else "")
+    )
+
+
+def coercion_warnings(source: str, frame: pd.DataFrame) -> list[str]:
+    """One line per column where ``normalize_readings`` turned non-numeric values into NaN.
+
+    Names the file, the column, the count and the first offending values with their row
+    (0-based data row; the CSV line is row + 2), meter and time.
+    """
+    counts: dict[str, int] = frame.attrs.get("coerced") or {}
+    examples: dict[str, list[dict[str, object]]] = frame.attrs.get("coerced_examples") or {}
+    lines = []
+    for col, n in sorted(counts.items()):
+        shown = "; ".join(
+            f"row {e['row']} ({e['meter_id']} {_ts_text(e['ts'])}): {e['value']!r}"
+            for e in examples.get(col, [])
+        )
+        more = f" (first {len(examples.get(col, []))}: {shown})" if shown else ""
+        lines.append(
+            f"{source}: column {col}: {n} non-numeric value(s) read as missing (NaN){more}"
+        )
+    return lines
+
+
+def warn_coerced(console: Console, source: str, frame: pd.DataFrame) -> int:
+    """Print :func:`coercion_warnings` as warnings; return the number of coerced values."""
+    for line in coercion_warnings(source, frame):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    return int(sum((frame.attrs.get("coerced") or {}).values()))
+
+
+def _ts_text(ts: object) -> str:
+    return f"{ts:%Y-%m-%dT%H:%M:%SZ}" if isinstance(ts, pd.Timestamp) and ts.tz else str(ts)

@@ -1,14 +1,27 @@
-"""The project's exception tree. Library exceptions are translated into these at one boundary.
+"""The project's exception tree, in one module. Library exceptions are translated into these at one boundary.
 
 MeterWatchError
 ├── ConfigError            bad configuration (field path, value, what is allowed)
 ├── MapError               a register map that fails its load-time checks
 ├── RegistryError          a bad meters.csv row or column
 ├── ProtocolError          a payload or frame that cannot be decoded
+│   ├── Dlt645FrameError       a DL/T 645 frame or value that breaks the format (carries offset)
+│   └── Dlt645AbnormalReply    a DL/T 645 meter refused a read (address, control, status, di)
 ├── DeviceError            a meter did not answer properly (carries meter_id, address)
 │   ├── DeviceTimeout
 │   └── DeviceException    Modbus exception response (carries the exception code)
-└── StorageError           the store refused or failed a write/read
+├── StorageError           the store refused or failed a write/read
+├── AlertError             an alert operation was refused
+│   ├── AlertNotFound          no alert with that id (carries ``alert_id``; also a KeyError)
+│   ├── AlertStateError        the transition is not allowed from the alert's status
+│   └── AuditError             the audit log cannot be read, written or verified
+└── DeliveryError          a sink could not deliver a notification (carries ``sink``, ``retryable``)
+
+Two storage errors are still defined next to their code and subclass ``StorageError`` here:
+``storage.spool.SpoolFullError`` and ``storage.influx.InfluxError``.
+
+``alerts.errors``, ``alerts.delivery.errors`` and ``protocols.dlt645`` re-export the classes
+that used to live there, so existing imports keep working; new code imports from here.
 """
 
 from __future__ import annotations
@@ -69,3 +82,97 @@ class DeviceException(DeviceError):
 
 class StorageError(MeterWatchError):
     """The store could not write or read."""
+
+
+# -- protocols ------------------------------------------------------------------------------
+
+
+class Dlt645FrameError(ProtocolError):
+    """A frame or value that breaks the format. ``offset`` is the byte where it was found."""
+
+    def __init__(self, message: str, offset: int | None = None):
+        self.offset = offset
+        super().__init__(message)
+
+
+class Dlt645AbnormalReply(ProtocolError):
+    """The meter answered with an abnormal reply (D6 set); ``status`` is its error byte.
+
+    ``reasons`` are the readable meanings of the set status bits. They come from the codec's
+    table (``protocols.dlt645.error_reasons``) unless given: the table is protocol vocabulary
+    and stays in ``protocols/``; it is imported when the error is raised (by then the codec,
+    which imports this module, is loaded), so this module imports nothing at load time.
+    """
+
+    #: Error-status bit: the meter has no such data item (``protocols.dlt645.ERR_NO_DATA``).
+    NO_DATA_BIT = 0x02
+
+    def __init__(
+        self,
+        address: str,
+        control: int,
+        status: int,
+        di: str | None = None,
+        reasons: list[str] | None = None,
+    ):
+        if reasons is None:
+            from protocols.dlt645 import error_reasons  # deferred: see the class docstring
+
+            reasons = error_reasons(status)
+        self.address = address
+        self.control = control
+        self.status = status
+        self.di = di
+        self.reasons = reasons
+        about = f" to read of DI {di}" if di else ""
+        super().__init__(
+            f"meter {address} abnormal reply {control:02X}H{about}: "
+            f"error status {status:02X}H ({', '.join(self.reasons)})"
+        )
+
+    @property
+    def no_data(self) -> bool:
+        """True when the meter says it has no such data item."""
+        return bool(self.status & self.NO_DATA_BIT)
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+class AlertError(MeterWatchError):
+    """An alert operation was refused."""
+
+
+class AlertNotFound(AlertError, KeyError):
+    """No alert with this id in the feed."""
+
+    def __init__(self, alert_id: str, where: str = ""):
+        self.alert_id = alert_id
+        self.where = where
+        super().__init__(f"no alert with id {alert_id!r}" + (f" in {where}" if where else ""))
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class AlertStateError(AlertError):
+    """A transition that the alert's current status does not allow (e.g. acknowledge a resolved alert)."""
+
+    def __init__(self, alert_id: str, status: str, action: str):
+        self.alert_id = alert_id
+        self.status = status
+        self.action = action
+        super().__init__(f"cannot {action} alert {alert_id}: it is already {status}")
+
+
+class AuditError(AlertError):
+    """The audit log could not be read, written or checked."""
+
+
+class DeliveryError(MeterWatchError):
+    """A sink could not deliver a notification (it will be retried). Carries the sink name."""
+
+    def __init__(self, sink: str, message: str, *, retryable: bool = True):
+        self.sink = sink
+        self.retryable = retryable
+        super().__init__(f"delivery to {sink}: {message}")

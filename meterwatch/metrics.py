@@ -7,7 +7,17 @@ gauge ``meterwatch_<name>`` (``gauge``), plus ``meterwatch_meters_online``. Aler
 * ``increase(meterwatch_readings_refused_total[15m]) > 0`` — readings refused (spool full or
   writer queue full): data is being pushed back to the sources;
 * ``meterwatch_spool_oldest_pending_s > 900`` — the store has not taken data for 15 minutes;
-* ``meterwatch_spool_depth_bytes / meterwatch_spool_max_bytes > 0.8`` — spool filling up.
+* ``meterwatch_spool_depth_bytes / meterwatch_spool_max_bytes > 0.8`` — spool filling up;
+* ``increase(meterwatch_alert_notifications_failed_total[1h]) > 0`` — alert notifications a
+  sink gave up on (``sink`` label), ``meterwatch_alert_notifications_pending > 0`` for long —
+  a sink is down and its outbox is growing.
+
+Alert delivery, one sample per sink (label ``sink``, the sink's name: ``mqtt``, ``smtp``,
+``alertmanager``, ``webhook:<url>``), when a dispatcher is configured:
+``meterwatch_alert_notifications_delivered_total``, ``…_failed_total`` (given up) and
+``meterwatch_alert_notification_retries_total`` count since this process started (a restart
+resets them, which Prometheus' ``increase``/``rate`` handle); ``meterwatch_alert_notifications_pending``
+is the gauge of rows waiting in the persistent outbox (including ones from earlier runs).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from meterwatch.errors import ConfigError
@@ -47,6 +57,37 @@ HELP = {
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
+#: Per-sink delivery statistics, as ``alerts.delivery.Dispatcher.stats`` returns them.
+DeliveryStats = Mapping[str, Mapping[str, int]]
+
+#: Delivery metrics: (metric name, kind, key in the dispatcher's per-sink stats, HELP text).
+DELIVERY_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "alert_notifications_delivered_total",
+        "counter",
+        "delivered",
+        "Alert notifications a sink accepted, since this process started.",
+    ),
+    (
+        "alert_notifications_failed_total",
+        "counter",
+        "failed",
+        "Alert notifications given up (retry.give_up_after passed, or refused as not retryable).",
+    ),
+    (
+        "alert_notification_retries_total",
+        "counter",
+        "retried",
+        "Failed delivery attempts that were scheduled for a retry.",
+    ),
+    (
+        "alert_notifications_pending",
+        "gauge",
+        "pending",
+        "Alert notifications waiting in the persistent outbox (delivered at the next attempt).",
+    ),
+)
+
 
 def metric_name(name: str) -> str:
     """A valid Prometheus metric name for a stats key."""
@@ -62,8 +103,27 @@ def _value(v: float) -> str:
     return repr(float(v)) if not float(v).is_integer() else str(int(v))
 
 
-def render(stats: Stats) -> str:
-    """The text exposition of ``stats`` (format 0.0.4)."""
+def label_value(value: str) -> str:
+    """A label value escaped for the text format (backslash, double quote, line feed)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_delivery(delivery: DeliveryStats) -> list[str]:
+    """Exposition lines of the per-sink delivery counters and the outbox gauge."""
+    out: list[str] = []
+    if not delivery:
+        return out
+    for name, kind, key, help_text in DELIVERY_METRICS:
+        full = PREFIX + name
+        out.append(f"# HELP {full} {help_text}")
+        out.append(f"# TYPE {full} {kind}")
+        for sink, counts in sorted(delivery.items()):
+            out.append(f'{full}{{sink="{label_value(sink)}"}} {_value(counts.get(key, 0))}')
+    return out
+
+
+def render(stats: Stats, delivery: DeliveryStats | None = None) -> str:
+    """The text exposition of ``stats`` and, if given, per-sink ``delivery`` (format 0.0.4)."""
     out: list[str] = []
 
     def emit(key: str, kind: str, value: float, suffix: str = "") -> None:
@@ -78,15 +138,28 @@ def render(stats: Stats) -> str:
     for key, level in sorted(stats.gauge_snapshot().items()):
         emit(key, "gauge", level)
     emit("meters_online", "gauge", stats.online_count())
+    out += render_delivery(delivery or {})
     return "\n".join(out) + "\n"
 
 
 class MetricsServer:
-    """Serves ``render(stats)`` on ``http://host:port/metrics`` from a daemon thread."""
+    """Serves ``render(stats)`` on ``http://host:port/metrics`` from a daemon thread.
 
-    def __init__(self, stats: Stats, host: str = "127.0.0.1", port: int = 9469):
+    ``delivery`` (e.g. ``Dispatcher.stats``) is called at each scrape for the per-sink alert
+    delivery metrics; None leaves them out.
+    """
+
+    def __init__(
+        self,
+        stats: Stats,
+        host: str = "127.0.0.1",
+        port: int = 9469,
+        delivery: Callable[[], DeliveryStats] | None = None,
+    ):
         self.stats = stats
-        render_fn: Callable[[], str] = lambda: render(stats)  # noqa: E731
+        render_fn: Callable[[], str] = lambda: render(  # noqa: E731
+            stats, delivery() if delivery is not None else None
+        )
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)

@@ -67,7 +67,7 @@ def check_registry(df: pd.DataFrame, source: str = "registry") -> pd.DataFrame:
         bad(~(vals > 0), col, "a number > 0")
         out[col] = vals.astype(float)
     out["transformer_id"] = out["transformer_id"].astype(str)
-    out["tariff"] = out["tariff"].fillna("").astype(str)
+    out["tariff"] = out["tariff"].astype(object).where(out["tariff"].notna(), "").astype(str)
     cal = pd.to_datetime(out["last_calibration"], errors="coerce", format="ISO8601")
     bad(cal.isna() & out["last_calibration"].notna(), "last_calibration", "an ISO date")
     out["last_calibration"] = cal

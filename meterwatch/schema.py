@@ -25,6 +25,10 @@ READING_FIELDS: tuple[str, ...] = (
 )
 #: All columns of a canonical reading frame.
 READING_COLUMNS: tuple[str, ...] = ("meter_id", "ts", *READING_FIELDS)
+#: Optional timestamps a reading may carry besides ``ts`` (UTC; issue #3 item 7):
+#: ``collected_at`` when the collector got the values, ``device_ts`` the meter's own clock.
+#: Stored by every backend (docs/storage-schema.md); not part of the canonical columns.
+READING_TIME_COLUMNS: tuple[str, ...] = ("collected_at", "device_ts")
 
 VOLTAGE_COLUMNS = ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
 CURRENT_COLUMNS = ("current_l1_a", "current_l2_a", "current_l3_a")
@@ -103,11 +107,21 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
 
     Missing quantity columns are added as NaN; extra columns are dropped. ``ts`` is parsed as
     UTC (naive timestamps are taken to be UTC already).
+
+    A quantity value that is not a number (e.g. ``"1,5"`` or ``"err"`` in a CSV) becomes NaN and
+    is counted, never dropped silently: ``out.attrs["coerced"]`` maps each column to how many
+    values were turned into NaN (empty when none), and ``out.attrs["coerced_examples"]`` holds
+    up to :data:`COERCED_EXAMPLES` of them per column as ``{"row", "meter_id", "ts", "value"}``
+    (``row`` is the 0-based position in ``df``). Empty strings and NaN spellings (``nan``,
+    ``NA``, ``null`` ...) are missing values, not coercions. Float columns skip the check.
     """
     n = len(df)
     cols: dict[str, object] = {}
+    coerced: dict[str, int] = {}
+    bad_rows: dict[str, np.ndarray] = {}
     cols["meter_id"] = (
-        df["meter_id"].astype(str).to_numpy() if "meter_id" in df else np.array([], dtype=str)
+        # .array keeps pandas' string storage (no round trip through Python objects).
+        df["meter_id"].astype(str).array if "meter_id" in df else np.array([], dtype=str)
     )
     # .array keeps tz-aware timestamps vectorized (.to_numpy() would box them as objects).
     cols["ts"] = to_utc(df["ts"]).array if "ts" in df else pd.Series(dtype=TS_DTYPE)
@@ -117,17 +131,65 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
         elif df[col].dtype == np.float64:
             cols[col] = df[col].to_numpy()
         else:
-            cols[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(
-                dtype="float64", na_value=np.nan
-            )
+            raw = df[col]
+            values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            cols[col] = values
+            if not pd.api.types.is_numeric_dtype(raw.dtype):
+                bad = _coerced_mask(raw, values)
+                if bad is not None:
+                    coerced[col] = int(bad.sum())
+                    bad_rows[col] = np.flatnonzero(bad)[:COERCED_EXAMPLES]
     out = pd.DataFrame(cols)
     out["ts"] = out["ts"].astype(TS_DTYPE) if n else pd.Series(dtype=TS_DTYPE)
+    out.attrs["coerced"] = coerced
+    out.attrs["coerced_examples"] = {
+        col: [
+            {
+                "row": int(i),
+                "meter_id": out["meter_id"].iat[i],
+                "ts": out["ts"].iat[i],
+                "value": df[col].iat[i],
+            }
+            for i in rows  # at most COERCED_EXAMPLES per column, only when some were coerced
+        ]
+        for col, rows in bad_rows.items()
+    }
     return out
 
 
+#: Offending values kept per column in ``attrs["coerced_examples"]`` by normalize_readings.
+COERCED_EXAMPLES = 5
+#: Texts that spell a missing value (compared stripped and lower-cased); not counted as coerced.
+_MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
+
+
+def _coerced_mask(raw: pd.Series, values: np.ndarray) -> np.ndarray | None:
+    """Rows where ``raw`` held a value that ``pd.to_numeric`` turned into NaN (None: no such row)."""
+    candidate = np.isnan(values) & raw.notna().to_numpy()
+    if not candidate.any():
+        return None
+    # Only the NaN rows are looked at again (few, usually none): is the text a missing-value spelling?
+    text = raw[candidate].astype(str).str.strip().str.lower()
+    candidate[candidate] = ~text.isin(_MISSING_TEXT).to_numpy()
+    return candidate if candidate.any() else None
+
+
 def readings_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Build a canonical frame from dict-like records (unknown keys ignored)."""
-    return normalize_readings(pd.DataFrame.from_records(list(records)))
+    """Build a canonical frame from dict-like records (unknown keys ignored).
+
+    The optional :data:`READING_TIME_COLUMNS` are kept (as UTC; unparsable -> NaT) when a record
+    has them, so collectors' ``collected_at`` / ``device_ts`` reach the store.
+    """
+    raw = pd.DataFrame.from_records(list(records))
+    out = normalize_readings(raw)
+    for col in READING_TIME_COLUMNS:
+        if col in raw:
+            out[col] = (
+                pd.to_datetime(raw[col], utc=True, format="ISO8601", errors="coerce")
+                .astype(TS_DTYPE)
+                .array
+            )
+    return out
 
 
 def empty_findings() -> pd.DataFrame:

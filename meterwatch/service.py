@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,14 +17,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from alerts.delivery import Dispatcher, build_dispatcher
 from alerts.http import AlertHttpServer, build_http_server
-from alerts.manager import AlertManager
+from alerts.manager import CLOCK_HEARTBEAT_S, AlertManager, record_clock
 from alerts.model import Alert
 from analytics.base import Detector
 from analytics.equipment import STREAMING_CLASSES
 from analytics.rules import PhaseBreak, VoltageLoss
 from analytics.suite import default_detectors, run_detectors
 from collector.broker import EmbeddedBroker
-from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+from collector.dlt645 import (
+    Dlt645Device,
+    Dlt645GatewayPoller,
+    SerialSettings,
+    SerialTransport,
+)
 from collector.modbus import ModbusDevice, ModbusGatewayPoller, failing_meters, make_client
 from collector.mqtt import MqttCollector
 from collector.writer import ReadingWriter
@@ -36,8 +42,11 @@ from meterwatch.stats import Stats
 from protocols.register_map import load_map
 from simulators.fleet import Fleet
 from simulators.runner import SimulatorRunner, anomaly_specs
+from storage.base import RecordStore
 from storage.embedded import EmbeddedStore
+from storage.event_sink import AlertEventSink
 from storage.factory import build_store
+from storage.measurements import GatewaySource, health_frame
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,9 @@ class RunSummary:
     alerts_by_type: dict[str, int]
     open_alerts: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Alert delivery per sink (Dispatcher.stats): delivered/retried/failed this run, pending
+    #: in the outbox (sent at the next start); empty when no sink is configured.
+    delivery: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Service:
@@ -83,6 +95,8 @@ class Service:
             for d in self.detectors
             if isinstance(d, (VoltageLoss, PhaseBreak, *STREAMING_CLASSES))
         ]
+        # Last readings per meter for streaming rules that need several (see _stream_detect).
+        self._stream_tail: pd.DataFrame | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
         self._stopping = False
         sim = cfg.simulator
@@ -120,6 +134,15 @@ class Service:
         self.delivery: Dispatcher | None = build_dispatcher(cfg.alerts.delivery, cfg.mqtt)
         if self.delivery is not None:
             self.alerts.listeners.append(self.delivery)
+        # Every alert change also goes to the store (alert_events) through a durable outbox:
+        # next to the spool when there is one, else next to the embedded store file.
+        self.alert_sink: AlertEventSink | None = None
+        if isinstance(self.store, RecordStore):
+            outbox = cfg.storage.spool.path if cfg.storage.uses_spool else cfg.storage.path.parent
+            self.alert_sink = AlertEventSink(self.store, self.stats, outbox / "alert-events")
+            self.alerts.listeners.append(self.alert_sink)
+        self.poll_counts: Counter[str] = Counter()  # poll cycles per poller (collector_health)
+        self._validated_until: pd.Timestamp | None = None
         self.alerts_http: AlertHttpServer | None = None
         self.writer = ReadingWriter(
             self.store,
@@ -141,9 +164,13 @@ class Service:
         await self._start()
         try:
             deadline = None if duration_s is None else wall0 + duration_s
+            last_clock = -CLOCK_HEARTBEAT_S
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if time.monotonic() - last_clock >= CLOCK_HEARTBEAT_S:
+                    last_clock = time.monotonic()
+                    self._record_clock(running=True)
                 if self.on_tick is not None:
                     self.on_tick(self)
                 try:
@@ -152,6 +179,7 @@ class Service:
                     pass
         finally:
             await self._stop()
+            self._record_clock(running=False)
         return RunSummary(
             wall_seconds=time.monotonic() - wall0,
             service_start=start,
@@ -165,12 +193,33 @@ class Service:
                 "failing_meters": failing_meters(self.stats),
                 # Readings left for the next start (store unreachable at shutdown); None: no spool.
                 "spool_pending_rows": self.spool.depth_rows if self.spool is not None else None,
+                "validated_rows_written": self.stats.snapshot().get("validated_rows_written", 0),
+                "alert_events_stored": self.stats.snapshot().get("alert_events_stored", 0),
+                "alert_events_pending": self.alert_sink.pending if self.alert_sink else 0,
+                "health_rows_written": self.stats.snapshot().get("health_rows_written", 0),
             },
+            delivery=self.delivery.stats() if self.delivery is not None else {},
         )
+
+    def _record_clock(self, running: bool) -> None:
+        """Record service time next to the feed: CLI actions act at it on a simulated clock."""
+        simulated = self.clock.start is not None or self.clock.speed != 1.0
+        try:
+            record_clock(
+                self.alerts.state_dir,
+                self.clock.now(),
+                speed=self.clock.speed,
+                simulated=simulated,
+                running=running,
+            )
+        except OSError as exc:
+            log.warning("cannot record the service clock in %s: %s", self.alerts.state_dir, exc)
 
     async def _start(self) -> None:
         cfg = self.cfg
         self.writer.start()
+        if self.alert_sink is not None:
+            self.alert_sink.start()
         if cfg.mqtt.enabled and cfg.mqtt.broker == "embedded":
             self.broker = EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port)
             await self.broker.start()
@@ -270,8 +319,29 @@ class Service:
                 id="retention",
                 name="retention",
             )
+        for key, job, every in (
+            ("validation", self._validate, cfg.analytics.validation_interval),
+            ("health", self._health, cfg.storage.health_interval),
+        ):
+            if every and isinstance(self.store, RecordStore):
+                wall = self.clock.wall_seconds(every)
+                self.scheduler.add_job(
+                    job,
+                    "interval",
+                    seconds=wall,
+                    next_run_time=now + timedelta(seconds=wall),
+                    max_instances=1,
+                    coalesce=True,
+                    id=key,
+                    name=key,
+                )
         if cfg.metrics.enabled:
-            self.metrics = MetricsServer(self.stats, cfg.metrics.host, cfg.metrics.port)
+            self.metrics = MetricsServer(
+                self.stats,
+                cfg.metrics.host,
+                cfg.metrics.port,
+                delivery=self.delivery.stats if self.delivery is not None else None,
+            )
             self.metrics.start()
         if self.delivery is not None:
             self.delivery.seed([a.to_json() for a in self.alerts.list(status="active")])
@@ -315,6 +385,14 @@ class Service:
             await self.analyze_once()
         except Exception:
             log.exception("final analytics run at stop failed")
+        # Validated readings up to the last completed interval, a last health snapshot, and
+        # the alert events of this run, before the store closes.
+        if self.cfg.analytics.validation_interval:
+            await self.validate_once()
+        if self.cfg.storage.health_interval:
+            await self.write_health()
+        if self.alert_sink is not None:
+            await self.alert_sink.close()
         if self.mqtt is not None:
             await asyncio.sleep(0.2)  # let the last acknowledgements go out
             await asyncio.to_thread(self.mqtt.stop)
@@ -411,10 +489,22 @@ class Service:
         return pollers
 
     def _build_dlt645_pollers(self) -> list[Dlt645GatewayPoller]:
-        """DL/T 645 meters behind serial device servers, grouped by interval like Modbus."""
+        """DL/T 645 meters behind serial device servers or on local serial ports, grouped by
+        interval like Modbus; the groups of one serial port share its one open port."""
         dc = self.cfg.collector.dlt645
         pollers = []
         for gw in dc.gateways:
+            link = None
+            if gw.transport == "serial" and gw.serial_port:
+                link = SerialTransport(
+                    SerialSettings(
+                        gw.serial_port,
+                        baudrate=gw.baudrate,
+                        parity=gw.parity,
+                        bytesize=gw.bytesize,
+                        stopbits=gw.stopbits,
+                    )
+                )
             gw_interval = gw.interval or dc.interval
             groups: dict[float, list[Dlt645Device]] = {}
             for d in gw.devices:
@@ -439,6 +529,9 @@ class Service:
                         interval_s=group_interval,
                         align=dc.align if gw.align is None else gw.align,
                         on_findings=self._report_findings,
+                        link=link,
+                        read_clock=dc.read_clock if gw.read_clock is None else gw.read_clock,
+                        clock_timezone=gw.clock_timezone or dc.clock_timezone,
                     )
                 )
         return pollers
@@ -466,6 +559,7 @@ class Service:
     ) -> None:
         await poller.poll_cycle(wall_interval)
         self.stats.count("poll_cycles")
+        self.poll_counts[poller.name] += 1
 
     async def _retention(self) -> None:
         await self._tracked(self.apply_retention())
@@ -480,6 +574,107 @@ class Service:
 
     async def _analyze(self) -> None:
         await self._tracked(self.analyze_once())
+
+    async def _validate(self) -> None:
+        await self._tracked(self.validate_once())
+
+    async def _health(self) -> None:
+        await self._tracked(self.write_health())
+
+    async def validate_once(self) -> int:
+        """VEE over the intervals completed since the last run into ``validated_readings``.
+
+        Same validation as ``meterwatch export billing`` (stored manual edits kept). An interval
+        is complete once every meter read during the last ``analytics.validation_interval`` has a
+        read at or after its end (its end boundary is interpolated from it) and it ended
+        ``vee.max_read_spacing_intervals`` intervals ago; the first run starts at the first
+        stored read. Rows written, counted in ``validated_rows_written``; a
+        failure is logged and counted (``validation_errors``) and its window retried next run.
+        """
+        from analytics.vee import apply_edits
+        from meterwatch.cli_billing import validate_readings, vee_params
+
+        store = self.store
+        if not isinstance(store, RecordStore):
+            return 0
+        cfg = self.cfg
+        step = pd.Timedelta(seconds=cfg.vee.interval)
+        now = pd.Timestamp(self.clock.now())
+        every = pd.Timedelta(seconds=cfg.analytics.validation_interval or 86400.0)
+        start = self._validated_until
+        try:
+            p = vee_params(cfg)
+            history = pd.Timedelta(days=max(p.like_day_search_days, p.usage_history_days))
+            since = (now - every if start is None else start) - history
+            readings = await asyncio.to_thread(store.read_readings, None, since, None)
+            if readings.empty:
+                return 0
+            # Up to the boundary every meter heard from this period has a read at or after
+            # (a meter silent for the whole period no longer holds the window back).
+            last = readings.groupby("meter_id")["ts"].max()
+            last = last[last >= now - every]
+            if last.empty:
+                return 0
+            newest = min(now, last.min())
+            end = min(newest, now - step * cfg.vee.max_read_spacing_intervals).floor(step)
+            if start is None:  # not before the first read: its left boundary needs one
+                start = max(now - every, readings["ts"].min()).ceil(step)
+            if end <= start:
+                return 0
+            result = await asyncio.to_thread(
+                validate_readings,
+                readings,
+                self.registry,
+                cfg,
+                start=start - history,
+                end=end,
+                now=now,
+            )
+            iv = result.intervals
+            iv = iv[iv["interval_start"] >= start].reset_index(drop=True)
+            if iv.empty:
+                return 0
+            stored = await asyncio.to_thread(
+                store.read_validated_readings, None, start + step, end + step
+            )
+            iv = apply_edits(iv, stored[stored["quality"] == "edited"])
+            await asyncio.to_thread(store.write_validated_readings, iv)
+        except Exception:
+            self.stats.count("validation_errors")
+            log.exception("validation from %s failed; retried at the next run", start)
+            return 0
+        self._validated_until = end
+        self.stats.count("validation_runs")
+        self.stats.count("validated_rows_written", len(iv))
+        return len(iv)
+
+    async def write_health(self) -> int:
+        """One ``collector_health`` snapshot (per poller, MQTT, writer); rows written."""
+        store = self.store
+        if not isinstance(store, RecordStore):
+            return 0
+        polled = {d.meter_id for p in self.pollers for d in p.devices}
+        sources = [
+            GatewaySource(
+                p.name,
+                "dlt645" if isinstance(p, Dlt645GatewayPoller) else "modbus",
+                [d.meter_id for d in p.devices],
+                self.poll_counts[p.name],
+            )
+            for p in self.pollers
+        ]
+        if self.mqtt is not None:
+            mqtt_meters = [m for m in self.stats.meters if m not in polled]
+            sources.append(GatewaySource("mqtt", "mqtt", mqtt_meters))
+        frame = health_frame(self.clock.now(), sources, self.stats, spool=self.spool is not None)
+        try:
+            written = await asyncio.to_thread(store.write_collector_health, frame)
+        except Exception as exc:
+            self.stats.count("health_write_errors")
+            log.warning("collector_health snapshot not stored: %s", exc)
+            return 0
+        self.stats.count("health_rows_written", written)
+        return written
 
     async def _analyze_daily(self) -> None:
         await self._tracked(self.analyze_once(self.daily_detectors, tick=False))
@@ -506,8 +701,35 @@ class Service:
             self.stats.count("analytics_daily_runs")
 
     def _stream_detect(self, frame: pd.DataFrame) -> None:
-        """Equipment rules on every stored batch: a fault is alerted within one poll."""
-        findings = run_detectors(self.streaming, frame, self.registry)
+        """Equipment rules on every stored batch: a fault is alerted within one poll.
+
+        Rules that need several consecutive readings (``min_readings``, e.g. 4 for unbalance)
+        see the batch together with each meter's last ``min_readings - 1`` readings kept from
+        earlier batches, so the alert comes with the reading that completes the episode, not at
+        the next analytics run. Kept readings older than that many read spacings
+        (``vee.interval`` x ``vee.max_read_spacing_intervals``) before the batch are dropped, so
+        a meter back from a long gap starts afresh.
+        """
+        keep = max((int(getattr(d, "min_readings", 1)) for d in self.streaming), default=1) - 1
+        tail = self._stream_tail
+        if keep > 0 and tail is not None and len(tail) and len(frame):
+            vee = self.cfg.vee
+            horizon = pd.Timedelta(
+                seconds=(keep + 1) * vee.interval * vee.max_read_spacing_intervals
+            )
+            newest = pd.to_datetime(frame["ts"], utc=True).max()
+            tail = tail[pd.to_datetime(tail["ts"], utc=True) >= newest - horizon]
+            window = pd.concat([tail, frame], ignore_index=True)
+        else:
+            window = frame
+        if keep > 0 and len(window):
+            ordered = window.assign(_t=pd.to_datetime(window["ts"], utc=True)).sort_values(
+                ["meter_id", "_t"], kind="stable"
+            )
+            self._stream_tail = (
+                ordered.groupby("meter_id", sort=False).tail(keep).drop(columns="_t")
+            ).reset_index(drop=True)
+        findings = run_detectors(self.streaming, window, self.registry)
         if not findings.empty:
             # Only conditions still present: an ended one-reading episode is left to analytics.
             self.alerts.process(

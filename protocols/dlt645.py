@@ -25,6 +25,13 @@ tests replay byte for byte.
 
 Only the vocabulary needed to *read* a meter is defined here: read requests (11H, 13H) and the
 replies to them. The simulator also uses the reply encoders.
+
+The meter clock is two parameter-class DIs of the standard's data-identifier table (appendix A):
+``04000101`` date and weekday, format YYMMDDWW (WW: 0 = Sunday .. 6 = Saturday), and
+``04000102`` time of day, hhmmss, both BCD and sent least significant byte first (WW DD MM YY,
+ss mm hh). They are not canonical quantities, so they live in their own small codec
+(:data:`CLOCK_DIS`, :func:`parse_clock_date`, :func:`parse_clock_time`); the clock is the meter's
+local time, without a zone.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
-from meterwatch.errors import ProtocolError
+# The errors live in the project's one exception tree; re-exported here for existing callers.
+from meterwatch.errors import Dlt645AbnormalReply, Dlt645FrameError, ProtocolError  # noqa: F401
 
 START = 0x68
 END = 0x16
@@ -116,34 +125,11 @@ BLOCKS: dict[str, tuple[str, ...]] = {
 #: Canonical column -> DI.
 DI_BY_NAME: dict[str, str] = {item.name: di for di, item in DATA_ITEMS.items()}
 
-
-class Dlt645FrameError(ProtocolError):
-    """A frame or value that breaks the format. ``offset`` is the byte where it was found."""
-
-    def __init__(self, message: str, offset: int | None = None):
-        self.offset = offset
-        super().__init__(message)
-
-
-class Dlt645AbnormalReply(ProtocolError):
-    """The meter answered with an abnormal reply (D6 set); ``status`` is its error byte."""
-
-    def __init__(self, address: str, control: int, status: int, di: str | None = None):
-        self.address = address
-        self.control = control
-        self.status = status
-        self.di = di
-        self.reasons = error_reasons(status)
-        about = f" to read of DI {di}" if di else ""
-        super().__init__(
-            f"meter {address} abnormal reply {control:02X}H{about}: "
-            f"error status {status:02X}H ({', '.join(self.reasons)})"
-        )
-
-    @property
-    def no_data(self) -> bool:
-        """True when the meter says it has no such data item."""
-        return bool(self.status & ERR_NO_DATA)
+#: Meter clock: date and weekday (YYMMDDWW, 4 bytes) and time of day (hhmmss, 3 bytes).
+CLOCK_DATE_DI = "04000101"
+CLOCK_TIME_DI = "04000102"
+#: DI -> value bytes of the clock DIs.
+CLOCK_DIS: dict[str, int] = {CLOCK_DATE_DI: 4, CLOCK_TIME_DI: 3}
 
 
 def error_reasons(status: int) -> list[str]:
@@ -572,3 +558,107 @@ def encode_abnormal_reply(
 def encode_read_address_reply(address: str, preamble: int = DEFAULT_PREAMBLE) -> bytes:
     """Read-address reply (93H): the meter's own address, in the address field and data."""
     return encode_frame(address, READ_ADDRESS_REPLY, encode_address(address), preamble)
+
+
+# ----------------------------------------------------------------------------- meter clock
+
+
+def _bcd_bytes(raw: bytes, what: str, offset: int) -> list[int]:
+    """Each byte of ``raw`` as a two-digit BCD number (same order as ``raw``)."""
+    return [
+        int(decode_bcd(raw[i : i + 1], 0, offset=offset + i, what=what)) for i in range(len(raw))
+    ]
+
+
+def encode_clock_date(day: date) -> bytes:
+    """DI 04000101 value (before +33H): WW DD MM YY, least significant byte first.
+
+    WW is the weekday with 0 = Sunday. Years 2000..2099 only (two BCD digits).
+    """
+    if not 2000 <= day.year <= 2099:
+        raise ValueError(f"DL/T 645 dates hold years 2000..2099, got {day.year}")
+    weekday = day.isoweekday() % 7  # Monday 1 .. Saturday 6, Sunday 0
+    return bytes(int(f"{n:02d}", 16) for n in (weekday, day.day, day.month, day.year - 2000))
+
+
+def encode_clock_time(moment: time) -> bytes:
+    """DI 04000102 value (before +33H): ss mm hh, least significant byte first."""
+    return bytes(int(f"{n:02d}", 16) for n in (moment.second, moment.minute, moment.hour))
+
+
+def decode_clock_date(raw: bytes, *, offset: int = 0) -> tuple[date, int]:
+    """(date, weekday as the meter sent it) from a DI 04000101 value (33H removed).
+
+    Raises Dlt645FrameError for a wrong length, a non-BCD digit (naming byte and offset), a
+    weekday outside 0..6, or a day that is not in the calendar. A weekday that disagrees with
+    the date is returned as sent, not refused (the date is what counts).
+    """
+    what = f"DI {CLOCK_DATE_DI} (meter date) in data field"
+    if len(raw) != 4:
+        raise Dlt645FrameError(f"{what}: {len(raw)} bytes, YYMMDDWW needs 4", offset)
+    weekday, day, month, year = _bcd_bytes(raw, what, offset)
+    if weekday > 6:
+        raise Dlt645FrameError(f"{what}: weekday {weekday} is not 0 (Sunday) .. 6", offset)
+    try:
+        return date(2000 + year, month, day), weekday
+    except ValueError as exc:
+        raise Dlt645FrameError(
+            f"{what}: 20{year:02d}-{month:02d}-{day:02d} is not a calendar date ({exc})",
+            offset + 1,
+        ) from None
+
+
+def decode_clock_time(raw: bytes, *, offset: int = 0) -> time:
+    """Time of day from a DI 04000102 value (33H removed); errors as for the date."""
+    what = f"DI {CLOCK_TIME_DI} (meter time) in data field"
+    if len(raw) != 3:
+        raise Dlt645FrameError(f"{what}: {len(raw)} bytes, hhmmss needs 3", offset)
+    second, minute, hour = _bcd_bytes(raw, what, offset)
+    try:
+        return time(hour, minute, second)
+    except ValueError as exc:
+        raise Dlt645FrameError(
+            f"{what}: {hour:02d}:{minute:02d}:{second:02d} is not a time of day ({exc})", offset
+        ) from None
+
+
+def _clock_value(frame: Frame, di: str) -> bytes:
+    """The value bytes of a read reply to a clock DI (after the DI echo), checked."""
+    if frame.function != READ_DATA or not frame.is_reply:
+        raise Dlt645FrameError(
+            f"expected a read-data reply (91H/B1H/D1H) from {frame.address}, "
+            f"got control {frame.control:02X}H"
+        )
+    check_abnormal(frame, di)
+    echoed = di_from_bytes(frame.data[:4]) if len(frame.data) >= 4 else None
+    if echoed != di:
+        raise Dlt645FrameError(f"reply from {frame.address} echoes DI {echoed}, expected {di}", 0)
+    return frame.data[4:]
+
+
+def parse_clock_date(frame: Frame) -> tuple[date, int]:
+    """(date, weekday as sent) from the read reply to DI 04000101.
+
+    Raises Dlt645AbnormalReply for an abnormal reply and Dlt645FrameError otherwise (offsets
+    count from the start of the data field).
+    """
+    return decode_clock_date(_clock_value(frame, CLOCK_DATE_DI), offset=4)
+
+
+def parse_clock_time(frame: Frame) -> time:
+    """Time of day from the read reply to DI 04000102 (errors as for the date)."""
+    return decode_clock_time(_clock_value(frame, CLOCK_TIME_DI), offset=4)
+
+
+def encode_clock_reply(
+    address: str, di: str, value: date | time, preamble: int = DEFAULT_PREAMBLE
+) -> bytes:
+    """Normal read reply (91H) to a clock DI: a ``date`` for 04000101, a ``time`` for 04000102."""
+    key = normalize_di(di)
+    if key == CLOCK_DATE_DI and isinstance(value, date):
+        raw = encode_clock_date(value)
+    elif key == CLOCK_TIME_DI and isinstance(value, time):
+        raw = encode_clock_time(value)
+    else:
+        raise ValueError(f"DI {key} with {type(value).__name__} is not a meter clock value")
+    return encode_frame(address, READ_DATA_REPLY, di_to_bytes(key) + raw, preamble)

@@ -884,6 +884,16 @@ FAULT_TYPES: tuple[str, ...] = (
     "consumption_drop",
     "zero_consumption",
 )
+#: Billing-rule faults (issue #5 item 7) :func:`inject` can write into generated readings;
+#: the label type is the injection type. See :func:`_apply_billing` for what each changes.
+BILLING_FAULT_TYPES: tuple[str, ...] = (
+    "meter_stuck",
+    "meter_runaway",
+    "energy_power_mismatch",
+    "multiplier_mismatch",
+    "clock_error",
+    "estimation_excess",
+)
 
 
 @dataclass(frozen=True)
@@ -891,7 +901,7 @@ class Injection:
     """One post-hoc injection into generated readings.
 
     ``type`` is a Jokar attack (``h1``..``h6``, labelled ``theft_suspected``) or one of
-    :data:`FAULT_TYPES`; ``meter_id`` the meter (``outage``/``transformer_overload``: any
+    :data:`FAULT_TYPES` or :data:`BILLING_FAULT_TYPES`; ``meter_id`` the meter (``outage``/``transformer_overload``: any
     meter of the area, the area is affected); ``start``/``end`` the affected period (UTC).
     """
 
@@ -901,10 +911,10 @@ class Injection:
     end: pd.Timestamp
 
     def __post_init__(self) -> None:
-        if self.type not in THEFT_ATTACKS + FAULT_TYPES:
+        known = THEFT_ATTACKS + FAULT_TYPES + BILLING_FAULT_TYPES
+        if self.type not in known:
             raise ValueError(
-                f"injection type {self.type!r} unknown, expected one of "
-                f"{', '.join(THEFT_ATTACKS + FAULT_TYPES)}"
+                f"injection type {self.type!r} unknown, expected one of {', '.join(known)}"
             )
         if not pd.Timestamp(self.end) > pd.Timestamp(self.start):
             raise ValueError(f"injection {self.type} on {self.meter_id}: end must be after start")
@@ -932,7 +942,9 @@ def inject(
     ``α_t x_t``; h4 ``α_t mean(x)``; h5 ``mean(x)``; h6 ``x`` reversed in time. The register
     is rebuilt from the new intervals and active power/currents scaled alike; the supply
     meter is untouched (the physical load is unchanged), so the area's line loss rises.
-    Faults overwrite measured values in ``[start, end]``; see :data:`FAULT_TYPES`.
+    Faults overwrite measured values in ``[start, end]``; see :data:`FAULT_TYPES`. Billing
+    faults (:data:`BILLING_FAULT_TYPES`) are described in :func:`_apply_billing`; an
+    ``estimation_excess`` injection removes the meter's readings in ``(start, end)``.
 
     Labels: ``type`` (alert type), ``injection``, ``meter_id`` (None for area events),
     ``transformer_id``, ``starts_at``, ``ends_at``.
@@ -945,6 +957,7 @@ def inject(
     labels: list[dict[str, object]] = []
     meter_col = out["meter_id"].to_numpy()
     ts_col = out["ts"]
+    drop = np.zeros(len(out), dtype=bool)  # rows removed by estimation_excess injections
     for inj in injections:  # loop over injections (a few dozen), vectorized within each
         if inj.meter_id not in area_of:
             raise ValueError(f"injection {inj.type}: meter_id={inj.meter_id!r} not in registry")
@@ -1008,10 +1021,20 @@ def inject(
                     "current_l3_a",
                 ):
                     out.loc[sel, c] = out.loc[sel, c] * k
+                if sup:  # the extra load is real: the supply meter's register counts it too
+                    _add_power_energy(out, np.flatnonzero(meter_col == sup[0]), sel, k)
             label["meter_id"] = None
+        elif inj.type in BILLING_FAULT_TYPES:
+            meter_rows = np.flatnonzero(meter_col == inj.meter_id)
+            meter = reg.set_index("meter_id").loc[inj.meter_id]
+            drop |= _apply_billing(out, meter_rows, inj, meter)
+            if inj.type == "clock_error":
+                label["ends_at"] = pd.NaT
         else:
             _apply_fault(out, rows, inj.type, reg.set_index("meter_id").loc[inj.meter_id])
         labels.append(label)
+    if drop.any():
+        out = out[~drop].reset_index(drop=True)
     lab = pd.DataFrame(
         labels, columns=["type", "injection", "meter_id", "transformer_id", "starts_at", "ends_at"]
     )
@@ -1038,6 +1061,31 @@ def _scale_energy(
     out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(d)
     pw = out.loc[meter_rows, ["power_kw", "current_l1_a", "current_l2_a", "current_l3_a"]]
     out.loc[meter_rows, pw.columns] = np.where(sel[:, None], pw.to_numpy() * factor, pw.to_numpy())
+
+
+def _add_power_energy(
+    out: pd.DataFrame,
+    meter_rows: npt.NDArray[np.int64],
+    scaled: npt.NDArray[np.int64],
+    k: npt.NDArray[np.float64] | float,
+) -> None:
+    """Add to one meter's import register the energy of power scaled by ``k`` at ``scaled``.
+
+    ``power_kw`` of rows ``scaled`` (a subset of ``meter_rows``, already multiplied by ``k``)
+    was ``power / k`` before; the register integrates measured power by the trapezoid rule
+    between reads (as :func:`generate` does), so each interval gains
+    ``((k_prev - 1) P_prev / k_prev + (k - 1) P / k) / 2 x dt``. Later reads keep the gain.
+    """
+    pos = np.isin(meter_rows, scaled)
+    kk = np.ones(meter_rows.size)
+    kk[pos] = np.broadcast_to(np.asarray(k, dtype=float), (int(pos.sum()),))
+    p_new = out.loc[meter_rows, "power_kw"].to_numpy(dtype=float)
+    extra_p = np.nan_to_num(p_new - p_new / kk)  # kW added by the scaling
+    t = out["ts"].iloc[meter_rows].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    dt_h = np.r_[0.0, np.diff(t)] / 3.6e12
+    gain = np.r_[0.0, (extra_p[:-1] + extra_p[1:]) / 2] * dt_h
+    e = out.loc[meter_rows, "energy_import_kwh"].to_numpy(dtype=float)
+    out.loc[meter_rows, "energy_import_kwh"] = e + np.cumsum(gain)
 
 
 def _apply_attack(out: pd.DataFrame, inj: Injection, rng: np.random.Generator) -> None:
@@ -1123,3 +1171,82 @@ def _apply_fault(
         out.loc[rows, "frequency_hz"] = NOMINAL_FREQUENCY_HZ + 0.5
     else:  # pragma: no cover - guarded by Injection.__post_init__
         raise ValueError(kind)
+
+
+def _apply_billing(
+    out: pd.DataFrame,
+    meter_rows: npt.NDArray[np.int64],
+    inj: Injection,
+    meter: pd.Series,
+) -> npt.NDArray[np.bool_]:
+    """Write billing fault ``inj`` into one meter's rows; returns the rows to remove.
+
+    What each type changes (what the matching rule of analytics/billing_rules.py sees):
+
+    * ``meter_stuck``: the import register stops counting for the intervals ending in
+      ``(start, end]`` (it keeps the lost counts: later reads are lower by them) while every
+      phase the meter has carries at least 10 % of Ib (``rated_current_a``); power unchanged.
+    * ``meter_runaway``: each interval ending in ``(start, end]`` advances the register by an
+      extra 2.5 x Un x Imax x phases x its length (``nominal_voltage_v``, ``max_current_a``),
+      beyond the 1.2 x physical limit of the rule; later reads keep the jump.
+    * ``energy_power_mismatch``: ``power_kw`` in ``[start, end]`` reads 40 % of the true
+      value (register unchanged): the register advances 2.5 x faster than power says.
+    * ``multiplier_mismatch``: ``power_kw`` in ``[start, end]`` is reported on the primary
+      side (x ``ct_ratio``; the meter must have ``ct_ratio > 1``) while the register stays
+      on the secondary side.
+    * ``clock_error``: the meter's clock jumps ahead at ``start`` by ``end - start`` (the
+      lead): every timestamp from ``start`` on moves later by the lead. The label runs from
+      ``start`` with no end (the clock stays wrong). The rule compares the meter's latest
+      read with the latest read of the *other* meters, so several clock errors in one fleet
+      must lead each other by more than its tolerance to be told apart (see
+      :func:`analytics.evaluate.build_scenario`).
+    * ``estimation_excess``: the readings in ``(start, end)`` are removed (the meter was not
+      read), leaving a gap to estimate.
+    """
+    kind = inj.type
+    start, end = pd.Timestamp(inj.start), pd.Timestamp(inj.end)
+    t = out["ts"].iloc[meter_rows]
+    drop = np.zeros(len(out), dtype=bool)
+    if kind in ("meter_stuck", "meter_runaway"):
+        e = out.loc[meter_rows, "energy_import_kwh"].to_numpy(dtype=float)
+        sel = ((t > start) & (t <= end)).to_numpy()
+        d = np.r_[0.0, np.diff(e)]
+        if kind == "meter_stuck":
+            d = np.where(sel, 0.0, d)
+            ib = float(meter["rated_current_a"])
+            rows = meter_rows[sel]
+            for c in ("current_l1_a", "current_l2_a", "current_l3_a"):
+                cur = out.loc[rows, c]
+                out.loc[rows, c] = np.where(cur.notna(), np.maximum(cur, 0.1 * ib), np.nan)
+        else:
+            dt_h = np.r_[0.0, np.diff(t.to_numpy(dtype="datetime64[ns]").astype(np.int64))]
+            dt_h = dt_h / 3.6e12
+            limit = (
+                float(meter["nominal_voltage_v"])
+                * float(meter["max_current_a"])
+                * int(meter["phases"])
+                * dt_h
+                / 1000.0
+            )
+            d = np.where(sel, d + 2.5 * limit, d)
+        out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(d)
+    elif kind in ("energy_power_mismatch", "multiplier_mismatch"):
+        sel = ((t >= start) & (t <= end)).to_numpy()
+        if kind == "multiplier_mismatch":
+            factor = float(meter["ct_ratio"])
+            if not factor > 1:
+                raise ValueError(
+                    f"injection multiplier_mismatch: {meter.name} has ct_ratio {factor:g}, "
+                    "needs > 1"
+                )
+        else:
+            factor = 0.4
+        rows = meter_rows[sel]
+        out.loc[rows, "power_kw"] = out.loc[rows, "power_kw"] * factor
+    elif kind == "clock_error":
+        sel = (t >= start).to_numpy()
+        lead = end - start
+        out.loc[meter_rows[sel], "ts"] = t[sel] + lead
+    else:  # estimation_excess
+        drop[meter_rows[((t > start) & (t < end)).to_numpy()]] = True
+    return drop

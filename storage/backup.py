@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from meterwatch.errors import StorageError
-from meterwatch.schema import READING_COLUMNS
+from meterwatch.schema import READING_COLUMNS, READING_TIME_COLUMNS
 from storage.embedded import EmbeddedStore
 
 FORMAT = "meterwatch-backup"
@@ -102,8 +102,12 @@ def backup(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     con = _connect(store_path, read_only=True)
-    cols = ", ".join(c if c != "ts" else "ts::TIMESTAMPTZ AS ts" for c in READING_COLUMNS)
     try:
+        times = _time_columns(con, "readings")
+        cols = ", ".join(
+            f"{c}::TIMESTAMPTZ AS {c}" if c in ("ts", *times) else c
+            for c in (*READING_COLUMNS, *times)
+        )
         con.execute(
             f"COPY (SELECT DISTINCT ON (meter_id, ts) {cols} FROM readings ORDER BY meter_id, ts)"
             f" TO {_quote(out / READINGS_FILE)} (FORMAT PARQUET, COMPRESSION ZSTD)"
@@ -195,10 +199,23 @@ def restore(
                 f"embedded store {store_path} already holds {existing[0]} readings; "
                 "restore with --force to replace them"
             )
-        cols = ", ".join(c if c != "ts" else "ts::TIMESTAMP AS ts" for c in READING_COLUMNS)
+        # Backups made before collected_at/device_ts existed lack them: those stay NULL.
+        src_cols = {
+            str(r[0])
+            for r in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({_quote(parquet)})"
+            ).fetchall()
+        }
+        names = [*READING_COLUMNS, *(c for c in READING_TIME_COLUMNS if c in src_cols)]
+        cols = ", ".join(
+            f"{c}::TIMESTAMP AS {c}" if c == "ts" or c in READING_TIME_COLUMNS else c for c in names
+        )
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM readings")
-        con.execute(f"INSERT INTO readings SELECT {cols} FROM read_parquet({_quote(parquet)})")
+        con.execute(
+            f"INSERT INTO readings ({', '.join(names)}) "
+            f"SELECT {cols} FROM read_parquet({_quote(parquet)})"
+        )
         row = con.execute("SELECT count(*) FROM readings").fetchone()
         assert row is not None
         if row[0] != manifest.get("rows"):
@@ -224,3 +241,14 @@ def restore(
     if alert_state_dir is not None and state_src.is_dir():
         alert_files += _copy_state(state_src, Path(alert_state_dir))
     return BackupResult(store_path, int(row[0]), alert_files)
+
+
+def _time_columns(con: duckdb.DuckDBPyConnection, table: str) -> tuple[str, ...]:
+    """The optional reading timestamps ``table`` has (a file from before them has none)."""
+    have = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+        ).fetchall()
+    }
+    return tuple(c for c in READING_TIME_COLUMNS if c in have)

@@ -8,6 +8,26 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from meterwatch.schema import READING_TIME_COLUMNS, TS_DTYPE, normalize_readings
+
+
+def with_time_columns(df: pd.DataFrame, *, always: bool = False) -> pd.DataFrame:
+    """Canonical columns plus the optional ``collected_at`` / ``device_ts`` (UTC).
+
+    A time column the input has is kept (parsed to UTC); one it lacks is added as NaT when
+    ``always``, else left out. Everything else is as :func:`normalize_readings`.
+    """
+    out = normalize_readings(df)
+    for col in READING_TIME_COLUMNS:
+        if col in df:
+            values = df[col]
+            if not isinstance(values.dtype, pd.DatetimeTZDtype):
+                values = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+            out[col] = values.astype(TS_DTYPE).array
+        elif always:
+            out[col] = pd.Series(pd.NaT, index=out.index, dtype=TS_DTYPE)
+    return out
+
 
 @runtime_checkable
 class ReadingStore(Protocol):
@@ -27,10 +47,41 @@ class ReadingStore(Protocol):
         meter_ids: Sequence[str] | None = None,
         start: datetime | pd.Timestamp | None = None,
         end: datetime | pd.Timestamp | None = None,
+        *,
+        include_times: bool = False,
     ) -> pd.DataFrame:
-        """Canonical frame of readings with ``start <= ts < end``, sorted by meter_id, ts."""
+        """Canonical frame of readings with ``start <= ts < end``, sorted by meter_id, ts.
+
+        ``include_times`` adds ``collected_at`` and ``device_ts`` (NaT where not stored).
+        """
         ...
 
     def close(self) -> None:
         """Release files and connections."""
+        ...
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """The other measurements (docs/storage-schema.md), implemented by both backends."""
+
+    def write_validated_readings(self, df: pd.DataFrame, written_at: datetime | None = None) -> int:
+        """Store validated intervals as a new data version; return the version."""
+        ...
+
+    def read_validated_readings(
+        self,
+        meter_ids: Sequence[str] | None = None,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Latest version of each validated interval with ``start <= ts < end``."""
+        ...
+
+    def write_alert_events(self, df: pd.DataFrame) -> int:
+        """Store alert state changes; return rows written."""
+        ...
+
+    def write_collector_health(self, df: pd.DataFrame) -> int:
+        """Store a collector health snapshot; return rows written."""
         ...

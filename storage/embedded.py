@@ -11,12 +11,30 @@ import duckdb
 import pandas as pd
 
 from meterwatch.errors import StorageError
-from meterwatch.schema import READING_COLUMNS, READING_FIELDS, normalize_readings
+from meterwatch.schema import (
+    READING_COLUMNS,
+    READING_FIELDS,
+    READING_TIME_COLUMNS,
+    TS_DTYPE,
+    normalize_readings,
+)
+from storage.base import with_time_columns
+from storage.measurements import (
+    ALERT_EVENT_COLUMNS,
+    ALERT_EVENT_TIMES,
+    HEALTH_COLUMNS,
+    HEALTH_FLOAT_FIELDS,
+    HEALTH_INT_FIELDS,
+    normalize_alert_events,
+    normalize_health,
+)
 
 _COLUMNS_SQL = ", ".join(
     ["meter_id VARCHAR NOT NULL", "ts TIMESTAMP NOT NULL"] + [f"{c} DOUBLE" for c in READING_FIELDS]
 )
 _SELECT = ", ".join(READING_COLUMNS)
+#: Stored reading columns: canonical, then the optional timestamps (added by migration).
+_STORED = ", ".join((*READING_COLUMNS, *READING_TIME_COLUMNS))
 #: Validated interval energy (analytics/vee.py), every data version kept (docs/billing.md).
 VALIDATED_STORE_COLUMNS: tuple[str, ...] = (
     "meter_id",
@@ -39,6 +57,21 @@ _VALIDATED_SQL = (
     "written_at TIMESTAMP NOT NULL, edited_by VARCHAR, edit_reason VARCHAR)"
 )
 
+_ALERT_EVENTS_SQL = (
+    "CREATE TABLE IF NOT EXISTS alert_events (ts TIMESTAMP NOT NULL, event VARCHAR NOT NULL, "
+    "id VARCHAR NOT NULL, fingerprint VARCHAR, type VARCHAR, category VARCHAR, severity VARCHAR, "
+    "meter_id VARCHAR, transformer_id VARCHAR, status VARCHAR, starts_at TIMESTAMP, "
+    "ends_at TIMESTAMP, summary VARCHAR, evidence VARCHAR, count BIGINT)"
+)
+_HEALTH_SQL = (
+    "CREATE TABLE IF NOT EXISTS collector_health (ts TIMESTAMP NOT NULL, "
+    "gateway VARCHAR NOT NULL, protocol VARCHAR, "
+    + ", ".join(
+        [f"{c} BIGINT" for c in HEALTH_INT_FIELDS] + [f"{c} DOUBLE" for c in HEALTH_FLOAT_FIELDS]
+    )
+    + ")"
+)
+
 
 def _naive_utc(t: datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(t)
@@ -56,27 +89,43 @@ class EmbeddedStore:
     transaction: DuckDB's write-ahead log makes it durable before ``write_readings`` returns.
     """
 
-    def __init__(self, path: str | Path, retention_days: float | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        retention_days: float | None = None,
+        memory_limit: str | None = "1GB",
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_days = retention_days
         self._lock = threading.Lock()
         try:
-            self._con = duckdb.connect(str(self.path))
+            config: dict[str, str | bool | int | float | list[str]] = (
+                {"memory_limit": memory_limit} if memory_limit else {}
+            )
+            self._con = duckdb.connect(str(self.path), config=config)
         except duckdb.Error as exc:
             raise StorageError(f"cannot open embedded store {self.path}: {exc}") from exc
         self._con.execute(f"CREATE TABLE IF NOT EXISTS readings ({_COLUMNS_SQL})")
+        # Migration for files written before the optional timestamps existed (no-op after).
+        for col in READING_TIME_COLUMNS:
+            self._con.execute(f"ALTER TABLE readings ADD COLUMN IF NOT EXISTS {col} TIMESTAMP")
         self._con.execute(_VALIDATED_SQL)
+        self._con.execute(_ALERT_EVENTS_SQL)
+        self._con.execute(_HEALTH_SQL)
 
     def write_readings(self, df: pd.DataFrame) -> int:
         if df.empty:
             return 0
-        frame = normalize_readings(df)
-        frame["ts"] = frame["ts"].dt.tz_convert("UTC").dt.tz_localize(None)
+        frame = with_time_columns(df, always=True)
+        for col in ("ts", *READING_TIME_COLUMNS):
+            frame[col] = frame[col].dt.tz_convert("UTC").dt.tz_localize(None)
         with self._lock:
             try:
                 self._con.register("_incoming", frame)
-                self._con.execute(f"INSERT INTO readings SELECT {_SELECT} FROM _incoming")
+                self._con.execute(
+                    f"INSERT INTO readings ({_STORED}) SELECT {_STORED} FROM _incoming"
+                )
                 self._con.unregister("_incoming")
             except duckdb.Error as exc:
                 raise StorageError(f"embedded store {self.path}: write failed: {exc}") from exc
@@ -87,15 +136,25 @@ class EmbeddedStore:
         meter_ids: Sequence[str] | None = None,
         start: datetime | pd.Timestamp | None = None,
         end: datetime | pd.Timestamp | None = None,
+        *,
+        include_times: bool = False,
     ) -> pd.DataFrame:
+        """Readings with ``start <= ts < end``, one per (meter_id, ts), sorted.
+
+        ``include_times`` adds ``collected_at`` and ``device_ts`` (NaT where not stored).
+        """
         where, params = self._where(meter_ids, start, end)
+        cols = _STORED if include_times else _SELECT
         sql = (
-            f"SELECT DISTINCT ON (meter_id, ts) {_SELECT} FROM readings {where} "
-            "ORDER BY meter_id, ts"
+            f"SELECT DISTINCT ON (meter_id, ts) {cols} FROM readings {where} ORDER BY meter_id, ts"
         )
         with self._lock:
             df = self._con.execute(sql, params).df()
-        return normalize_readings(df)
+        if not include_times:
+            return normalize_readings(df)
+        for col in READING_TIME_COLUMNS:
+            df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC").astype(TS_DTYPE)
+        return with_time_columns(df, always=True)
 
     def count_rows(self) -> tuple[int, int]:
         """(stored rows, distinct (meter_id, ts) pairs): equal when nothing was stored twice."""
@@ -103,7 +162,10 @@ class EmbeddedStore:
             # fetchall, not fetchone: an unfinished result keeps the connection busy and a
             # concurrent write would fail with "Resource In Use".
             (row,) = self._con.execute(
-                "SELECT count(*), count(DISTINCT (meter_id, ts)) FROM readings"
+                # A DISTINCT subquery, not count(DISTINCT ...): its hash aggregate spills to
+                # disk under memory_limit (count(DISTINCT) ran out of 1 GB at 10^8 rows).
+                "SELECT (SELECT count(*) FROM readings), "
+                "(SELECT count(*) FROM (SELECT DISTINCT meter_id, ts FROM readings))"
             ).fetchall()
         return int(row[0]), int(row[1])
 
@@ -193,6 +255,80 @@ class EmbeddedStore:
             df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
         df["data_version"] = df["data_version"].astype("int64")
         return df
+
+    # ------------------------------------------------------------- alert events, health
+
+    def write_alert_events(self, df: pd.DataFrame) -> int:
+        """Append alert state changes (``storage.measurements.ALERT_EVENT_COLUMNS``); rows written."""
+        if df.empty:
+            return 0
+        frame = normalize_alert_events(df)
+        for col in ALERT_EVENT_TIMES:
+            frame[col] = frame[col].dt.tz_localize(None)
+        return self._insert("alert_events", frame, ALERT_EVENT_COLUMNS)
+
+    def read_alert_events(
+        self,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        *,
+        meter_ids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Alert events with ``start <= ts < end``, one per (id, event, ts), sorted by ts."""
+        where, params = self._where(meter_ids, start, end)
+        cols = ", ".join(ALERT_EVENT_COLUMNS)
+        df = self._select(
+            f"SELECT DISTINCT ON (id, event, ts) {cols} FROM alert_events {where} "
+            "ORDER BY ts, id, event",
+            params,
+        )
+        for col in ALERT_EVENT_TIMES:
+            df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
+        return normalize_alert_events(df)
+
+    def write_collector_health(self, df: pd.DataFrame) -> int:
+        """Append a health snapshot (``storage.measurements.HEALTH_COLUMNS``); rows written."""
+        if df.empty:
+            return 0
+        frame = normalize_health(df)
+        frame["ts"] = frame["ts"].dt.tz_localize(None)
+        return self._insert("collector_health", frame, HEALTH_COLUMNS)
+
+    def read_collector_health(
+        self,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Health rows with ``start <= ts < end``, one per (gateway, ts), sorted by ts, gateway."""
+        where, params = self._where(None, start, end)
+        cols = ", ".join(HEALTH_COLUMNS)
+        df = self._select(
+            f"SELECT DISTINCT ON (gateway, ts) {cols} FROM collector_health {where} "
+            "ORDER BY ts, gateway",
+            params,
+        )
+        df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC")
+        return normalize_health(df)
+
+    def _insert(self, table: str, frame: pd.DataFrame, columns: Sequence[str]) -> int:
+        cols = ", ".join(columns)
+        with self._lock:
+            try:
+                self._con.register("_rows", frame)
+                self._con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
+                self._con.unregister("_rows")
+            except duckdb.Error as exc:
+                raise StorageError(
+                    f"embedded store {self.path}: {table} write failed: {exc}"
+                ) from exc
+        return len(frame)
+
+    def _select(self, sql: str, params: list[object]) -> pd.DataFrame:
+        with self._lock:
+            try:
+                return self._con.execute(sql, params).df()
+            except duckdb.Error as exc:
+                raise StorageError(f"embedded store {self.path}: read failed: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

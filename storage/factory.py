@@ -39,7 +39,7 @@ def build_store(
     """The store ``cfg.backend`` names; ``registry`` supplies InfluxDB tags (contracts §2)."""
     env = os.environ if env is None else env
     if cfg.backend == "embedded":
-        return EmbeddedStore(cfg.path, cfg.retention_days)
+        return EmbeddedStore(cfg.path, cfg.retention_days, memory_limit=cfg.memory_limit)
     influx = cfg.influx
     if influx is None:  # the config validator already refuses this
         raise ConfigError("storage", [("storage.influx", "required when backend is influx")])

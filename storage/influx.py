@@ -9,13 +9,11 @@ Writes go as line protocol (:mod:`storage.line_protocol`) in batches of ``batch_
 * ``flavor="v2"``: ``POST {url}/api/v2/write?org=&bucket=&precision=s`` with
   ``Authorization: Token <token>``.
 
-Both flavors use a raw ``urllib3`` request, not influxdb-client's ``WriteApi``. The write policy
-below (Retry-After, a retry budget, splitting on 413, dead-lettering the points a 400 names) has
-to see every response's status, headers and body, and has to behave the same for both flavors;
-the client's synchronous ``WriteApi`` would only add its own serialisation (we already produce
-line protocol) and its own retry/exception layer (``ApiException``) between us and the response.
-``urllib3`` is installed as influxdb-client's dependency; ``retries=False`` on the pool so the
-only retries are ours.
+``v2`` writes go through influxdb-client's synchronous ``WriteApi`` (``retries=False``, so the
+only retries are ours): it posts our line protocol bytes as they are, and an error answer comes
+back as ``ApiException`` with the status, headers and body the write policy below needs. ``v1``
+writes and all queries are plain ``urllib3`` requests (influxdb-client has no 1.x write API);
+``retries=False`` on that pool too.
 
 Reads use InfluxQL on ``/query`` for both flavors (``epoch=s``, chunked JSON); v2 authenticates
 with ``Authorization: Token <token>`` and uses ``db=<bucket>``, as InfluxDB 2.x's
@@ -69,8 +67,29 @@ import pandas as pd
 import urllib3
 
 from meterwatch.errors import ConfigError, StorageError
-from meterwatch.schema import empty_readings, normalize_readings
-from storage.line_protocol import MEASUREMENT, encode_readings
+from meterwatch.schema import READING_TIME_COLUMNS, TS_DTYPE, empty_readings, normalize_readings
+from storage.base import with_time_columns
+from storage.line_protocol import MEASUREMENT, EncodedReadings, encode_points, encode_readings
+from storage.measurements import (
+    ALERT_EVENT_COLUMNS,
+    ALERT_EVENT_INT_FIELDS,
+    ALERT_EVENT_STR_FIELDS,
+    ALERT_EVENT_TAGS,
+    ALERT_EVENT_TIME_FIELDS,
+    ALERT_EVENTS_MEASUREMENT,
+    HEALTH_FLOAT_FIELDS,
+    HEALTH_INT_FIELDS,
+    HEALTH_MEASUREMENT,
+    HEALTH_TAGS,
+    VALIDATED_FLOAT_FIELDS,
+    VALIDATED_INT_FIELDS,
+    VALIDATED_MEASUREMENT,
+    VALIDATED_REGISTRY_TAGS,
+    VALIDATED_STR_FIELDS,
+    VALIDATED_TIME_FIELDS,
+    normalize_alert_events,
+    normalize_health,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +210,19 @@ class InfluxStore:
             retries=False,
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
         )
+        self._write_api: Any = None
+        if flavor == "v2":
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+
+            self._client = InfluxDBClient(
+                url=self.url,
+                token=token or "",
+                org=org or "",
+                timeout=int(timeout_s * 1000),
+                retries=False,
+            )
+            self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._random = random.Random()
         self._lock = threading.Lock()
         self._outage_since: float | None = None
@@ -203,7 +235,9 @@ class InfluxStore:
         Raises :class:`InfluxError` when a batch cannot be delivered (the caller keeps the data)
         or the configuration is wrong. Points the server refuses are dead-lettered, not raised.
         """
-        encoded = encode_readings(df, self.tags, self.measurement)
+        return self._write_encoded(encode_readings(df, self.tags, self.measurement))
+
+    def _write_encoded(self, encoded: EncodedReadings) -> int:
         with self._lock:
             self.rows_skipped += encoded.skipped_empty
             self.rows_invalid += encoded.skipped_invalid
@@ -321,8 +355,35 @@ class InfluxStore:
         meter_ids: Sequence[str] | None = None,
         start: datetime | pd.Timestamp | None = None,
         end: datetime | pd.Timestamp | None = None,
+        *,
+        include_times: bool = False,
     ) -> pd.DataFrame:
-        """Canonical frame of readings with ``start <= ts < end``, sorted by meter_id, ts."""
+        """Canonical frame of readings with ``start <= ts < end``, sorted by meter_id, ts.
+
+        ``include_times`` adds ``collected_at`` and ``device_ts`` (NaT where not stored).
+        """
+        raw = self._read(self.measurement, meter_ids, start, end)
+        if raw is None:
+            out = empty_readings()
+            return with_time_columns(out, always=True) if include_times else out
+        if include_times:
+            for col in READING_TIME_COLUMNS:
+                raw[col] = _from_epoch_s(raw[col]) if col in raw else pd.NaT
+            out = with_time_columns(raw, always=True)
+        else:
+            out = normalize_readings(raw)
+        # A meter whose registry tags changed has two series; keep one row per (meter_id, ts).
+        out = out.sort_values(["meter_id", "ts"], kind="stable")
+        return out.drop_duplicates(["meter_id", "ts"], keep="last").reset_index(drop=True)
+
+    def _read(
+        self,
+        measurement: str,
+        meter_ids: Sequence[str] | None,
+        start: datetime | pd.Timestamp | None,
+        end: datetime | pd.Timestamp | None,
+    ) -> pd.DataFrame | None:
+        """Every point of ``measurement`` in ``[start, end)`` (``ts`` column), or None if none."""
         time_clauses: list[str] = []
         if start is not None:
             time_clauses.append(f"time >= {_epoch_ns(start)}")
@@ -331,17 +392,18 @@ class InfluxStore:
         if isinstance(meter_ids, str):
             meter_ids = [meter_ids]
         if meter_ids is None:
-            queries = [self._select(time_clauses)]
+            queries = [self._select(measurement, time_clauses)]
         else:
             ids = list(dict.fromkeys(str(m) for m in meter_ids))
             queries = [
                 self._select(
+                    measurement,
                     [
                         *time_clauses,
                         "("
                         + " OR ".join(f'"meter_id" = {_influxql_string(m)}' for m in chunk)
                         + ")",
-                    ]
+                    ],
                 )
                 for chunk in (
                     ids[i : i + READ_CHUNK_METERS] for i in range(0, len(ids), READ_CHUNK_METERS)
@@ -353,20 +415,165 @@ class InfluxStore:
                 frames.extend(self._query(q))
         frames = [f for f in frames if not f.empty]
         if not frames:
-            return empty_readings()
+            return None
         raw = pd.concat(frames, ignore_index=True)
         raw["ts"] = pd.to_datetime(raw.pop("time"), unit="s", utc=True)
-        out = normalize_readings(raw)
-        # A meter whose registry tags changed has two series; keep one row per (meter_id, ts).
-        out = out.sort_values(["meter_id", "ts"], kind="stable")
-        return out.drop_duplicates(["meter_id", "ts"], keep="last").reset_index(drop=True)
+        return raw
 
-    def _select(self, clauses: list[str]) -> str:
-        source = _influxql_ident(self.measurement)
+    def _select(self, measurement: str, clauses: list[str], what: str = "*") -> str:
+        source = _influxql_ident(measurement)
         if self.retention_policy:
             source = f"{_influxql_ident(self.retention_policy)}.{source}"
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return f"SELECT * FROM {source}{where}"
+        return f"SELECT {what} FROM {source}{where}"
+
+    # ------------------------------------------------- validated readings, events, health
+
+    def write_validated_readings(
+        self,
+        df: pd.DataFrame,
+        written_at: datetime | None = None,
+        *,
+        version: int | None = None,
+    ) -> int:
+        """Store validated intervals (measurement ``validated_readings``); return the data version.
+
+        The version is ``version`` when given, else one more than the highest ``data_version``
+        stored for any interval in the frame's time range (1 when there is none; one InfluxQL
+        query). A point is identified by its series and ``ts``, so a new version of an interval
+        **replaces** the previous one: InfluxDB keeps the latest version only (the embedded store
+        keeps every version). Registry tags as for readings.
+        """
+        if df.empty:
+            raise StorageError(f"InfluxDB {self._target_name()}: no validated intervals to write")
+        frame = df.reset_index(drop=True).copy()
+        for col in ("interval_start", "ts"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        if version is None:
+            version = self._max_validated_version(frame["ts"].min(), frame["ts"].max()) + 1
+        frame["data_version"] = int(version)
+        frame["written_at"] = pd.Timestamp(written_at or pd.Timestamp.now(tz="UTC"))
+        for col in ("edited_by", "edit_reason"):
+            if col not in frame:
+                frame[col] = None
+        encoded = encode_points(
+            frame,
+            VALIDATED_MEASUREMENT,
+            tag_columns=("meter_id",),
+            float_fields=VALIDATED_FLOAT_FIELDS,
+            int_fields=VALIDATED_INT_FIELDS,
+            time_fields=VALIDATED_TIME_FIELDS,
+            str_fields=VALIDATED_STR_FIELDS,
+            registry=self.tags,
+            registry_tags=VALIDATED_REGISTRY_TAGS,
+            required_tags=("meter_id",),
+        )
+        self._write_encoded(encoded)
+        return int(version)
+
+    def _max_validated_version(self, first: pd.Timestamp, last: pd.Timestamp) -> int:
+        q = self._select(
+            VALIDATED_MEASUREMENT,
+            [f"time >= {_epoch_ns(first)}", f"time <= {_epoch_ns(last)}"],
+            what='max("data_version")',
+        )
+        with self._lock:
+            frames = self._query(q)
+        values = [v for f in frames if "max" in f for v in f["max"].dropna()]
+        return int(max(values)) if values else 0
+
+    def read_validated_readings(
+        self,
+        meter_ids: Sequence[str] | None = None,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        *,
+        version: int | None = None,
+        all_versions: bool = False,
+    ) -> pd.DataFrame:
+        """Validated intervals with ``start <= ts < end`` (the latest version: the only one kept).
+
+        Columns as :meth:`storage.embedded.EmbeddedStore.read_validated_readings`. ``version`` and
+        ``all_versions`` need earlier versions, which InfluxDB does not keep: StorageError.
+        """
+        from storage.embedded import VALIDATED_STORE_COLUMNS
+
+        if version is not None or all_versions:
+            raise StorageError(
+                f"InfluxDB {self._target_name()} keeps only the latest data version of each "
+                "validated interval; earlier versions are in the embedded store only"
+            )
+        raw = self._read(VALIDATED_MEASUREMENT, meter_ids, start, end)
+        if raw is None:
+            raw = pd.DataFrame(columns=list(VALIDATED_STORE_COLUMNS))
+        out = pd.DataFrame(
+            {c: raw[c] if c in raw else None for c in VALIDATED_STORE_COLUMNS}, index=raw.index
+        )
+        out["ts"] = pd.to_datetime(out["ts"], utc=True).astype(TS_DTYPE)
+        for col in VALIDATED_TIME_FIELDS:
+            out[col] = _from_epoch_s(out[col])
+        out["kwh"] = pd.to_numeric(out["kwh"], errors="coerce").astype("float64")
+        # A newer version without kwh (missing) does not erase the older field: mask it.
+        out.loc[out["quality"] == "missing", "kwh"] = float("nan")
+        out["data_version"] = pd.to_numeric(out["data_version"]).astype("int64")
+        for col in VALIDATED_STR_FIELDS:
+            out[col] = out[col].astype(object).where(out[col].notna() & (out[col] != ""), None)
+        out["reasons"] = out["reasons"].where(out["reasons"].notna(), "")
+        out = out.sort_values(["meter_id", "ts"], kind="stable")
+        return out.drop_duplicates(["meter_id", "ts"], keep="last").reset_index(drop=True)
+
+    def write_alert_events(self, df: pd.DataFrame) -> int:
+        """Store alert state changes (measurement ``alert_events``); return points written."""
+        if df.empty:
+            return 0
+        encoded = encode_points(
+            normalize_alert_events(df),
+            ALERT_EVENTS_MEASUREMENT,
+            tag_columns=ALERT_EVENT_TAGS,
+            int_fields=ALERT_EVENT_INT_FIELDS,
+            time_fields=ALERT_EVENT_TIME_FIELDS,
+            str_fields=ALERT_EVENT_STR_FIELDS,
+        )
+        return self._write_encoded(encoded)
+
+    def read_alert_events(
+        self,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        *,
+        meter_ids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Alert events with ``start <= ts < end``, sorted by ts, id, event."""
+        raw = self._read(ALERT_EVENTS_MEASUREMENT, meter_ids, start, end)
+        if raw is None:
+            return normalize_alert_events(pd.DataFrame(columns=list(ALERT_EVENT_COLUMNS)))
+        for col in ALERT_EVENT_TIME_FIELDS:
+            raw[col] = _from_epoch_s(raw[col]) if col in raw else pd.NaT
+        out = normalize_alert_events(raw)
+        return out.sort_values(["ts", "id", "event"], kind="stable").reset_index(drop=True)
+
+    def write_collector_health(self, df: pd.DataFrame) -> int:
+        """Store a health snapshot (measurement ``collector_health``); return points written."""
+        if df.empty:
+            return 0
+        encoded = encode_points(
+            normalize_health(df),
+            HEALTH_MEASUREMENT,
+            tag_columns=HEALTH_TAGS,
+            int_fields=HEALTH_INT_FIELDS,
+            float_fields=HEALTH_FLOAT_FIELDS,
+        )
+        return self._write_encoded(encoded)
+
+    def read_collector_health(
+        self,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Health rows with ``start <= ts < end``, sorted by ts, gateway."""
+        raw = self._read(HEALTH_MEASUREMENT, None, start, end)
+        out = normalize_health(raw if raw is not None else pd.DataFrame())
+        return out.sort_values(["ts", "gateway"], kind="stable").reset_index(drop=True)
 
     def _query(self, q: str) -> list[pd.DataFrame]:
         db = self.database if self.flavor == "v1" else self.bucket
@@ -461,8 +668,11 @@ class InfluxStore:
             resp_headers: Mapping[str, str] = {}
             data = b""
             try:
-                resp = self._http.request(method, url, body=body, headers=headers)
-                status, resp_headers, data = resp.status, resp.headers, resp.data
+                if self._write_api is not None and path == "/api/v2/write":
+                    status, resp_headers, data = self._client_write(params, body)
+                else:
+                    resp = self._http.request(method, url, body=body, headers=headers)
+                    status, resp_headers, data = resp.status, resp.headers, resp.data
             except urllib3.exceptions.NewConnectionError as exc:
                 # (a subclass of ConnectTimeoutError in urllib3, hence first)
                 failure, detail = "connection", str(exc)
@@ -508,6 +718,21 @@ class InfluxStore:
             attempt += 1
             self.retries += 1
 
+    def _client_write(
+        self, params: Mapping[str, str], body: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One v2 write through influxdb-client's WriteApi, as (status, headers, body)."""
+        from influxdb_client.rest import ApiException
+
+        try:
+            self._write_api.write(
+                bucket=params["bucket"], org=params["org"], record=body, write_precision="s"
+            )
+        except ApiException as exc:
+            data = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
+            return int(exc.status or 0), exc.headers or {}, data
+        return 204, {}, b""
+
     def _raise_for_config(self, op: str, status: int, error: str) -> None:
         """Raise :class:`InfluxError` naming the setting when the answer is a configuration error."""
         lowered = error.lower()
@@ -548,6 +773,9 @@ class InfluxStore:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.clear()
+        if self._write_api is not None:
+            self._write_api.close()
+            self._client.close()
 
 
 def rejected_lines(error: str, lines: Sequence[str]) -> dict[str, str]:
@@ -602,6 +830,12 @@ def _error_text(body: str) -> str:
             if isinstance(doc.get(key), str):
                 return str(doc[key])
     return body.strip()
+
+
+def _from_epoch_s(values: pd.Series) -> pd.Series:
+    """Integer epoch-second fields (None/NaN where absent) -> UTC timestamps (NaT)."""
+    secs = pd.to_numeric(values, errors="coerce").astype("float64")
+    return pd.Series(pd.to_datetime(secs, unit="s", utc=True), index=values.index).astype(TS_DTYPE)
 
 
 def _epoch_ns(t: datetime | pd.Timestamp) -> int:

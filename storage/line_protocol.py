@@ -10,7 +10,13 @@ One line per reading::
   line protocol has no empty tag value;
 * one float field per canonical quantity that is not NaN, written with Python's shortest
   round-trip repr so the value read back is bit-for-bit the one written;
+* the optional ``collected_at`` / ``device_ts`` (UTC) as integer fields in whole epoch seconds
+  (``collected_at=1700000003i``), floored; absent when the reading has none;
 * timestamp in whole seconds since the epoch (to be written with ``precision=s``), floored.
+
+:func:`encode_points` encodes the other measurements (``validated_readings``, ``alert_events``,
+``collector_health``; docs/storage-schema.md): the caller names the tag, float, integer and
+string columns.
 
 Escaping follows the line-protocol rules: commas and spaces in the measurement; commas, equals
 signs and spaces in tag keys and values. Line protocol cannot carry a newline at all, so CR/LF in a
@@ -30,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import READING_FIELDS, normalize_readings
+from meterwatch.schema import READING_FIELDS, READING_TIME_COLUMNS
+from storage.base import with_time_columns
 
 #: Default measurement for canonical readings (docs/storage-schema.md).
 MEASUREMENT = "readings"
@@ -104,7 +111,7 @@ def encode_readings(
     ``tags`` is the meter registry (contracts §2); its ``tag_columns`` become tags, joined on
     ``meter_id``. Meters absent from the registry get only the ``meter_id`` tag.
     """
-    frame = normalize_readings(df)
+    frame = with_time_columns(df)
     if frame.empty:
         return EncodedReadings([], 0, 0)
 
@@ -117,7 +124,117 @@ def encode_readings(
     frame = frame.loc[keep].reset_index(drop=True)
     values, present = values[keep], present[keep]
 
-    tag_values: dict[str, pd.Series] = {"meter_id": frame["meter_id"].astype(object)}
+    n = len(frame)
+    line = _series_key(measurement, _tag_values(frame, tags, tag_columns), n)
+
+    fields = pd.Series([""] * n, dtype=object)
+    for j, name in enumerate(READING_FIELDS):
+        fields = _add_field(fields, present[:, j], name + "=" + format_floats(values[:, j]))
+    for col in READING_TIME_COLUMNS:
+        if col in frame:
+            secs, has = epoch_seconds(frame[col])
+            fields = _add_field(fields, has, col + "=" + secs.astype(str) + "i")
+
+    seconds = epoch_seconds(frame["ts"])[0].astype(str)
+    line = line + " " + fields + " " + pd.Series(seconds, dtype=object)
+    return EncodedReadings(
+        lines=line.tolist(),
+        skipped_empty=int(empty.sum()),
+        skipped_invalid=int(invalid.sum()),
+    )
+
+
+def epoch_seconds(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """UTC timestamps -> (whole epoch seconds, floored, as int64; mask of non-NaT values)."""
+    ts = pd.to_datetime(values, utc=True)
+    has = ts.notna().to_numpy()
+    secs = ((ts - _EPOCH) // pd.Timedelta(1, "s")).fillna(0).astype("int64").to_numpy()
+    return secs, has
+
+
+def escape_string_field(values: pd.Series) -> pd.Series:
+    """A string field value, quoted: backslash and double quote escaped, CR/LF -> space."""
+    text = _one_line(values.astype(object).where(values.notna(), ""))
+    text = text.str.replace("\\", "\\\\", regex=False).str.replace('"', '\\"', regex=False)
+    return '"' + text + '"'
+
+
+def encode_points(
+    df: pd.DataFrame,
+    measurement: str,
+    *,
+    tag_columns: Sequence[str] = (),
+    float_fields: Sequence[str] = (),
+    int_fields: Sequence[str] = (),
+    time_fields: Sequence[str] = (),
+    str_fields: Sequence[str] = (),
+    registry: pd.DataFrame | None = None,
+    registry_tags: Sequence[str] = (),
+    time_column: str = "ts",
+    required_tags: Sequence[str] = (),
+) -> EncodedReadings:
+    """Encode any frame as line protocol, seconds precision, one line per row in row order.
+
+    ``tag_columns`` are frame columns written as tags (absent when empty); ``registry_tags`` are
+    looked up in ``registry`` by the frame's ``meter_id``. Fields: ``float_fields`` (NaN
+    omitted), ``int_fields`` (``i`` suffix; NaN omitted), ``time_fields`` (UTC timestamps as
+    integer epoch seconds; NaT omitted), ``str_fields`` (always written; None becomes ``""``, so a
+    rewrite of the same point replaces it). Rows without ``time_column`` or one of
+    ``required_tags`` are skipped as invalid;
+    rows with no field at all as empty; both counted.
+    """
+    if df.empty:
+        return EncodedReadings([], 0, 0)
+    frame = df.reset_index(drop=True)
+    invalid = pd.to_datetime(frame[time_column], utc=True).isna().to_numpy().copy()
+    for col in required_tags:
+        invalid |= ~tag_text(frame[col].astype(object))[1]
+    n = len(frame)
+    fields = pd.Series([""] * n, dtype=object)
+    for name in float_fields:
+        vals = pd.to_numeric(frame[name], errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan
+        )
+        fields = _add_field(fields, ~np.isnan(vals), name + "=" + format_floats(vals))
+    for name in int_fields:
+        vals = pd.to_numeric(frame[name], errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan
+        )
+        has = ~np.isnan(vals)
+        text = pd.Series(np.where(has, vals, 0).astype("int64").astype(str), dtype=object)
+        fields = _add_field(fields, has, name + "=" + text + "i")
+    for name in time_fields:
+        secs, has = epoch_seconds(frame[name])
+        fields = _add_field(
+            fields, has, name + "=" + pd.Series(secs.astype(str), dtype=object) + "i"
+        )
+    for name in str_fields:
+        fields = _add_field(
+            fields, np.ones(n, dtype=bool), name + "=" + escape_string_field(frame[name])
+        )
+    empty = (fields == "").to_numpy() & ~invalid
+    keep = ~(invalid | empty)
+
+    tag_values = {c: frame[c].astype(object) for c in tag_columns}
+    if registry is not None and registry_tags:
+        tag_values.update(_tag_values(frame, registry, registry_tags, with_meter=False))
+    line = _series_key(measurement, tag_values, n)
+    seconds = pd.Series(epoch_seconds(frame[time_column])[0].astype(str), dtype=object)
+    line = (line + " " + fields + " " + seconds)[keep]
+    return EncodedReadings(line.tolist(), int(empty.sum()), int(invalid.sum()))
+
+
+def _tag_values(
+    frame: pd.DataFrame,
+    tags: pd.DataFrame | None,
+    tag_columns: Sequence[str],
+    *,
+    with_meter: bool = True,
+) -> dict[str, pd.Series]:
+    """``meter_id`` plus the registry's ``tag_columns`` joined on it, aligned with ``frame``."""
+    out: dict[str, pd.Series] = {}
+    if with_meter:
+        out["meter_id"] = frame["meter_id"].astype(object)
     if tags is not None and len(tag_columns):
         cols = [c for c in tag_columns if c in tags.columns and c != "meter_id"]
         registry = tags[["meter_id", *cols]].copy()
@@ -125,29 +242,23 @@ def encode_readings(
         registry = registry.drop_duplicates("meter_id", keep="last").set_index("meter_id")
         joined = registry.reindex(frame["meter_id"].astype(str))
         for col in cols:
-            tag_values[col] = joined[col].reset_index(drop=True)
+            out[col] = joined[col].reset_index(drop=True)
+    return out
 
-    n = len(frame)
+
+def _series_key(measurement: str, tag_values: dict[str, pd.Series], n: int) -> pd.Series:
+    """Measurement and tags sorted by key; a row's empty tag is left out."""
     line = pd.Series([escape_measurement(pd.Series([measurement])).iloc[0]] * n, dtype=object)
     for key in sorted(tag_values):
-        text, valid = tag_text(tag_values[key])
+        text, valid = tag_text(tag_values[key].reset_index(drop=True))
         piece = "," + escape_tag(pd.Series([key])).iloc[0] + "=" + escape_tag(text)
         line = line + pd.Series(np.where(valid, piece, ""), dtype=object)
+    return line
 
-    fields = pd.Series([""] * n, dtype=object)
-    for j, name in enumerate(READING_FIELDS):
-        has = present[:, j]
-        sep = np.where(has & (fields != "").to_numpy(), ",", "")
-        piece = np.where(has, name + "=" + format_floats(values[:, j]), "")
-        fields = fields + sep + piece
 
-    seconds = ((frame["ts"] - _EPOCH) // pd.Timedelta(1, "s")).astype("int64").astype(str)
-    line = line + " " + fields + " " + seconds.astype(object)
-    return EncodedReadings(
-        lines=line.tolist(),
-        skipped_empty=int(empty.sum()),
-        skipped_invalid=int(invalid.sum()),
-    )
+def _add_field(fields: pd.Series, has: np.ndarray, piece: pd.Series | np.ndarray) -> pd.Series:
+    sep = np.where(has & (fields != "").to_numpy(), ",", "")
+    return fields + sep + np.where(has, piece, "")
 
 
 def _one_line(values: pd.Series) -> pd.Series:

@@ -25,6 +25,10 @@ spool is ever dropped to make room: register readings are billing evidence. The 
 the reading upstream instead (an MQTT message is left unacknowledged, so the broker keeps it; a
 Modbus reading refused is counted as ``readings_refused`` and alerted on).
 
+Frames keep the optional ``collected_at`` / ``device_ts`` columns (:func:`storage.base.with_time_columns`):
+a batch that has them gives them back from :meth:`Spool.peek`; one that lacks them does not invent them
+(mixed batches read back with NaT where a frame had none).
+
 Replays are harmless: a batch whose store write succeeded but whose delete was lost (crash in
 between) is written again at the next drain; both stores keep one reading per (meter_id, ts).
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 
 from meterwatch.errors import StorageError
-from meterwatch.schema import normalize_readings
+from storage.base import with_time_columns
 
 SPOOL_FILE = "spool.sqlite3"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -90,10 +95,20 @@ class Spool:
     the file when it is opened, so a restarted process sees (and drains) what a killed one left.
     """
 
-    def __init__(self, path: str | Path, max_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        path: str | Path,
+        max_bytes: int = 1 << 30,
+        *,
+        file_name: str = SPOOL_FILE,
+        normalize: Callable[[pd.DataFrame], pd.DataFrame] = with_time_columns,
+    ):
+        """``file_name`` and ``normalize`` (applied to frames read back) let other record kinds
+        use the same durable queue (the alert-event outbox, :mod:`storage.event_sink`)."""
         self.dir = Path(path)
         self.max_bytes = max_bytes
-        self.file = self.dir / SPOOL_FILE
+        self.file = self.dir / file_name
+        self._normalize = normalize
         self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +212,7 @@ class Spool:
                 raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
         frames = [_decode(d) for _, d in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        return SpoolBatch(int(chosen[-1][0]), len(chosen), normalize_readings(frame))
+        return SpoolBatch(int(chosen[-1][0]), len(chosen), self._normalize(frame))
 
     def remove_through(self, last_seq: int) -> None:
         """Delete every batch with ``seq <= last_seq`` (after the store stored them), durably."""

@@ -161,3 +161,111 @@ def test_feed_from_config(tmp_path: Path, feed: Path) -> None:
     assert len(res.output.splitlines()) == 3
     missing = run("alerts", "list", "--config", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
+
+
+# -- action time: --at, or the simulated service clock recorded next to the feed ---------------
+
+
+def _alert_id(feed: Path, meter: str) -> str:
+    found = listed(feed, "--meter", meter)[0]["id"]
+    assert isinstance(found, str)
+    return found
+
+
+def _shown(feed: Path, alert_id: str) -> dict[str, object]:
+    res = run("alerts", "show", alert_id, "--feed", str(feed), "--json")
+    assert res.exit_code == 0, res.output
+    out: dict[str, object] = json.loads(res.output)
+    return out
+
+
+def test_explicit_at_sets_the_action_time_and_the_sla_verdict(feed: Path) -> None:
+    m1, m2 = _alert_id(feed, "M1"), _alert_id(feed, "M2")
+    # opened at T0; default SLA: acknowledge within 2 h, resolve within 24 h
+    res = run("alerts", "ack", m1, "--feed", str(feed), "--at", "2026-01-05T13:00:00Z")
+    assert res.exit_code == 0, res.output
+    assert "SLA: met" in res.output
+    assert _shown(feed, m1)["acknowledged_at"] == "2026-01-05T13:00:00Z"
+    res = run("alerts", "resolve", m2, "--feed", str(feed), "--at", "2026-01-06T18:00:00Z")
+    assert res.exit_code == 0 and "SLA: missed" in res.output  # 30 h after opening
+    assert _shown(feed, m2)["resolved_at"] == "2026-01-06T18:00:00Z"
+    bad = CliRunner().invoke(main, ["alerts", "ack", m1, "--feed", str(feed), "--at", "noon"])
+    assert bad.exit_code == 2 and "--at" in bad.output and "'noon'" in bad.output
+
+
+def test_without_a_service_clock_actions_use_the_wall_clock(feed: Path) -> None:
+    m1 = _alert_id(feed, "M1")
+    before = datetime.now(UTC).replace(microsecond=0)
+    res = run("alerts", "ack", m1, "--feed", str(feed))
+    assert res.exit_code == 0 and "from the" not in res.stderr
+    at = datetime.fromisoformat(str(_shown(feed, m1)["acknowledged_at"]).replace("Z", "+00:00"))
+    assert before <= at <= datetime.now(UTC)
+
+
+def test_running_simulated_service_clock_is_the_default(feed: Path) -> None:
+    from alerts.manager import default_state_dir, record_clock
+
+    m1 = _alert_id(feed, "M1")
+    wall = datetime.now(UTC) - timedelta(seconds=2)
+    # 30 min of service time after T0, recorded 2 s of wall time ago, running 60x
+    record_clock(
+        default_state_dir(feed),
+        T0 + timedelta(minutes=30),
+        speed=60.0,
+        simulated=True,
+        running=True,
+        wall_now=wall,
+    )
+    res = run("alerts", "ack", m1, "--feed", str(feed))
+    assert res.exit_code == 0, res.output
+    assert "SLA: met" in res.output  # the wall clock (months later) would say missed
+    assert "running service's simulated clock (60x" in res.stderr
+    at = datetime.fromisoformat(str(_shown(feed, m1)["acknowledged_at"]).replace("Z", "+00:00"))
+    elapsed = (datetime.now(UTC) - wall).total_seconds()
+    # 30 min + (2 s and the command's own run time) x 60
+    assert T0 + timedelta(minutes=32) <= at <= T0 + timedelta(minutes=30, seconds=elapsed * 60 + 1)
+
+
+@pytest.mark.parametrize(
+    ("running", "wall_ago_s", "why"), [(False, 3600.0, "stopped"), (True, 600.0, "silent for")]
+)
+def test_stopped_or_silent_service_clock_stands_still(
+    feed: Path, running: bool, wall_ago_s: float, why: str
+) -> None:
+    from alerts.manager import default_state_dir, record_clock
+
+    m1 = _alert_id(feed, "M1")
+    record_clock(
+        default_state_dir(feed),
+        T0 + timedelta(hours=3),
+        speed=2400.0,
+        simulated=True,
+        running=running,
+        wall_now=datetime.now(UTC) - timedelta(seconds=wall_ago_s),
+    )
+    res = run("alerts", "resolve", m1, "--feed", str(feed))
+    assert res.exit_code == 0, res.output
+    assert _shown(feed, m1)["resolved_at"] == "2026-01-05T15:00:00Z"
+    assert why in res.stderr and "--at overrides" in res.stderr
+    # report judges open deadlines at the same default instant
+    rep = run("alerts", "report", "--feed", str(feed), "--json")
+    assert rep.exit_code == 0 and why in rep.stderr
+    json.loads(rep.stdout)  # the JSON on stdout is not mixed with the note
+
+
+def test_real_time_service_clock_means_wall_clock(feed: Path) -> None:
+    from alerts.manager import default_state_dir, record_clock
+
+    m1 = _alert_id(feed, "M1")
+    record_clock(
+        default_state_dir(feed),
+        T0,
+        speed=1.0,
+        simulated=False,
+        running=False,
+        wall_now=datetime.now(UTC) - timedelta(hours=1),
+    )
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert run("alerts", "ack", m1, "--feed", str(feed)).exit_code == 0
+    at = datetime.fromisoformat(str(_shown(feed, m1)["acknowledged_at"]).replace("Z", "+00:00"))
+    assert at >= before

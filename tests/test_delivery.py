@@ -232,6 +232,24 @@ def test_refused_or_expired_notifications_are_counted_as_failed(tmp_path: Path) 
     assert d2.run_once() == 0 and again.attempts == []
 
 
+def test_a_sink_bug_is_counted_and_retried_not_a_crash(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    class Buggy(RecordingSink):
+        def send(self, note: Notification) -> None:
+            self.attempts.append((note.key, clock.t))
+            raise UnicodeEncodeError("ascii", "ö", 0, 1, "injected")
+
+    buggy = Buggy("buggy")
+    d = Dispatcher(tmp_path / "d", [buggy], initial_s=1.0, clock=clock)
+    d.enqueue("opened", alert_record("a1", "t1"))
+    assert d.run_once() == 0  # does not raise out of the delivery loop
+    stats = d.stats()["buggy"]
+    assert (stats["retried"], stats["pending"], len(buggy.attempts)) == (1, 1, 1)
+    ((_, next_at),) = d.outbox.pending("buggy")
+    assert next_at > clock.t  # backed off like an outage, not tried again at every poll
+
+
 def test_quiet_alerts_are_not_notified(tmp_path: Path) -> None:
     sink = RecordingSink()
     d = Dispatcher(tmp_path / "d", [sink])
@@ -611,7 +629,7 @@ def test_service_delivers_alerts_and_serves_the_api(
     from meterwatch.service import Service
 
     monkeypatch.setenv("MW_TEST_SERVICE_TOKEN", "svc-token")
-    http_port = free_port()
+    http_port, metrics_port = free_port(), free_port()
     cfg = parse_config(
         {
             "clock": {"start": "2026-01-05T00:00:00Z", "speed": 3600},
@@ -641,9 +659,11 @@ def test_service_delivers_alerts_and_serves_the_api(
                 },
                 "http": {"enabled": True, "port": http_port, "token_env": "MW_TEST_SERVICE_TOKEN"},
             },
+            "metrics": {"enabled": True, "port": metrics_port},
         }
     )
     seen: list[dict[str, Any]] = []
+    scraped: list[str] = []
 
     def probe(service: Service) -> None:
         if seen or not service.alerts.open_alerts():
@@ -654,9 +674,12 @@ def test_service_delivers_alerts_and_serves_the_api(
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             seen.extend(json.load(resp)["alerts"])
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            scraped.append(resp.read().decode())
 
     service = Service(cfg, on_tick=probe)
-    asyncio.run(service.run(5.0))
+    summary = asyncio.run(service.run(5.0))
     assert [(a["type"], a["status"]) for a in seen] == [("phase_break", "open")]
     outbox = Outbox(tmp_path / "delivery" / "outbox.sqlite")
     try:
@@ -666,6 +689,17 @@ def test_service_delivers_alerts_and_serves_the_api(
         outbox.close()
     assert notes == [] and counts["mqtt"]["failed"] == 0
     assert counts["mqtt"]["delivered"] >= 1  # at least the phase break's "opened"
+    # the run summary reports the same per-sink counts (a fresh outbox: this run is everything)
+    s = summary.delivery["mqtt"]
+    assert (s["delivered"], s["failed"], s["pending"]) == (counts["mqtt"]["delivered"], 0, 0)
+    # the service left its simulated clock next to the feed for CLI actions (stopped at the end)
+    clock = json.loads((tmp_path / "alerts-state" / "clock.json").read_text())
+    assert (clock["simulated"], clock["running"], clock["speed"]) == (True, False, 3600.0)
+    recorded = datetime.fromisoformat(clock["service_time"])
+    # /metrics served the MQTT sink's delivery counters while the service ran
+    assert 'meterwatch_alert_notifications_pending{sink="mqtt"}' in scraped[0]
+    assert 'meterwatch_alert_notifications_delivered_total{sink="mqtt"}' in scraped[0]
+    assert abs((recorded - summary.service_end).total_seconds()) < 3600.0  # < 1 s of wall time
 
 
 def test_old_delivered_rows_are_purged_pending_ones_kept(tmp_path: Path) -> None:

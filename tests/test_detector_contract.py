@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from billing_cases import billing_fault_meters, billing_fault_readings
 
-from analytics.base import Detector
-from analytics.suite import default_detectors
+from analytics.base import Detector, memo, shared_session
+from analytics.suite import default_detectors, run_detectors
 from meterwatch.registry import check_registry
 from meterwatch.schema import (
     ALERT_CATEGORIES,
@@ -265,3 +265,53 @@ def test_detector_contract(detector: Detector) -> None:
     pd.testing.assert_frame_equal(detector.detect(as_text, REGISTRY), found)
     reversed_registry = REGISTRY.iloc[::-1].reset_index(drop=True)
     pd.testing.assert_frame_equal(detector.detect(FLEET, reversed_registry), found)
+
+
+def test_shared_session_gives_the_same_findings_as_separate_runs() -> None:
+    """The suite prepares a window once (analytics.base.shared_session); nothing may leak
+    between detectors through the shared frames: each one's findings equal a lone run's, in
+    any order of the detectors."""
+    detectors = default_detectors()
+    alone = [d.detect(FLEET, REGISTRY) for d in detectors]
+    fleet_before = FLEET.copy()
+    for order in (detectors, detectors[::-1]):
+        with shared_session():
+            shared = {id(d): d.detect(FLEET, REGISTRY) for d in order}
+        for d, expected in zip(detectors, alone, strict=True):
+            pd.testing.assert_frame_equal(shared[id(d)], expected)
+    pd.testing.assert_frame_equal(FLEET, fleet_before)
+    suite = run_detectors(detectors, FLEET, REGISTRY)
+    expected_all = pd.concat([f for f in alone if len(f)], ignore_index=True)
+    pd.testing.assert_frame_equal(suite, expected_all[list(FINDING_COLUMNS)], check_dtype=False)
+
+
+def test_memo_outside_a_session_computes_every_time() -> None:
+    calls: list[int] = []
+    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 1
+    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 2
+    with shared_session():
+        assert memo(("k",), lambda: calls.append(1) or len(calls)) == 3
+        assert memo(("k",), lambda: calls.append(1) or len(calls)) == 3
+    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 4
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (1, 1), (4, 0)])
+def test_nanmedian_equals_numpy(shape: tuple[int, ...]) -> None:
+    import warnings
+
+    from analytics.base import nanmedian
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.normal(size=shape)
+    a[rng.random(shape) < 0.4] = np.nan
+    if a.size:
+        a[0] = np.nan  # an all-NaN slice along the last axis
+    for axis in range(len(shape)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(a, axis=axis, keepdims=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # ours warns about nothing
+            got = nanmedian(a, axis=axis, keepdims=True)
+        np.testing.assert_allclose(got, expected, equal_nan=True)
+        np.testing.assert_allclose(nanmedian(a, axis=axis), expected.squeeze(axis), equal_nan=True)

@@ -1,12 +1,21 @@
-"""DL/T 645-2007: codec against hand-computed and published frames, simulator + client over TCP."""
+"""DL/T 645-2007: codec against hand-computed and published frames, simulator + client over TCP
+and over a serial line (a pty pair), meter clock (device time) and the gateway poller."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+import os
+import select
+import threading
+import tty
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,14 +23,20 @@ from hypothesis import strategies as st
 from collector.dlt645 import (
     DEFAULT_DIS,
     MeterRead,
+    SerialSettings,
+    SerialTransport,
     TcpTransport,
+    local_to_utc,
     read_meter,
     read_meter_address,
+    read_meter_clock,
     read_meter_detailed,
 )
 from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
 from meterwatch.schema import READING_FIELDS
 from protocols.dlt645 import (
+    CLOCK_DATE_DI,
+    CLOCK_TIME_DI,
     DATA_ITEMS,
     READ_FUNCTIONS,
     Dlt645AbnormalReply,
@@ -29,12 +44,19 @@ from protocols.dlt645 import (
     Frame,
     bcd_limit,
     decode_bcd,
+    decode_clock_date,
+    decode_clock_time,
     decode_frame,
     encode_abnormal_reply,
     encode_bcd,
+    encode_clock_date,
+    encode_clock_reply,
+    encode_clock_time,
     encode_frame,
     encode_read_reply,
     find_frame,
+    parse_clock_date,
+    parse_clock_time,
     parse_read_address_reply,
     parse_read_reply,
     parse_read_values,
@@ -149,6 +171,76 @@ def test_read_address_reply() -> None:
     wire = h("68 12 90 78 56 34 12 68 93 06 45 C3 AB 89 67 45")
     wire += bytes([sum(wire) & 0xFF, 0x16])
     assert parse_read_address_reply(decode_frame(wire)) == ADDR
+
+
+# ------------------------------------------------------------------ meter clock, by hand
+#
+# Read DI 04 00 01 01 (date): DI bytes LSB first 01 01 00 04, +33H -> 34 34 33 37.
+# CS = 286 + 11 + 04 + (34+34+33+37 = D2) = 0x36D -> 6DH.
+READ_DATE = h("68 12 90 78 56 34 12 68 11 04 34 34 33 37 6D 16")
+# Date 2026-11-23, a Monday (WW 01): YYMMDDWW 26 11 23 01, LSB first 01 23 11 26,
+# +33H -> 34 56 44 59. L = 08. CS = 286 + 91 + 08 + D2 + (34+56+44+59 = 127) = 0x518 -> 18H.
+REPLY_DATE = h("68 12 90 78 56 34 12 68 91 08 34 34 33 37 34 56 44 59 18 16")
+# Time 14:05:09, DI 04 00 01 02 -> 02 01 00 04 -> 35 34 33 37; hhmmss 14 05 09, LSB first
+# 09 05 14, +33H -> 3C 38 47. L = 07. CS = 286 + 91 + 07 + D3 + (3C+38+47 = BB) = 0x4AC -> ACH.
+REPLY_TIME = h("68 12 90 78 56 34 12 68 91 07 35 34 33 37 3C 38 47 AC 16")
+
+
+def test_clock_worked_frames() -> None:
+    assert read_request(ADDR, CLOCK_DATE_DI, preamble=0) == READ_DATE
+    assert encode_clock_reply(ADDR, CLOCK_DATE_DI, date(2026, 11, 23), 0) == REPLY_DATE
+    assert encode_clock_reply(ADDR, CLOCK_TIME_DI, time(14, 5, 9), 0) == REPLY_TIME
+    assert parse_clock_date(decode_frame(b"\xfe" * 4 + REPLY_DATE)) == (date(2026, 11, 23), 1)
+    assert parse_clock_time(decode_frame(REPLY_TIME)) == time(14, 5, 9)
+    # Sunday is weekday 0 (2026-11-22)
+    assert encode_clock_date(date(2026, 11, 22)) == h("00 22 11 26")
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoder", "match", "offset"),
+    [
+        (h("01 23 13 26"), decode_clock_date, "2026-13-23 is not a calendar date", 1),
+        (h("01 30 02 26"), decode_clock_date, "2026-02-30 is not a calendar date", 1),
+        (h("07 23 11 26"), decode_clock_date, "weekday 7", 0),
+        (h("01 2A 11 26"), decode_clock_date, "invalid BCD digit AH .* byte 2AH at offset 1", 1),
+        (h("01 23 11"), decode_clock_date, "3 bytes, YYMMDDWW needs 4", 0),
+        (h("09 60 14"), decode_clock_time, "14:60:09 is not a time of day", 0),
+        (h("09 05 24"), decode_clock_time, "24:05:09 is not a time of day", 0),
+        (h("09 05"), decode_clock_time, "2 bytes, hhmmss needs 3", 0),
+    ],
+)
+def test_clock_decode_errors_name_what_and_where(
+    raw: bytes, decoder: Callable[..., Any], match: str, offset: int
+) -> None:
+    with pytest.raises(Dlt645FrameError, match=match) as info:
+        decoder(raw)
+    assert info.value.offset == offset
+
+
+def test_clock_refused_or_wrong_reply() -> None:
+    with pytest.raises(Dlt645AbnormalReply, match="04000101"):
+        parse_clock_date(decode_frame(encode_abnormal_reply(ADDR, 0x11, 0x02)))
+    with pytest.raises(Dlt645FrameError, match="echoes DI 04000101, expected 04000102"):
+        parse_clock_time(decode_frame(REPLY_DATE))
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31, 23, 59)))
+def test_clock_round_trip(moment: datetime) -> None:
+    moment = moment.replace(microsecond=0)
+    day, weekday = decode_clock_date(encode_clock_date(moment.date()))
+    assert day == moment.date() and weekday == moment.isoweekday() % 7
+    assert decode_clock_time(encode_clock_time(moment.time())) == moment.time()
+
+
+def test_local_meter_time_to_utc() -> None:
+    shanghai = ZoneInfo("Asia/Shanghai")
+    assert local_to_utc(datetime(2026, 11, 23, 8, 0, 5), shanghai) == pd.Timestamp(
+        "2026-11-23T00:00:05Z"
+    )
+    # A local hour that happens twice (end of daylight saving) cannot be placed: NaT.
+    berlin = ZoneInfo("Europe/Berlin")
+    assert pd.isna(local_to_utc(datetime(2026, 10, 25, 2, 30), berlin))
+    assert local_to_utc(datetime(2026, 7, 1, 12, 0), berlin) == pd.Timestamp("2026-07-01T10:00Z")
 
 
 def test_plus_33_wraps_mod_256() -> None:
@@ -567,12 +659,431 @@ def test_poller_reads_the_bus_and_reports_a_silent_meter_offline_once() -> None:
             await server.stop()
         rows = pd.concat(writer.frames).set_index("meter_id")
         assert rows.loc["A", "energy_import_kwh"].tolist() == [100.25, 100.25]
+
         assert rows.loc["B", "power_kw"].tolist() == [-0.25, -0.25]
         assert len(findings) == 1 and findings[0]["meter_id"].iloc[0] == "C"
         assert findings[0]["type"].iloc[0] == "meter_offline"
         assert stats.meter("C").errors == 2 and stats.meter("A").errors == 0
-        # Only reads went out: 3 DIs per live meter per cycle; the dead one stops at its first.
+        # Only reads went out: 3 DIs + the 2 clock DIs per live meter per cycle; the dead one
+        # stops at its first.
         assert {r.control for r in server.requests} == {0x11}
-        assert len(server.requests) == 2 * (3 + 3 + 1)
+        assert len(server.requests) == 2 * (5 + 5 + 1)
 
     run(main())
+
+
+# ------------------------------------------------------------------ serial line (pty pair)
+
+
+@contextmanager
+def pty_bridge() -> Iterator[tuple[str, str]]:
+    """Two pseudo-terminals whose master ends are bridged: a null-modem cable in software.
+
+    Returns the two slave device paths (the client's and the simulator's port)."""
+    m1, s1 = os.openpty()
+    m2, s2 = os.openpty()
+    for fd in (s1, s2):
+        tty.setraw(fd)
+    stop = threading.Event()
+
+    def bridge() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([m1, m2], [], [], 0.05)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                os.write(m2 if fd == m1 else m1, data)
+
+    thread = threading.Thread(target=bridge, daemon=True)
+    thread.start()
+    try:
+        yield os.ttyname(s1), os.ttyname(s2)
+    finally:
+        stop.set()
+        thread.join(2)
+        for fd in (m1, s1, m2, s2):
+            os.close(fd)
+
+
+def test_serial_transport_reads_every_quantity_over_a_pty_pair() -> None:
+    """Same reads, same FEH handling as over TCP, on a serial line at DL/T 645's 2400 8E1."""
+    with pty_bridge() as (client_tty, server_tty):
+
+        async def main() -> tuple[Dlt645Server, MeterRead, int, str]:
+            server = Dlt645Server(lambda a: VALUES[a], VALUES.keys())
+            await server.start_serial(server_tty)  # 2400 baud 8E1 by default
+            link = SerialTransport(SerialSettings(client_tty))
+            await link.connect()
+            try:
+                read = await read_meter_detailed(link, THREE_PHASE, timeout=2)
+            finally:
+                link.close()
+                await server.stop()
+            return server, read, link.discarded_bytes, link.endpoint
+
+        server, read, discarded, endpoint = run(main())
+    assert endpoint == f"serial:{client_tty}@2400/8E1"
+    assert set(read.values) == set(READING_FIELDS) and read.refused == {}
+    for name, value in VALUES[THREE_PHASE].items():
+        assert read.values[name] == pytest.approx(value, abs=resolution(name)), name
+    assert [(r.address, r.di) for r in server.requests] == [(THREE_PHASE, di) for di in DEFAULT_DIS]
+    # one reply per request; only the 4 FEH wake-up bytes before each were skipped
+    assert discarded == 4 * len(server.requests)
+
+
+def test_serial_settings_are_applied_and_a_missing_port_is_a_clear_error() -> None:
+    with pty_bridge() as (client_tty, _server_tty):
+
+        async def main() -> tuple[Any, ...]:
+            link = SerialTransport(
+                SerialSettings(client_tty, baudrate=9600, parity="O", bytesize=7, stopbits=2)
+            )
+            await link.connect()
+            try:
+                port = link._serial
+                assert port is not None
+                got = (port.baudrate, port.parity, port.bytesize, port.stopbits)
+            finally:
+                link.close()
+            return got
+
+        assert run(main()) == (9600, "O", 7, 2)
+
+    async def missing() -> None:
+        await SerialTransport(SerialSettings("/dev/does-not-exist-645")).connect()
+
+    with pytest.raises(
+        ConnectionError, match="serial:/dev/does-not-exist-645@2400/8E1: cannot open"
+    ):
+        run(missing())
+
+
+# ------------------------------------------------------------------ meter clock (device time)
+
+
+def test_read_meter_clock_with_drift_and_refusal() -> None:
+    now = datetime(2026, 11, 23, 6, 30, 0, tzinfo=UTC)  # 14:30 in Shanghai
+
+    async def body(server: Dlt645Server, transport: TcpTransport) -> tuple[datetime, DeviceError]:
+        server.clock = lambda: now
+        server.drift_s[SINGLE_PHASE] = -125.0  # this meter's clock is 2 min 5 s slow
+        fast = await read_meter_clock(transport, THREE_PHASE, timeout=2)
+        slow = await read_meter_clock(transport, SINGLE_PHASE, timeout=2)
+        assert slow == datetime(2026, 11, 23, 14, 27, 55)
+        server.no_clock = frozenset({SINGLE_PHASE})
+        with pytest.raises(DeviceError, match="no data requested") as info:
+            await read_meter_clock(transport, SINGLE_PHASE, timeout=2)
+        return fast, info.value
+
+    fast, refused = run(with_server(body))
+    assert fast == datetime(2026, 11, 23, 14, 30, 0)
+    assert isinstance(refused.__cause__, Dlt645AbnormalReply)
+
+
+def test_read_meter_clock_across_midnight_rereads_the_date() -> None:
+    """Date read at 23:59:59, time read at 00:00:00 the next day: the date is read again."""
+    ticks = iter(
+        [
+            datetime(2026, 11, 23, 15, 59, 59, tzinfo=UTC),  # date read: 23:59:59 local, 23rd
+            datetime(2026, 11, 23, 16, 0, 0, tzinfo=UTC),  # time read: 00:00:00 local, 24th
+            datetime(2026, 11, 23, 16, 0, 0, tzinfo=UTC),  # date read again: 24th
+        ]
+    )
+
+    async def body(server: Dlt645Server, transport: TcpTransport) -> tuple[datetime, list[Any]]:
+        server.clock = lambda: next(ticks)
+        got = await read_meter_clock(transport, THREE_PHASE, timeout=2)
+        return got, [r.di for r in server.requests]
+
+    got, dis = run(with_server(body))
+    assert got == datetime(2026, 11, 24, 0, 0, 0)  # not the 23rd at 00:00:00
+    assert dis == [CLOCK_DATE_DI, CLOCK_TIME_DI, CLOCK_DATE_DI]
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.frames: list[pd.DataFrame] = []
+
+    def submit(self, frame: pd.DataFrame, on_stored: object = None) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+def spy_records(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The reading dicts the poll cycle hands to readings_from_records (then to the writer)."""
+    import collector.modbus as modbus
+
+    seen: list[dict[str, Any]] = []
+    real = modbus.readings_from_records
+
+    def spy(records: Any) -> pd.DataFrame:
+        records = list(records)
+        seen.extend(records)
+        return real(records)
+
+    monkeypatch.setattr(modbus, "readings_from_records", spy)
+    return seen
+
+
+def test_poller_over_a_serial_line_stores_readings_with_device_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dlt645GatewayPoller on a pty: readings reach the writer, each with collected_at and the
+    meter clock as device_ts (UTC); a drifting clock shows, a meter without one still reads."""
+    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.clock import Clock
+    from meterwatch.stats import Stats
+
+    live = {
+        "000000000001": {"energy_import_kwh": 100.25, "voltage_l1_v": 230.1},
+        "000000000002": {"energy_import_kwh": 7.5, "voltage_l1_v": 229.9},
+        "000000000003": {"energy_import_kwh": 1.0, "voltage_l1_v": 231.0},
+    }
+    seen = spy_records(monkeypatch)
+    clock = Clock(start=datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
+    writer, stats = ListWriter(), Stats()
+
+    with pty_bridge() as (client_tty, server_tty):
+
+        async def main() -> None:
+            server = Dlt645Server(
+                lambda a: live[a],
+                live.keys(),
+                clock=clock.now,
+                drift_s={"000000000002": 600.0},  # ten minutes fast
+                no_clock=["000000000003"],
+            )
+            await server.start_serial(server_tty, baudrate=9600, parity="E")
+            poller = Dlt645GatewayPoller(
+                "bus",
+                "",
+                0,
+                [Dlt645Device(m, a) for m, a in zip("ABC", live, strict=True)],
+                clock=clock,
+                writer=writer,  # type: ignore[arg-type]
+                stats=stats,
+                timeout_s=1.0,
+                dis=["00010000", "02010100"],
+                serial=SerialSettings(client_tty, baudrate=9600, parity="E"),
+            )
+            assert poller.address == f"serial:{client_tty}@9600/8E1"
+            try:
+                assert await poller.poll_cycle(0.0) == 3
+            finally:
+                await poller.close()
+                await server.stop()
+            assert {r.control for r in server.requests} == {0x11}
+
+        run(main())
+
+    stored = pd.concat(writer.frames).set_index("meter_id")
+    assert stored.loc["A", "energy_import_kwh"] == 100.25
+    assert stored.loc["B", "voltage_l1_v"] == 229.9 and stored.loc["C", "voltage_l1_v"] == 231.0
+    by_id = {r["meter_id"]: r for r in seen}
+    assert set(by_id) == {"A", "B", "C"}
+    for r in seen:
+        assert r["collected_at"].tzinfo is not None
+    a, b = by_id["A"], by_id["B"]
+    assert isinstance(a["device_ts"], pd.Timestamp) and str(a["device_ts"].tz) == "UTC"
+    assert abs(a["device_ts"] - pd.Timestamp(a["collected_at"])) < pd.Timedelta(seconds=3)
+    drift = b["device_ts"] - pd.Timestamp(b["collected_at"])
+    assert pd.Timedelta(seconds=597) < drift < pd.Timedelta(seconds=603)
+    # the meter without a clock: its values are kept, device_ts is empty, and it is counted
+    assert pd.isna(by_id["C"]["device_ts"])
+    assert stats.counters["dlt645_clock_errors"] == 1
+    assert stats.meter("C").errors == 0
+
+
+def test_poller_clock_reading_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.clock import Clock
+    from meterwatch.stats import Stats
+
+    seen = spy_records(monkeypatch)
+
+    async def main() -> Dlt645Server:
+        server = Dlt645Server(lambda a: VALUES[a], VALUES.keys())
+        port = await server.start()
+        poller = Dlt645GatewayPoller(
+            "dl",
+            "127.0.0.1",
+            port,
+            [Dlt645Device("X", THREE_PHASE)],
+            clock=Clock(),
+            writer=ListWriter(),  # type: ignore[arg-type]
+            stats=Stats(),
+            dis=["00010000"],
+            read_clock=False,
+        )
+        try:
+            assert await poller.poll_cycle(0.0) == 1
+        finally:
+            await poller.close()
+            await server.stop()
+        return server
+
+    server = run(main())
+    assert [r.di for r in server.requests] == ["00010000"]
+    assert "device_ts" not in seen[0] and "collected_at" in seen[0]
+
+
+def test_poller_refuses_an_unknown_clock_timezone() -> None:
+    from collector.dlt645 import Dlt645GatewayPoller
+    from meterwatch.clock import Clock
+    from meterwatch.stats import Stats
+
+    with pytest.raises(ValueError, match="clock_timezone 'Mars/Olympus'"):
+        Dlt645GatewayPoller(
+            "dl",
+            "127.0.0.1",
+            1,
+            [],
+            clock=Clock(),
+            writer=ListWriter(),  # type: ignore[arg-type]
+            stats=Stats(),
+            clock_timezone="Mars/Olympus",
+        )
+
+
+# ------------------------------------------------------------------ config and service wiring
+
+
+def _config(tmp_path: Any, dlt645: dict[str, Any]) -> Any:
+    from meterwatch.config import parse_config
+
+    return parse_config(
+        {
+            "simulator": {"enabled": True, "residential": 2, "commercial": 1, "industrial": 1},
+            "mqtt": {"enabled": False},
+            "collector": {"modbus": {"enabled": False}, "dlt645": dlt645},
+            "storage": {"path": str(tmp_path / "store.duckdb")},
+            "alerts": {"feed": str(tmp_path / "alerts.jsonl")},
+        }
+    )
+
+
+def test_service_builds_serial_pollers_sharing_one_port(tmp_path: Any) -> None:
+    """A serial gateway with two interval groups: one port object, the settings from config,
+    the clock options from the collector defaults or the gateway."""
+    from collector.dlt645 import Dlt645GatewayPoller
+    from meterwatch.service import Service
+
+    cfg = _config(
+        tmp_path,
+        {
+            "interval": "15m",
+            "clock_timezone": "Europe/Berlin",
+            "gateways": [
+                {
+                    "name": "rs485",
+                    "transport": "serial",
+                    "serial_port": "/dev/ttyUSB7",
+                    "baudrate": 1200,
+                    "devices": [
+                        {"meter_id": "a", "address": "000000000001"},
+                        {"meter_id": "b", "address": "000000000002", "interval": "1m"},
+                    ],
+                },
+                {
+                    "name": "dtu",
+                    "host": "10.0.0.7",
+                    "read_clock": False,
+                    "clock_timezone": "UTC",
+                    "devices": [{"meter_id": "c", "address": "000000000003"}],
+                },
+            ],
+        },
+    )
+    service = Service(cfg)
+
+    async def build() -> list[Dlt645GatewayPoller]:
+        return service._build_dlt645_pollers()
+
+    try:
+        pollers = {p.name: p for p in asyncio.run(build())}
+    finally:
+        service.store.close()
+    assert set(pollers) == {"rs485@900s", "rs485@60s", "dtu"}
+    slow, fast, dtu = pollers["rs485@900s"], pollers["rs485@60s"], pollers["dtu"]
+    assert isinstance(slow.transport, SerialTransport)
+    assert slow.transport is fast.transport  # one port, one bus lock
+    assert slow.transport.settings == SerialSettings("/dev/ttyUSB7", 1200, "E", 8, 1)
+    assert slow.address == "serial:/dev/ttyUSB7@1200/8E1"
+    assert slow.read_clock and slow.clock_zone == ZoneInfo("Europe/Berlin")
+    assert isinstance(dtu.transport, TcpTransport) and dtu.address == "tcp:10.0.0.7:8899"
+    assert not dtu.read_clock and dtu.clock_zone == ZoneInfo("UTC")
+
+
+@pytest.mark.parametrize(
+    ("gateway", "path", "message"),
+    [
+        ({"name": "s", "transport": "serial"}, "gateways.0.serial_port", "serial_port is required"),
+        ({"name": "t"}, "gateways.0.host", "host is required when transport is tcp"),
+        ({"name": "t", "transport": "rs232", "host": "h"}, "gateways.0.transport", "'serial'"),
+        ({"name": "t", "host": "h", "parity": "X"}, "gateways.0.parity", "'E'"),
+        ({"name": "t", "host": "h", "bytesize": 9}, "gateways.0.bytesize", "7"),
+        ({"name": "t", "host": "h", "clock_timezone": "CST"}, "gateways.0.clock_timezone", "IANA"),
+    ],
+)
+def test_dlt645_gateway_config_errors_name_the_field(
+    tmp_path: Any, gateway: dict[str, Any], path: str, message: str
+) -> None:
+    from meterwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, {"gateways": [gateway]})
+    text = str(err.value)
+    assert f"collector.dlt645.{path}" in text and message in text, text
+
+
+def test_serial_link_lost_is_a_device_error_and_the_poller_reopens_the_port() -> None:
+    """The adapter goes away (the pty's other end closes): the read fails as a link error
+    naming the port, the poller closes the port, and the next cycle tries to open it again
+    (here the device is gone, so the bus is reported unreachable)."""
+    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.clock import Clock
+    from meterwatch.stats import Stats
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    stats = Stats()
+    errors: list[str | None] = []
+
+    async def main() -> tuple[int, int]:
+        poller = Dlt645GatewayPoller(
+            "bus",
+            "",
+            0,
+            [Dlt645Device("A", THREE_PHASE)],
+            clock=Clock(),
+            writer=ListWriter(),  # type: ignore[arg-type]
+            stats=stats,
+            timeout_s=1.0,
+            offline_after=5,
+            backoff_cap_s=0.0,
+            serial=SerialSettings(path),
+        )
+        try:
+            assert await poller._connect() and poller._is_connected()
+            os.close(master)  # the other end hangs up: reads now fail with EIO
+            first = await poller.poll_cycle(0.0)
+            errors.append(stats.meter("A").last_error)
+            assert not poller._is_connected()  # the failed link was closed
+            second = await poller.poll_cycle(0.0)
+            errors.append(stats.meter("A").last_error)
+        finally:
+            await poller.close()
+        return first, second
+
+    try:
+        assert run(main()) == (0, 0)
+    finally:
+        os.close(slave)
+    assert f"link serial:{path}@2400/8E1 failed" in str(errors[0])
+    assert "gateway bus unreachable" in str(errors[1])
+    assert stats.counters["dlt645_reconnects"] == 1
+    assert stats.counters["dlt645_connect_errors"] == 1  # the reopen was attempted
+    assert stats.meter("A").errors == 2

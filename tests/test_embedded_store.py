@@ -72,3 +72,22 @@ def test_retention(tmp_path: Path) -> None:
     left = store.read_readings()
     assert deleted == len(_frame(n=200)) - len(left)
     assert left["ts"].min() >= pd.Timestamp("2026-01-06T00:00Z")
+
+
+def test_memory_limit_is_applied_and_checked(tmp_path) -> None:
+    from meterwatch.config import StorageConfig
+    from meterwatch.errors import ConfigError
+
+    store = EmbeddedStore(tmp_path / "m.duckdb", memory_limit="256MB")
+    try:
+        (limit,) = store._con.execute("SELECT current_setting('memory_limit')").fetchone()
+        assert limit.endswith("MiB") and float(limit.split()[0]) < 300
+    finally:
+        store.close()
+    assert StorageConfig().memory_limit == "1GB"
+    try:
+        StorageConfig(memory_limit="lots")
+    except (ValueError, ConfigError) as exc:
+        assert "memory_limit" in str(exc)
+    else:
+        raise AssertionError("a bad memory_limit was accepted")

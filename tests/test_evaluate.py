@@ -84,6 +84,68 @@ def test_score_findings_on_a_hand_made_example() -> None:
     assert summary["false_by_type"] == {"overvoltage": 1}
 
 
+def test_fault_consequences_are_explained_not_judged() -> None:
+    labels = frame(
+        [
+            ("meter_stuck", "meter_stuck", "A", "TA01", h(10), h(16)),
+            ("meter_runaway", "meter_runaway", "B", "TA01", h(10), h(11)),
+            ("transformer_overload", "transformer_overload", None, "TA01", h(30), h(33)),
+            ("consumption_spike", "consumption_spike", "C", "TA02", h(60), h(62)),
+            ("theft_suspected", "h5", "E", "TA02", h(40), h(100)),
+        ],
+        LABEL_COLS,
+    )
+    findings = frame(
+        [
+            ("meter_stuck", "A", "TA01", h(10), h(16)),  # TP
+            ("energy_power_mismatch", "A", "TA01", h(0), h(24)),  # stuck register: explained
+            ("consumption_drop", "A", "TA01", h(10), h(16)),  # explained
+            ("consumption_drop", "A", "TA01", h(40), h(46)),  # after the fault: judged, false
+            ("meter_runaway", "B", "TA01", h(10), h(11)),  # TP
+            ("consumption_spike", "B", "TA01", h(10), h(11)),  # explained
+            ("energy_power_mismatch", "D", "TA01", h(0), h(24)),  # clean meter: false
+            ("transformer_overload", None, "TA01", h(30), h(33)),  # TP
+            ("consumption_spike", "T01", "TA01", h(30), h(33)),  # supply meter: explained
+            ("transformer_overload", None, "TA02", h(60), h(61)),  # spike on C: explained
+            ("transformer_loss", None, "TA01", h(24), h(48)),  # overload day: explained
+            ("energy_power_mismatch", "E", "TA02", h(48), h(72)),  # theft victim: explained
+        ],
+        FIND_COLS,
+    )
+    table, summary = score_findings(findings, labels, REGISTRY, days=10)
+    t = table.set_index("type")
+    assert (
+        t.loc["energy_power_mismatch", "alerts"],
+        t.loc["energy_power_mismatch", "explained"],
+    ) == (1, 2)
+    over = t.loc["transformer_overload"]
+    assert (over["alerts"], over["explained"], over["precision"]) == (1, 1, 1.0)
+    assert (t.loc["transformer_loss", "alerts"], t.loc["transformer_loss", "explained"]) == (0, 1)
+    assert (t.loc["consumption_drop", "alerts"], t.loc["consumption_drop", "explained"]) == (1, 1)
+    assert (t.loc["consumption_spike", "alerts"], t.loc["consumption_spike", "explained"]) == (0, 2)
+    assert t.loc["meter_stuck", "precision"] == 1.0 and t.loc["meter_runaway", "recall"] == 1.0
+    assert summary["false_by_type"] == {"energy_power_mismatch": 1}
+
+
+def test_build_scenario_injects_and_labels_the_billing_faults() -> None:
+    from analytics.evaluate import build_scenario
+    from simulators.fleet import BILLING_FAULT_TYPES
+
+    sc = build_scenario(meters=60, days=18, interval_s=3600, seed=5, per_type=2)
+    lab = sc.labels
+    for typ in BILLING_FAULT_TYPES:
+        sel = lab[lab["type"] == typ]
+        assert len(sel) == 2 and sel["meter_id"].nunique() == 2, typ
+    reg = sc.registry.set_index("meter_id")
+    mult = lab.loc[lab["type"] == "multiplier_mismatch", "meter_id"]
+    assert (reg.loc[mult, "ct_ratio"] > 1).all()
+    # Every label of a customer meter is on its own meter (distinct meters across types).
+    per_meter = lab.dropna(subset=["meter_id"]).groupby("meter_id")["type"].nunique()
+    assert (per_meter == 1).all()
+    with pytest.raises(ValueError, match="ct_ratio > 1"):
+        build_scenario(meters=20, days=18, interval_s=3600, seed=5, per_type=8)
+
+
 def test_average_precision_at_k() -> None:
     y = np.array([1, 0, 1, 0, 0, 1])
     s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
@@ -127,7 +189,7 @@ def test_evaluate_command_on_a_tiny_fleet(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         main,
         ["evaluate", "--meters", "40", "--days", "18", "--interval", "3600", "--per-type", "1"]
-        + ["--out", str(out)],
+        + ["--out", str(out), "--findings", str(tmp_path / "f.parquet")],
     )
     assert res.exit_code == 0, res.output
     text = out.read_text()
@@ -135,3 +197,12 @@ def test_evaluate_command_on_a_tiny_fleet(tmp_path: Path) -> None:
         assert heading in text
     for t in ("outage", "current_loss", "transformer_overload", "theft_suspected"):
         assert f"| {t} |" in text
+    for t in ("meter_stuck", "meter_runaway", "energy_power_mismatch", "multiplier_mismatch"):
+        assert f"| {t} | billing | 1 |" in text  # one label each
+    assert "| clock_error | billing | 1 |" in text and "| estimation_excess | billing | 1 |" in text
+    assert "| detector | seconds | peak_mib |" in text and "shared_session()" in text
+    found = pd.read_parquet(tmp_path / "f.parquet")
+    labels = pd.read_parquet(tmp_path / "f.labels.parquet")
+    assert len(pd.read_parquet(tmp_path / "f.registry.parquet")) >= 40
+    assert "theft_suspected" in set(found["type"]) and len(labels) > 20
+    assert found["evidence"].str.startswith("{").all()

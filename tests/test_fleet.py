@@ -505,3 +505,154 @@ def test_bad_injections_are_refused(three_days) -> None:
         inject(
             df, fleet.registry, [Injection("current_loss", "R0001", t0, t0 + pd.Timedelta(hours=1))]
         )
+
+
+# ------------------------------------------------------------------ billing-rule injections
+
+from analytics.billing_rules import (  # noqa: E402
+    ClockError,
+    EnergyPowerMismatch,
+    EstimationExcess,
+    MeterRunaway,
+    MeterStuck,
+    MultiplierMismatch,
+)
+from analytics.equipment import TransformerOverload  # noqa: E402
+from simulators.fleet import BILLING_FAULT_TYPES  # noqa: E402
+
+_BILLING_DETECTOR = {
+    "meter_stuck": MeterStuck,
+    "meter_runaway": MeterRunaway,
+    "energy_power_mismatch": EnergyPowerMismatch,
+    "multiplier_mismatch": MultiplierMismatch,
+    "clock_error": ClockError,
+    "estimation_excess": EstimationExcess,
+}
+
+
+def _billing_span(kind: str) -> tuple[str, pd.Timestamp, pd.Timestamp]:
+    """Meter and period of a billing injection into the three-day fleet."""
+    day1 = pd.Timestamp(START) + pd.Timedelta(days=1)
+    end = pd.Timestamp(START) + pd.Timedelta(days=3)
+    hour = pd.Timedelta(hours=1)
+    return {
+        "meter_stuck": ("R0002", day1 + 9 * hour, day1 + 15 * hour),
+        "meter_runaway": ("R0002", day1 + 12 * hour, day1 + 13 * hour),
+        "energy_power_mismatch": ("R0002", day1 - hour, day1 + 25 * hour),
+        "multiplier_mismatch": ("I0001", day1 - hour, day1 + 25 * hour),
+        "clock_error": ("R0002", end - 3 * hour, end - 2 * hour),  # lead 1 h
+        "estimation_excess": ("R0002", day1 - 4 * hour, day1 + 24 * hour),
+    }[kind]
+
+
+def _rows(df: pd.DataFrame, meter: str) -> pd.DataFrame:
+    return df[df["meter_id"] == meter].sort_values("ts").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", BILLING_FAULT_TYPES)
+def test_billing_injections_change_the_data_and_are_found(kind: str, three_days) -> None:
+    fleet, df = three_days
+    meter, t0, t1 = _billing_span(kind)
+    reg0 = fleet.registry.set_index("meter_id").loc[meter]
+    out, reg, labels = inject(df, fleet.registry, [Injection(kind, meter, t0, t1)])
+    # Labels: the type itself, on the meter, over the injected period (clock: open-ended).
+    assert list(labels["type"]) == [kind] and list(labels["meter_id"]) == [meter]
+    assert labels["starts_at"].iat[0] == t0
+    assert (
+        pd.isna(labels["ends_at"].iat[0])
+        if kind == "clock_error"
+        else labels["ends_at"].iat[0] == t1
+    )
+    a, b = _rows(df, meter), _rows(out, meter)
+    others = (out["meter_id"] != meter).to_numpy()
+    before = df.sort_values(["meter_id", "ts"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        out[others].reset_index(drop=True),
+        before[before["meter_id"] != meter].reset_index(drop=True),
+    )
+    # The data change.
+    if kind == "estimation_excess":
+        gone = (a["ts"] > t0) & (a["ts"] < t1)
+        assert len(b) == len(a) - int(gone.sum()) and gone.sum() >= 4 * 27
+        pd.testing.assert_frame_equal(b, a[~gone].reset_index(drop=True))
+    elif kind == "clock_error":
+        moved = (a["ts"] >= t0).to_numpy()
+        assert (b["ts"][moved] - a["ts"][moved] == t1 - t0).all()
+        assert (b["ts"][~moved] == a["ts"][~moved]).all()
+    else:
+        win = ((a["ts"] > t0) & (a["ts"] <= t1)).to_numpy()
+        d_a = np.diff(a["energy_import_kwh"].to_numpy(), prepend=np.nan)
+        d_b = np.diff(b["energy_import_kwh"].to_numpy(), prepend=np.nan)
+        if kind == "meter_stuck":
+            assert np.all(d_b[win] == 0) and np.allclose(d_b[~win][1:], d_a[~win][1:])
+            assert (b.loc[win, "current_l1_a"] >= 0.1 * float(reg0["rated_current_a"])).all()
+        elif kind == "meter_runaway":
+            limit = UN * float(reg0["max_current_a"]) * int(reg0["phases"]) * 0.25 / 1000
+            assert np.all(d_b[win] > 1.2 * limit) and np.allclose(d_b[~win][1:], d_a[~win][1:])
+        else:
+            factor = 0.4 if kind == "energy_power_mismatch" else float(reg0["ct_ratio"])
+            assert factor > 1 or kind == "energy_power_mismatch"
+            inside = ((a["ts"] >= t0) & (a["ts"] <= t1)).to_numpy()
+            np.testing.assert_allclose(b["power_kw"][inside], a["power_kw"][inside] * factor)
+            np.testing.assert_array_equal(b["energy_import_kwh"], a["energy_import_kwh"])
+    # The matching detector finds it on the injected data, not on the clean data.
+    det = _BILLING_DETECTOR[kind]()
+    found = det.detect(out, reg)
+    hit = found[found["meter_id"] == meter]
+    assert len(hit) >= 1, found
+    if kind != "clock_error":  # a clock error's label is open-ended
+        assert (hit["starts_at"] <= t1 + pd.Timedelta(hours=2)).all()
+    assert (hit["ends_at"].isna() | (hit["ends_at"] >= t0 - pd.Timedelta(hours=2))).all()
+    assert set(found["meter_id"]) == {meter}
+    assert det.detect(df, fleet.registry).empty
+
+
+def test_clock_error_reference_is_every_other_meter(three_days) -> None:
+    # The reference is the latest read of every *other* meter. Documented limitation: meters
+    # ahead together hide each other (each is the other's reference). A "main group of the
+    # fleet" reference found both here but raised false clock_error alerts in the live service,
+    # where MQTT meters (current) and Modbus meters (polls spread, some skipped) form two groups
+    # more than one interval apart (tests/test_end_to_end.py), so it was not kept.
+    fleet, df = three_days
+    t0 = pd.Timestamp(START) + pd.Timedelta(days=3) - pd.Timedelta(hours=3)
+    one = [Injection("clock_error", "R0002", t0, t0 + pd.Timedelta(hours=1))]
+    out, reg, _ = inject(df, fleet.registry, one)
+    found = ClockError().detect(out, reg)
+    assert list(found["meter_id"]) == ["R0002"]
+    assert found["evidence"].iat[0]["lead_s"] == 3600.0
+    two = one + [Injection("clock_error", "C0003", t0, t0 + pd.Timedelta(hours=1))]
+    out, reg, _ = inject(df, fleet.registry, two)
+    assert ClockError().detect(out, reg).empty  # the limitation, pinned
+
+
+def test_multiplier_mismatch_needs_a_ct_meter(three_days) -> None:
+    fleet, df = three_days
+    t0 = pd.Timestamp(START)
+    with pytest.raises(ValueError, match="ct_ratio 1, needs > 1"):
+        inject(
+            df,
+            fleet.registry,
+            [Injection("multiplier_mismatch", "R0001", t0, t0 + pd.Timedelta(days=1))],
+        )
+
+
+def test_transformer_overload_keeps_the_supply_register_consistent(
+    three_days, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the overload injection used to lift only the supply meter's power, so
+    # energy_power_mismatch fired on the (clean) supply meter's day.
+    import simulators.fleet as sim
+
+    fleet, df = three_days
+    t0 = pd.Timestamp(START) + pd.Timedelta(hours=30)
+    inj = [Injection("transformer_overload", "R0002", t0, t0 + pd.Timedelta(hours=3))]
+    out, reg, _ = inject(df, fleet.registry, inj)
+    assert not TransformerOverload().detect(out, reg).empty
+    sup_a, sup_b = _rows(df, "T01"), _rows(out, "T01")
+    gain = sup_b["energy_import_kwh"].iat[-1] - sup_a["energy_import_kwh"].iat[-1]
+    assert gain > 0
+    assert EnergyPowerMismatch().detect(out, reg).empty
+    # Without the register update the rule does fire: the test can tell the difference.
+    monkeypatch.setattr(sim, "_add_power_energy", lambda *a, **k: None)
+    out2, reg2, _ = inject(df, fleet.registry, inj)
+    assert set(EnergyPowerMismatch().detect(out2, reg2)["meter_id"]) == {"T01"}

@@ -580,6 +580,8 @@ def test_v2_write_path_params_and_token(fake: Callable[..., FakeInflux]) -> None
     assert seen.params == {"org": "grid co", "bucket": "meters/raw", "precision": "s"}
     assert seen.headers["Authorization"] == "Token s3cr3t"
     assert seen.body.splitlines() == encode_readings(sample(3)).lines
+    # v2 writes go through influxdb-client's WriteApi (issue #4 item 1), v1 ones do not.
+    assert seen.headers["User-Agent"].startswith("influxdb-client-python/")
 
 
 def test_v2_missing_bucket_names_the_setting(fake: Callable[..., FakeInflux]) -> None:

@@ -6,24 +6,31 @@ import asyncio
 import re
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 from servers import free_port
 
+from alerts.delivery import Dispatcher, Notification
+from alerts.delivery.sinks import ALL_EVENTS
 from collector.writer import ReadingWriter
 from meterwatch.config import parse_config
-from meterwatch.errors import ConfigError
-from meterwatch.metrics import CONTENT_TYPE, MetricsServer
+from meterwatch.console import print_summary
+from meterwatch.errors import ConfigError, DeliveryError
+from meterwatch.metrics import CONTENT_TYPE, MetricsServer, render
 from meterwatch.schema import normalize_readings
+from meterwatch.service import RunSummary
 from meterwatch.stats import Stats
 from storage.spool import Spool
 
-# metric_name{labels} value   (no labels are emitted today; the grammar allows them)
+# metric_name{labels} value   (labels: name="escaped value", comma-separated)
 SAMPLE = re.compile(
-    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (?P<value>[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|NaN|Inf))$"
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{[^}]*\})? (?P<value>[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|NaN|Inf))$"
 )
+LABEL = re.compile(r'(?P<k>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<v>(?:[^"\\\n]|\\[\\"n])*)"')
 
 
 def parse_exposition(text: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -44,8 +51,14 @@ def parse_exposition(text: str) -> tuple[dict[str, float], dict[str, str]]:
             assert m, f"not a valid sample line: {line!r}"
             name = m["name"]
             assert name in types and name in helps, f"{name} without TYPE/HELP"
-            assert name not in values, f"{name} twice"
-            values[name] = float(m["value"])
+            key = name
+            if m["labels"]:
+                inner = m["labels"][1:-1]
+                pairs = LABEL.findall(inner)
+                assert ",".join(f'{k}="{v}"' for k, v in pairs) == inner, f"bad labels: {line!r}"
+                key = name + m["labels"]
+            assert key not in values, f"{key} twice"
+            values[key] = float(m["value"])
     return values, types
 
 
@@ -124,3 +137,93 @@ def test_metrics_port_in_use_is_a_config_error_and_config_defaults() -> None:
             MetricsServer(Stats(), "127.0.0.1", first.port)
     finally:
         first.stop()
+
+
+class _Sink:
+    """A delivery sink that fails its first ``fail`` attempts (fault injection)."""
+
+    events = ALL_EVENTS
+
+    def __init__(self, name: str, fail: int = 0, retryable: bool = True):
+        self.name, self.fail, self.retryable = name, fail, retryable
+
+    def send(self, note: Notification) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise DeliveryError(self.name, "injected failure", retryable=self.retryable)
+
+    def close(self) -> None:
+        pass
+
+
+def _record(alert_id: str) -> dict[str, object]:
+    return {
+        "id": alert_id,
+        "fingerprint": f"fp-{alert_id}",
+        "type": "phase_break",
+        "severity": "critical",
+        "meter_id": "I0001",
+        "status": "open",
+        "starts_at": "2026-01-05T04:00:00Z",
+        "updated_at": "2026-01-05T04:00:00Z",
+        "summary": "s",
+        "evidence": {},
+    }
+
+
+def test_delivery_counts_per_sink_on_metrics_and_in_the_summary(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    ok, down = _Sink("ok"), _Sink('webhook:http://h/"x"', fail=10**6)
+    refused = _Sink("smtp", fail=1, retryable=False)
+    d = Dispatcher(tmp_path / "d", [ok, down, refused], initial_s=1.0, clock=lambda: now[0])
+    for i in range(3):
+        d.enqueue("opened", _record(f"a{i}"))
+    d.run_once()  # ok: 3 delivered; down: 1 retried, 3 pending; smtp: 1 failed, 2 delivered
+    now[0] += 5.0
+    d.run_once()  # down: a second retry
+    server = MetricsServer(Stats(), "127.0.0.1", free_port(), delivery=d.stats)
+    server.start()
+    try:
+        _, text = scrape(server.url)
+    finally:
+        server.stop()
+    values, types = parse_exposition(text)
+    down_label = '{sink="webhook:http://h/\\"x\\""}'
+
+    def v(name: str, sink: str) -> float:
+        return values[f"meterwatch_{name}{sink}"]
+
+    assert [
+        v("alert_notifications_delivered_total", s)
+        for s in ('{sink="ok"}', down_label, '{sink="smtp"}')
+    ] == [3, 0, 2]
+    assert v("alert_notifications_failed_total", '{sink="smtp"}') == 1
+    assert v("alert_notification_retries_total", down_label) == 2
+    assert v("alert_notifications_pending", down_label) == 3
+    assert v("alert_notifications_pending", '{sink="ok"}') == 0
+    assert types["meterwatch_alert_notifications_pending"] == "gauge"
+    assert types["meterwatch_alert_notifications_delivered_total"] == "counter"
+    assert "meterwatch_alert" not in render(Stats())  # no dispatcher: no delivery metrics
+
+    # the closing summary shows the same numbers, one row per sink
+    out = Console(record=True, width=200)
+    print_summary(
+        out,
+        RunSummary(
+            wall_seconds=1.0,
+            service_start=datetime(2026, 1, 5, tzinfo=UTC),
+            service_end=datetime(2026, 1, 5, 1, tzinfo=UTC),
+            meters=1,
+            meters_online=1,
+            counters={},
+            alerts_by_type={},
+            open_alerts=0,
+            delivery=d.stats(),
+        ),
+    )
+    shown = out.export_text()
+    assert (
+        "alert delivery to ok" in shown and "3 delivered, 0 retried, 0 failed, 0 pending" in shown
+    )
+    assert "0 delivered, 2 retried, 0 failed, 3 pending (sent at next start)" in shown
+    assert "2 delivered, 0 retried, 1 failed, 0 pending" in shown

@@ -6,7 +6,12 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from analytics.partition import iter_partitions, run_partitioned
+from analytics.partition import (
+    analyze_partitioned,
+    iter_partitions,
+    run_partitioned,
+    split_readings,
+)
 from analytics.suite import default_detectors, run_detectors
 from simulators.fleet import AnomalySpec, Fleet, generate
 
@@ -58,3 +63,40 @@ def test_partitioned_run_equals_single_run() -> None:
         parts.sort_values(key).reset_index(drop=True)[key],
     )
     assert seen[-1] == len(reg) and len(seen) > 1
+
+
+def test_analyze_partitioned_on_two_workers_equals_single_run() -> None:
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    fleet = Fleet(
+        start=start,
+        residential=12,
+        commercial=4,
+        industrial=3,
+        transformers=3,
+        seed=5,
+        anomalies=[
+            AnomalySpec("voltage_loss", None, 3600 * 4, 3600 * 2),
+            AnomalySpec("register_decrease", None, 3600 * 9),
+        ],
+    )
+    readings = generate(fleet, start + pd.Timedelta(days=1))
+    reg = fleet.registry
+    dets = default_detectors()
+    whole = run_detectors(dets, readings, reg)
+    seen: list[int] = []
+    key = ["type", "meter_id", "starts_at"]
+    for workers in (1, 2):
+        parts = analyze_partitioned(
+            dets, readings, reg, max_meters=8, workers=workers, progress=lambda d, t: seen.append(d)
+        )
+        assert len(whole) >= 2
+        pd.testing.assert_frame_equal(
+            whole.sort_values(key).reset_index(drop=True)[key],
+            parts.sort_values(key).reset_index(drop=True)[key],
+        )
+        assert seen[-1] == len(reg)
+    # Every registered reading lands in exactly one partition.
+    split = list(split_readings(readings, reg, 8))
+    assert sum(len(r) for _, r in split) == int(readings["meter_id"].isin(reg["meter_id"]).sum())
+    for chunk, rows in split:
+        assert set(rows["meter_id"]) <= set(chunk["meter_id"])

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from brokers import free_port
@@ -243,3 +244,112 @@ def test_probe_mqtt_waits_for_one_message(mosquitto_broker) -> None:  # noqa: AN
         main, ["probe", "mqtt", "--port", str(free_port()), "--timeout", "0.5"]
     )
     assert down.exit_code == 2 and "refused" in down.output
+
+
+def _serve_in_thread(server: Any, start: Any) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """Run a simulator's event loop in a thread (the CLI runs its own loop in this one)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    return loop, thread
+
+
+def _stop_thread(server: Any, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _probe_on_a_pty(server: Any, extra: list[str]) -> Any:
+    """Run `probe dlt645 --serial-port` against ``server`` served on a fresh pty pair."""
+    from test_dlt645 import pty_bridge
+
+    with pty_bridge() as (client_tty, server_tty):
+        loop, thread = _serve_in_thread(server, lambda: server.start_serial(server_tty))
+        try:
+            args = ["probe", "dlt645", "--serial-port", client_tty, "--address", "000000001234"]
+            return CliRunner().invoke(main, [*args, *extra])
+        finally:
+            _stop_thread(server, loop, thread)
+
+
+def test_probe_dlt645_over_a_serial_port_prints_values_and_meter_clock() -> None:
+    """`probe dlt645 --serial-port` on a pty pair at 2400 8E1 (the defaults)."""
+    from simulators.dlt645_server import Dlt645Server
+
+    values = {"000000001234": {"energy_import_kwh": 4321.5, "voltage_l1_v": 228.7}}
+    now = datetime(2026, 11, 23, 6, 0, 0, tzinfo=UTC)  # 14:00 in Shanghai
+    server = Dlt645Server(
+        lambda a: values[a], values.keys(), clock=lambda: now, drift_s={"000000001234": 90}
+    )
+    ok = _probe_on_a_pty(server, ["--json"])
+    assert ok.exit_code == 0, ok.output
+    reading = json.loads(ok.output)
+    assert reading["energy_import_kwh"] == 4321.5 and reading["voltage_l1_v"] == 228.7
+    # the meter's local clock (14:01:30 in Shanghai, 90 s fast) as UTC
+    assert reading["device_ts"] == "2026-11-23T06:01:30Z"
+    assert reading["device_local_time"] == "2026-11-23T14:01:30"
+    assert {r.address for r in server.requests} == {"000000001234"}
+    assert {r.control for r in server.requests} == {0x11}  # reads only
+
+    # a meter without a clock: values still print, device_ts empty with the reason
+    server = Dlt645Server(lambda a: values[a], values.keys(), no_clock=values.keys())
+    no_clock = _probe_on_a_pty(server, ["--json"])
+    assert no_clock.exit_code == 0, no_clock.output
+    reading = json.loads(no_clock.output)
+    assert reading["energy_import_kwh"] == 4321.5 and reading["device_ts"] is None
+    assert "no data requested" in reading["device_ts_error"]
+
+
+def test_probe_dlt645_serial_options_reach_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.probe
+    from collector.dlt645 import SerialSettings
+
+    calls: list[dict[str, Any]] = []
+
+    async def fake(host: Any, port: Any, address: str, timeout: float, **kw: Any) -> dict:
+        calls.append({"host": host, "address": address, "timeout": timeout, **kw})
+        return {"meter_id": address}
+
+    monkeypatch.setattr(collector.probe, "probe_dlt645_once", fake)
+    args = ["probe", "dlt645", "--address", "000000001234", "--serial-port", "/dev/ttyS3"]
+    extra = ["--baudrate", "9600", "--parity", "N", "--bytesize", "7", "--stopbits", "2"]
+    out = CliRunner().invoke(main, [*args, *extra, "--no-clock", "--clock-timezone", "UTC"])
+    assert out.exit_code == 0, out.output
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert calls[0]["serial"] == SerialSettings("/dev/ttyS3", 9600, "N", 7, 2)
+    assert (calls[0]["read_clock"], calls[0]["clock_timezone"]) == (False, "UTC")
+    # defaults: DL/T 645's 2400 baud 8E1, clock read in Asia/Shanghai
+    assert calls[1]["serial"] == SerialSettings("/dev/ttyS3", 2400, "E", 8, 1)
+    assert (calls[1]["read_clock"], calls[1]["clock_timezone"]) == (True, "Asia/Shanghai")
+
+
+def test_probe_dlt645_needs_exactly_one_of_host_and_serial_port() -> None:
+    runner = CliRunner()
+    neither = runner.invoke(main, ["probe", "dlt645", "--address", "000000001234"])
+    assert (
+        neither.exit_code == 2 and "--host" in neither.output and "--serial-port" in neither.output
+    )
+    both = runner.invoke(
+        main,
+        [
+            "probe", "dlt645", "--host", "127.0.0.1", "--serial-port", "/dev/ttyUSB0",
+            "--address", "000000001234",
+        ],
+    )  # fmt: skip
+    assert both.exit_code == 2 and "not both" in both.output, both.output
+    missing = runner.invoke(
+        main,
+        ["probe", "dlt645", "--serial-port", "/dev/does-not-exist-645", "--address", "1234"],
+    )
+    assert missing.exit_code == 2, missing.output
+    assert "cannot open the port" in missing.output and "/dev/does-not-exist-645" in missing.output

@@ -119,7 +119,10 @@ def test_writer_acks_after_spool_and_counts_refusals_when_full(tmp_path: Path) -
         for i in range(400):
             ok = writer.submit(frame(i * 200, 200), on_stored=lambda i=i: acked.append(i))
             refused += 0 if ok else 1
-            await writer.flush()
+            try:
+                await writer.flush()
+            except SpoolFullError:  # accepted rows stay pending, unacknowledged
+                assert writer.pending_rows > 0
         assert refused > 0
         await writer.close(drain_timeout_s=0.0)
         return stats, acked, store, spool
@@ -128,7 +131,11 @@ def test_writer_acks_after_spool_and_counts_refusals_when_full(tmp_path: Path) -
     c = stats.snapshot()
     # Every accepted and acknowledged frame is in the spool; every other one was counted.
     assert spool.depth_rows == len(acked) * 200 == c["readings_spooled"]
-    assert c["spool_refused"] == c["readings_refused"] == 400 * 200 - len(acked) * 200
+    # A frame accepted but refused by the full spool at flush time stayed in memory, never
+    # acknowledged; at close it is counted as lost (the upstream keeps it: no ack was sent).
+    lost = c.get("readings_lost_at_close", 0)
+    assert c["spool_refused"] == c["readings_refused"]
+    assert c["readings_refused"] + lost == 400 * 200 - len(acked) * 200
     assert stats.gauge_snapshot()["spool_depth_rows"] == spool.depth_rows
     assert store.frames == []
 
@@ -234,3 +241,37 @@ def test_storage_config_spool_policy_and_factory_secrets(tmp_path: Path) -> None
     local = build_store(emb.storage)
     assert isinstance(local, EmbeddedStore)
     local.close()
+
+
+def test_writer_keeps_accepted_rows_when_the_spool_fills_at_flush(tmp_path: Path) -> None:
+    """Frames accepted while the spool had room, whose flush then finds it full, stay in memory
+    unacknowledged and are spooled (then acknowledged) once the spool has room again."""
+
+    async def scenario() -> tuple[Stats, list[int], Spool]:
+        store = ListStore()
+        store.failing = True
+        spool = Spool(tmp_path / "s", max_bytes=1 << 14)
+        stats = Stats()
+        writer = ReadingWriter(store, stats, spool=spool, flush_interval_s=3600)
+        while not spool.is_full:  # fill it directly
+            spool.append(frame(0, 200))
+        batch = spool.peek(max_rows=10**6)
+        assert batch is not None
+        spool.remove_through(batch.last_seq)  # empty again: room
+        acked: list[int] = []
+        assert writer.submit(frame(0, 200), on_stored=lambda: acked.append(1))
+        spool.append(frame(0, 100_000))  # someone else fills it before the flush
+        assert spool.is_full
+        with pytest.raises(SpoolFullError):
+            await writer.flush()
+        assert acked == [] and writer.pending_rows == 200
+        batch = spool.peek(max_rows=10**6)
+        assert batch is not None
+        spool.remove_through(batch.last_seq)  # drained
+        await writer.flush()
+        assert acked == [1] and writer.pending_rows == 0
+        return stats, acked, spool
+
+    stats, acked, spool = asyncio.run(scenario())
+    assert spool.depth_rows == 200
+    assert stats.snapshot()["spool_full_retries"] == 1

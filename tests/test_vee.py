@@ -345,6 +345,25 @@ def test_linear_interpolation_scaled_to_register(gap_delta: float, expected: lis
     assert out["kwh"].sum() == pytest.approx(1.0 + gap_delta + 4.0)
 
 
+@pytest.mark.parametrize(
+    ("missing_intervals", "method"),
+    [(8, "linear_interpolation"), (9, "register_prorate")],
+)
+def test_linear_interpolation_up_to_two_hours_inclusive(
+    missing_intervals: int, method: str
+) -> None:
+    # Default linear_max_gap_s = 2 h (California interval VEE: "gaps 2 hours or less",
+    # docs/billing.md): 8 missing 15-minute intervals are interpolated, 9 are not (no like days
+    # in this history, so the known register delta is prorated instead).
+    r = reads(np.full(40, 0.25))
+    gone = (r.index > 2) & (r.index < 3 + missing_intervals - 1)
+    out = run(r[~gone])
+    est = out["quality"] == "estimated"
+    assert est.sum() == missing_intervals
+    assert set(out.loc[est, "method"]) == {method}
+    assert out["kwh"].sum() == pytest.approx(40 * 0.25)
+
+
 def test_outage_interval_is_never_a_linear_end_point() -> None:
     r = reads([1.0, 1.0, 1.0, 1.0])
     r.loc[1, "voltage_l1_v"] = 0.0  # interval 0 (read at 00:15) is an outage
@@ -388,6 +407,22 @@ def test_like_day_average_unscaled_at_the_end_of_data() -> None:
     assert not has(tail, "scaled_to_register").any()
     # 18 h of consecutive estimates: below the 24 h limit.
     assert not has(out, "estimation_excess").any()
+
+
+def test_like_day_skips_a_day_with_an_outage() -> None:
+    # As above, but Wednesday had a power failure at 10:00: days with an outage are no like
+    # days (California interval VEE working group; Itron IEE historical estimation), so the
+    # three nearest are Thu (-1), Tue (-3), Mon (-4): (0.75 + 0.5 + 0.25) / 3 per interval.
+    r = _days([24.0, 48.0, 12.0, 72.0, 96.0])
+    wed_10 = T0 + pd.Timedelta(days=2, hours=10)
+    r.loc[r["ts"] == wed_10, "voltage_l1_v"] = 0.0
+    fri = T0 + pd.Timedelta(days=4)
+    r = r[r["ts"] <= fri + pd.Timedelta(hours=6)]
+    out = run(r, start=T0, end=T0 + pd.Timedelta(days=5))
+    assert has(out, "outage").sum() >= 1
+    tail = out[out["interval_start"] >= fri + pd.Timedelta(hours=6)]
+    assert set(tail["method"]) == {"like_day_average"}
+    assert tail["kwh"].to_numpy() == pytest.approx(np.full(72, (0.75 + 0.5 + 0.25) / 3))
 
 
 @pytest.mark.parametrize(("missing_intervals", "excess"), [(96, False), (97, True)])

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from alerts.delivery.dispatcher import Dispatcher
-from alerts.delivery.errors import DeliveryError
 from alerts.delivery.outbox import Notification, Outbox, notification_key
 from alerts.delivery.sinks import (
     AlertmanagerSink,
@@ -21,6 +20,7 @@ from alerts.delivery.sinks import (
     env_secret,
 )
 from meterwatch.config import DeliveryConfig, MqttConfig
+from meterwatch.errors import DeliveryError
 
 __all__ = [
     "AlertmanagerSink",
@@ -89,6 +89,9 @@ def build_sinks(
                 starttls=smtp.starttls,
                 external_url=cfg.external_url,
                 timeout_s=smtp.timeout_s,
+                ca_file=smtp.ca_file,
+                username_env=smtp.username_env,
+                password_env=smtp.password_env,
             )
         )
     return sinks

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from alerts.delivery.errors import DeliveryError
 from alerts.delivery.outbox import Notification, Outbox
 from alerts.delivery.sinks import Sink
 from alerts.model import Alert
+from meterwatch.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,17 @@ class Dispatcher:
         """Send once; return "delivered", "retry" (scheduled) or "failed" (given up)."""
         counters = self.counters[sink.name]
         try:
-            sink.send(note)
+            try:
+                sink.send(note)
+            except DeliveryError:
+                raise
+            except (
+                Exception
+            ) as bug:  # a sink bug: counted and retried like an outage, not a loop crash
+                log.exception(
+                    "delivery sink %s raised %r (a bug: sinks raise DeliveryError)", sink.name, bug
+                )
+                raise DeliveryError(sink.name, f"unexpected {bug!r}") from bug
         except DeliveryError as exc:
             now = self.clock()
             age = now - note.created_at

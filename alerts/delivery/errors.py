@@ -1,14 +1,10 @@
-"""Delivery errors: every sink translates its library's exceptions into :class:`DeliveryError`."""
+"""Delivery errors: re-exported from :mod:`meterwatch.errors` (the project's one exception tree).
+
+Every sink translates its library's exceptions into :class:`DeliveryError`.
+"""
 
 from __future__ import annotations
 
-from meterwatch.errors import MeterWatchError
+from meterwatch.errors import DeliveryError
 
-
-class DeliveryError(MeterWatchError):
-    """A sink could not deliver a notification (it will be retried). Carries the sink name."""
-
-    def __init__(self, sink: str, message: str, *, retryable: bool = True):
-        self.sink = sink
-        self.retryable = retryable
-        super().__init__(f"delivery to {sink}: {message}")
+__all__ = ["DeliveryError"]

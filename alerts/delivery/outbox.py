@@ -102,6 +102,15 @@ class Outbox:
         except sqlite3.Error as exc:
             raise StorageError(f"delivery outbox {self.path}: {exc}") from exc
 
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run a SELECT and fetch every row under the lock (the dispatcher thread, listeners
+        and /metrics scrapes share the connection)."""
+        try:
+            with self._lock:
+                return self._con.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"delivery outbox {self.path}: {exc}") from exc
+
     def enqueue(self, alert: dict[str, Any], event: str, sinks: list[str], now: float) -> int:
         """Add the notification for each sink; return how many rows were new (not duplicates)."""
         key = notification_key(alert, event)
@@ -126,14 +135,14 @@ class Outbox:
 
     def pending(self, sink: str, limit: int = 1000) -> list[tuple[Notification, float]]:
         """Undelivered, not given-up notifications of a sink in enqueue order, with their due time."""
-        cur = self._exec(
+        rows = self._query(
             "SELECT seq, key, sink, event, payload, attempts, created_at, next_at FROM outbox "
             "WHERE sink = ? AND delivered_at IS NULL AND failed_at IS NULL ORDER BY seq LIMIT ?",
             (sink, limit),
         )
         return [
             (Notification(seq, key, s, event, json.loads(payload), attempts, created), next_at)
-            for seq, key, s, event, payload, attempts, created, next_at in cur.fetchall()
+            for seq, key, s, event, payload, attempts, created, next_at in rows
         ]
 
     def mark_delivered(self, seq: int, now: float) -> None:
@@ -157,13 +166,13 @@ class Outbox:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per sink and state (pending, delivered, failed), from the persistent table."""
-        cur = self._exec(
+        rows = self._query(
             "SELECT sink, SUM(delivered_at IS NOT NULL), SUM(failed_at IS NOT NULL), "
             "SUM(delivered_at IS NULL AND failed_at IS NULL) FROM outbox GROUP BY sink"
         )
         return {
             sink: {"delivered": int(d or 0), "failed": int(f or 0), "pending": int(p or 0)}
-            for sink, d, f, p in cur.fetchall()
+            for sink, d, f, p in rows
         }
 
     def purge_delivered(self, older_than_s: float, now: float | None = None) -> int:

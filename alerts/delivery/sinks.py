@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.delivery.errors import DeliveryError
 from alerts.delivery.outbox import Notification
 from alerts.model import parse_iso
+from meterwatch.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +350,17 @@ class AlertmanagerSink:
 
 
 class SmtpSink:
-    """E-mail through an SMTP server (smtplib), optional STARTTLS and login from env variables."""
+    """E-mail through an SMTP server (smtplib), optional STARTTLS and login from env variables.
+
+    With ``starttls`` the session is upgraded before login and the server certificate is
+    verified against the system CAs, or ``ca_file`` (a private CA). Configuration faults fail
+    loud and are not retried, each naming the setting to fix: a refused login (535), a server
+    without STARTTLS or AUTH, a certificate that does not verify, an unset password variable.
+    """
 
     events = PAGE_EVENTS
+    #: Where the settings live in config.yaml (named in error messages).
+    SETTING = "alerts.delivery.smtp"
 
     def __init__(
         self,
@@ -367,6 +375,9 @@ class SmtpSink:
         external_url: str = "",
         timeout_s: float = 15.0,
         name: str = "smtp",
+        ca_file: str | os.PathLike[str] | None = None,
+        username_env: str | None = None,
+        password_env: str | None = None,
     ):
         self.host, self.port = host, port
         self.sender = sender
@@ -376,6 +387,9 @@ class SmtpSink:
         self.external_url = external_url.rstrip("/")
         self.timeout_s = timeout_s
         self.name = name
+        self.ca_file = ca_file
+        #: names of the environment variables, for error messages only (never their values)
+        self.username_env, self.password_env = username_env, password_env
 
     def message(self, note: Notification) -> EmailMessage:
         alert = note.alert
@@ -403,27 +417,76 @@ class SmtpSink:
         msg.set_content("\n".join(lines))
         return msg
 
+    def _env(self, setting: str, var: str | None) -> str:
+        return f"{self.SETTING}.{setting}" + (f" (environment variable {var})" if var else "")
+
+    def _fail(self, message: str) -> DeliveryError:
+        """A configuration fault: not retried, logged as an error naming what to fix."""
+        return DeliveryError(self.name, f"SMTP {self.host}:{self.port}: {message}", retryable=False)
+
     def send(self, note: Notification) -> None:
+        if self.username and self.password is None:
+            raise self._fail(
+                f"login as {self.username!r} needs a password: "
+                f"{self._env('password_env', self.password_env)} is not set"
+            )
         msg = self.message(note)
+        step = "connect"
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
                 if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    step = "starttls"
+                    smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
                 if self.username:
+                    step = "login"
                     smtp.login(self.username, self.password or "")
+                step = "send"
                 smtp.send_message(msg)
+        except UnicodeEncodeError:
+            # smtplib sends AUTH PLAIN/LOGIN credentials as ASCII only (CPython smtplib.auth)
+            raise self._fail(
+                f"login as {self.username!r}: the username or password has non-ASCII characters, "
+                "which smtplib cannot send; set an ASCII password in "
+                f"{self._env('password_env', self.password_env)}"
+            ) from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise self._fail(
+                f"login as {self.username!r} refused ({exc.smtp_code} {_text(exc.smtp_error)}): "
+                f"check {self._env('username_env', self.username_env)} and "
+                f"{self._env('password_env', self.password_env)}"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            if step == "starttls":
+                fix = f"the server does not offer STARTTLS; set {self.SETTING}.starttls: false or use a port that does"
+            else:  # AUTH missing: servers often offer it only after STARTTLS
+                fix = "the server does not offer AUTH" + (
+                    "" if self.starttls else f" here (try {self.SETTING}.starttls: true)"
+                )
+            raise self._fail(f"{fix} ({exc})") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise self._fail(
+                f"TLS certificate not trusted ({exc.verify_message}); give the server's CA in "
+                f"{self.SETTING}.ca_file" + (f" (now {self.ca_file})" if self.ca_file else "")
+            ) from None
         except smtplib.SMTPResponseException as exc:
             retryable = exc.smtp_code >= 400 and exc.smtp_code < 500
             raise DeliveryError(
                 self.name,
-                f"SMTP {self.host}:{self.port} answered {exc.smtp_code} {exc.smtp_error!r}",
+                f"SMTP {self.host}:{self.port} answered {exc.smtp_code} {exc.smtp_error!r} "
+                f"at {step}",
                 retryable=retryable,
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(self.name, f"SMTP {self.host}:{self.port}: {exc}") from None
+            raise DeliveryError(
+                self.name, f"SMTP {self.host}:{self.port} at {step}: {exc}"
+            ) from None
 
     def close(self) -> None:
         pass
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 def env_secret(name: str | None) -> str | None:
