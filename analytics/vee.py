@@ -1140,6 +1140,38 @@ def _like_days(
     return np.where(count[:, :, None] > 0, total / np.maximum(count, 1)[:, :, None], np.nan)
 
 
+def last_interpolable_boundary(
+    readings: pd.DataFrame,
+    upto: pd.Timestamp,
+    *,
+    interval_s: int = 900,
+    max_read_spacing_intervals: float = VeeParams.max_read_spacing_intervals,
+) -> pd.Series:
+    """Per meter, the latest grid boundary at or before ``upto`` that :func:`validate` can
+    interpolate: a register read on it, or reads on both sides at most
+    ``max_read_spacing_intervals`` intervals apart (the rule of the boundary values above).
+
+    A window that ends on such a boundary for every meter closes every gap before it, so its
+    estimates are final; a window ending inside a gap leaves the gap's intervals ``missing``.
+    Meters with no such boundary are absent from the result (index ``meter_id``, UTC).
+    """
+    step = interval_s * _NS
+    reads = readings.loc[readings["energy_import_kwh"].notna(), ["meter_id", "ts"]]
+    reads = reads.sort_values(["meter_id", "ts"], kind="mergesort")
+    t = reads["ts"].dt.tz_convert("UTC").dt.as_unit("ns").astype("int64").to_numpy()
+    meter = reads["meter_id"].to_numpy()
+    limit = _to_ns(pd.Timestamp(upto))
+    nxt = np.r_[t[1:], np.iinfo(np.int64).max]
+    same = np.r_[meter[1:] == meter[:-1], False] if len(meter) else np.zeros(0, bool)
+    pair_ok = same & ((nxt - t) <= max_read_spacing_intervals * step * (1 + REL_TOL))
+    hi = np.minimum(np.where(pair_ok, nxt, t), limit)
+    cand = hi - hi % step  # latest boundary inside [t, next] (or at t) not after upto
+    ok = (cand >= t) & (t <= limit)
+    out = pd.Series(cand[ok], index=pd.Index(meter[ok], name="meter_id"))
+    out = out.groupby(level=0).max()
+    return pd.to_datetime(out, utc=True).rename("boundary")
+
+
 # ------------------------------------------------------------------------------- edits
 
 

@@ -142,7 +142,8 @@ class Service:
             self.alert_sink = AlertEventSink(self.store, self.stats, outbox / "alert-events")
             self.alerts.listeners.append(self.alert_sink)
         self.poll_counts: Counter[str] = Counter()  # poll cycles per poller (collector_health)
-        self._validated_until: pd.Timestamp | None = None
+        # Per meter: validated_readings are written up to here (exclusive interval start).
+        self._validated_until: pd.Series | None = None
         self.alerts_http: AlertHttpServer | None = None
         self.writer = ReadingWriter(
             self.store,
@@ -585,13 +586,14 @@ class Service:
         """VEE over the intervals completed since the last run into ``validated_readings``.
 
         Same validation as ``meterwatch export billing`` (stored manual edits kept). An interval
-        is complete once every meter read during the last ``analytics.validation_interval`` has a
-        read at or after its end (its end boundary is interpolated from it) and it ended
-        ``vee.max_read_spacing_intervals`` intervals ago; the first run starts at the first
-        stored read. Rows written, counted in ``validated_rows_written``; a
+        is complete once it ended ``vee.max_read_spacing_intervals`` intervals ago and every
+        meter read during the last ``analytics.validation_interval`` can interpolate a boundary
+        at or after its end (``last_interpolable_boundary``), so a window end never cuts a gap
+        and leaves it ``missing`` where the next read lets it be estimated; the first run
+        starts at the first stored read. Rows written, counted in ``validated_rows_written``; a
         failure is logged and counted (``validation_errors``) and its window retried next run.
         """
-        from analytics.vee import apply_edits
+        from analytics.vee import apply_edits, empty_validated, last_interpolable_boundary
         from meterwatch.cli_billing import validate_readings, vee_params
 
         store = self.store
@@ -601,7 +603,8 @@ class Service:
         step = pd.Timedelta(seconds=cfg.vee.interval)
         now = pd.Timestamp(self.clock.now())
         every = pd.Timedelta(seconds=cfg.analytics.validation_interval or 86400.0)
-        start = self._validated_until
+        done = self._validated_until
+        start: Any = None if done is None else done.min()
         try:
             p = vee_params(cfg)
             history = pd.Timedelta(days=max(p.like_day_search_days, p.usage_history_days))
@@ -609,29 +612,56 @@ class Service:
             readings = await asyncio.to_thread(store.read_readings, None, since, None)
             if readings.empty:
                 return 0
-            # Up to the boundary every meter heard from this period has a read at or after
-            # (a meter silent for the whole period no longer holds the window back).
-            last = readings.groupby("meter_id")["ts"].max()
-            last = last[last >= now - every]
-            if last.empty:
+            # Each meter up to its latest boundary it can close (a read on it, or reads
+            # around it within the spacing), so no gap is cut in two and left missing; meters
+            # not heard from this period (or with no such boundary) up to where every heard
+            # meter is complete, so they do not hold the window back.
+            bound = last_interpolable_boundary(
+                readings,
+                now - step * cfg.vee.max_read_spacing_intervals,
+                interval_s=int(cfg.vee.interval),
+                max_read_spacing_intervals=cfg.vee.max_read_spacing_intervals,
+            )
+            bound = bound[bound >= now - every]
+            if bound.empty:
                 return 0
-            newest = min(now, last.min())
-            end = min(newest, now - step * cfg.vee.max_read_spacing_intervals).floor(step)
-            if start is None:  # not before the first read: its left boundary needs one
-                start = max(now - every, readings["ts"].min()).ceil(step)
+            meters = pd.Index(self.registry["meter_id"]).union(bound.index)
+            ends = bound.reindex(meters).fillna(bound.min())
+            if done is None:  # a meter's first interval starts after its first read
+                first = readings.groupby("meter_id")["ts"].min().reindex(meters)
+                first = first.fillna(readings["ts"].min()).clip(lower=now - every)
+                done = first.dt.ceil(step)
+            done = done.reindex(meters).fillna(done.min())
+            ends = ends.where(ends >= done, done)
+            start, end = done.min(), ends.max()
             if end <= start:
                 return 0
-            result = await asyncio.to_thread(
-                validate_readings,
-                readings,
-                self.registry,
-                cfg,
-                start=start - history,
-                end=end,
-                now=now,
-            )
-            iv = result.intervals
-            iv = iv[iv["interval_start"] >= start].reset_index(drop=True)
+            registry = self.registry
+
+            def run_groups() -> pd.DataFrame:
+                # One VEE run per distinct window end (a handful of boundaries), each on its
+                # meters only: a grid running past a meter's end would join the gap before it
+                # with one after and leave both unestimated.
+                parts = []
+                for group_end, group in ends.groupby(ends):
+                    ids = group.index
+                    if group_end <= done[ids].min():
+                        continue  # nothing new for these meters
+                    parts.append(
+                        validate_readings(
+                            readings[readings["meter_id"].isin(ids)],
+                            registry[registry["meter_id"].isin(ids)],
+                            cfg,
+                            start=start - history,
+                            end=group_end,
+                            now=now,
+                        ).intervals
+                    )
+                return pd.concat(parts, ignore_index=True) if parts else empty_validated()
+
+            iv = await asyncio.to_thread(run_groups)
+            iv = iv[(iv["interval_start"] >= iv["meter_id"].map(done)).to_numpy()]
+            iv = iv.reset_index(drop=True)
             if iv.empty:
                 return 0
             stored = await asyncio.to_thread(
@@ -643,7 +673,7 @@ class Service:
             self.stats.count("validation_errors")
             log.exception("validation from %s failed; retried at the next run", start)
             return 0
-        self._validated_until = end
+        self._validated_until = ends
         self.stats.count("validation_runs")
         self.stats.count("validated_rows_written", len(iv))
         return len(iv)

@@ -14,6 +14,7 @@ from analytics.vee import (
     VALIDATED_COLUMNS,
     VeeParams,
     apply_edits,
+    last_interpolable_boundary,
     validate,
 )
 from meterwatch.config import VeeConfig
@@ -487,3 +488,27 @@ def test_daylight_saving_day_of_25_hours_is_a_complete_like_day() -> None:
     assert set(tail["method"]) == {"like_day_average"}
     assert tail["kwh"].to_numpy() == pytest.approx(0.25)
     assert not has(out[out["quality"] == "actual"], "high_usage").any()
+
+
+def test_last_interpolable_boundary_follows_the_interpolation_rule() -> None:
+    """A read on a boundary, or reads around it at most 1.5 intervals apart; else earlier."""
+    reads = pd.DataFrame(
+        {
+            "meter_id": ["A", "A", "A", "B", "B", "C", "C"],
+            "ts": [
+                T0 + 8 * Q,  # A: on a boundary, a 40 min gap, then two reads 15 min apart
+                T0 + 8 * Q + pd.Timedelta(minutes=40),
+                T0 + 8 * Q + pd.Timedelta(minutes=55),
+                T0 + 7 * Q + pd.Timedelta(minutes=5),  # B: 20 min apart across 8Q
+                T0 + 8 * Q + pd.Timedelta(minutes=10),
+                T0 + 3 * Q + pd.Timedelta(minutes=1),  # C: never within the spacing
+                T0 + 6 * Q,
+            ],
+            "energy_import_kwh": [1.0, 2.0, 3.0, 1.0, 2.0, 1.0, np.nan],
+        }
+    )
+    got = last_interpolable_boundary(reads, T0 + 11 * Q)
+    assert got.to_dict() == {"A": T0 + 11 * Q, "B": T0 + 8 * Q}  # C: its 6Q read has no value
+    got = last_interpolable_boundary(reads, T0 + 10 * Q + pd.Timedelta(minutes=5))
+    # A's 9Q and 10Q lie in its 40-minute gap (8Q to 10Q+10 min): back to its read on 8Q.
+    assert got.to_dict() == {"A": T0 + 8 * Q, "B": T0 + 8 * Q}
