@@ -320,13 +320,17 @@ class MultiplierMismatch(_VeeRule):
 
 
 class ClockError(_VeeRule):
-    """A meter's timestamps run ahead of the rest of the fleet.
+    """A meter's clock runs ahead.
 
-    Holds when the meter's latest reading is later than the latest reading of every other
-    meter in the window by more than ``clock_tolerance_s`` (default 900 s, one poll
-    interval: polls are spread over the interval, so a meter's last read may legitimately
-    be one interval later than another's). Needs at least two meters; a clock that runs
-    behind cannot be told from a late delivery without arrival times and is not judged.
+    Where readings carry the collector's receipt time (``collected_at``, as the service
+    stores them), every read is judged on its own: the meter's time (``device_ts`` where it
+    reported its clock, else ``ts``) later than ``collected_at`` by more than
+    ``clock_tolerance_s``; the finding starts at the first such read. Readings without
+    receipt times (files): the meter's latest reading later than the latest reading of every
+    other meter by more than ``clock_tolerance_s`` (polls are spread over the interval, so a
+    meter's last read may legitimately be one interval later than another's); this needs at
+    least two meters, and clocks ahead together hide each other. A clock that runs behind
+    cannot be told from a late delivery and is not judged.
 
     Parameters
     ----------
@@ -339,7 +343,10 @@ class ClockError(_VeeRule):
     alert_types: ClassVar[tuple[str, ...]] = ("clock_error",)
     severity: ClassVar[str] = "minor"
     _event: ClassVar[str] = "clock_error"
-    _rule: ClassVar[str] = "latest ts - latest ts of every other meter > clock_tolerance_s"
+    _rule: ClassVar[str] = (
+        "device_ts or ts - collected_at > clock_tolerance_s "
+        "(without collected_at: latest ts - latest ts of every other meter)"
+    )
 
     def __init__(self, clock_tolerance_s: float = 900.0, interval_s: int = 900) -> None:
         check_positive("clock_tolerance_s", clock_tolerance_s)
@@ -349,8 +356,9 @@ class ClockError(_VeeRule):
 
     def _summary(self, meter: str, ev: dict[str, Any], start: Any, end: Any) -> str:
         return (
-            f"Meter clock runs {ev['lead_s'] / 60:.1f} min ahead of the fleet "
-            f"(latest reading {short_ts(ev['latest_read'])})"
+            f"Meter clock runs {ev['lead_s'] / 60:.1f} min ahead of "
+            + ("the collector" if ev.get("reference_kind") == "collected_at" else "the fleet")
+            + f" (latest reading {short_ts(ev['latest_read'])})"
         )
 
 

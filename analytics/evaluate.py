@@ -109,6 +109,9 @@ def build_scenario(
     )
     note(f"simulating {len(fleet.registry)} meters × {days:g} days")
     readings = generate(fleet, start.to_pydatetime() + pd.Timedelta(days=days), interval_s)
+    # As the service stores them: every read with the collector's receipt time (the true
+    # time here), which a meter clock running ahead (clock_error) does not move.
+    readings["collected_at"] = readings["ts"]
     reg = fleet.registry
     used = {a.meter_id for a in fleet.anomalies}
     cust = reg[(reg["role"] == "customer") & ~reg["meter_id"].isin(used)]
@@ -158,8 +161,9 @@ def build_scenario(
             injections.append(Injection(typ, meter, t0, t1))
     # Billing faults. Windowed rules (energy/power, multiplier) judge whole 24 h windows from
     # the grid start (UTC midnight here): those injections cover 1-2 whole days (+/- 1 h).
-    # Clock errors lead the fleet from the last 2-6 h on; the rule compares a meter with the
-    # latest read of the others, so the k leads are staggered 20 min apart (> 15 min tolerance).
+    # Clock errors: the meter's clock jumps 40 min to a few hours ahead in the last 2-6 h;
+    # the rule compares each read's time with its collected_at (leads staggered 20 min apart,
+    # which the older fleet-reference rule for files without receipt times also needs).
     day = pd.Timedelta(days=1)
     for typ in BILLING_FAULT_TYPES:
         for i in range(k):

@@ -141,12 +141,14 @@ class VeeParams:
     future_tolerance_s: float = 300.0
     """Reads later than now + this are ``future_ts`` [s]. Project choice."""
     clock_tolerance_s: float = 900.0
-    """Lead of a meter's latest read over all others' (or now) that is ``clock_error`` [s].
+    """Lead of a read's meter time over its ``collected_at`` (without receipt times: of a
+    meter's latest read over all others', or now) that is ``clock_error`` [s].
 
     State Grid corrects clocks 1-15 min off remotely and counts > 5 min after two corrections
     as a fault [SG-CLK]; Ontario and California name a time check without a value [ON-IMO,
-    CA-VEE]. Kept at 900 s (State Grid's upper bound): this check compares read times across
-    meters polled over one interval and cannot resolve less than one poll interval.
+    CA-VEE]. Kept at 900 s (State Grid's upper bound): the fallback for files without
+    receipt times compares read times across meters polled over one interval and cannot
+    resolve less than one poll interval.
     """
     register_max_kwh: float = 99_999_999.99
     """Register full scale [kWh]: 8+2 digit display (README ``register_decrease``)."""
@@ -735,7 +737,52 @@ def validate(
                 }
             )
 
-    # Clock: latest read of a meter vs the reference (now, or the latest read of the others).
+    # Clock. Where the collector's receipt time is known (``collected_at``), every read is
+    # judged on its own: the meter's time (``device_ts`` where it reported its clock, else
+    # ``ts``) ahead of ``collected_at`` by more than the tolerance. Meters without receipt
+    # times: their latest read vs the reference (now, or the latest read of the others).
+    judged = np.zeros(n_m, dtype=bool)
+    if "collected_at" in readings.columns and len(readings):
+        times = [c for c in ("ts", "collected_at", "device_ts") if c in readings.columns]
+        rc = pd.DataFrame(
+            {c: pd.to_datetime(readings[c], utc=True, errors="coerce") for c in times}
+        ).assign(meter_id=readings["meter_id"].astype(str).to_numpy())
+        rc = rc[rc["collected_at"].notna() & rc["ts"].notna()]
+        rc_code = m_index.get_indexer(rc["meter_id"].to_numpy())
+        rc, rc_code = rc[rc_code >= 0], rc_code[rc_code >= 0]
+        judged[rc_code] = True
+        rc_ts = ts_ns(rc["ts"])
+        own = rc_ts
+        if "device_ts" in rc.columns:
+            dev = rc["device_ts"]
+            own = np.where(dev.notna().to_numpy(), ts_ns(dev.fillna(rc["ts"])), rc_ts)
+        lead_r = own - ts_ns(rc["collected_at"])
+        fast = strictly_greater(lead_r, p.clock_tolerance_s * _NS)
+        if fast.any():
+            f_code, f_ts, f_lead = rc_code[fast], rc_ts[fast], lead_r[fast]
+            okc, colc = cell(f_code, f_ts)
+            bits[f_code[okc], colc[okc]] |= BIT["clock_error"]
+            ep = pd.DataFrame({"m": f_code, "t": f_ts, "lead": f_lead, "own": own[fast]})
+            agg = ep.groupby("m").agg(
+                t0=("t", "min"), n=("t", "size"), lead=("lead", "max"), own=("own", "max")
+            )
+            for m_a, row in zip(agg.index.tolist(), agg.itertuples(), strict=True):
+                events.append(  # loop over findings only
+                    {
+                        "meter_id": meter_ids[m_a],
+                        "code": "clock_error",
+                        "starts_at": int(row.t0),
+                        "ends_at": None,
+                        "evidence": {
+                            "latest_read": pd.Timestamp(int(row.own), tz="UTC"),
+                            "reference": pd.Timestamp(int(row.own - row.lead), tz="UTC"),
+                            "reference_kind": "collected_at",
+                            "lead_s": float(row.lead) / _NS,
+                            "reads_ahead": int(row.n),
+                            "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
+                        },
+                    }
+                )
     if t_all.size:
         last = np.full(n_m, np.iinfo(np.int64).min)
         np.maximum.at(last, code_all, t_all)
@@ -749,6 +796,7 @@ def validate(
             ref[ref <= np.iinfo(np.int64).min + 1] = np.nan
         lead = last - ref
         ahead = strictly_greater(lead, p.clock_tolerance_s * _NS) & (last > np.iinfo(np.int64).min)
+        ahead &= ~judged
         for m_a in np.flatnonzero(ahead).tolist():  # loop over findings only
             sel = (code_all == m_a) & (t_all > ref[m_a] + p.clock_tolerance_s * _NS)
             okc, colc = cell(code_all[sel], t_all[sel])

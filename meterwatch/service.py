@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -609,7 +610,9 @@ class Service:
             p = vee_params(cfg)
             history = pd.Timedelta(days=max(p.like_day_search_days, p.usage_history_days))
             since = (now - every if start is None else start) - history
-            readings = await asyncio.to_thread(store.read_readings, None, since, None)
+            readings = await asyncio.to_thread(
+                functools.partial(store.read_readings, None, since, None, include_times=True)
+            )
             if readings.empty:
                 return 0
             # Each meter up to its latest boundary it can close (a read on it, or reads
@@ -720,7 +723,10 @@ class Service:
         detectors = self.interval_detectors if detectors is None else detectors
         now = self.clock.now()
         start = now - timedelta(seconds=self.cfg.analytics.window)
-        readings = await asyncio.to_thread(self.store.read_readings, None, start, None)
+        # With collected_at/device_ts: the clock check judges each read against its receipt.
+        readings = await asyncio.to_thread(
+            functools.partial(self.store.read_readings, None, start, None, include_times=True)
+        )
         findings = await asyncio.to_thread(run_detectors, detectors, readings, self.registry)
         # Off the loop: the alert manager takes a file lock and fsyncs the feed and audit log.
         await asyncio.to_thread(self.alerts.process, findings, now)

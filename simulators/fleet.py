@@ -1196,10 +1196,11 @@ def _apply_billing(
       on the secondary side.
     * ``clock_error``: the meter's clock jumps ahead at ``start`` by ``end - start`` (the
       lead): every timestamp from ``start`` on moves later by the lead. The label runs from
-      ``start`` with no end (the clock stays wrong). The rule compares the meter's latest
-      read with the latest read of the *other* meters, so several clock errors in one fleet
-      must lead each other by more than its tolerance to be told apart (see
-      :func:`analytics.evaluate.build_scenario`).
+      ``start`` with no end (the clock stays wrong). A ``collected_at`` column, when the
+      readings have one, keeps the true time (the collector's clock), which the rule
+      compares each read with; without it the rule compares the meter's latest read with
+      the *other* meters' and several clock errors must lead each other by more than its
+      tolerance to be told apart (see :func:`analytics.evaluate.build_scenario`).
     * ``estimation_excess``: the readings in ``(start, end)`` are removed (the meter was not
       read), leaving a gap to estimate.
     """

@@ -329,6 +329,54 @@ def test_clock_error_lead_over_other_meters(lead_s: int, flagged: bool) -> None:
         assert ev.iloc[0]["evidence"]["lead_s"] == pytest.approx(lead_s)
 
 
+@pytest.mark.parametrize(("lead_s", "flagged"), [(900, False), (901, True)])
+def test_clock_error_judged_per_read_against_collected_at(lead_s: int, flagged: bool) -> None:
+    # One meter, no fleet to compare with: its clock jumps ahead at read 5 (of 9).
+    r = reads([0.1] * 8)
+    r["collected_at"] = r["ts"]
+    jump = r.index >= 5
+    r.loc[jump, "ts"] = r.loc[jump, "ts"] + pd.Timedelta(seconds=lead_s)
+    v = validate(r, registry())
+    ev = v.events[v.events["code"] == "clock_error"]
+    assert list(ev["meter_id"]) == (["M"] if flagged else [])
+    if flagged:
+        e = ev.iloc[0]
+        assert e["starts_at"] == r.loc[5, "ts"]
+        assert e["evidence"]["reference_kind"] == "collected_at"
+        assert e["evidence"]["reads_ahead"] == 4
+        assert e["evidence"]["lead_s"] == pytest.approx(lead_s)
+
+
+def test_clock_error_uses_the_meters_own_clock_when_reported() -> None:
+    # Polled meter: ts is the collector's time; device_ts the meter's clock read with it.
+    r = reads([0.1] * 4)
+    r["collected_at"] = r["ts"]
+    r["device_ts"] = r["ts"] + pd.Timedelta(minutes=20)
+    ev = validate(r, registry()).events
+    assert list(ev.loc[ev["code"] == "clock_error", "meter_id"]) == ["M"]
+    r["device_ts"] = r["ts"] - pd.Timedelta(hours=2)  # behind: not judged (see ClockError)
+    assert not (validate(r, registry()).events["code"] == "clock_error").any()
+
+
+def test_many_clocks_ahead_at_once_are_each_found() -> None:
+    # Against "the latest read of the others", ten meters ahead together hide each other;
+    # against their own receipt times each is found.
+    ids = [f"M{i}" for i in range(10)] + ["OK"]
+    reg = pd.concat([registry(meter_id=m) for m in ids], ignore_index=True)
+    frames = []
+    for i, m in enumerate(ids):
+        f = reads([0.1] * 8, meter=m)
+        f["collected_at"] = f["ts"]
+        if m != "OK":
+            f.loc[f.index >= 6, "ts"] += pd.Timedelta(minutes=40 + 20 * i)
+        frames.append(f)
+    with_times = pd.concat(frames, ignore_index=True)
+    ev = validate(with_times, reg).events
+    assert sorted(ev.loc[ev["code"] == "clock_error", "meter_id"]) == ids[:-1]
+    ev = validate(with_times.drop(columns="collected_at"), reg).events
+    assert list(ev.loc[ev["code"] == "clock_error", "meter_id"]) == ["M9"]
+
+
 # -------------------------------------------------------------------------- estimation
 
 
