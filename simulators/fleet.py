@@ -43,7 +43,13 @@ import numpy.typing as npt
 import pandas as pd
 
 from meterwatch.registry import REGISTRY_COLUMNS
-from meterwatch.schema import READING_FIELDS, TS_DTYPE, normalize_readings
+from meterwatch.schema import (
+    READING_FIELDS,
+    READING_TIME_COLUMNS,
+    TS_DTYPE,
+    normalize_readings,
+    to_utc,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -947,7 +953,8 @@ def inject(
     ``estimation_excess`` injection removes the meter's readings in ``(start, end)``.
 
     Labels: ``type`` (alert type), ``injection``, ``meter_id`` (None for area events),
-    ``transformer_id``, ``starts_at``, ``ends_at``.
+    ``transformer_id``, ``starts_at``, ``ends_at``. Returned readings are canonical, plus
+    ``collected_at`` / ``device_ts`` when the input has them.
     """
     rng = np.random.default_rng([int(seed), 7])
     out = readings.sort_values(["meter_id", "ts"], kind="mergesort").reset_index(drop=True)
@@ -1040,7 +1047,11 @@ def inject(
     )
     for c in ("starts_at", "ends_at"):
         lab[c] = pd.to_datetime(lab[c], utc=True).astype(TS_DTYPE)
-    return normalize_readings(out), reg, lab
+    result = normalize_readings(out)
+    for c in READING_TIME_COLUMNS:  # receipt / device times travel with the readings
+        if c in out.columns:
+            result[c] = to_utc(out[c]).array
+    return result, reg, lab
 
 
 def _scale_energy(

@@ -142,6 +142,14 @@ def test_build_scenario_injects_and_labels_the_billing_faults() -> None:
     # Every label of a customer meter is on its own meter (distinct meters across types).
     per_meter = lab.dropna(subset=["meter_id"]).groupby("meter_id")["type"].nunique()
     assert (per_meter == 1).all()
+    # Readings carry the collector's receipt time, which a clock running ahead does not move:
+    # every clock error is found on its own, not only the one leading the fleet.
+    from analytics.billing_rules import ClockError
+
+    assert sc.readings["collected_at"].notna().all()
+    clocks = lab.loc[lab["type"] == "clock_error", "meter_id"]
+    found = ClockError().detect(sc.readings, sc.registry)
+    assert sorted(found["meter_id"]) == sorted(clocks)
     with pytest.raises(ValueError, match="ct_ratio > 1"):
         build_scenario(meters=20, days=18, interval_s=3600, seed=5, per_type=8)
 
