@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.writer import ReadingWriter
+from meterwatch.clock import Clock
 from meterwatch.errors import ProtocolError
 from meterwatch.schema import readings_from_records
 from meterwatch.stats import Stats
@@ -105,8 +106,11 @@ class MqttCollector:
         refused_retry_initial_s: float = REFUSED_RETRY_INITIAL_S,
         refused_retry_max_s: float = REFUSED_RETRY_MAX_S,
         max_held: int | None = None,
+        clock: Clock | None = None,
     ):
         self.host, self.port = host, port
+        # Service time for collected_at (the simulated clock in demos); None: the UTC clock.
+        self.clock = clock
         pairs = list(subscriptions or [])
         if topic_template is not None and not pairs:
             pairs = [(topic_template, "canonical")]
@@ -248,7 +252,7 @@ class MqttCollector:
             if sub is None:
                 raise ProtocolError(f"topic {msg.topic!r} matches no configured subscription")
             readings = sub.decode(msg.topic, msg.payload)
-            collected_at = pd.Timestamp.now("UTC")
+            collected_at = pd.Timestamp(self.clock.now()) if self.clock else pd.Timestamp.now("UTC")
             for reading in readings:
                 # Collector time next to the source's ts (see protocols.mqtt_payload).
                 reading["collected_at"] = collected_at

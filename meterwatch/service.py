@@ -258,6 +258,7 @@ class Service:
                 password=os.environ.get(cfg.mqtt.password_env) if cfg.mqtt.password_env else None,
                 dead_letter=cfg.mqtt.dead_letter,
                 max_payload_bytes=cfg.mqtt.max_payload_bytes,
+                clock=self.clock,
             )
             self.mqtt.start()
             # Subscribe before simulated meters publish, so the demo loses nothing at start.

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.mqtt import MqttCollector
 from collector.writer import ReadingWriter
+from meterwatch.clock import Clock
 from meterwatch.stats import Stats
 from protocols.mqtt_payload import encode_reading
 from storage.embedded import EmbeddedStore
@@ -241,6 +243,7 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
                 ("tele/{meter_id}/SENSOR", "tasmota"),
             ],
             max_payload_bytes=4096,
+            clock=Clock(start=datetime(2026, 1, 5, 0, 20, tzinfo=UTC)),  # service time
         )
         pub = Publisher(mosquitto_broker.port, "codec-publisher")
         batch = {
@@ -275,9 +278,12 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
             await asyncio.to_thread(coll.stop)
             pub.close()
             await writer.close()
-        got = store.read_readings().set_index("meter_id")
+        got = store.read_readings(include_times=True).set_index("meter_id")
         store.close()
         assert sorted(got.index) == ["B0", "B1", "B2", "B3", "B4", "plug7"]
+        # Receipt in service time (not the wall clock); the payload's ts is the device's.
+        assert got["collected_at"].between("2026-01-05T00:20Z", "2026-01-05T00:25Z").all()
+        assert (got["device_ts"] == got["ts"]).all()
         assert got.loc["B3", "power_kw"] == 3.0
         assert got.loc["plug7", "power_kw"] == pytest.approx(1.5)
         assert got.loc["plug7", "energy_import_kwh"] == 12.5
