@@ -381,3 +381,21 @@ def test_reconnects_after_the_gateway_restarts() -> None:
         assert stats.meter("m1").online is True and stats.meter("m1").errors >= 1
 
     asyncio.run(main())
+
+
+def test_a_long_cycle_hands_reads_to_the_writer_as_it_goes() -> None:
+    # A real-time cycle spreads its reads over minutes; they must not wait for its end.
+    async def main() -> None:
+        server = make_server([1, 2, 3])
+        await server.start()
+        p, writer, _ = poller(server.port, [1, 2, 3])
+        p.submit_every_s = 0.0  # every read is due for the writer at once
+        try:
+            assert await p.poll_cycle(0.0) == 3
+        finally:
+            await p.close()
+            await server.stop()
+        assert [len(f) for f in writer.frames] == [1, 1, 1]
+        check_values(writer.rows(), [1, 2, 3])
+
+    asyncio.run(main())
