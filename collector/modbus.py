@@ -237,8 +237,9 @@ class GatewayPoller:
 
     Reads are spaced over ``spread`` of the interval, one at a time (one request in flight per
     bus); meters in backoff are skipped; reads reach the writer every ``submit_every_s`` wall
-    seconds and at the end of the cycle, even when it is cut short. Subclasses provide the transport: ``_is_connected``, ``_connect``,
-    ``_read_device`` (a reading dict, or None after recording the failure) and ``_where``.
+    seconds and at the end of the cycle, even when it is cut short. Subclasses provide the
+    transport: ``_is_connected``, ``_connect``, ``_read_device`` (a reading dict, or None after
+    recording the failure) and ``_where``.
     """
 
     name: str
