@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from meterwatch.errors import MeterWatchError
-from meterwatch.schema import normalize_readings
+from meterwatch.schema import normalize_readings, with_time_columns
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:
-    """Load a canonical readings file; errors name the file and the problem."""
+    """Load a canonical readings file (plus ``collected_at``/``device_ts`` if present); errors
+    name the file and the problem."""
     p = Path(path)
     try:
         if p.suffix.lower() == ".parquet":
@@ -28,6 +29,8 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
     if missing:
         raise MeterWatchError(f"{p}: missing column(s) {', '.join(missing)}")
     try:
-        return normalize_readings(df)
+        # Receipt and device times, when the file has them (backups do): the clock check
+        # judges each read against its collected_at.
+        return with_time_columns(normalize_readings(df), df)
     except ValueError as exc:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc

@@ -181,7 +181,11 @@ def readings_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     has them, so collectors' ``collected_at`` / ``device_ts`` reach the store.
     """
     raw = pd.DataFrame.from_records(list(records))
-    out = normalize_readings(raw)
+    return with_time_columns(normalize_readings(raw), raw)
+
+
+def with_time_columns(out: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """``out`` plus the :data:`READING_TIME_COLUMNS` ``raw`` has (as UTC; unparsable -> NaT)."""
     for col in READING_TIME_COLUMNS:
         if col in raw:
             out[col] = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -375,6 +376,31 @@ def test_many_clocks_ahead_at_once_are_each_found() -> None:
     assert sorted(ev.loc[ev["code"] == "clock_error", "meter_id"]) == ids[:-1]
     ev = validate(with_times.drop(columns="collected_at"), reg).events
     assert list(ev.loc[ev["code"] == "clock_error", "meter_id"]) == ["M9"]
+
+
+def test_files_with_receipt_times_are_judged_per_read(tmp_path: Path) -> None:
+    # Two of three meters' clocks jump 40 min ahead together: in a CSV with collected_at
+    # (as a backup holds them) both are found; without it they hide each other.
+    from analytics.billing_rules import ClockError
+    from meterwatch.io import read_readings_file
+
+    ids = ["A", "B", "C"]
+    reg = pd.concat([registry(meter_id=m) for m in ids], ignore_index=True)
+    frames = []
+    for m in ids:
+        f = reads([0.1] * 8, meter=m)
+        f["collected_at"] = f["ts"]
+        if m != "C":
+            f.loc[f.index >= 6, "ts"] += pd.Timedelta(minutes=40)
+        frames.append(f)
+    text = pd.concat(frames, ignore_index=True)
+    for c in ("ts", "collected_at"):
+        text[c] = text[c].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    text.to_csv(tmp_path / "with.csv", index=False)
+    text.drop(columns="collected_at").to_csv(tmp_path / "without.csv", index=False)
+    found = ClockError().detect(read_readings_file(tmp_path / "with.csv"), reg)
+    assert sorted(found["meter_id"]) == ["A", "B"]
+    assert ClockError().detect(read_readings_file(tmp_path / "without.csv"), reg).empty
 
 
 # -------------------------------------------------------------------------- estimation
