@@ -326,9 +326,10 @@ class ClockError(_VeeRule):
     stores them), every read is judged on its own: the meter's time (``device_ts`` where it
     reported its clock, else ``ts``) later than ``collected_at`` by more than
     ``clock_tolerance_s``; the finding starts at the first such read. Readings without
-    receipt times (files without them): the meter's latest reading later than the latest reading of every
-    other meter by more than ``clock_tolerance_s`` (polls are spread over the interval, so a
-    meter's last read may legitimately be one interval later than another's); this needs at
+    receipt times (files without them): the meter's latest reading later than the latest
+    reading of every other meter by more than ``clock_tolerance_s`` (polls are spread over
+    the interval, so a meter's last read may legitimately be one interval later than
+    another's); this needs at
     least two meters, and clocks ahead together hide each other. A clock that runs behind
     cannot be told from a late delivery and is not judged.
 
