@@ -329,9 +329,8 @@ class ClockError(_VeeRule):
     receipt times (files without them): the meter's latest reading later than the latest
     reading of every other meter by more than ``clock_tolerance_s`` (polls are spread over
     the interval, so a meter's last read may legitimately be one interval later than
-    another's); this needs at
-    least two meters, and clocks ahead together hide each other. A clock that runs behind
-    cannot be told from a late delivery and is not judged.
+    another's); this needs at least two meters, and clocks ahead together hide each other.
+    A clock that runs behind cannot be told from a late delivery and is not judged.
 
     Parameters
     ----------
