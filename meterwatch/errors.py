@@ -11,20 +11,22 @@ MeterWatchError
 │   ├── DeviceTimeout
 │   └── DeviceException    Modbus exception response (carries the exception code)
 ├── StorageError           the store refused or failed a write/read
+│   ├── SpoolFullError         the spool is at its size bound; the append was refused
+│   └── InfluxError            InfluxDB refused or failed a request (status, reason, setting)
 ├── AlertError             an alert operation was refused
 │   ├── AlertNotFound          no alert with that id (carries ``alert_id``; also a KeyError)
 │   ├── AlertStateError        the transition is not allowed from the alert's status
 │   └── AuditError             the audit log cannot be read, written or verified
 └── DeliveryError          a sink could not deliver a notification (carries ``sink``, ``retryable``)
 
-Two storage errors are still defined next to their code and subclass ``StorageError`` here:
-``storage.spool.SpoolFullError`` and ``storage.influx.InfluxError``.
-
-``alerts.errors``, ``alerts.delivery.errors`` and ``protocols.dlt645`` re-export the classes
+``alerts.errors``, ``alerts.delivery.errors``, ``protocols.dlt645``, ``storage.spool`` and
+``storage.influx`` re-export the classes
 that used to live there, so existing imports keep working; new code imports from here.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class MeterWatchError(Exception):
@@ -82,6 +84,41 @@ class DeviceException(DeviceError):
 
 class StorageError(MeterWatchError):
     """The store could not write or read."""
+
+
+class SpoolFullError(StorageError):
+    """The spool holds ``max_bytes`` or more; the append was refused (nothing was dropped)."""
+
+    def __init__(self, path: Path, depth_bytes: int, max_bytes: int):
+        self.path = path
+        self.depth_bytes = depth_bytes
+        self.max_bytes = max_bytes
+        super().__init__(
+            f"spool {path} is full ({depth_bytes} of storage.spool.max_bytes={max_bytes} bytes "
+            "pending): the store is not keeping up or is unreachable"
+        )
+
+
+class InfluxError(StorageError):
+    """InfluxDB refused or failed a request.
+
+    ``status`` is the last HTTP status (None for a connection failure), ``reason`` the short cause
+    (``http_503``, ``connection``, ``auth``, ``not_found`` ...), ``setting`` the configuration
+    field to fix when the cause is configuration.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str = "",
+        setting: str | None = None,
+    ):
+        self.status = status
+        self.reason = reason
+        self.setting = setting
+        super().__init__(message)
 
 
 # -- protocols ------------------------------------------------------------------------------

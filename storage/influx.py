@@ -66,7 +66,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import urllib3
 
-from meterwatch.errors import ConfigError, StorageError
+from meterwatch.errors import ConfigError, InfluxError, StorageError
 from meterwatch.schema import READING_TIME_COLUMNS, TS_DTYPE, empty_readings, normalize_readings
 from storage.base import with_time_columns
 from storage.line_protocol import MEASUREMENT, EncodedReadings, encode_points, encode_readings
@@ -103,28 +103,6 @@ QUERY_CHUNK_ROWS = 10_000
 _RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
 _PARSE_PREFIX = "unable to parse '"
 _DROPPED = re.compile(r"\bdropped=(\d+)")
-
-
-class InfluxError(StorageError):
-    """InfluxDB refused or failed a request.
-
-    ``status`` is the last HTTP status (None for a connection failure), ``reason`` the short cause
-    (``http_503``, ``connection``, ``auth``, ``not_found`` ...), ``setting`` the configuration
-    field to fix when the cause is configuration.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        reason: str = "",
-        setting: str | None = None,
-    ):
-        self.status = status
-        self.reason = reason
-        self.setting = setting
-        super().__init__(message)
 
 
 class InfluxStore:

@@ -45,24 +45,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from meterwatch.errors import StorageError
+from meterwatch.errors import SpoolFullError, StorageError
 from storage.base import with_time_columns
 
 SPOOL_FILE = "spool.sqlite3"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
-
-
-class SpoolFullError(StorageError):
-    """The spool holds ``max_bytes`` or more; the append was refused (nothing was dropped)."""
-
-    def __init__(self, path: Path, depth_bytes: int, max_bytes: int):
-        self.path = path
-        self.depth_bytes = depth_bytes
-        self.max_bytes = max_bytes
-        super().__init__(
-            f"spool {path} is full ({depth_bytes} of storage.spool.max_bytes={max_bytes} bytes "
-            "pending): the store is not keeping up or is unreachable"
-        )
 
 
 @dataclass(frozen=True)
