@@ -17,6 +17,11 @@ how many are held, but Mosquitto 2.0.11 was seen sending well past it once ackno
 interleave; so at most ``max_held`` are kept, later ones are left with the broker (counted
 ``mqtt_held_overflow``) and fetched by one reconnect of the same session once the held ones are
 taken (``mqtt_overflow_reconnects``).
+
+No pandas frame is built per message: the network thread parses the timestamps of a message with
+one vectorised call (:func:`parse_reading_times`, the same acceptance as
+:func:`meterwatch.schema.readings_from_records`) and hands the reading dicts to the writer, which
+builds one frame per flush.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ from paho.mqtt.properties import Properties
 from collector.writer import ReadingWriter
 from meterwatch.clock import Clock
 from meterwatch.errors import ProtocolError
-from meterwatch.schema import readings_from_records
+from meterwatch.schema import to_utc, to_utc_coerce
 from meterwatch.stats import Stats
-from protocols.mqtt_payload import Subscription
+from protocols.mqtt_payload import Reading, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +61,47 @@ REFUSED_RETRY_INITIAL_S = 0.1
 REFUSED_RETRY_MAX_S = 2.0
 
 
+def parse_reading_times(readings: list[Reading]) -> pd.Timestamp:
+    """Parse the readings' ``ts`` and ``device_ts`` in place, exactly as the frame path would.
+
+    One vectorised call per column over the message's values, the same functions
+    :func:`meterwatch.schema.readings_from_records` applies to its columns (:func:`to_utc` for
+    ``ts``, :func:`to_utc_coerce` for ``device_ts``), so the acceptance is the same: a ``ts``
+    that is not ISO 8601 raises pandas' ValueError, one that parses to NaT (``""``, ``"nan"``,
+    NaN ...) raises ProtocolError naming it; an unparsable ``device_ts`` becomes NaT. The values
+    are replaced by the parsed UTC timestamps, so a flush mixing many messages parses nothing
+    differently (and ``"now"`` keeps the instant it was received). Returns the latest ``ts``.
+    """
+    raw_ts = [r["ts"] for r in readings]
+    ts = to_utc(pd.Series(raw_ts)).tolist()
+    raw_device = [r.get("device_ts") for r in readings]
+    if all(d is t for d, t in zip(raw_device, raw_ts, strict=True)):
+        device = ts  # the usual case: device_ts is the payload's ts (parsed alike when valid)
+    else:
+        device = to_utc_coerce(pd.Series(raw_device)).tolist()
+    for reading, value, parsed, device_ts in zip(readings, raw_ts, ts, device, strict=True):
+        if parsed is pd.NaT:
+            raise ProtocolError(
+                f"ts {value!r} of meter {reading['meter_id']} is not an ISO 8601 time"
+            )
+        reading["ts"] = parsed
+        reading["device_ts"] = device_ts
+    return max(ts)
+
+
 @dataclass(eq=False)
 class _Received:
     """A decoded message on its way to storage: its readings and what its PUBACK needs."""
 
     seq: int  # arrival order
-    frame: pd.DataFrame
+    readings: list[Reading]  # parse_reading_times applied; the writer makes the frame
     mid: int
     qos: int
     generation: int  # connection it arrived on; a PUBACK on a later connection is not sent
     acked: bool = False
 
 
-_NO_FRAME = pd.DataFrame()  # a dead-lettered message has no readings
+_NO_READINGS: list[Reading] = []  # a dead-lettered message has no readings
 
 
 class MqttCollector:
@@ -258,22 +291,16 @@ class MqttCollector:
                 reading["collected_at"] = collected_at
                 # The payload's own ts is the device's clock unless it sends device_ts apart.
                 reading.setdefault("device_ts", reading.get("ts"))
-            frame = readings_from_records(readings)
-            bad = frame["ts"].isna().to_numpy()
-            if bad.any():
-                first = readings[int(bad.argmax())]
-                raise ProtocolError(
-                    f"ts {first['ts']!r} of meter {first['meter_id']} is not an ISO 8601 time"
-                )
+            latest = parse_reading_times(readings)
         except (ProtocolError, ValueError) as exc:
             self._dead_letter(msg, str(exc))
-            self._puback(_Received(seq, _NO_FRAME, msg.mid, msg.qos, generation))
+            self._puback(_Received(seq, _NO_READINGS, msg.mid, msg.qos, generation))
             return
-        self.stats.count("mqtt_readings", len(frame))
-        self.stats.seen(list(frame["meter_id"]), frame["ts"].max().to_pydatetime())
+        self.stats.count("mqtt_readings", len(readings))
+        self.stats.seen([r["meter_id"] for r in readings], latest.to_pydatetime())
         # One submit for the whole message: its PUBACK goes out when all of it is stored.
         assert self._loop is not None, "MqttCollector.start() was not called"
-        received = _Received(seq, frame, msg.mid, msg.qos, generation)
+        received = _Received(seq, readings, msg.mid, msg.qos, generation)
         self._loop.call_soon_threadsafe(self._offer, received)
 
     # -- hand-off to the writer (event loop) ----------------------------------------------
@@ -286,7 +313,7 @@ class MqttCollector:
 
     def _submit(self, msg: _Received) -> bool:
         """One offer to the writer; False (counted) if it refused."""
-        if not self.writer.submit(msg.frame, partial(self._ack, msg)):
+        if not self.writer.submit(msg.readings, partial(self._ack, msg)):
             self.stats.count("mqtt_refused")
             return False
         self._outstanding[msg.seq] = msg

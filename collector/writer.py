@@ -12,7 +12,10 @@ Two modes, chosen by the service from ``storage.spool`` (see README, "Durability
   itself durable through DuckDB's write-ahead log) and then runs the callbacks. A spool in front
   of a local DuckDB file would only write every reading twice to the same disk.
 
-Frames pass through unchanged: besides the canonical columns they may carry the optional
+A submission is a canonical frame (pollers) or a list of reading dicts (the MQTT collector, so
+that it builds no pandas object per message). A flush makes one frame of all pending items, in
+submission order: every list goes through one :func:`~meterwatch.schema.readings_from_records`
+call, frames pass through unchanged. Besides the canonical columns they may carry the optional
 ``collected_at`` / ``device_ts`` (:data:`meterwatch.schema.READING_TIME_COLUMNS`), which the spool
 keeps and both stores store (a flush mixing frames with and without them fills NaT).
 
@@ -31,10 +34,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 import pandas as pd
 
 from meterwatch.errors import StorageError
+from meterwatch.schema import empty_readings, readings_from_records
 from meterwatch.stats import Stats
 from storage.base import ReadingStore
 from storage.spool import Spool, SpoolFullError
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[], None]
 StoredListener = Callable[[pd.DataFrame], None]
+#: Reading dicts as :func:`meterwatch.schema.readings_from_records` takes them.
+Records = list[dict[str, Any]]
 
 #: Window over which ``store_write_rate_rows_per_s`` is averaged [wall s].
 RATE_WINDOW_S = 10.0
@@ -57,12 +65,45 @@ _STORE_COUNTERS = (
 
 @dataclass
 class _Item:
-    frame: pd.DataFrame
+    readings: pd.DataFrame | Records
     on_stored: Done | None
 
 
+def _frame_of(items: list[_Item]) -> pd.DataFrame:
+    """One frame of the items' readings, in submission order.
+
+    All record lists go through one ``readings_from_records`` call; consecutive record items
+    become one slice of it, so there are at most about twice as many pieces as frame items.
+    """
+    lists = [i.readings for i in items if isinstance(i.readings, list)]
+    records = readings_from_records(chain.from_iterable(lists)) if lists else None
+    pieces: list[pd.DataFrame] = []
+    start = run = 0
+    for item in items:
+        if isinstance(item.readings, list):
+            run += len(item.readings)
+            continue
+        if run:
+            assert records is not None
+            pieces.append(records.iloc[start : start + run])
+            start, run = start + run, 0
+        if len(item.readings):
+            pieces.append(item.readings)
+    if run:
+        assert records is not None
+        pieces.append(records.iloc[start : start + run])
+    if len(pieces) == 1 and pieces[0] is records:
+        return records
+    if pieces:
+        return pd.concat(pieces, ignore_index=True)
+    first = items[0].readings
+    return (
+        pd.DataFrame(columns=first.columns) if isinstance(first, pd.DataFrame) else empty_readings()
+    )
+
+
 class ReadingWriter:
-    """One writer per process: collectors submit frames; the writer makes them durable in batches.
+    """One writer per process: collectors submit readings; the writer makes them durable in batches.
 
     ``on_stored`` callbacks run only once the rows are durable: in the spool when there is one,
     otherwise in the store. ``listeners`` (streaming analytics) see every frame the store stored.
@@ -121,24 +162,31 @@ class ReadingWriter:
         """Readings durable in the spool, waiting for the store."""
         return self.spool.depth_rows if self.spool is not None else 0
 
-    def submit(self, frame: pd.DataFrame, on_stored: Done | None = None) -> bool:
-        """Queue a canonical frame (event-loop thread only). False if refused (counted)."""
+    def submit(self, readings: pd.DataFrame | Records, on_stored: Done | None = None) -> bool:
+        """Queue a canonical frame or a list of reading dicts (event-loop thread only).
+
+        False if refused (counted). A list must hold what ``readings_from_records`` accepts;
+        it is turned into a frame at the flush, with the other pending lists.
+        """
+        rows = len(readings)
         if self.spool is not None and self.spool.is_full:
-            self._refuse(len(frame), spool_full=True)
+            self._refuse(rows, spool_full=True)
             return False
-        if self._pending_rows + len(frame) > self.max_pending_rows:
-            self._refuse(len(frame), spool_full=False)
+        if self._pending_rows + rows > self.max_pending_rows:
+            self._refuse(rows, spool_full=False)
             return False
-        self._pending.append(_Item(frame, on_stored))
-        self._pending_rows += len(frame)
+        self._pending.append(_Item(readings, on_stored))
+        self._pending_rows += rows
         if self._pending_rows >= self.drain_batch_rows:
             self._wake.set()
         return True
 
-    def submit_threadsafe(self, frame: pd.DataFrame, on_stored: Done | None = None) -> None:
+    def submit_threadsafe(
+        self, readings: pd.DataFrame | Records, on_stored: Done | None = None
+    ) -> None:
         """Queue from another thread (the MQTT network thread)."""
         assert self._loop is not None, "writer not started"
-        self._loop.call_soon_threadsafe(self.submit, frame, on_stored)
+        self._loop.call_soon_threadsafe(self.submit, readings, on_stored)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -197,17 +245,12 @@ class ReadingWriter:
     # ------------------------------------------------------------------ flush
 
     async def flush(self) -> None:
-        """Make every pending frame durable (spool or store), then acknowledge it."""
+        """Make every pending item durable (spool or store), then acknowledge it."""
         if not self._pending:
             return
+        frame = _frame_of(self._pending)  # before taking them: a failure here keeps them pending
         items, self._pending, rows = self._pending, [], self._pending_rows
         self._pending_rows = 0
-        frames = [i.frame for i in items if len(i.frame)]
-        frame = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=items[0].frame.columns)
-        )
         if self.spool is not None:
             await self._flush_to_spool(items, frame, rows)
         else:

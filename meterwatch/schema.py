@@ -97,6 +97,11 @@ def to_utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, format="ISO8601").astype(TS_DTYPE)
 
 
+def to_utc_coerce(values: pd.Series) -> pd.Series:
+    """Parse the optional :data:`READING_TIME_COLUMNS` like ``ts`` (ISO 8601), unparsable -> NaT."""
+    return pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce").astype(TS_DTYPE)
+
+
 def empty_readings() -> pd.DataFrame:
     """An empty canonical reading frame with the right dtypes."""
     return normalize_readings(pd.DataFrame(columns=list(READING_COLUMNS)))
@@ -188,11 +193,7 @@ def with_time_columns(out: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
     """``out`` plus the :data:`READING_TIME_COLUMNS` ``raw`` has (as UTC; unparsable -> NaT)."""
     for col in READING_TIME_COLUMNS:
         if col in raw:
-            out[col] = (
-                pd.to_datetime(raw[col], utc=True, format="ISO8601", errors="coerce")
-                .astype(TS_DTYPE)
-                .array
-            )
+            out[col] = to_utc_coerce(raw[col]).array
     return out
 
 
