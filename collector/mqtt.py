@@ -292,7 +292,9 @@ class MqttCollector:
                 # The payload's own ts is the device's clock unless it sends device_ts apart.
                 reading.setdefault("device_ts", reading.get("ts"))
             latest = parse_reading_times(readings)
-        except (ProtocolError, ValueError) as exc:
+        except (ProtocolError, ValueError, TypeError) as exc:
+            # TypeError: e.g. a JSON boolean ts (pandas refuses the dtype); it must not escape
+            # into paho's callback, which would stop the network loop.
             self._dead_letter(msg, str(exc))
             self._puback(_Received(seq, _NO_READINGS, msg.mid, msg.qos, generation))
             return

@@ -267,12 +267,13 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
         pub.publish("tele/plug7/SENSOR", json.dumps(tasmota).encode())
         pub.publish("tele/plug8/SENSOR", b'{"Time": "2026-01-05T00:15:00"}')
         pub.publish("meters/M1/reading", b"x" * 10)
+        pub.publish("meters/M2/reading", b'{"meter_id": "M2", "ts": true, "power_kw": 1}')
         pub.publish("gateways/gw3/batch", b" " * 5000)  # over max_payload_bytes
         await asyncio.to_thread(pub.wait_all)
         try:
             await wait_until(lambda: stored.rows >= 6, 10, "6 stored rows")
             await wait_until(
-                lambda: stats.snapshot().get("mqtt_dead_letters", 0) >= 4, 10, "4 dead letters"
+                lambda: stats.snapshot().get("mqtt_dead_letters", 0) >= 5, 10, "5 dead letters"
             )
         finally:
             await asyncio.to_thread(coll.stop)
@@ -293,6 +294,7 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
         assert "readings[1]" in reasons["gateways/gw2/batch"]
         assert "ENERGY" in reasons["tele/plug8/SENSOR"]
         assert "not JSON" in reasons["meters/M1/reading"]
+        assert "bool" in reasons["meters/M2/reading"]  # dead-lettered, intake goes on
         assert "exceeds mqtt.max_payload_bytes=4096" in reasons["gateways/gw3/batch"]
         assert stats.snapshot()["mqtt_readings"] == 6
 
