@@ -94,12 +94,39 @@ def to_utc(values: pd.Series) -> pd.Series:
     """Parse timestamps (ISO 8601 text, epoch-free datetimes, aware or naive=UTC) to TS_DTYPE."""
     if pd.api.types.is_datetime64_any_dtype(values):
         return pd.to_datetime(values, utc=True).astype(TS_DTYPE)
-    return pd.to_datetime(values, utc=True, format="ISO8601").astype(TS_DTYPE)
+    return pd.to_datetime(_numbers_as_text(values), utc=True, format="ISO8601").astype(TS_DTYPE)
+
+
+def _numbers_as_text(values: pd.Series) -> pd.Series:
+    """Numbers as text, so they are read as ISO 8601 (20260105 is a basic-format date).
+
+    pandas 4 will read numbers given with a format as epochs; passing them as text keeps the
+    one reading. NaN stays missing; booleans are left as they are (refused by the parser).
+    """
+    if pd.api.types.is_bool_dtype(values):
+        return values
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("string")
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) not in (
+        "string",
+        "empty",
+        "datetime",
+        "date",
+    ):  # mixed: numbers among text (infer_dtype is one fast pass; text-only skips the rest)
+        num = pd.to_numeric(values, errors="coerce").notna().to_numpy()
+        if num.any():
+            num = num & ~values.map(type).eq(bool).to_numpy()
+        if num.any():
+            values = values.copy()
+            values[num] = values[num].astype(str)
+    return values
 
 
 def to_utc_coerce(values: pd.Series) -> pd.Series:
     """Parse the optional :data:`READING_TIME_COLUMNS` like ``ts`` (ISO 8601), unparsable -> NaT."""
-    return pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce").astype(TS_DTYPE)
+    return pd.to_datetime(
+        _numbers_as_text(values), utc=True, format="ISO8601", errors="coerce"
+    ).astype(TS_DTYPE)
 
 
 def empty_readings() -> pd.DataFrame:

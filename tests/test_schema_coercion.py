@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from meterwatch.cli import main
@@ -138,3 +139,20 @@ def test_analyze_warns_naming_file_column_and_count(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "non-numeric" not in res.stderr
+
+
+def test_numeric_ts_is_read_as_iso_text_never_as_epoch() -> None:
+    # pandas 4 will read numbers given with a format as epochs; ours stay ISO 8601 text
+    # (20260105 is a basic-format date), with no deprecation warning on the way.
+    import warnings
+
+    from meterwatch.schema import to_utc
+
+    day = pd.Timestamp("2026-01-05T00:00:00Z")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert to_utc(pd.Series([20260105])).tolist() == [day]
+        mixed = pd.Series(["2026-01-05T00:00:00Z", 20260105, None], dtype=object)
+        assert to_utc(mixed).tolist()[:2] == [day, day] and to_utc(mixed).isna().tolist()[2]
+        with pytest.raises(ValueError, match="ISO8601"):
+            to_utc(pd.Series([1767571200]))  # an epoch is not taken for one
