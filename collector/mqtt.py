@@ -99,6 +99,7 @@ class _Received:
     qos: int
     generation: int  # connection it arrived on; a PUBACK on a later connection is not sent
     acked: bool = False
+    message: mqtt.MQTTMessage | None = None  # for the dead-letter file if it cannot be stored
 
 
 _NO_READINGS: list[Reading] = []  # a dead-lettered message has no readings
@@ -302,7 +303,7 @@ class MqttCollector:
         self.stats.seen([r["meter_id"] for r in readings], latest.to_pydatetime())
         # One submit for the whole message: its PUBACK goes out when all of it is stored.
         assert self._loop is not None, "MqttCollector.start() was not called"
-        received = _Received(seq, readings, msg.mid, msg.qos, generation)
+        received = _Received(seq, readings, msg.mid, msg.qos, generation, message=msg)
         self._loop.call_soon_threadsafe(self._offer, received)
 
     # -- hand-off to the writer (event loop) ----------------------------------------------
@@ -315,7 +316,9 @@ class MqttCollector:
 
     def _submit(self, msg: _Received) -> bool:
         """One offer to the writer; False (counted) if it refused."""
-        if not self.writer.submit(msg.readings, partial(self._ack, msg)):
+        if not self.writer.submit(
+            msg.readings, partial(self._ack, msg), partial(self._unstorable, msg)
+        ):
             self.stats.count("mqtt_refused")
             return False
         self._outstanding[msg.seq] = msg
@@ -419,6 +422,13 @@ class MqttCollector:
         self._puback(msg)
         if self._overflow and not self._outstanding:
             self._reconnect_if_settled()
+
+    def _unstorable(self, msg: _Received, reason: str) -> None:
+        """The writer could not make ``msg`` into readings (event loop): dead-letter it and
+        acknowledge, like a payload that fails to decode (it would fail every redelivery)."""
+        if msg.message is not None:
+            self._dead_letter(msg.message, f"readings cannot be stored: {reason}")
+        self._ack(msg)
 
     def _puback(self, msg: _Received) -> None:
         """Acknowledge to the broker (any thread), unless the connection it came on is gone."""

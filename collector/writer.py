@@ -48,6 +48,8 @@ from storage.spool import Spool, SpoolFullError
 log = logging.getLogger(__name__)
 
 Done = Callable[[], None]
+#: Called with the reason when a submitted list cannot be made into readings at all.
+Failed = Callable[[str], None]
 StoredListener = Callable[[pd.DataFrame], None]
 #: Reading dicts as :func:`meterwatch.schema.readings_from_records` takes them.
 Records = list[dict[str, Any]]
@@ -67,6 +69,7 @@ _STORE_COUNTERS = (
 class _Item:
     readings: pd.DataFrame | Records
     on_stored: Done | None
+    on_failed: Failed | None = None
 
 
 def _frame_of(items: list[_Item]) -> pd.DataFrame:
@@ -162,11 +165,18 @@ class ReadingWriter:
         """Readings durable in the spool, waiting for the store."""
         return self.spool.depth_rows if self.spool is not None else 0
 
-    def submit(self, readings: pd.DataFrame | Records, on_stored: Done | None = None) -> bool:
+    def submit(
+        self,
+        readings: pd.DataFrame | Records,
+        on_stored: Done | None = None,
+        on_failed: Failed | None = None,
+    ) -> bool:
         """Queue a canonical frame or a list of reading dicts (event-loop thread only).
 
         False if refused (counted). A list must hold what ``readings_from_records`` accepts;
-        it is turned into a frame at the flush, with the other pending lists.
+        it is turned into a frame at the flush, with the other pending lists. A list that
+        cannot be (it would fail every flush) is taken out alone, counted
+        (``readings_unbuildable``), never acknowledged, and ``on_failed(reason)`` is called.
         """
         rows = len(readings)
         if self.spool is not None and self.spool.is_full:
@@ -175,7 +185,7 @@ class ReadingWriter:
         if self._pending_rows + rows > self.max_pending_rows:
             self._refuse(rows, spool_full=False)
             return False
-        self._pending.append(_Item(readings, on_stored))
+        self._pending.append(_Item(readings, on_stored, on_failed))
         self._pending_rows += rows
         if self._pending_rows >= self.drain_batch_rows:
             self._wake.set()
@@ -248,7 +258,13 @@ class ReadingWriter:
         """Make every pending item durable (spool or store), then acknowledge it."""
         if not self._pending:
             return
-        frame = _frame_of(self._pending)  # before taking them: a failure here keeps them pending
+        try:  # before taking them: a failure here keeps them pending
+            frame = _frame_of(self._pending)
+        except Exception:
+            self._take_out_unbuildable()
+            if not self._pending:
+                return
+            frame = _frame_of(self._pending)
         items, self._pending, rows = self._pending, [], self._pending_rows
         self._pending_rows = 0
         if self.spool is not None:
@@ -350,9 +366,31 @@ class ReadingWriter:
                 backoff = self.flush_interval_s
             except StorageError:
                 backoff = min(backoff * 2, self.backoff_cap_s)
+            except Exception:  # a bug must not end the writer: nothing pending is dropped
+                self.stats.count("writer_errors")
+                log.exception("writer flush failed; %d readings kept pending", self._pending_rows)
+                backoff = min(backoff * 2, self.backoff_cap_s)
             self._update_gauges()
 
     # ---------------------------------------------------------------- helpers
+
+    def _take_out_unbuildable(self) -> None:
+        """Remove the pending items that cannot be made into a frame (one at a time, only
+        after a flush failed to), so one bad submission does not block every later one."""
+        keep: list[_Item] = []
+        for item in self._pending:  # loop over pending submissions, on the failure path only
+            try:
+                _frame_of([item])
+            except Exception as exc:
+                rows = len(item.readings)
+                self._pending_rows -= rows
+                self.stats.count("readings_unbuildable", rows)
+                log.error("%d readings cannot be stored and are not acknowledged: %s", rows, exc)
+                if item.on_failed is not None:
+                    item.on_failed(f"{type(exc).__name__}: {exc}")
+                continue
+            keep.append(item)
+        self._pending = keep
 
     def _ack(self, items: list[_Item]) -> None:
         for item in items:

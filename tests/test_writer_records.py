@@ -223,3 +223,60 @@ def test_nat_ts_rejected_with_the_reason_naming_it() -> None:
         r["device_ts"] = r["ts"]
     with pytest.raises(ProtocolError, match=r"^ts 'nan' of meter m7 is not an ISO 8601 time$"):
         parse_reading_times(recs)
+
+
+class Unprintable:
+    """A meter id no frame can be built from (str() fails)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this id")
+
+
+def test_one_list_that_cannot_be_built_is_taken_out_alone() -> None:
+    # It would fail every flush and block every later reading: it is taken out, counted,
+    # never acknowledged, its on_failed called; the rest of the batch is stored and acked.
+    async def scenario() -> tuple[Recorder, list[str], list[str], Stats, int]:
+        acked: list[str] = []
+        failed: list[str] = []
+        store, stats = Recorder(acked), Stats()
+        writer = ReadingWriter(store, stats, flush_interval_s=60)
+        assert writer.submit(records(0, 2, "A"), on_stored=lambda: acked.append("A"))
+        bad = records(2, 2, "X")
+        bad[1]["meter_id"] = Unprintable()
+        assert writer.submit(bad, lambda: acked.append("X"), failed.append)
+        assert writer.submit(frame(0, 2, meter="P"), on_stored=lambda: acked.append("P"))
+        await writer.flush()
+        return store, acked, failed, stats, writer.pending_rows
+
+    store, acked, failed, stats, pending = asyncio.run(scenario())
+    assert acked == ["A", "P"] and pending == 0
+    assert len(failed) == 1 and "no text for this id" in failed[0]
+    assert stats.snapshot()["readings_unbuildable"] == 2
+    assert list(store.frames[0]["meter_id"]) == ["A", "A", "P", "P"]
+
+
+def test_mqtt_message_the_writer_cannot_store_is_dead_lettered_and_acknowledged(
+    tmp_path: Path,
+) -> None:
+    import paho.mqtt.client as mqtt
+
+    from collector.mqtt import MqttCollector, _Received
+
+    stats = Stats()
+    c = MqttCollector(
+        host="127.0.0.1",
+        port=1,
+        topic_template="meters/{meter_id}/reading",
+        writer=None,  # type: ignore[arg-type]  # not reached
+        stats=stats,
+        dead_letter=tmp_path / "dead.jsonl",
+    )
+    m = mqtt.MQTTMessage(mid=7, topic=b"meters/M1/reading")
+    m.payload = b'{"meter_id": "M1"}'
+    got = _Received(1, [], 7, 0, c._generation, message=m)
+    c._outstanding[1] = got
+    c._unstorable(got, "RuntimeError: no text for this id")
+    assert got.acked and not c._outstanding
+    line = (tmp_path / "dead.jsonl").read_text().strip()
+    assert "readings cannot be stored: RuntimeError: no text for this id" in line
+    assert stats.snapshot()["mqtt_dead_letters"] == 1
