@@ -258,15 +258,21 @@ class ReadingWriter:
         """Make every pending item durable (spool or store), then acknowledge it."""
         if not self._pending:
             return
-        try:  # before taking them: a failure here keeps them pending
-            frame = _frame_of(self._pending)
-        except Exception:
-            self._take_out_unbuildable()
-            if not self._pending:
-                return
-            frame = _frame_of(self._pending)
         items, self._pending, rows = self._pending, [], self._pending_rows
         self._pending_rows = 0
+        try:  # off the event loop (polls and acknowledgements go on meanwhile)
+            try:
+                frame = await asyncio.to_thread(_frame_of, items)
+            except Exception:
+                items = self._without_unbuildable(items)
+                rows = sum(len(i.readings) for i in items)
+                if not items:
+                    return
+                frame = await asyncio.to_thread(_frame_of, items)
+        except BaseException:
+            self._pending = items + self._pending  # kept, not acknowledged
+            self._pending_rows += rows
+            raise
         if self.spool is not None:
             await self._flush_to_spool(items, frame, rows)
         else:
@@ -374,23 +380,22 @@ class ReadingWriter:
 
     # ---------------------------------------------------------------- helpers
 
-    def _take_out_unbuildable(self) -> None:
-        """Remove the pending items that cannot be made into a frame (one at a time, only
+    def _without_unbuildable(self, items: list[_Item]) -> list[_Item]:
+        """``items`` less those that cannot be made into a frame (tried one at a time, only
         after a flush failed to), so one bad submission does not block every later one."""
         keep: list[_Item] = []
-        for item in self._pending:  # loop over pending submissions, on the failure path only
+        for item in items:  # loop over pending submissions, on the failure path only
             try:
                 _frame_of([item])
             except Exception as exc:
                 rows = len(item.readings)
-                self._pending_rows -= rows
                 self.stats.count("readings_unbuildable", rows)
                 log.error("%d readings cannot be stored and are not acknowledged: %s", rows, exc)
                 if item.on_failed is not None:
                     item.on_failed(f"{type(exc).__name__}: {exc}")
                 continue
             keep.append(item)
-        self._pending = keep
+        return keep
 
     def _ack(self, items: list[_Item]) -> None:
         for item in items:
