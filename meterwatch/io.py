@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from meterwatch.errors import MeterWatchError
-from meterwatch.schema import normalize_readings, with_time_columns
+from meterwatch.schema import with_time_columns
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:
@@ -31,6 +31,6 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
     try:
         # Receipt and device times, when the file has them (backups do): the clock check
         # judges each read against its collected_at.
-        return with_time_columns(normalize_readings(df), df)
+        return with_time_columns(df)
     except ValueError as exc:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc

@@ -212,15 +212,26 @@ def readings_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     The optional :data:`READING_TIME_COLUMNS` are kept (as UTC; unparsable -> NaT) when a record
     has them, so collectors' ``collected_at`` / ``device_ts`` reach the store.
     """
-    raw = pd.DataFrame.from_records(list(records))
-    return with_time_columns(normalize_readings(raw), raw)
+    return with_time_columns(pd.DataFrame.from_records(list(records)))
 
 
-def with_time_columns(out: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
-    """``out`` plus the :data:`READING_TIME_COLUMNS` ``raw`` has (as UTC; unparsable -> NaT)."""
+def with_time_columns(df: pd.DataFrame, *, always: bool = False) -> pd.DataFrame:
+    """Canonical columns plus the optional :data:`READING_TIME_COLUMNS` (UTC).
+
+    A time column the input has is kept (parsed like ``ts``; unparsable -> NaT); one it lacks
+    is added as NaT when ``always``, else left out. Everything else is as
+    :func:`normalize_readings`.
+    """
+    out = normalize_readings(df)
     for col in READING_TIME_COLUMNS:
-        if col in raw:
-            out[col] = to_utc_coerce(raw[col]).array
+        if col in df:
+            values = df[col]
+            if isinstance(values.dtype, pd.DatetimeTZDtype):
+                out[col] = values.astype(TS_DTYPE).array
+            else:
+                out[col] = to_utc_coerce(values).array
+        elif always:
+            out[col] = pd.Series(pd.NaT, index=out.index, dtype=TS_DTYPE)
     return out
 
 

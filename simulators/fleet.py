@@ -43,13 +43,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from meterwatch.registry import REGISTRY_COLUMNS
-from meterwatch.schema import (
-    READING_FIELDS,
-    READING_TIME_COLUMNS,
-    TS_DTYPE,
-    normalize_readings,
-    to_utc,
-)
+from meterwatch.schema import READING_FIELDS, TS_DTYPE, normalize_readings, with_time_columns
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -1047,11 +1041,7 @@ def inject(
     )
     for c in ("starts_at", "ends_at"):
         lab[c] = pd.to_datetime(lab[c], utc=True).astype(TS_DTYPE)
-    result = normalize_readings(out)
-    for c in READING_TIME_COLUMNS:  # receipt / device times travel with the readings
-        if c in out.columns:
-            result[c] = to_utc(out[c]).array
-    return result, reg, lab
+    return with_time_columns(out), reg, lab  # receipt / device times travel with them
 
 
 def _scale_energy(

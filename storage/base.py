@@ -8,26 +8,6 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from meterwatch.schema import READING_TIME_COLUMNS, TS_DTYPE, normalize_readings
-
-
-def with_time_columns(df: pd.DataFrame, *, always: bool = False) -> pd.DataFrame:
-    """Canonical columns plus the optional ``collected_at`` / ``device_ts`` (UTC).
-
-    A time column the input has is kept (parsed to UTC); one it lacks is added as NaT when
-    ``always``, else left out. Everything else is as :func:`normalize_readings`.
-    """
-    out = normalize_readings(df)
-    for col in READING_TIME_COLUMNS:
-        if col in df:
-            values = df[col]
-            if not isinstance(values.dtype, pd.DatetimeTZDtype):
-                values = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-            out[col] = values.astype(TS_DTYPE).array
-        elif always:
-            out[col] = pd.Series(pd.NaT, index=out.index, dtype=TS_DTYPE)
-    return out
-
 
 @runtime_checkable
 class ReadingStore(Protocol):

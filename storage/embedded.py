@@ -17,8 +17,8 @@ from meterwatch.schema import (
     READING_TIME_COLUMNS,
     TS_DTYPE,
     normalize_readings,
+    with_time_columns,
 )
-from storage.base import with_time_columns
 from storage.measurements import (
     ALERT_EVENT_COLUMNS,
     ALERT_EVENT_TIMES,

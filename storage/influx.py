@@ -67,8 +67,13 @@ import pandas as pd
 import urllib3
 
 from meterwatch.errors import ConfigError, InfluxError, StorageError
-from meterwatch.schema import READING_TIME_COLUMNS, TS_DTYPE, empty_readings, normalize_readings
-from storage.base import with_time_columns
+from meterwatch.schema import (
+    READING_TIME_COLUMNS,
+    TS_DTYPE,
+    empty_readings,
+    normalize_readings,
+    with_time_columns,
+)
 from storage.line_protocol import MEASUREMENT, EncodedReadings, encode_points, encode_readings
 from storage.measurements import (
     ALERT_EVENT_COLUMNS,
