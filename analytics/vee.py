@@ -74,7 +74,7 @@ from analytics.base import (
     strictly_less,
     ts_ns,
 )
-from meterwatch.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS
+from meterwatch.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS, to_utc_coerce
 
 #: Version of this rule set; stored with every validated interval.
 RULE_SET_VERSION = "mw-vee-1.0"
@@ -744,9 +744,9 @@ def validate(
     judged = np.zeros(n_m, dtype=bool)
     if "collected_at" in readings.columns and len(readings):
         times = [c for c in ("ts", "collected_at", "device_ts") if c in readings.columns]
-        rc = pd.DataFrame(
-            {c: pd.to_datetime(readings[c], utc=True, errors="coerce") for c in times}
-        ).assign(meter_id=readings["meter_id"].astype(str).to_numpy())
+        rc = pd.DataFrame({c: to_utc_coerce(readings[c]) for c in times}).assign(
+            meter_id=readings["meter_id"].astype(str).to_numpy()
+        )
         rc = rc[rc["collected_at"].notna() & rc["ts"].notna()]
         rc_code = m_index.get_indexer(rc["meter_id"].to_numpy())
         rc, rc_code = rc[rc_code >= 0], rc_code[rc_code >= 0]
@@ -1206,7 +1206,7 @@ def last_interpolable_boundary(
     step = interval_s * _NS
     reads = readings.loc[readings["energy_import_kwh"].notna(), ["meter_id", "ts"]]
     reads = reads.sort_values(["meter_id", "ts"], kind="mergesort")
-    t = reads["ts"].dt.tz_convert("UTC").dt.as_unit("ns").astype("int64").to_numpy()
+    t = ts_ns(reads["ts"])
     meter = reads["meter_id"].to_numpy()
     limit = _to_ns(pd.Timestamp(upto))
     nxt = np.r_[t[1:], np.iinfo(np.int64).max]
