@@ -43,7 +43,7 @@ from meterwatch.errors import StorageError
 from meterwatch.schema import empty_readings, readings_from_records
 from meterwatch.stats import Stats
 from storage.base import ReadingStore
-from storage.spool import Spool, SpoolFullError
+from storage.spool import Spool, SpoolFullError, drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -336,26 +336,15 @@ class ReadingWriter:
         return len(batch.frame)
 
     async def _drain_loop(self) -> None:
-        delay = self.drain_interval_s
-        failures = 0
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._drain_wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-            self._drain_wake.clear()
-            if self._closing:
-                return
-            try:
-                while not self._closing and await self.drain_once():
-                    pass
-                failures = 0
-                delay = self.drain_interval_s
-            except StorageError:
-                failures += 1
-                ceiling = min(self.backoff_cap_s, self.drain_interval_s * 2**failures)
-                delay = self._random.uniform(ceiling / 2, ceiling)
-            self._update_gauges()
+        await drain_forever(
+            self.drain_once,
+            self._drain_wake,
+            lambda: self._closing,
+            interval_s=self.drain_interval_s,
+            backoff_cap_s=self.backoff_cap_s,
+            rng=self._random,
+            after_round=self._update_gauges,
+        )
 
     async def _run(self) -> None:
         backoff = self.flush_interval_s

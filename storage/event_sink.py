@@ -35,7 +35,7 @@ import pandas as pd
 from meterwatch.errors import StorageError
 from meterwatch.stats import Stats
 from storage.measurements import alert_event_frame, normalize_alert_events
-from storage.spool import Spool
+from storage.spool import Spool, drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -168,24 +168,14 @@ class AlertEventSink:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        delay = self.drain_interval_s
-        failures = 0
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._closing:
-                return
-            try:
-                while not self._closing and await self.drain_once():
-                    pass
-                failures, delay = 0, self.drain_interval_s
-            except StorageError:
-                failures += 1
-                ceiling = min(self.backoff_cap_s, self.drain_interval_s * 2**failures)
-                delay = self._random.uniform(ceiling / 2, ceiling)
+        await drain_forever(
+            self.drain_once,
+            self._wake,
+            lambda: self._closing,
+            interval_s=self.drain_interval_s,
+            backoff_cap_s=self.backoff_cap_s,
+            rng=self._random,
+        )
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the task, then write what is left (within ``timeout_s``); the rest stays queued."""

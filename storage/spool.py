@@ -35,10 +35,12 @@ between) is written again at the next drain; both stores keep one reading per (m
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,3 +231,39 @@ class Spool:
                 self._con.close()
             except sqlite3.Error:
                 pass
+
+
+async def drain_forever(
+    drain_once: Callable[[], Awaitable[int]],
+    wake: asyncio.Event,
+    closing: Callable[[], bool],
+    *,
+    interval_s: float,
+    backoff_cap_s: float,
+    rng: random.Random,
+    after_round: Callable[[], None] | None = None,
+) -> None:
+    """Drain a spool into its store until ``closing()``: on ``wake`` or every ``interval_s``,
+    ``drain_once`` until it returns 0; while it raises StorageError, back off exponentially
+    with jitter (uniform in [c/2, c], c = ``interval_s`` x 2^failures capped at
+    ``backoff_cap_s``). ``after_round`` runs after each round (gauges)."""
+    delay = interval_s
+    failures = 0
+    while not closing():
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+        wake.clear()
+        if closing():
+            return
+        try:
+            while not closing() and await drain_once():
+                pass
+            failures, delay = 0, interval_s
+        except StorageError:
+            failures += 1
+            ceiling = min(backoff_cap_s, interval_s * 2**failures)
+            delay = rng.uniform(ceiling / 2, ceiling)
+        if after_round is not None:
+            after_round()
