@@ -64,6 +64,7 @@ from protocols.dlt645 import (
     read_request,
 )
 from simulators.dlt645_server import Dlt645Server
+from tests.test_transports import ListWriter
 
 ADDR = "123456789012"
 
@@ -614,14 +615,6 @@ def test_poller_reads_the_bus_and_reports_a_silent_meter_offline_once() -> None:
     from meterwatch.clock import Clock
     from meterwatch.stats import Stats
 
-    class ListWriter:
-        def __init__(self) -> None:
-            self.frames: list[pd.DataFrame] = []
-
-        def submit(self, frame: pd.DataFrame, on_stored: object = None) -> bool:
-            self.frames.append(frame)
-            return True
-
     live = {
         "000000000001": {"energy_import_kwh": 100.25, "voltage_l1_v": 230.1, "power_kw": 1.5},
         "000000000002": {"energy_import_kwh": 7.5, "voltage_l1_v": 229.9, "power_kw": -0.25},
@@ -800,15 +793,6 @@ def test_read_meter_clock_across_midnight_rereads_the_date() -> None:
     got, dis = run(with_server(body))
     assert got == datetime(2026, 11, 24, 0, 0, 0)  # not the 23rd at 00:00:00
     assert dis == [CLOCK_DATE_DI, CLOCK_TIME_DI, CLOCK_DATE_DI]
-
-
-class ListWriter:
-    def __init__(self) -> None:
-        self.frames: list[pd.DataFrame] = []
-
-    def submit(self, frame: pd.DataFrame, on_stored: object = None) -> bool:
-        self.frames.append(frame)
-        return True
 
 
 def spy_records(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
