@@ -20,21 +20,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
 from brokers import Mosquitto
-from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.mqtt import MqttCollector
 from collector.writer import ReadingWriter
 from meterwatch.stats import Stats
-from protocols.mqtt_payload import encode_reading
 from storage.embedded import EmbeddedStore
+from tests.test_mqtt_refusal import publish_all, wait_until
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 #: Messages published while the store is stalled: several times every window tried.
@@ -98,49 +95,6 @@ class InFlight:
             return self.received, self.acked
 
 
-def publish_all(port: int, n: int, timeout_s: float = 20.0) -> None:
-    """Publish messages 0..n-1 at QoS 1; return once the broker acknowledged every one."""
-    acked: set[int] = set()
-    lock = threading.Lock()
-
-    def on_publish(client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
-        with lock:
-            acked.add(mid)
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rxmax-publisher")
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port, keepalive=10)
-    client.loop_start()
-    try:
-        mids = []
-        for i in range(n):
-            meter = f"M{i % 10:02d}"
-            payload = encode_reading(
-                {"meter_id": meter, "ts": T0 + pd.Timedelta(minutes=i // 10), "power_kw": float(i)}
-            )
-            mids.append(client.publish(f"meters/{meter}/reading", payload, qos=1).mid)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with lock:
-                missing = len(set(mids) - acked)
-            if not missing:
-                return
-            assert time.monotonic() < deadline, f"broker acknowledged {n - missing} of {n}"
-            time.sleep(0.01)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what()}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("receive_maximum", [3, 10])
 def test_broker_honours_the_announced_receive_maximum_while_the_writer_stalls(
     mosquitto_broker: Mosquitto, tmp_path: Path, receive_maximum: int
@@ -171,7 +125,7 @@ def test_broker_honours_the_announced_receive_maximum_while_the_writer_stalls(
         collector.start()
         try:
             assert await asyncio.to_thread(subscribed.wait, 10), "collector did not subscribe"
-            await asyncio.to_thread(publish_all, mosquitto_broker.port, N)
+            await asyncio.to_thread(publish_all, mosquitto_broker.port, N, 20.0)
             # Store stalled: exactly R messages come, none is acknowledged, and no more follow.
             await wait_until(
                 lambda: inflight.now()[0] >= receive_maximum,
