@@ -140,7 +140,6 @@ class ReadingWriter:
         self._drain_wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._store_failing = False
         self._closing = False
         self._spool_full_logged = False
@@ -191,15 +190,7 @@ class ReadingWriter:
             self._wake.set()
         return True
 
-    def submit_threadsafe(
-        self, readings: pd.DataFrame | Records, on_stored: Done | None = None
-    ) -> None:
-        """Queue from another thread (the MQTT network thread)."""
-        assert self._loop is not None, "writer not started"
-        self._loop.call_soon_threadsafe(self.submit, readings, on_stored)
-
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="reading-writer")
         if self.spool is not None:
             self._drain_task = asyncio.create_task(self._drain_loop(), name="spool-drainer")
