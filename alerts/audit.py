@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alerts.errors import AuditError
-from alerts.model import iso
+from meterwatch.alerts.model import iso
+from meterwatch.core.errors import AuditError
 
 if TYPE_CHECKING:
     from meterwatch.config import AlertsConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from alerts.model import Alert
+from meterwatch.alerts.model import Alert
 
 
 @dataclass

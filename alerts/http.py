@@ -36,10 +36,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 import pandas as pd
 
-from alerts.delivery.outbox import json_safe
-from alerts.errors import AlertNotFound, AlertStateError
-from alerts.model import Alert, iso, parse_iso
-from meterwatch.errors import ConfigError
+from meterwatch.alerts.delivery.outbox import json_safe
+from meterwatch.alerts.model import Alert, iso, parse_iso
+from meterwatch.core.errors import AlertNotFound, AlertStateError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from alerts.audit import AuditLog, audit_log_from_config, load_key
-from alerts.model import Alert, fingerprint, iso, parse_iso
-from alerts.silence import Silence, SilenceStore
-from alerts.sla import SlaPolicy, SlaRule, due_escalations, record_step
-from meterwatch.errors import AlertNotFound, AlertStateError
+from meterwatch.alerts.audit import AuditLog, audit_log_from_config, load_key
+from meterwatch.alerts.model import Alert, fingerprint, iso, parse_iso
+from meterwatch.alerts.silence import Silence, SilenceStore
+from meterwatch.alerts.sla import SlaPolicy, SlaRule, due_escalations, record_step
+from meterwatch.core.catalogue import CATALOGUE
+from meterwatch.core.errors import AlertNotFound, AlertStateError
 
 if TYPE_CHECKING:
     from meterwatch.config import AlertsConfig
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 #: Called with (event, alert) for every change; see the module docstring for the events.
 Listener = Callable[[str, Alert], None]
 
-#: Per-meter alert types an open ``outage`` of the meter's transformer area inhibits.
-INHIBITED_BY_OUTAGE: frozenset[str] = frozenset({"voltage_loss", "meter_offline"})
 
 #: Events written to the feed and the audit log but not sent to listeners (no notification).
 _SILENT_EVENTS = frozenset({"clearing"})
@@ -288,7 +287,7 @@ class AlertManager:
     # -- changes ------------------------------------------------------------------------
 
     def process(self, findings: pd.DataFrame, now: datetime, *, streaming: bool = False) -> Changes:
-        """Apply a findings frame (meterwatch.schema.FINDING_COLUMNS); return the changes.
+        """Apply a findings frame (meterwatch.core.schema.FINDING_COLUMNS); return the changes.
 
         ``streaming`` findings come from one batch of fresh readings: they can open an alert,
         but for an alert already open they only mean "still there" (the batch cannot tell
@@ -544,10 +543,13 @@ class AlertManager:
         return [("reopened", alert)]
 
     def _quiet(self, alert: Alert, now: datetime) -> tuple[dict[str, Any] | None, str | None]:
-        if alert.type in INHIBITED_BY_OUTAGE and alert.meter_id and alert.transformer_id:
-            outage = self._latest.get(fingerprint("outage", None, alert.transformer_id))
-            if outage is not None and outage.status != "resolved":
-                return {"reason": "inhibited", "inhibited_by": outage.id}, outage.id
+        if alert.meter_id and alert.transformer_id:
+            # Area-level alerts the catalogue says inhibit this type (an area outage: voltage
+            # loss and offline meters of that area are its consequence, not new pages).
+            for inhibitor in CATALOGUE[alert.type].inhibited_by:
+                area = self._latest.get(fingerprint(inhibitor, None, alert.transformer_id))
+                if area is not None and area.status != "resolved":
+                    return {"reason": "inhibited", "inhibited_by": area.id}, area.id
         s = self.silences.silencing(alert, now)
         if s is not None:
             return {"reason": "silenced", "silence_id": s.id, "until": iso(s.ends_at)}, None

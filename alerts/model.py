@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from meterwatch.schema import ALERT_CATEGORIES
+from meterwatch.core.catalogue import ALERT_CATEGORIES
 
 
 def fingerprint(alert_type: str, meter_id: str | None, transformer_id: str | None) -> str:

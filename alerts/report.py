@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from alerts.model import Alert, parse_iso
+from meterwatch.alerts.model import Alert, parse_iso
 
 REPORT_COLUMNS: tuple[str, ...] = (
     "transformer_id",

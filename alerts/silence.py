@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alerts.errors import AlertError
-from alerts.model import Alert, iso, parse_iso
+from meterwatch.alerts.model import Alert, iso, parse_iso
+from meterwatch.core.errors import AlertError
 
 #: Alert labels a silence may match on (equality matchers, all must hold).
 MATCHER_LABELS: tuple[str, ...] = ("type", "meter_id", "transformer_id", "severity", "category")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from alerts.model import Alert, iso, parse_iso
+from meterwatch.alerts.model import Alert, iso, parse_iso
 
 DEADLINES: tuple[str, ...] = ("acknowledge", "resolve")
 

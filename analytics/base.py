@@ -3,7 +3,7 @@
 A detector is configured by keyword arguments of ``__init__`` (stored as same-named
 attributes, validated there), may learn state in ``fit`` (attributes ending in ``_``), and
 turns a canonical readings frame plus the meter registry into a findings frame
-(:data:`meterwatch.schema.FINDING_COLUMNS`) in ``detect``.
+(:data:`meterwatch.core.schema.FINDING_COLUMNS`) in ``detect``.
 
 Conventions shared by all detectors
 -----------------------------------
@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import (
+from meterwatch.core.catalogue import CATALOGUE
+from meterwatch.core.schema import (
     FINDING_COLUMNS,
     READING_COLUMNS,
     READING_FIELDS,
@@ -57,7 +58,11 @@ class Detector:
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ()
-    severity: ClassVar[str] = "warning"
+
+    @property
+    def severity(self) -> str:
+        """Default severity of the first alert type, from the catalogue (meterwatch.core.catalogue)."""
+        return CATALOGUE[self.alert_types[0]].severity
 
     @classmethod
     def _param_names(cls) -> list[str]:

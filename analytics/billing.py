@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.base import strictly_greater, ts_ns
+from meterwatch.analytics.base import strictly_greater, ts_ns
 
 #: Fixed columns of the determinants frame (``kwh_<bucket>`` columns follow ``total_kwh``).
 DETERMINANT_COLUMNS: tuple[str, ...] = (

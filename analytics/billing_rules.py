@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     Detector,
     check_count,
     check_fraction,
@@ -30,8 +30,8 @@ from analytics.base import (
     prepare,
     short_ts,
 )
-from analytics.vee import ValidatedReadings, VeeParams, validate
-from meterwatch.schema import empty_findings
+from meterwatch.analytics.vee import ValidatedReadings, VeeParams, validate
+from meterwatch.core.schema import empty_findings
 
 
 def _validated(
@@ -133,7 +133,6 @@ class MeterStuck(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("meter_stuck",)
-    severity: ClassVar[str] = "major"
     _event: ClassVar[str] = "stuck_register"
     _rule: ClassVar[str] = (
         "register delta < register_resolution_kwh in every interval of a run >= stuck_hours "
@@ -182,7 +181,6 @@ class MeterRunaway(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("meter_runaway",)
-    severity: ClassVar[str] = "major"
     _event: ClassVar[str] = "runaway"
     _rule: ClassVar[str] = (
         "register delta per interval > runaway_factor*Un*Imax*phases*interval/1000 [kWh]"
@@ -227,7 +225,6 @@ class EnergyPowerMismatch(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("energy_power_mismatch",)
-    severity: ClassVar[str] = "major"
     _event: ClassVar[str] = "energy_power_mismatch"
     _rule: ClassVar[str] = (
         "|E - P| > mismatch_tolerance*max(E, P) and > mismatch_floor_kwh per window; "
@@ -285,7 +282,6 @@ class MultiplierMismatch(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("multiplier_mismatch",)
-    severity: ClassVar[str] = "major"
     _event: ClassVar[str] = "multiplier_mismatch"
     _rule: ClassVar[str] = (
         "E/P or P/E within multiplier_tolerance*ct_ratio of ct_ratio (ct_ratio > 1) per window"
@@ -341,7 +337,6 @@ class ClockError(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("clock_error",)
-    severity: ClassVar[str] = "minor"
     _event: ClassVar[str] = "clock_error"
     _rule: ClassVar[str] = (
         "device_ts or ts - collected_at > clock_tolerance_s "
@@ -380,7 +375,6 @@ class EstimationExcess(_VeeRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("estimation_excess",)
-    severity: ClassVar[str] = "minor"
     _event: ClassVar[str] = "estimation_excess"
     _rule: ClassVar[str] = (
         "consecutive estimated intervals * interval_s > max_consecutive_estimated_s"

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     Detector,
     check_count,
     check_fraction,
@@ -25,7 +25,7 @@ from analytics.base import (
     strictly_less,
     ts_ns,
 )
-from meterwatch.schema import empty_findings
+from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
 HOUR_NS = 3_600 * 10**9
@@ -215,7 +215,6 @@ class ConsumptionSpike(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("consumption_spike",)
-    severity: ClassVar[str] = "warning"
 
     def __init__(
         self,
@@ -440,7 +439,7 @@ def outage_hours(frame: pd.DataFrame, meter_ids: pd.Index, hours: pd.DatetimeInd
     The hour a dead reading falls in and the hour before it (whose energy the reading
     closes) are marked, so supply loss is never judged as a consumption change.
     """
-    from analytics.equipment import REGISTRY_COLUMNS, outage_rows
+    from meterwatch.analytics.equipment import REGISTRY_COLUMNS, outage_rows
 
     out = np.zeros((meter_ids.size, hours.size), dtype=bool)
     if hours.size == 0 or not set(REGISTRY_COLUMNS) <= set(frame.columns):
@@ -557,7 +556,6 @@ class ZeroConsumption(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("zero_consumption",)
-    severity: ClassVar[str] = "warning"
 
     def __init__(
         self, zero_kwh: float = 0.0, min_hours: int = 24, max_gap_minutes: float = 75.0
@@ -640,7 +638,6 @@ class ConsumptionDrop(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("consumption_drop",)
-    severity: ClassVar[str] = "warning"
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     Detector,
     at_least,
     check_count,
@@ -44,7 +44,7 @@ from analytics.base import (
     ts_ns,
     utc,
 )
-from meterwatch.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
+from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
 
 #: Registry columns every rule of this module reads.
 REGISTRY_COLUMNS: tuple[str, ...] = (
@@ -293,7 +293,6 @@ class CurrentLoss(_OutageAware):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("current_loss",)
-    severity: ClassVar[str] = "critical"
     _title: ClassVar[str] = "Current loss"
     _quantity: ClassVar[str] = "lowest phase current"
     _unit: ClassVar[str] = " A"
@@ -359,7 +358,6 @@ class Overvoltage(_VoltageBand):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("overvoltage",)
-    severity: ClassVar[str] = "minor"
     _title: ClassVar[str] = "Overvoltage"
     _quantity: ClassVar[str] = "highest phase voltage"
     _unit: ClassVar[str] = " V"
@@ -406,7 +404,6 @@ class Undervoltage(_VoltageBand):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("undervoltage",)
-    severity: ClassVar[str] = "minor"
     _title: ClassVar[str] = "Undervoltage"
     _quantity: ClassVar[str] = "lowest phase voltage"
     _unit: ClassVar[str] = " V"
@@ -469,7 +466,6 @@ class VoltageUnbalance(_OutageAware):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("voltage_unbalance",)
-    severity: ClassVar[str] = "minor"
     _title: ClassVar[str] = "Voltage unbalance"
     _quantity: ClassVar[str] = "unbalance"
     _unit: ClassVar[str] = ""
@@ -523,7 +519,6 @@ class CurrentUnbalance(_OutageAware):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("current_unbalance",)
-    severity: ClassVar[str] = "warning"
     _title: ClassVar[str] = "Current unbalance"
     _quantity: ClassVar[str] = "unbalance"
     _unit: ClassVar[str] = ""
@@ -590,7 +585,6 @@ class ReversePower(_RowRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("reverse_power",)
-    severity: ClassVar[str] = "major"
     _title: ClassVar[str] = "Reverse power"
     _quantity: ClassVar[str] = "active power"
     _unit: ClassVar[str] = " kW"
@@ -640,7 +634,6 @@ class LowPowerFactor(_OutageAware):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("low_power_factor",)
-    severity: ClassVar[str] = "warning"
     _title: ClassVar[str] = "Low power factor"
     _quantity: ClassVar[str] = "power factor"
     _unit: ClassVar[str] = ""
@@ -708,7 +701,6 @@ class FrequencyDeviation(_RowRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("frequency_deviation",)
-    severity: ClassVar[str] = "minor"
     _title: ClassVar[str] = "Frequency deviation"
     _quantity: ClassVar[str] = "frequency deviation"
     _unit: ClassVar[str] = " Hz"
@@ -749,7 +741,6 @@ class TransformerOverload(_RowRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("transformer_overload",)
-    severity: ClassVar[str] = "major"
     _title: ClassVar[str] = "Transformer overload"
     _quantity: ClassVar[str] = "apparent power"
     _unit: ClassVar[str] = " kVA"
@@ -802,7 +793,6 @@ class Outage(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("outage",)
-    severity: ClassVar[str] = "critical"
 
     def __init__(
         self,
@@ -891,7 +881,6 @@ class CalibrationDue(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("calibration_due",)
-    severity: ClassVar[str] = "info"
 
     def __init__(self, lead_days: int = 0) -> None:
         check_count("lead_days", lead_days, minimum=0)

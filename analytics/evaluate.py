@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from meterwatch.core.catalogue import AREA_TYPES
+
 #: Types reported per area (the finding has no meter id).
-AREA_TYPES: frozenset[str] = frozenset({"outage", "transformer_overload", "transformer_loss"})
 
 
 #: Alert types that an injected fault legitimately raises on its meter besides its own
@@ -63,7 +64,7 @@ def build_scenario(
     distinct meters; faults start after day 15 (history for the baselines), theft attacks run
     from a random day after day 15 to the end. ``progress(text)`` is called between stages.
     """
-    from simulators.fleet import (
+    from meterwatch.simulators.fleet import (
         BILLING_FAULT_TYPES,
         FAULT_TYPES,
         THEFT_ATTACKS,

@@ -16,9 +16,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from analytics.base import Detector
-from analytics.suite import run_detectors
-from meterwatch.schema import empty_findings
+from meterwatch.analytics.base import Detector
+from meterwatch.analytics.suite import run_detectors
+from meterwatch.core.schema import empty_findings
 
 Loader = Callable[[list[str]], pd.DataFrame]
 Progress = Callable[[int, int], None]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     Detector,
     at_least,
     check_count,
@@ -26,7 +26,7 @@ from analytics.base import (
     ts_ns,
     utc,
 )
-from meterwatch.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
+from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
 
 PHASE_LABELS: tuple[str, ...] = ("L1", "L2", "L3")
 
@@ -62,7 +62,6 @@ class RegisterDecrease(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("register_decrease",)
-    severity: ClassVar[str] = "major"
 
     def __init__(
         self,
@@ -304,7 +303,6 @@ class VoltageLoss(_PhaseRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("voltage_loss",)
-    severity: ClassVar[str] = "critical"
     _title: ClassVar[str] = "Voltage loss"
     _rule_text: ClassVar[str] = (
         "voltage_loss (失压): U < voltage_fraction*Un and I > current_fraction*Ib on a phase"
@@ -356,7 +354,6 @@ class PhaseBreak(_PhaseRule):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("phase_break",)
-    severity: ClassVar[str] = "critical"
     _title: ClassVar[str] = "Phase break"
     _rule_text: ClassVar[str] = (
         "phase_break (断相): U < voltage_fraction*Un and I < current_fraction*Ib on a phase of "

@@ -8,10 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from analytics.base import Detector, shared_session
-from analytics.billing_rules import BILLING_DETECTORS
-from analytics.consumption import ConsumptionDrop, ConsumptionSpike, ZeroConsumption
-from analytics.equipment import (
+from meterwatch.analytics.base import Detector, shared_session
+from meterwatch.analytics.billing_rules import BILLING_DETECTORS
+from meterwatch.analytics.consumption import ConsumptionDrop, ConsumptionSpike, ZeroConsumption
+from meterwatch.analytics.equipment import (
     CalibrationDue,
     CurrentLoss,
     CurrentUnbalance,
@@ -24,9 +24,9 @@ from analytics.equipment import (
     Undervoltage,
     VoltageUnbalance,
 )
-from analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
-from analytics.theft import TheftSuspected, TransformerLoss
-from meterwatch.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
+from meterwatch.analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
+from meterwatch.analytics.theft import TheftSuspected, TransformerLoss
+from meterwatch.core.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
 
 #: Detector classes of the default suite, in run order.
 DETECTOR_CLASSES: tuple[type[Detector], ...] = (

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     Detector,
     check_count,
     check_fraction,
@@ -52,8 +52,8 @@ from analytics.base import (
     prepare,
     short_ts,
 )
-from analytics.consumption import MAD_SCALE, cusum_drop, hourly_energy
-from meterwatch.schema import empty_findings
+from meterwatch.analytics.consumption import MAD_SCALE, cusum_drop, hourly_energy
+from meterwatch.core.schema import empty_findings
 
 #: Registry columns the theft analytics read.
 THEFT_REGISTRY: tuple[str, ...] = ("transformer_id", "role", "customer_class", "ct_ratio")
@@ -364,7 +364,6 @@ class TransformerLoss(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("transformer_loss",)
-    severity: ClassVar[str] = "major"
 
     def __init__(
         self,
@@ -483,7 +482,6 @@ class TheftSuspected(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("theft_suspected",)
-    severity: ClassVar[str] = "major"
 
     def __init__(
         self,

@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.base import (
+from meterwatch.analytics.base import (
     REL_TOL,
     at_least,
     canonical,
@@ -74,7 +74,7 @@ from analytics.base import (
     strictly_less,
     ts_ns,
 )
-from meterwatch.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS, to_utc_coerce
+from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS, to_utc_coerce
 
 #: Version of this rule set; stored with every validated interval.
 RULE_SET_VERSION = "mw-vee-1.0"

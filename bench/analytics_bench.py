@@ -102,7 +102,7 @@ _PARTS: list[tuple[pd.DataFrame, pd.DataFrame]] = []  # made before forking the 
 
 def _work(k: int) -> tuple[int, int, float]:
     """Run the suite over pre-made partition ``k % 2`` (worker process)."""
-    from analytics.suite import default_detectors, run_detectors
+    from meterwatch.analytics.suite import default_detectors, run_detectors
 
     readings, reg = _PARTS[k % len(_PARTS)]
     found = len(run_detectors(default_detectors(), readings, reg))
@@ -133,7 +133,7 @@ def main() -> None:
         # done here, before the pool forks.
         import sklearn.ensemble  # noqa: F401
 
-        import analytics.suite  # noqa: F401
+        import meterwatch.analytics.suite  # noqa: F401
 
         chunk = min(args.chunk, args.meters)
         n_parts = -(-args.meters // chunk)

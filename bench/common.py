@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import normalize_readings
+from meterwatch.core.schema import normalize_readings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

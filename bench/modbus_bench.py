@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench.common import peak_rss_mb
-from collector.modbus import ModbusDevice, ModbusGatewayPoller
-from meterwatch.clock import Clock
-from meterwatch.stats import Stats
-from protocols.modbus_types import decode
-from protocols.register_map import load_map
-from simulators.fleet import Fleet
-from simulators.modbus_server import MeterModbusServer
+from meterwatch.collector.modbus import ModbusDevice, ModbusGatewayPoller
+from meterwatch.core.clock import Clock
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.modbus_types import decode
+from meterwatch.protocols.register_map import load_map
+from meterwatch.simulators.fleet import Fleet
+from meterwatch.simulators.modbus_server import MeterModbusServer
 
 
 class _NullWriter:

@@ -50,14 +50,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import peak_rss_mb, synthetic_readings
-from collector.mqtt import MqttCollector
-from collector.writer import ReadingWriter
-from meterwatch.schema import READING_FIELDS
-from meterwatch.stats import Stats
-from protocols.mqtt_payload import encode_reading
-from storage.embedded import EmbeddedStore
-from storage.influx import InfluxStore
-from storage.spool import Spool
+from meterwatch.collector.mqtt import MqttCollector
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.schema import READING_FIELDS
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.mqtt_payload import encode_reading
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.spool import Spool
 
 TOPIC = "gateways/{gw}/batch"
 FILTER = "gateways/+/batch"

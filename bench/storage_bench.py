@@ -26,8 +26,8 @@ import urllib.request
 import pandas as pd
 
 from bench.common import peak_rss_mb, synthetic_readings
-from storage.influx import InfluxStore
-from storage.line_protocol import encode_readings
+from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.line_protocol import encode_readings
 
 
 def _query(url: str, q: str, db: str | None = None) -> dict:

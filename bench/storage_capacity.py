@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulators.fleet import Fleet, generate
-from storage.backup import backup
-from storage.embedded import EmbeddedStore
+from meterwatch.simulators.fleet import Fleet, generate
+from meterwatch.storage.backup import backup
+from meterwatch.storage.embedded import EmbeddedStore
 
 
 def main() -> None:

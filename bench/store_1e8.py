@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import peak_rss_mb
-from storage.embedded import EmbeddedStore
+from meterwatch.storage.embedded import EmbeddedStore
 
 
 def day_frame(meters: int, day: int, energy0: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:

@@ -48,12 +48,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import serial
 
-from collector.modbus import FindingsCallback, GatewayPoller, MeterTracker
-from collector.writer import ReadingWriter
-from meterwatch.clock import Clock
-from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
-from meterwatch.stats import Stats
-from protocols.dlt645 import (
+from meterwatch.collector.modbus import FindingsCallback, GatewayPoller, MeterTracker
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.clock import Clock
+from meterwatch.core.errors import DeviceError, DeviceTimeout, ProtocolError
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.dlt645 import (
     CLOCK_DATE_DI,
     CLOCK_TIME_DI,
     DATA_ITEMS,

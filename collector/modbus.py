@@ -26,12 +26,13 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from collector.writer import ReadingWriter
-from meterwatch.clock import Clock
-from meterwatch.errors import DeviceError, DeviceException, DeviceTimeout
-from meterwatch.schema import FINDING_COLUMNS, empty_findings, readings_from_records
-from meterwatch.stats import MeterHealth, Stats
-from protocols.register_map import ReadBlock, RegisterMap
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.catalogue import CATALOGUE
+from meterwatch.core.clock import Clock
+from meterwatch.core.errors import DeviceError, DeviceException, DeviceTimeout
+from meterwatch.core.schema import FINDING_COLUMNS, empty_findings, readings_from_records
+from meterwatch.core.stats import MeterHealth, Stats
+from meterwatch.protocols.register_map import ReadBlock, RegisterMap
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class MeterTracker:
             summary = f"meter {meter_id} ({self.protocol} at {where}) answered again after {minutes:.1f} min offline"
         row = {
             "type": "meter_offline",
-            "severity": "major",
+            "severity": CATALOGUE["meter_offline"].severity,
             "meter_id": meter_id,
             "transformer_id": None,
             "starts_at": pd.Timestamp(since),

@@ -20,7 +20,7 @@ taken (``mqtt_overflow_reconnects``).
 
 No pandas frame is built per message: the network thread parses the timestamps of a message with
 one vectorised call (:func:`parse_reading_times`, the same acceptance as
-:func:`meterwatch.schema.readings_from_records`) and hands the reading dicts to the writer, which
+:func:`meterwatch.core.schema.readings_from_records`) and hands the reading dicts to the writer, which
 builds one frame per flush.
 """
 
@@ -43,12 +43,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.writer import ReadingWriter
-from meterwatch.clock import Clock
-from meterwatch.errors import ProtocolError
-from meterwatch.schema import to_utc, to_utc_coerce
-from meterwatch.stats import Stats
-from protocols.mqtt_payload import Reading, Subscription
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.clock import Clock
+from meterwatch.core.errors import ProtocolError
+from meterwatch.core.schema import to_utc, to_utc_coerce
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.mqtt_payload import Reading, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def parse_reading_times(readings: list[Reading]) -> pd.Timestamp:
     """Parse the readings' ``ts`` and ``device_ts`` in place, exactly as the frame path would.
 
     One vectorised call per column over the message's values, the same functions
-    :func:`meterwatch.schema.readings_from_records` applies to its columns (:func:`to_utc` for
+    :func:`meterwatch.core.schema.readings_from_records` applies to its columns (:func:`to_utc` for
     ``ts``, :func:`to_utc_coerce` for ``device_ts``), so the acceptance is the same: a ``ts``
     that is not ISO 8601 raises pandas' ValueError, one that parses to NaT (``""``, ``"nan"``,
     NaN ...) raises ProtocolError naming it; an unparsable ``device_ts`` becomes NaT. The values

@@ -1,7 +1,7 @@
 """One-shot reads for `meterwatch probe`: the same read paths and decoding as the collectors.
 
 Each returns a canonical reading dict (``ts`` as ISO 8601 Z) or raises a
-:class:`~meterwatch.errors.MeterWatchError` whose message says what failed where.
+:class:`~meterwatch.core.errors.MeterWatchError` whose message says what failed where.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.exceptions import ConnectionException
 
-from collector.dlt645 import (
+from meterwatch.collector.dlt645 import (
     SerialSettings,
     SerialTransport,
     TcpTransport,
@@ -24,10 +24,10 @@ from collector.dlt645 import (
     read_meter,
     read_meter_clock,
 )
-from collector.modbus import ModbusDevice, Transport, make_client, read_block
-from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
-from protocols.mqtt_payload import CODECS, Subscription
-from protocols.register_map import load_map
+from meterwatch.collector.modbus import ModbusDevice, Transport, make_client, read_block
+from meterwatch.core.errors import DeviceError, DeviceTimeout, ProtocolError
+from meterwatch.protocols.mqtt_payload import CODECS, Subscription
+from meterwatch.protocols.register_map import load_map
 
 
 def _now_text() -> str:

@@ -14,9 +14,9 @@ Two modes, chosen by the service from ``storage.spool`` (see README, "Durability
 
 A submission is a canonical frame (pollers) or a list of reading dicts (the MQTT collector, so
 that it builds no pandas object per message). A flush makes one frame of all pending items, in
-submission order: every list goes through one :func:`~meterwatch.schema.readings_from_records`
+submission order: every list goes through one :func:`~meterwatch.core.schema.readings_from_records`
 call, frames pass through unchanged. Besides the canonical columns they may carry the optional
-``collected_at`` / ``device_ts`` (:data:`meterwatch.schema.READING_TIME_COLUMNS`), which the spool
+``collected_at`` / ``device_ts`` (:data:`meterwatch.core.schema.READING_TIME_COLUMNS`), which the spool
 keeps and both stores store (a flush mixing frames with and without them fills NaT).
 
 Nothing is dropped silently: a submit past ``max_pending_rows`` in memory, or while the spool is
@@ -39,11 +39,11 @@ from typing import Any
 
 import pandas as pd
 
-from meterwatch.errors import StorageError
-from meterwatch.schema import empty_readings, readings_from_records
-from meterwatch.stats import Stats
-from storage.base import ReadingStore
-from storage.spool import Spool, SpoolFullError, drain_forever
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import empty_readings, readings_from_records
+from meterwatch.core.stats import Stats
+from meterwatch.storage.base import ReadingStore
+from meterwatch.storage.spool import Spool, SpoolFullError, drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ Done = Callable[[], None]
 #: Called with the reason when a submitted list cannot be made into readings at all.
 Failed = Callable[[str], None]
 StoredListener = Callable[[pd.DataFrame], None]
-#: Reading dicts as :func:`meterwatch.schema.readings_from_records` takes them.
+#: Reading dicts as :func:`meterwatch.core.schema.readings_from_records` takes them.
 Records = list[dict[str, Any]]
 
 #: Window over which ``store_write_rate_rows_per_s`` is averaged [wall s].

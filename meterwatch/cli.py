@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 
 from meterwatch import __version__
 from meterwatch.config import load_config
-from meterwatch.errors import ConfigError, MeterWatchError
+from meterwatch.core.errors import ConfigError, MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -142,7 +142,7 @@ def simulate(
     """Write a simulated fleet to files: readings, meters.csv and ground-truth labels."""
     import pandas as pd
 
-    from simulators.fleet import Fleet, generate
+    from meterwatch.simulators.fleet import Fleet, generate
 
     t0 = pd.Timestamp(start).to_pydatetime()
     fleet = Fleet(
@@ -229,12 +229,12 @@ def analyze(
 
     import rich.progress
 
-    from alerts.manager import AlertManager
-    from analytics.partition import analyze_partitioned
-    from analytics.suite import default_detectors
+    from meterwatch.alerts.manager import AlertManager
+    from meterwatch.analytics.partition import analyze_partitioned
+    from meterwatch.analytics.suite import default_detectors
     from meterwatch.console import warn_coerced
+    from meterwatch.core.registry import load_registry
     from meterwatch.io import read_readings_file
-    from meterwatch.registry import load_registry
 
     try:
         params = load_config(config_path).analytics.detectors if config_path else {}
@@ -262,7 +262,7 @@ def analyze(
                 progress=lambda done, _total: bar.update(task, completed=done),
             )
         if suspects_path:
-            from analytics.theft import rank_suspects
+            from meterwatch.analytics.theft import rank_suspects
 
             with console.status("ranking theft suspects (line loss, features, Isolation Forest)"):
                 suspects = rank_suspects(readings, meters)

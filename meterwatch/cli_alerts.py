@@ -27,13 +27,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from alerts.audit import load_key, verify
-from alerts.manager import AlertManager, default_state_dir, service_time
-from alerts.model import Alert, iso, parse_iso
-from alerts.report import on_time_report
-from alerts.silence import parse_matchers
+from meterwatch.alerts.audit import load_key, verify
+from meterwatch.alerts.manager import AlertManager, default_state_dir, service_time
+from meterwatch.alerts.model import Alert, iso, parse_iso
+from meterwatch.alerts.report import on_time_report
+from meterwatch.alerts.silence import parse_matchers
 from meterwatch.config import AlertsConfig, load_config, parse_duration
-from meterwatch.errors import MeterWatchError
+from meterwatch.core.errors import MeterWatchError
 
 # Wide tables stay readable when piped (rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 200)

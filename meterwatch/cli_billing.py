@@ -19,11 +19,13 @@ import pandas as pd
 from rich.console import Console
 
 from meterwatch.config import Config, load_config
-from meterwatch.errors import MeterWatchError, StorageError
+from meterwatch.core.catalogue import types_in
+from meterwatch.core.errors import MeterWatchError, StorageError
 
 console = Console()
 err_console = Console(stderr=True)
 _DAY = pd.Timedelta(days=1)
+BILLING_TYPES = frozenset(types_in("billing"))
 
 
 def _fail(exc: Exception) -> None:
@@ -36,7 +38,7 @@ def _fail(exc: Exception) -> None:
 
 def vee_params(cfg: Config) -> Any:
     """The config's ``vee`` thresholds as :class:`analytics.vee.VeeParams`."""
-    from analytics.vee import VeeParams
+    from meterwatch.analytics.vee import VeeParams
 
     try:
         return VeeParams(**cfg.vee.model_dump(exclude={"interval", "rule_set_version"}))
@@ -56,7 +58,7 @@ def billing_timezone(cfg: Config) -> str:
 
 def load_meters(cfg: Config, meters_path: str | None) -> pd.DataFrame:
     """Registry from ``--meters``, ``registry.path`` or the simulator's ``registry_out``."""
-    from meterwatch.registry import load_registry
+    from meterwatch.core.registry import load_registry
 
     path = meters_path or cfg.registry.path or cfg.simulator.registry_out
     if path is None:
@@ -76,7 +78,7 @@ def validate_readings(
     now: Any = None,
 ) -> Any:
     """:func:`analytics.vee.validate` with the config's thresholds (defaults without one)."""
-    from analytics.vee import RULE_SET_VERSION, VeeParams, validate
+    from meterwatch.analytics.vee import RULE_SET_VERSION, VeeParams, validate
 
     try:
         if cfg is None:
@@ -149,7 +151,7 @@ def open_billing_alerts(feed: Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for a in latest.values():
         if (
-            a.get("category") == "billing"
+            a.get("type") in BILLING_TYPES
             and a.get("status") in ("open", "acknowledged")
             and a.get("meter_id")
         ):
@@ -159,14 +161,14 @@ def open_billing_alerts(feed: Path) -> dict[str, set[str]]:
 
 def _audit_log(cfg: Config) -> Any:
     """The alert manager's audit log (``alerts.audit``): estimates and edits share its chain."""
-    from alerts.audit import audit_log_from_config
+    from meterwatch.alerts.audit import audit_log_from_config
 
     return audit_log_from_config(cfg.alerts)
 
 
 def estimate_entries(intervals: pd.DataFrame) -> list[tuple[str, dict[str, Any]]]:
     """One audit entry per run of consecutive estimated intervals of a meter (same method)."""
-    from analytics.base import episodes, plain
+    from meterwatch.analytics.base import episodes, plain
 
     est = intervals["quality"].to_numpy() == "estimated"
     if not est.any():
@@ -213,7 +215,7 @@ def _period(value: str, tz: str, what: str) -> pd.Timestamp:
 
 
 def _store(cfg: Config) -> Any:
-    from storage.embedded import EmbeddedStore
+    from meterwatch.storage.embedded import EmbeddedStore
 
     if cfg.storage.backend != "embedded":
         raise StorageError(
@@ -258,8 +260,8 @@ def export_billing(
     ``<stem>.validated<ext>``; stores the validated intervals as a new data version and
     appends every estimate to the audit log.
     """
-    from analytics.billing import billing_determinants
-    from analytics.vee import apply_edits
+    from meterwatch.analytics.billing import billing_determinants
+    from meterwatch.analytics.vee import apply_edits
 
     try:
         cfg = load_config(config_path)
@@ -344,7 +346,7 @@ def vee() -> None:
 @click.option("--config", "config_path", default="config.yaml", show_default=True)
 def vee_edit(meter_id: str, ts: str, kwh: float, by: str, reason: str, config_path: str) -> None:
     """Replace one validated interval by a manual value, keeping the prior version."""
-    from analytics.base import plain
+    from meterwatch.analytics.base import plain
 
     try:
         if not np.isfinite(kwh) or kwh < 0:

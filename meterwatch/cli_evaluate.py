@@ -62,16 +62,17 @@ def evaluate(
     """Score every detector against simulated ground truth (per-type P/R/F1, theft AUCs)."""
     import pandas as pd
 
-    from analytics.base import shared_session
-    from analytics.evaluate import (
+    from meterwatch.analytics.base import shared_session
+    from meterwatch.analytics.evaluate import (
         build_scenario,
         markdown_table,
         score_findings,
         theft_metrics,
     )
-    from analytics.suite import default_detectors
-    from analytics.theft import rank_suspects
-    from meterwatch.schema import ALERT_CATEGORIES, FINDING_COLUMNS, empty_findings
+    from meterwatch.analytics.suite import default_detectors
+    from meterwatch.analytics.theft import rank_suspects
+    from meterwatch.core.catalogue import ALERT_CATEGORIES
+    from meterwatch.core.schema import FINDING_COLUMNS, empty_findings
 
     if meters < 20:
         raise click.BadParameter(f"--meters {meters}: at least 20", param_hint="--meters")

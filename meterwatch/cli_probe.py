@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from meterwatch.errors import MeterWatchError
+from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -65,7 +65,7 @@ def probe_modbus(
     as_json: bool,
 ) -> None:
     """Read a Modbus meter once (TCP, RTU over TCP or serial RTU)."""
-    from collector.probe import probe_modbus_once
+    from meterwatch.collector.probe import probe_modbus_once
 
     if transport != "serial" and not host:
         _fail(click.UsageError(f"--host is required with --transport {transport}"))
@@ -133,8 +133,8 @@ def probe_dlt645(
 ) -> None:
     """Read a DL/T 645-2007 meter once: behind a serial device server (--host/--port) or on a
     local serial port (--serial-port, default framing 2400 baud 8E1)."""
-    from collector.dlt645 import SerialSettings
-    from collector.probe import probe_dlt645_once
+    from meterwatch.collector.dlt645 import SerialSettings
+    from meterwatch.collector.probe import probe_dlt645_once
 
     if bool(host) == bool(serial_port):
         _fail(
@@ -197,7 +197,7 @@ def probe_mqtt(
     as_json: bool,
 ) -> None:
     """Wait for one message and print its canonical reading(s)."""
-    from collector.probe import probe_mqtt_once
+    from meterwatch.collector.probe import probe_mqtt_once
 
     try:
         readings = probe_mqtt_once(

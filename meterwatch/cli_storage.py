@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from meterwatch.config import Config, load_config
-from meterwatch.errors import MeterWatchError
+from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,7 +31,7 @@ def _load(config_path: str) -> Config:
 
 
 def _state_dir(cfg: Config) -> Path:
-    from alerts.manager import default_state_dir
+    from meterwatch.alerts.manager import default_state_dir
 
     return cfg.alerts.state_dir or default_state_dir(cfg.alerts.feed)
 
@@ -47,7 +47,7 @@ def _fail(exc: Exception) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing non-empty backup directory.")
 def backup_cmd(out: str, config_path: str, force: bool) -> None:
     """Write the embedded store's readings (and the alert feed and state) to Parquet in OUT."""
-    from storage.backup import backup
+    from meterwatch.storage.backup import backup
 
     try:
         cfg = _load(config_path)
@@ -74,7 +74,7 @@ def backup_cmd(out: str, config_path: str, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace readings and alert feed that exist.")
 def restore_cmd(src: str, config_path: str, force: bool) -> None:
     """Load backup SRC into the embedded store (and the alert feed and state)."""
-    from storage.backup import restore
+    from meterwatch.storage.backup import restore
 
     try:
         cfg = _load(config_path)

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from meterwatch.errors import ConfigError
+from meterwatch.core.errors import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

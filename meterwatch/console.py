@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from alerts.model import Alert
+from meterwatch.alerts.model import Alert
 
 if TYPE_CHECKING:
     from meterwatch.service import RunSummary, Service

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from meterwatch.errors import MeterWatchError
-from meterwatch.schema import with_time_columns
+from meterwatch.core.errors import MeterWatchError
+from meterwatch.core.schema import with_time_columns
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Prometheus metrics over HTTP: ``GET /metrics`` in the text exposition format 0.0.4.
 
 A stdlib ``ThreadingHTTPServer`` on a daemon thread (no client library needed). Every
-:class:`~meterwatch.stats.Stats` counter becomes ``meterwatch_<name>_total`` (``counter``), every
+:class:`~meterwatch.core.stats.Stats` counter becomes ``meterwatch_<name>_total`` (``counter``), every
 gauge ``meterwatch_<name>`` (``gauge``), plus ``meterwatch_meters_online``. Alert on, e.g.:
 
 * ``increase(meterwatch_readings_refused_total[15m]) > 0`` — readings refused (spool full or
@@ -28,8 +28,8 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from meterwatch.errors import ConfigError
-from meterwatch.stats import Stats
+from meterwatch.core.errors import ConfigError
+from meterwatch.core.stats import Stats
 
 log = logging.getLogger(__name__)
 

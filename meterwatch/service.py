@@ -16,39 +16,44 @@ import pandas as pd
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from alerts.delivery import Dispatcher, build_dispatcher
-from alerts.http import AlertHttpServer, build_http_server
-from alerts.manager import CLOCK_HEARTBEAT_S, AlertManager, record_clock
-from alerts.model import Alert
-from analytics.base import Detector
-from analytics.equipment import STREAMING_CLASSES
-from analytics.rules import PhaseBreak, VoltageLoss
-from analytics.suite import default_detectors, run_detectors
-from collector.broker import EmbeddedBroker
-from collector.dlt645 import (
+from meterwatch.alerts.delivery import Dispatcher, build_dispatcher
+from meterwatch.alerts.http import AlertHttpServer, build_http_server
+from meterwatch.alerts.manager import CLOCK_HEARTBEAT_S, AlertManager, record_clock
+from meterwatch.alerts.model import Alert
+from meterwatch.analytics.base import Detector
+from meterwatch.analytics.equipment import STREAMING_CLASSES
+from meterwatch.analytics.rules import PhaseBreak, VoltageLoss
+from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.collector.broker import EmbeddedBroker
+from meterwatch.collector.dlt645 import (
     Dlt645Device,
     Dlt645GatewayPoller,
     SerialSettings,
     SerialTransport,
 )
-from collector.modbus import ModbusDevice, ModbusGatewayPoller, failing_meters, make_client
-from collector.mqtt import MqttCollector
-from collector.writer import ReadingWriter
-from meterwatch.clock import Clock
+from meterwatch.collector.modbus import (
+    ModbusDevice,
+    ModbusGatewayPoller,
+    failing_meters,
+    make_client,
+)
+from meterwatch.collector.mqtt import MqttCollector
+from meterwatch.collector.writer import ReadingWriter
 from meterwatch.config import Config
+from meterwatch.core.catalogue import ALERT_CATEGORIES
+from meterwatch.core.clock import Clock
+from meterwatch.core.registry import check_registry, load_registry
+from meterwatch.core.stats import Stats
 from meterwatch.metrics import MetricsServer
-from meterwatch.registry import check_registry, load_registry
-from meterwatch.schema import ALERT_CATEGORIES
-from meterwatch.stats import Stats
-from protocols.register_map import load_map
-from simulators.fleet import Fleet
-from simulators.runner import SimulatorRunner, anomaly_specs
-from storage.base import RecordStore
-from storage.embedded import EmbeddedStore
-from storage.event_sink import AlertEventSink
-from storage.factory import build_store
-from storage.measurements import GatewaySource, health_frame
-from storage.spool import Spool
+from meterwatch.protocols.register_map import load_map
+from meterwatch.simulators.fleet import Fleet
+from meterwatch.simulators.runner import SimulatorRunner, anomaly_specs
+from meterwatch.storage.base import RecordStore
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.event_sink import AlertEventSink
+from meterwatch.storage.factory import build_store
+from meterwatch.storage.measurements import GatewaySource, health_frame
+from meterwatch.storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -595,7 +600,11 @@ class Service:
         starts at the first stored read. Rows written, counted in ``validated_rows_written``; a
         failure is logged and counted (``validation_errors``) and its window retried next run.
         """
-        from analytics.vee import apply_edits, empty_validated, last_interpolable_boundary
+        from meterwatch.analytics.vee import (
+            apply_edits,
+            empty_validated,
+            last_interpolable_boundary,
+        )
         from meterwatch.cli_billing import validate_readings, vee_params
 
         store = self.store

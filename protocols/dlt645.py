@@ -45,7 +45,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
 # The errors live in the project's one exception tree; re-exported here for existing callers.
-from meterwatch.errors import Dlt645AbnormalReply, Dlt645FrameError, ProtocolError  # noqa: F401
+from meterwatch.core.errors import Dlt645AbnormalReply, Dlt645FrameError, ProtocolError  # noqa: F401
 
 START = 0x68
 END = 0x16
@@ -92,7 +92,7 @@ ERR_NO_DATA = 0x02
 class DataItem(NamedTuple):
     """How one data identifier's value is coded: canonical column, size and BCD format."""
 
-    name: str  #: canonical column (meterwatch.schema.READING_FIELDS), unit in its suffix
+    name: str  #: canonical column (meterwatch.core.schema.READING_FIELDS), unit in its suffix
     nbytes: int  #: value bytes on the wire (2 BCD digits each)
     decimals: int  #: implied decimal places
     signed: bool  #: top bit of the most significant byte is the sign
@@ -462,7 +462,9 @@ def check_abnormal(frame: Frame, di: str | None = None) -> None:
                 f"abnormal reply {frame.control:02X}H from {frame.address} must carry one "
                 f"error-status byte, got {len(frame.data)}"
             )
-        raise Dlt645AbnormalReply(frame.address, frame.control, frame.data[0], di)
+        raise Dlt645AbnormalReply(
+            frame.address, frame.control, frame.data[0], di, error_reasons(frame.data[0])
+        )
 
 
 def parse_read_values(frame: Frame, di: str) -> dict[str, float]:

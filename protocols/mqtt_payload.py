@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meterwatch.errors import ProtocolError
-from meterwatch.schema import READING_FIELDS
+from meterwatch.core.errors import ProtocolError
+from meterwatch.core.schema import READING_FIELDS
 
 Reading = dict[str, Any]
 Codec = Callable[[bytes | bytearray, str | None], list[Reading]]

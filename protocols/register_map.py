@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from meterwatch.errors import MapError
-from meterwatch.schema import READING_FIELDS
-from protocols.modbus_types import (
+from meterwatch.core.errors import MapError
+from meterwatch.core.schema import READING_FIELDS
+from meterwatch.protocols.modbus_types import (
     BYTE_ORDERS,
     REGISTER_COUNT,
     STRUCT_CODES,
@@ -440,7 +440,7 @@ def load_map_file(path: str | Path) -> RegisterMap:
 
 @functools.lru_cache(maxsize=1)
 def _builtin_models() -> tuple[str, ...]:
-    maps = resources.files("protocols") / "maps"
+    maps = resources.files("meterwatch.protocols") / "maps"
     return tuple(
         sorted(p.name[: -len(".yaml")] for p in maps.iterdir() if p.name.endswith(".yaml"))
     )
@@ -448,7 +448,9 @@ def _builtin_models() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _load_builtin(model: str) -> RegisterMap:
-    text = (resources.files("protocols") / "maps" / f"{model}.yaml").read_text(encoding="utf-8")
+    text = (resources.files("meterwatch.protocols") / "maps" / f"{model}.yaml").read_text(
+        encoding="utf-8"
+    )
     return parse_map(model, _load_yaml(model, text))
 
 

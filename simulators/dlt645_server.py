@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 
 import serial
 
-from protocols.dlt645 import (
+from meterwatch.protocols.dlt645 import (
     BROADCAST_ADDRESS,
     CLOCK_DATE_DI,
     CLOCK_DIS,

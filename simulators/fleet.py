@@ -42,8 +42,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from meterwatch.registry import REGISTRY_COLUMNS
-from meterwatch.schema import READING_FIELDS, TS_DTYPE, normalize_readings, with_time_columns
+from meterwatch.core.registry import REGISTRY_COLUMNS
+from meterwatch.core.schema import READING_FIELDS, TS_DTYPE, normalize_readings, with_time_columns
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -22,8 +22,8 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from meterwatch.schema import READING_FIELDS
-from protocols.register_map import RegisterMap
+from meterwatch.core.schema import READING_FIELDS
+from meterwatch.protocols.register_map import RegisterMap
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 import pandas as pd
 from paho.mqtt.enums import CallbackAPIVersion
 
-from protocols.mqtt_payload import encode_reading
+from meterwatch.protocols.mqtt_payload import encode_reading
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from meterwatch.clock import Clock
-from protocols.register_map import load_map
-from simulators.fleet import AnomalySpec, Fleet
-from simulators.modbus_server import MeterModbusServer
-from simulators.mqtt_publisher import MqttMeterPublisher
+from meterwatch.core.clock import Clock
+from meterwatch.protocols.register_map import load_map
+from meterwatch.simulators.fleet import AnomalySpec, Fleet
+from meterwatch.simulators.modbus_server import MeterModbusServer
+from meterwatch.simulators.mqtt_publisher import MqttMeterPublisher
 
 log = logging.getLogger(__name__)
 

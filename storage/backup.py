@@ -28,9 +28,9 @@ from pathlib import Path
 
 import duckdb
 
-from meterwatch.errors import StorageError
-from meterwatch.schema import READING_COLUMNS, READING_TIME_COLUMNS
-from storage.embedded import EmbeddedStore
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import READING_COLUMNS, READING_TIME_COLUMNS
+from meterwatch.storage.embedded import EmbeddedStore
 
 FORMAT = "meterwatch-backup"
 VERSION = 1

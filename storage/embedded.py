@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from meterwatch.errors import StorageError
-from meterwatch.schema import (
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import (
     READING_COLUMNS,
     READING_FIELDS,
     READING_TIME_COLUMNS,
@@ -19,7 +19,7 @@ from meterwatch.schema import (
     normalize_readings,
     with_time_columns,
 )
-from storage.measurements import (
+from meterwatch.storage.measurements import (
     ALERT_EVENT_COLUMNS,
     ALERT_EVENT_TIMES,
     HEALTH_COLUMNS,

@@ -32,10 +32,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from meterwatch.errors import StorageError
-from meterwatch.stats import Stats
-from storage.measurements import alert_event_frame, normalize_alert_events
-from storage.spool import Spool, drain_forever
+from meterwatch.core.errors import StorageError
+from meterwatch.core.stats import Stats
+from meterwatch.storage.measurements import alert_event_frame, normalize_alert_events
+from meterwatch.storage.spool import Spool, drain_forever
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Secrets never live in the config file: ``storage.influx.token_env``, ``username_env`` and
 ``password_env`` name environment variables, read here. A missing variable is a
-:class:`~meterwatch.errors.ConfigError` naming both the setting and the variable.
+:class:`~meterwatch.core.errors.ConfigError` naming both the setting and the variable.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping
 import pandas as pd
 
 from meterwatch.config import StorageConfig
-from meterwatch.errors import ConfigError
-from storage.base import ReadingStore
-from storage.embedded import EmbeddedStore
-from storage.influx import InfluxStore
+from meterwatch.core.errors import ConfigError
+from meterwatch.storage.base import ReadingStore
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.influx import InfluxStore
 
 
 def _secret(env: Mapping[str, str], setting: str, var: str | None) -> str | None:

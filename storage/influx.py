@@ -27,7 +27,7 @@ Write policy, per batch:
 * 429, 5xx, connection refused, timeouts: retried with exponential backoff and full jitter
   (``uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt))``), or exactly ``Retry-After``
   seconds when the server sends it, up to ``max_retries`` retries and ``retry_budget_s`` seconds
-  for the batch; then :class:`InfluxError` (a :class:`~meterwatch.errors.StorageError`), and the
+  for the batch; then :class:`InfluxError` (a :class:`~meterwatch.core.errors.StorageError`), and the
   caller (the spool) keeps the data.
 * 400/422: the server rejected points. InfluxDB 1.x writes the good points of a partially bad
   batch and answers ``{"error": "partial write: unable to parse '<line>': <reason>\\n... dropped=N"}``
@@ -66,16 +66,21 @@ from urllib.parse import urlencode
 import pandas as pd
 import urllib3
 
-from meterwatch.errors import ConfigError, InfluxError, StorageError
-from meterwatch.schema import (
+from meterwatch.core.errors import ConfigError, InfluxError, StorageError
+from meterwatch.core.schema import (
     READING_TIME_COLUMNS,
     TS_DTYPE,
     empty_readings,
     normalize_readings,
     with_time_columns,
 )
-from storage.line_protocol import MEASUREMENT, EncodedReadings, encode_points, encode_readings
-from storage.measurements import (
+from meterwatch.storage.line_protocol import (
+    MEASUREMENT,
+    EncodedReadings,
+    encode_points,
+    encode_readings,
+)
+from meterwatch.storage.measurements import (
     ALERT_EVENT_COLUMNS,
     ALERT_EVENT_INT_FIELDS,
     ALERT_EVENT_STR_FIELDS,
@@ -479,7 +484,7 @@ class InfluxStore:
         Columns as :meth:`storage.embedded.EmbeddedStore.read_validated_readings`. ``version`` and
         ``all_versions`` need earlier versions, which InfluxDB does not keep: StorageError.
         """
-        from storage.embedded import VALIDATED_STORE_COLUMNS
+        from meterwatch.storage.embedded import VALIDATED_STORE_COLUMNS
 
         if version is not None or all_versions:
             raise StorageError(

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import READING_FIELDS, READING_TIME_COLUMNS, with_time_columns
+from meterwatch.core.schema import READING_FIELDS, READING_TIME_COLUMNS, with_time_columns
 
 #: Default measurement for canonical readings (docs/storage-schema.md).
 MEASUREMENT = "readings"

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import TS_DTYPE
-from meterwatch.stats import Stats
+from meterwatch.core.schema import TS_DTYPE
+from meterwatch.core.stats import Stats
 
 VALIDATED_MEASUREMENT = "validated_readings"
 ALERT_EVENTS_MEASUREMENT = "alert_events"

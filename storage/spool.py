@@ -25,7 +25,7 @@ spool is ever dropped to make room: register readings are billing evidence. The 
 the reading upstream instead (an MQTT message is left unacknowledged, so the broker keeps it; a
 Modbus reading refused is counted as ``readings_refused`` and alerted on).
 
-Frames keep the optional ``collected_at`` / ``device_ts`` columns (:func:`meterwatch.schema.with_time_columns`):
+Frames keep the optional ``collected_at`` / ``device_ts`` columns (:func:`meterwatch.core.schema.with_time_columns`):
 a batch that has them gives them back from :meth:`Spool.peek`; one that lacks them does not invent them
 (mixed batches read back with NaT where a frame had none).
 
@@ -47,8 +47,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from meterwatch.errors import SpoolFullError, StorageError
-from meterwatch.schema import with_time_columns
+from meterwatch.core.errors import SpoolFullError, StorageError
+from meterwatch.core.schema import with_time_columns
 
 SPOOL_FILE = "spool.sqlite3"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")

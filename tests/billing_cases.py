@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from meterwatch.registry import check_registry
-from meterwatch.schema import readings_from_records
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import readings_from_records
 
 STEP = pd.Timedelta(minutes=15)
 

@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 from servers import log_tail, require_binary, stop_process
 
-from alerts.http import AlertHttpServer, build_http_server
-from alerts.manager import AlertManager
+from meterwatch.alerts.http import AlertHttpServer, build_http_server
+from meterwatch.alerts.manager import AlertManager
 from meterwatch.config import AlertHttpConfig
-from meterwatch.errors import ConfigError
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.core.errors import ConfigError
+from meterwatch.core.schema import FINDING_COLUMNS
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 TOKEN = "t0ken-for-tests"

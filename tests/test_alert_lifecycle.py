@@ -12,15 +12,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from alerts.errors import AlertError, AlertNotFound, AlertStateError
-from alerts.grouping import group_by_area
-from alerts.manager import AlertManager
-from alerts.model import Alert
-from alerts.report import on_time_report
-from alerts.sla import SlaPolicy, SlaRule
+from meterwatch.alerts.grouping import group_by_area
+from meterwatch.alerts.manager import AlertManager
+from meterwatch.alerts.model import Alert
+from meterwatch.alerts.report import on_time_report
+from meterwatch.alerts.sla import SlaPolicy, SlaRule
 from meterwatch.config import AlertsConfig
-from meterwatch.errors import MeterWatchError
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.core.errors import AlertError, AlertNotFound, AlertStateError, MeterWatchError
+from meterwatch.core.schema import FINDING_COLUMNS
 
 T0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
 H = timedelta(hours=1)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alerts.manager import AlertManager
-from alerts.model import fingerprint
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.alerts.manager import AlertManager
+from meterwatch.alerts.model import fingerprint
+from meterwatch.core.schema import FINDING_COLUMNS
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 

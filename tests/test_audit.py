@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from alerts.audit import AuditLog, canonical, entry_hash, load_key, verify
-from alerts.errors import AuditError
-from alerts.manager import AlertManager
+from meterwatch.alerts.audit import AuditLog, canonical, entry_hash, load_key, verify
+from meterwatch.alerts.manager import AlertManager
 from meterwatch.cli import main
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.core.errors import AuditError
+from meterwatch.core.schema import FINDING_COLUMNS
 
 KEY = b"test-key-not-secret"
 
@@ -237,7 +237,7 @@ def test_cli_audit_verify_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_other_writers_share_the_service_chain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from alerts.audit import audit_log_from_config
+    from meterwatch.alerts.audit import audit_log_from_config
     from meterwatch.config import AlertsConfig
 
     monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())

@@ -13,10 +13,10 @@ import yaml
 from click.testing import CliRunner
 
 from meterwatch.cli import main
-from meterwatch.errors import StorageError
-from meterwatch.schema import READING_FIELDS, normalize_readings
-from storage.backup import backup, restore
-from storage.embedded import EmbeddedStore
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import READING_FIELDS, normalize_readings
+from meterwatch.storage.backup import backup, restore
+from meterwatch.storage.embedded import EmbeddedStore
 
 
 def readings(n_meters: int = 5, n: int = 200, seed: int = 1) -> pd.DataFrame:

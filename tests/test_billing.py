@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.billing import billing_determinants, minute_table, tou_buckets
-from analytics.billing_rules import BILLING_DETECTORS
-from analytics.suite import run_detectors
+from meterwatch.analytics.billing import billing_determinants, minute_table, tou_buckets
+from meterwatch.analytics.billing_rules import BILLING_DETECTORS
+from meterwatch.analytics.suite import run_detectors
 from meterwatch.config import parse_config
-from meterwatch.errors import ConfigError
-from meterwatch.registry import check_registry
-from simulators.fleet import Fleet, generate
+from meterwatch.core.errors import ConfigError
+from meterwatch.core.registry import check_registry
+from meterwatch.simulators.fleet import Fleet, generate
 
 TZ = "Asia/Shanghai"  # UTC+8, no DST
 CN_TOU = [

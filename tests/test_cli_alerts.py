@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 
-from alerts.manager import AlertManager
+from meterwatch.alerts.manager import AlertManager
 from meterwatch.cli import main
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.core.schema import FINDING_COLUMNS
 
 T0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
@@ -203,7 +203,7 @@ def test_without_a_service_clock_actions_use_the_wall_clock(feed: Path) -> None:
 
 
 def test_running_simulated_service_clock_is_the_default(feed: Path) -> None:
-    from alerts.manager import default_state_dir, record_clock
+    from meterwatch.alerts.manager import default_state_dir, record_clock
 
     m1 = _alert_id(feed, "M1")
     wall = datetime.now(UTC) - timedelta(seconds=2)
@@ -232,7 +232,7 @@ def test_running_simulated_service_clock_is_the_default(feed: Path) -> None:
 def test_stopped_or_silent_service_clock_stands_still(
     feed: Path, running: bool, wall_ago_s: float, why: str
 ) -> None:
-    from alerts.manager import default_state_dir, record_clock
+    from meterwatch.alerts.manager import default_state_dir, record_clock
 
     m1 = _alert_id(feed, "M1")
     record_clock(
@@ -254,7 +254,7 @@ def test_stopped_or_silent_service_clock_stands_still(
 
 
 def test_real_time_service_clock_means_wall_clock(feed: Path) -> None:
-    from alerts.manager import default_state_dir, record_clock
+    from meterwatch.alerts.manager import default_state_dir, record_clock
 
     m1 = _alert_id(feed, "M1")
     record_clock(

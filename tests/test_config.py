@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from meterwatch.cli import main
 from meterwatch.config import load_config, parse_config, parse_duration
-from meterwatch.errors import ConfigError
+from meterwatch.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

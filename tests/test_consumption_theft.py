@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.consumption import (
+from meterwatch.analytics.consumption import (
     ConsumptionDrop,
     ZeroConsumption,
     cusum_drop,
     daily_energy,
     run_lengths,
 )
-from meterwatch.registry import check_registry
-from meterwatch.schema import readings_from_records
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import readings_from_records
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")  # a Monday
 WEEK = 168
@@ -154,8 +154,8 @@ def test_cusum_drop_accumulates_sustained_shifts_only() -> None:
 # ------------------------------------------------------------------------ theft
 
 
-from analytics.base import prepare  # noqa: E402
-from analytics.theft import TheftSuspected, TransformerLoss, area_loss, rank_suspects  # noqa: E402
+from meterwatch.analytics.base import prepare  # noqa: E402
+from meterwatch.analytics.theft import TheftSuspected, TransformerLoss, area_loss, rank_suspects  # noqa: E402
 
 
 def _area_day(customer_kwh: float, ct: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -213,7 +213,7 @@ def test_transformer_loss_unknown_when_a_customer_misses_hours() -> None:
 
 @pytest.fixture(scope="module")
 def theft_fleet() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    from simulators.fleet import Fleet, Injection, generate, inject
+    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
 
     f = Fleet(
         start=T0.to_pydatetime(),

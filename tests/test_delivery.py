@@ -27,7 +27,7 @@ from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from servers import alertmanager
 
-from alerts.delivery import (
+from meterwatch.alerts.delivery import (
     AlertmanagerSink,
     DeliveryError,
     Dispatcher,
@@ -36,11 +36,11 @@ from alerts.delivery import (
     SmtpSink,
     build_dispatcher,
 )
-from alerts.delivery.sinks import ALL_EVENTS
-from alerts.manager import AlertManager
-from alerts.model import Alert
+from meterwatch.alerts.delivery.sinks import ALL_EVENTS
+from meterwatch.alerts.manager import AlertManager
+from meterwatch.alerts.model import Alert
 from meterwatch.config import DeliveryConfig, MqttConfig
-from meterwatch.schema import FINDING_COLUMNS
+from meterwatch.core.schema import FINDING_COLUMNS
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
@@ -624,7 +624,7 @@ def test_service_delivers_alerts_and_serves_the_api(
 
     from brokers import free_port
 
-    from alerts.delivery import Outbox
+    from meterwatch.alerts.delivery import Outbox
     from meterwatch.config import parse_config
     from meterwatch.service import Service
 

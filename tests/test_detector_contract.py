@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 from billing_cases import billing_fault_meters, billing_fault_readings
 
-from analytics.base import Detector, memo, shared_session
-from analytics.suite import default_detectors, run_detectors
-from meterwatch.registry import check_registry
-from meterwatch.schema import (
-    ALERT_CATEGORIES,
+from meterwatch.analytics.base import Detector, memo, shared_session
+from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.core.catalogue import ALERT_CATEGORIES, SEVERITIES
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import (
     FINDING_COLUMNS,
-    SEVERITIES,
     empty_findings,
     empty_readings,
     readings_from_records,
@@ -299,7 +298,7 @@ def test_memo_outside_a_session_computes_every_time() -> None:
 def test_nanmedian_equals_numpy(shape: tuple[int, ...]) -> None:
     import warnings
 
-    from analytics.base import nanmedian
+    from meterwatch.analytics.base import nanmedian
 
     rng = np.random.default_rng(sum(shape))
     a = rng.normal(size=shape)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.base import prepare
-from analytics.consumption import ConsumptionSpike, hourly_energy
-from analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
-from analytics.suite import default_detectors, run_detectors
-from meterwatch.registry import check_registry
-from meterwatch.schema import FINDING_COLUMNS, readings_from_records
+from meterwatch.analytics.base import prepare
+from meterwatch.analytics.consumption import ConsumptionSpike, hourly_energy
+from meterwatch.analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
+from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import FINDING_COLUMNS, readings_from_records
 
 T0 = pd.Timestamp("2026-01-05T06:00:00Z")
 UN = 220.0  # nominal voltage of the test meters [V]

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.dlt645 import (
+from meterwatch.collector.dlt645 import (
     DEFAULT_DIS,
     MeterRead,
     SerialSettings,
@@ -32,9 +32,9 @@ from collector.dlt645 import (
     read_meter_clock,
     read_meter_detailed,
 )
-from meterwatch.errors import DeviceError, DeviceTimeout, ProtocolError
-from meterwatch.schema import READING_FIELDS
-from protocols.dlt645 import (
+from meterwatch.core.errors import DeviceError, DeviceTimeout, ProtocolError
+from meterwatch.core.schema import READING_FIELDS
+from meterwatch.protocols.dlt645 import (
     CLOCK_DATE_DI,
     CLOCK_TIME_DI,
     DATA_ITEMS,
@@ -63,7 +63,7 @@ from protocols.dlt645 import (
     read_address_request,
     read_request,
 )
-from simulators.dlt645_server import Dlt645Server
+from meterwatch.simulators.dlt645_server import Dlt645Server
 from tests.test_transports import ListWriter
 
 ADDR = "123456789012"
@@ -611,9 +611,9 @@ def test_poller_reads_the_bus_and_reports_a_silent_meter_offline_once() -> None:
     """Dlt645GatewayPoller: readings to the writer, a silent meter backed off and alerted once."""
     import pandas as pd
 
-    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
-    from meterwatch.clock import Clock
-    from meterwatch.stats import Stats
+    from meterwatch.collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.core.clock import Clock
+    from meterwatch.core.stats import Stats
 
     live = {
         "000000000001": {"energy_import_kwh": 100.25, "voltage_l1_v": 230.1, "power_kw": 1.5},
@@ -797,7 +797,7 @@ def test_read_meter_clock_across_midnight_rereads_the_date() -> None:
 
 def spy_records(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The reading dicts the poll cycle hands to readings_from_records (then to the writer)."""
-    import collector.modbus as modbus
+    import meterwatch.collector.modbus as modbus
 
     seen: list[dict[str, Any]] = []
     real = modbus.readings_from_records
@@ -816,9 +816,9 @@ def test_poller_over_a_serial_line_stores_readings_with_device_time(
 ) -> None:
     """Dlt645GatewayPoller on a pty: readings reach the writer, each with collected_at and the
     meter clock as device_ts (UTC); a drifting clock shows, a meter without one still reads."""
-    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
-    from meterwatch.clock import Clock
-    from meterwatch.stats import Stats
+    from meterwatch.collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.core.clock import Clock
+    from meterwatch.core.stats import Stats
 
     live = {
         "000000000001": {"energy_import_kwh": 100.25, "voltage_l1_v": 230.1},
@@ -881,9 +881,9 @@ def test_poller_over_a_serial_line_stores_readings_with_device_time(
 
 
 def test_poller_clock_reading_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
-    from meterwatch.clock import Clock
-    from meterwatch.stats import Stats
+    from meterwatch.collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.core.clock import Clock
+    from meterwatch.core.stats import Stats
 
     seen = spy_records(monkeypatch)
 
@@ -914,9 +914,9 @@ def test_poller_clock_reading_can_be_turned_off(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_poller_refuses_an_unknown_clock_timezone() -> None:
-    from collector.dlt645 import Dlt645GatewayPoller
-    from meterwatch.clock import Clock
-    from meterwatch.stats import Stats
+    from meterwatch.collector.dlt645 import Dlt645GatewayPoller
+    from meterwatch.core.clock import Clock
+    from meterwatch.core.stats import Stats
 
     with pytest.raises(ValueError, match="clock_timezone 'Mars/Olympus'"):
         Dlt645GatewayPoller(
@@ -951,7 +951,7 @@ def _config(tmp_path: Any, dlt645: dict[str, Any]) -> Any:
 def test_service_builds_serial_pollers_sharing_one_port(tmp_path: Any) -> None:
     """A serial gateway with two interval groups: one port object, the settings from config,
     the clock options from the collector defaults or the gateway."""
-    from collector.dlt645 import Dlt645GatewayPoller
+    from meterwatch.collector.dlt645 import Dlt645GatewayPoller
     from meterwatch.service import Service
 
     cfg = _config(
@@ -1014,7 +1014,7 @@ def test_service_builds_serial_pollers_sharing_one_port(tmp_path: Any) -> None:
 def test_dlt645_gateway_config_errors_name_the_field(
     tmp_path: Any, gateway: dict[str, Any], path: str, message: str
 ) -> None:
-    from meterwatch.errors import ConfigError
+    from meterwatch.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, {"gateways": [gateway]})
@@ -1026,9 +1026,9 @@ def test_serial_link_lost_is_a_device_error_and_the_poller_reopens_the_port() ->
     """The adapter goes away (the pty's other end closes): the read fails as a link error
     naming the port, the poller closes the port, and the next cycle tries to open it again
     (here the device is gone, so the bus is reported unreachable)."""
-    from collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
-    from meterwatch.clock import Clock
-    from meterwatch.stats import Stats
+    from meterwatch.collector.dlt645 import Dlt645Device, Dlt645GatewayPoller
+    from meterwatch.core.clock import Clock
+    from meterwatch.core.stats import Stats
 
     master, slave = os.openpty()
     tty.setraw(slave)

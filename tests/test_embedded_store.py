@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from meterwatch.schema import READING_COLUMNS
-from storage.embedded import EmbeddedStore
+from meterwatch.core.schema import READING_COLUMNS
+from meterwatch.storage.embedded import EmbeddedStore
 
 
 def _frame(n_meters: int = 3, n: int = 10) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def test_retention(tmp_path: Path) -> None:
 
 def test_memory_limit_is_applied_and_checked(tmp_path) -> None:
     from meterwatch.config import StorageConfig
-    from meterwatch.errors import ConfigError
+    from meterwatch.core.errors import ConfigError
 
     store = EmbeddedStore(tmp_path / "m.duckdb", memory_limit="256MB")
     try:

@@ -17,7 +17,7 @@ from brokers import Mosquitto, free_port
 
 from meterwatch.config import Config, parse_config
 from meterwatch.service import Service
-from storage.embedded import EmbeddedStore
+from meterwatch.storage.embedded import EmbeddedStore
 
 ANOMALY_TO_ALERT = {
     "phase_break": "phase_break",

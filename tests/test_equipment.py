@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.base import Detector
-from analytics.equipment import (
+from meterwatch.analytics.base import Detector
+from meterwatch.analytics.equipment import (
     CalibrationDue,
     CurrentLoss,
     CurrentUnbalance,
@@ -23,9 +23,9 @@ from analytics.equipment import (
     VoltageUnbalance,
     unbalance,
 )
-from analytics.suite import default_detectors, run_detectors
-from meterwatch.registry import check_registry
-from meterwatch.schema import readings_from_records
+from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import readings_from_records
 
 T0 = pd.Timestamp("2026-01-05T06:00:00Z")
 UN, IB = 220.0, 5.0

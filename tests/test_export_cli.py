@@ -10,12 +10,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from alerts.audit import load_key, verify
-from analytics.billing import DETERMINANT_COLUMNS
-from analytics.vee import VALIDATED_COLUMNS
+from meterwatch.alerts.audit import load_key, verify
+from meterwatch.analytics.billing import DETERMINANT_COLUMNS
+from meterwatch.analytics.vee import VALIDATED_COLUMNS
 from meterwatch.cli import main
-from simulators.fleet import Fleet, generate
-from storage.embedded import EmbeddedStore
+from meterwatch.simulators.fleet import Fleet, generate
+from meterwatch.storage.embedded import EmbeddedStore
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")  # Monday; 08:00 local in Asia/Shanghai
 CN = [
@@ -298,8 +298,8 @@ def test_analyze_writes_validated_readings(site: dict[str, object]) -> None:
 
 
 def test_validated_store_keeps_every_version(tmp_path: Path) -> None:
-    from analytics.vee import validate
-    from meterwatch.errors import StorageError
+    from meterwatch.analytics.vee import validate
+    from meterwatch.core.errors import StorageError
 
     fleet = Fleet(
         start=T0.to_pydatetime(), residential=2, commercial=0, industrial=0, transformers=1, seed=2

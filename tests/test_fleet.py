@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterwatch.registry import REGISTRY_COLUMNS, check_registry
-from meterwatch.schema import READING_COLUMNS
-from simulators.fleet import AnomalySpec, Fleet, generate
+from meterwatch.core.registry import REGISTRY_COLUMNS, check_registry
+from meterwatch.core.schema import READING_COLUMNS
+from meterwatch.simulators.fleet import AnomalySpec, Fleet, generate
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 UN = 220.0
@@ -403,7 +403,7 @@ def test_bad_anomaly_specs_are_refused(kwargs: dict) -> None:
 
 # ------------------------------------------------------------------ post-hoc injections
 
-from simulators.fleet import FAULT_TYPES, THEFT_ATTACKS, Injection, inject  # noqa: E402
+from meterwatch.simulators.fleet import FAULT_TYPES, THEFT_ATTACKS, Injection, inject  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +509,7 @@ def test_bad_injections_are_refused(three_days) -> None:
 
 # ------------------------------------------------------------------ billing-rule injections
 
-from analytics.billing_rules import (  # noqa: E402
+from meterwatch.analytics.billing_rules import (  # noqa: E402
     ClockError,
     EnergyPowerMismatch,
     EstimationExcess,
@@ -517,8 +517,8 @@ from analytics.billing_rules import (  # noqa: E402
     MeterStuck,
     MultiplierMismatch,
 )
-from analytics.equipment import TransformerOverload  # noqa: E402
-from simulators.fleet import BILLING_FAULT_TYPES  # noqa: E402
+from meterwatch.analytics.equipment import TransformerOverload  # noqa: E402
+from meterwatch.simulators.fleet import BILLING_FAULT_TYPES  # noqa: E402
 
 _BILLING_DETECTOR = {
     "meter_stuck": MeterStuck,
@@ -641,7 +641,7 @@ def test_transformer_overload_keeps_the_supply_register_consistent(
 ) -> None:
     # Regression: the overload injection used to lift only the supply meter's power, so
     # energy_power_mismatch fired on the (clean) supply meter's day.
-    import simulators.fleet as sim
+    import meterwatch.simulators.fleet as sim
 
     fleet, df = three_days
     t0 = pd.Timestamp(START) + pd.Timedelta(hours=30)

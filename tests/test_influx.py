@@ -21,11 +21,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import RunningServer, free_port, influxdb, require_binary
 
-from meterwatch.errors import ConfigError, StorageError
-from meterwatch.schema import READING_FIELDS, normalize_readings
-from storage.base import ReadingStore
-from storage.influx import InfluxStore, parse_retry_after, rejected_lines
-from storage.line_protocol import encode_readings, escape_tag
+from meterwatch.core.errors import ConfigError, StorageError
+from meterwatch.core.schema import READING_FIELDS, normalize_readings
+from meterwatch.storage.base import ReadingStore
+from meterwatch.storage.influx import InfluxStore, parse_retry_after, rejected_lines
+from meterwatch.storage.line_protocol import encode_readings, escape_tag
 
 # --------------------------------------------------------------------------- line protocol
 
@@ -287,7 +287,7 @@ def test_v1_read_by_meter_and_time_range(influx: RunningServer, database: str) -
 def test_read_chunks_long_meter_lists(
     influx: RunningServer, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("storage.influx.READ_CHUNK_METERS", 2)
+    monkeypatch.setattr("meterwatch.storage.influx.READ_CHUNK_METERS", 2)
     store = v1_store(influx, database)
     df = fleet(n_per_meter=5)
     store.write_readings(df)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from servers import RunningServer, victoria_metrics
 
-from meterwatch.schema import READING_FIELDS, normalize_readings
-from storage.influx import InfluxStore
+from meterwatch.core.schema import READING_FIELDS, normalize_readings
+from meterwatch.storage.influx import InfluxStore
 
 
 def sample() -> pd.DataFrame:

@@ -14,17 +14,17 @@ import pytest
 from rich.console import Console
 from servers import free_port
 
-from alerts.delivery import Dispatcher, Notification
-from alerts.delivery.sinks import ALL_EVENTS
-from collector.writer import ReadingWriter
+from meterwatch.alerts.delivery import Dispatcher, Notification
+from meterwatch.alerts.delivery.sinks import ALL_EVENTS
+from meterwatch.collector.writer import ReadingWriter
 from meterwatch.config import parse_config
 from meterwatch.console import print_summary
-from meterwatch.errors import ConfigError, DeliveryError
+from meterwatch.core.errors import ConfigError, DeliveryError
+from meterwatch.core.schema import normalize_readings
+from meterwatch.core.stats import Stats
 from meterwatch.metrics import CONTENT_TYPE, MetricsServer, render
-from meterwatch.schema import normalize_readings
 from meterwatch.service import RunSummary
-from meterwatch.stats import Stats
-from storage.spool import Spool
+from meterwatch.storage.spool import Spool
 
 # metric_name{labels} value   (labels: name="escaped value", comma-separated)
 SAMPLE = re.compile(

@@ -11,13 +11,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from collector.dlt645 import Dlt645GatewayPoller
-from collector.modbus import MeterTracker, ModbusGatewayPoller
-from meterwatch.clock import Clock
+from meterwatch.collector.dlt645 import Dlt645GatewayPoller
+from meterwatch.collector.modbus import MeterTracker, ModbusGatewayPoller
 from meterwatch.config import parse_config
-from meterwatch.errors import ConfigError, DeviceTimeout
+from meterwatch.core.clock import Clock
+from meterwatch.core.errors import ConfigError, DeviceTimeout
+from meterwatch.core.stats import Stats
 from meterwatch.service import Service
-from meterwatch.stats import Stats
 
 
 def config(tmp_path: Path, collector: dict[str, Any]) -> Any:

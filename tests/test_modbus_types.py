@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.modbus_types import (
+from meterwatch.protocols.modbus_types import (
     BYTE_ORDERS,
     REGISTER_COUNT,
     decode,

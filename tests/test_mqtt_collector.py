@@ -19,12 +19,12 @@ import pytest
 from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.mqtt import MqttCollector
-from collector.writer import ReadingWriter
-from meterwatch.clock import Clock
-from meterwatch.stats import Stats
-from protocols.mqtt_payload import encode_reading
-from storage.embedded import EmbeddedStore
+from meterwatch.collector.mqtt import MqttCollector
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.clock import Clock
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.mqtt_payload import encode_reading
+from meterwatch.storage.embedded import EmbeddedStore
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 

@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from meterwatch.errors import ProtocolError
-from protocols.mqtt_payload import decode_reading, encode_reading, meter_from_topic, topic_matcher
+from meterwatch.core.errors import ProtocolError
+from meterwatch.protocols.mqtt_payload import (
+    decode_reading,
+    encode_reading,
+    meter_from_topic,
+    topic_matcher,
+)
 
 
 def test_round_trip() -> None:
@@ -54,7 +59,7 @@ def test_topic_template() -> None:
 
 # -- batch, Tasmota, shared subscriptions ---------------------------------------------------
 
-from protocols.mqtt_payload import (  # noqa: E402
+from meterwatch.protocols.mqtt_payload import (  # noqa: E402
     Subscription,
     decode_batch,
     decode_tasmota,

@@ -27,10 +27,10 @@ import pandas as pd
 import pytest
 from brokers import Mosquitto
 
-from collector.mqtt import MqttCollector
-from collector.writer import ReadingWriter
-from meterwatch.stats import Stats
-from storage.embedded import EmbeddedStore
+from meterwatch.collector.mqtt import MqttCollector
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.stats import Stats
+from meterwatch.storage.embedded import EmbeddedStore
 from tests.test_mqtt_refusal import publish_all, wait_until
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")

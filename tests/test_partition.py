@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from analytics.partition import (
+from meterwatch.analytics.partition import (
     analyze_partitioned,
     iter_partitions,
     run_partitioned,
     split_readings,
 )
-from analytics.suite import default_detectors, run_detectors
-from simulators.fleet import AnomalySpec, Fleet, generate
+from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.simulators.fleet import AnomalySpec, Fleet, generate
 
 
 def test_partitions_keep_areas_whole_and_bounded() -> None:

@@ -15,9 +15,9 @@ from brokers import free_port
 from click.testing import CliRunner
 
 from meterwatch.cli import main
-from protocols.register_map import load_map
-from simulators.fleet import Fleet
-from simulators.modbus_server import MeterModbusServer
+from meterwatch.protocols.register_map import load_map
+from meterwatch.simulators.fleet import Fleet
+from meterwatch.simulators.modbus_server import MeterModbusServer
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_probe_errors_are_clear(gateway: tuple[int, Fleet, MeterModbusServer]) -
 
 
 def test_probe_dlt645_prints_the_reading_and_clear_errors() -> None:
-    from simulators.dlt645_server import Dlt645Server
+    from meterwatch.simulators.dlt645_server import Dlt645Server
 
     values = {"000000001234": {"energy_import_kwh": 4321.5, "voltage_l1_v": 228.7}}
     loop = asyncio.new_event_loop()
@@ -284,7 +284,7 @@ def _probe_on_a_pty(server: Any, extra: list[str]) -> Any:
 
 def test_probe_dlt645_over_a_serial_port_prints_values_and_meter_clock() -> None:
     """`probe dlt645 --serial-port` on a pty pair at 2400 8E1 (the defaults)."""
-    from simulators.dlt645_server import Dlt645Server
+    from meterwatch.simulators.dlt645_server import Dlt645Server
 
     values = {"000000001234": {"energy_import_kwh": 4321.5, "voltage_l1_v": 228.7}}
     now = datetime(2026, 11, 23, 6, 0, 0, tzinfo=UTC)  # 14:00 in Shanghai
@@ -311,8 +311,8 @@ def test_probe_dlt645_over_a_serial_port_prints_values_and_meter_clock() -> None
 
 
 def test_probe_dlt645_serial_options_reach_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    import collector.probe
-    from collector.dlt645 import SerialSettings
+    import meterwatch.collector.probe
+    from meterwatch.collector.dlt645 import SerialSettings
 
     calls: list[dict[str, Any]] = []
 
@@ -320,7 +320,7 @@ def test_probe_dlt645_serial_options_reach_the_port(monkeypatch: pytest.MonkeyPa
         calls.append({"host": host, "address": address, "timeout": timeout, **kw})
         return {"meter_id": address}
 
-    monkeypatch.setattr(collector.probe, "probe_dlt645_once", fake)
+    monkeypatch.setattr(meterwatch.collector.probe, "probe_dlt645_once", fake)
     args = ["probe", "dlt645", "--address", "000000001234", "--serial-port", "/dev/ttyS3"]
     extra = ["--baudrate", "9600", "--parity", "N", "--bytesize", "7", "--stopbits", "2"]
     out = CliRunner().invoke(main, [*args, *extra, "--no-clock", "--clock-timezone", "UTC"])

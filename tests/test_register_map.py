@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterwatch.errors import MapError
-from meterwatch.schema import READING_FIELDS
-from protocols.modbus_types import BYTE_ORDERS, REGISTER_COUNT, decode
-from protocols.register_map import (
+from meterwatch.core.errors import MapError
+from meterwatch.core.schema import READING_FIELDS
+from meterwatch.protocols.modbus_types import BYTE_ORDERS, REGISTER_COUNT, decode
+from meterwatch.protocols.register_map import (
     MapField,
     ReadBlock,
     RegisterMap,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from meterwatch.clock import Clock
-from meterwatch.errors import RegistryError
-from meterwatch.registry import REGISTRY_COLUMNS, check_registry, load_registry
+from meterwatch.core.clock import Clock
+from meterwatch.core.errors import RegistryError
+from meterwatch.core.registry import REGISTRY_COLUMNS, check_registry, load_registry
 
 GOOD = {
     "meter_id": ["M1", "T1"],

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from meterwatch.cli import main
 from meterwatch.console import coercion_warnings
-from meterwatch.schema import COERCED_EXAMPLES, READING_FIELDS, normalize_readings
-from simulators.fleet import Fleet, generate
+from meterwatch.core.schema import COERCED_EXAMPLES, READING_FIELDS, normalize_readings
+from meterwatch.simulators.fleet import Fleet, generate
 
 CSV = """meter_id,ts,power_kw,voltage_l1_v,energy_import_kwh,frequency_hz
 m1,2026-01-05T00:15:00Z,1.5,230.1,10.0,50.0
@@ -146,7 +146,7 @@ def test_numeric_ts_is_read_as_iso_text_never_as_epoch() -> None:
     # (20260105 is a basic-format date), with no deprecation warning on the way.
     import warnings
 
-    from meterwatch.schema import to_utc
+    from meterwatch.core.schema import to_utc
 
     day = pd.Timestamp("2026-01-05T00:00:00Z")
     with warnings.catch_warnings():

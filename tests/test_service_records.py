@@ -18,8 +18,8 @@ from brokers import free_port
 
 from meterwatch.config import parse_config
 from meterwatch.service import Service
-from storage.embedded import EmbeddedStore
-from storage.measurements import WRITER_ROW
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.measurements import WRITER_ROW
 
 
 def test_service_stores_validated_readings_alert_events_and_health(tmp_path: Path) -> None:

@@ -39,12 +39,12 @@ from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from servers import RunningServer, free_port, influxdb, restart_influxdb, stop_process
 
-from meterwatch.clock import Clock
-from simulators.fleet import Fleet
-from simulators.runner import SimulatorRunner
-from storage.embedded import EmbeddedStore
-from storage.influx import InfluxStore
-from storage.spool import Spool
+from meterwatch.core.clock import Clock
+from meterwatch.simulators.fleet import Fleet
+from meterwatch.simulators.runner import SimulatorRunner
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.spool import Spool
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 TOPIC = "meters/{meter_id}/reading"

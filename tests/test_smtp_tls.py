@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from servers import free_port, require_binary
 
-from alerts.delivery import Dispatcher, build_sinks
+from meterwatch.alerts.delivery import Dispatcher, build_sinks
 from meterwatch.config import DeliveryConfig
 
 USER, PASSWORD = "alerts@grid.example", "s3cret-Pa55"

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collector.writer import ReadingWriter
-from meterwatch.errors import StorageError
-from meterwatch.schema import normalize_readings
-from meterwatch.stats import Stats
-from storage.spool import Spool, SpoolFullError
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import normalize_readings
+from meterwatch.core.stats import Stats
+from meterwatch.storage.spool import Spool, SpoolFullError
 
 
 def frame(start: int, n: int, meter: str = "M1") -> pd.DataFrame:
@@ -206,10 +206,10 @@ def test_writer_drains_what_a_previous_process_left(tmp_path: Path) -> None:
 
 def test_storage_config_spool_policy_and_factory_secrets(tmp_path: Path) -> None:
     from meterwatch.config import parse_config
-    from meterwatch.errors import ConfigError
-    from storage.embedded import EmbeddedStore
-    from storage.factory import build_store
-    from storage.influx import InfluxStore
+    from meterwatch.core.errors import ConfigError
+    from meterwatch.storage.embedded import EmbeddedStore
+    from meterwatch.storage.factory import build_store
+    from meterwatch.storage.influx import InfluxStore
 
     base = {"registry": {"path": "meters.csv"}}
     assert not parse_config(base).storage.uses_spool  # embedded: direct, DuckDB commits itself

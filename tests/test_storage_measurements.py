@@ -26,23 +26,23 @@ import pandas as pd
 import pytest
 from servers import RunningServer, influxdb, victoria_metrics
 
-from alerts.model import Alert
-from collector.writer import ReadingWriter
-from meterwatch.errors import StorageError
-from meterwatch.schema import READING_COLUMNS, readings_from_records
-from meterwatch.stats import Stats
-from storage.backup import backup, restore
-from storage.embedded import EmbeddedStore
-from storage.event_sink import AlertEventSink
-from storage.influx import InfluxStore
-from storage.line_protocol import encode_points, encode_readings
-from storage.measurements import (
+from meterwatch.alerts.model import Alert
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.errors import StorageError
+from meterwatch.core.schema import READING_COLUMNS, readings_from_records
+from meterwatch.core.stats import Stats
+from meterwatch.storage.backup import backup, restore
+from meterwatch.storage.embedded import EmbeddedStore
+from meterwatch.storage.event_sink import AlertEventSink
+from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.line_protocol import encode_points, encode_readings
+from meterwatch.storage.measurements import (
     WRITER_ROW,
     GatewaySource,
     alert_event_frame,
     health_frame,
 )
-from storage.spool import Spool
+from meterwatch.storage.spool import Spool
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 

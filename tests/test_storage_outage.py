@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 from servers import RunningServer, influxdb, restart_influxdb, stop_process
 
-from collector.writer import ReadingWriter
-from meterwatch.schema import normalize_readings
-from meterwatch.stats import Stats
-from storage.influx import InfluxStore
-from storage.spool import Spool
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.schema import normalize_readings
+from meterwatch.core.stats import Stats
+from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.spool import Spool
 
 METERS = [f"M{i:02d}" for i in range(10)]
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
@@ -163,9 +163,9 @@ import asyncio, os, sys, time
 sys.path.insert(0, os.environ["MW_TEST_DIR"])
 from test_storage_outage import step_frame, make_store
 from servers import RunningServer
-from collector.writer import ReadingWriter
-from meterwatch.stats import Stats
-from storage.spool import Spool
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.stats import Stats
+from meterwatch.storage.spool import Spool
 
 url, db, spool_dir, acked_path, mode = sys.argv[1:6]
 

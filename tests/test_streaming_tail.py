@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from meterwatch.config import parse_config
-from meterwatch.schema import readings_from_records
+from meterwatch.core.schema import readings_from_records
 from meterwatch.service import Service
 
 

@@ -21,11 +21,16 @@ import pytest
 from brokers import free_port
 from pymodbus import FramerType
 
-from collector.modbus import ModbusDevice, ModbusGatewayPoller, failing_meters, make_client
-from meterwatch.clock import Clock
-from meterwatch.stats import Stats
-from protocols.register_map import load_map
-from simulators.modbus_server import MeterModbusServer
+from meterwatch.collector.modbus import (
+    ModbusDevice,
+    ModbusGatewayPoller,
+    failing_meters,
+    make_client,
+)
+from meterwatch.core.clock import Clock
+from meterwatch.core.stats import Stats
+from meterwatch.protocols.register_map import load_map
+from meterwatch.simulators.modbus_server import MeterModbusServer
 
 MODEL = "eastron-sdm630"
 VALUES = {

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.vee import (
+from meterwatch.analytics.vee import (
     VALIDATED_COLUMNS,
     VeeParams,
     apply_edits,
@@ -19,8 +19,8 @@ from analytics.vee import (
     validate,
 )
 from meterwatch.config import VeeConfig
-from meterwatch.registry import check_registry
-from meterwatch.schema import readings_from_records
+from meterwatch.core.registry import check_registry
+from meterwatch.core.schema import readings_from_records
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")  # a Monday
 Q = pd.Timedelta(minutes=15)
@@ -381,7 +381,7 @@ def test_many_clocks_ahead_at_once_are_each_found() -> None:
 def test_files_with_receipt_times_are_judged_per_read(tmp_path: Path) -> None:
     # Two of three meters' clocks jump 40 min ahead together: in a CSV with collected_at
     # (as a backup holds them) both are found; without it they hide each other.
-    from analytics.billing_rules import ClockError
+    from meterwatch.analytics.billing_rules import ClockError
     from meterwatch.io import read_readings_file
 
     ids = ["A", "B", "C"]

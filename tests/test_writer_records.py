@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collector.mqtt import parse_reading_times
-from collector.writer import ReadingWriter
-from meterwatch.errors import ProtocolError, StorageError
-from meterwatch.schema import READING_COLUMNS, readings_from_records
-from meterwatch.stats import Stats
-from storage.spool import Spool
+from meterwatch.collector.mqtt import parse_reading_times
+from meterwatch.collector.writer import ReadingWriter
+from meterwatch.core.errors import ProtocolError, StorageError
+from meterwatch.core.schema import READING_COLUMNS, readings_from_records
+from meterwatch.core.stats import Stats
+from meterwatch.storage.spool import Spool
 from tests.test_spool import ListStore, frame
 
 
@@ -260,7 +260,7 @@ def test_mqtt_message_the_writer_cannot_store_is_dead_lettered_and_acknowledged(
 ) -> None:
     import paho.mqtt.client as mqtt
 
-    from collector.mqtt import MqttCollector, _Received
+    from meterwatch.collector.mqtt import MqttCollector, _Received
 
     stats = Stats()
     c = MqttCollector(

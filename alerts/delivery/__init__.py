@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from alerts.delivery.dispatcher import Dispatcher
-from alerts.delivery.outbox import Notification, Outbox, notification_key
-from alerts.delivery.sinks import (
+from meterwatch.alerts.delivery.dispatcher import Dispatcher
+from meterwatch.alerts.delivery.outbox import Notification, Outbox, notification_key
+from meterwatch.alerts.delivery.sinks import (
     AlertmanagerSink,
     MqttSink,
     Sink,
@@ -20,7 +20,7 @@ from alerts.delivery.sinks import (
     env_secret,
 )
 from meterwatch.config import DeliveryConfig, MqttConfig
-from meterwatch.errors import DeliveryError
+from meterwatch.core.errors import DeliveryError
 
 __all__ = [
     "AlertmanagerSink",

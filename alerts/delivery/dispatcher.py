@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from alerts.delivery.outbox import Notification, Outbox
-from alerts.delivery.sinks import Sink
-from alerts.model import Alert
-from meterwatch.errors import DeliveryError
+from meterwatch.alerts.delivery.outbox import Notification, Outbox
+from meterwatch.alerts.delivery.sinks import Sink
+from meterwatch.alerts.model import Alert
+from meterwatch.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 

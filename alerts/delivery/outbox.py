@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meterwatch.errors import StorageError
+from meterwatch.core.errors import StorageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.delivery.outbox import Notification
-from alerts.model import parse_iso
-from meterwatch.errors import DeliveryError
+from meterwatch.alerts.delivery.outbox import Notification
+from meterwatch.alerts.model import parse_iso
+from meterwatch.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from meterwatch.errors import RegistryError
+from meterwatch.core.errors import RegistryError
 
 #: Registry columns in contract order.
 REGISTRY_COLUMNS: tuple[str, ...] = (

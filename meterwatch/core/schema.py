@@ -36,43 +36,6 @@ CURRENT_COLUMNS = ("current_l1_a", "current_l2_a", "current_l3_a")
 #: Timestamp dtype used everywhere in memory: UTC, nanosecond precision.
 TS_DTYPE = "datetime64[ns, UTC]"
 
-#: Alert type -> category (contracts §3 catalogue).
-ALERT_CATEGORIES: dict[str, str] = {
-    **dict.fromkeys(("consumption_spike", "consumption_drop", "zero_consumption"), "consumption"),
-    **dict.fromkeys(("theft_suspected", "transformer_loss"), "theft"),
-    **dict.fromkeys(
-        (
-            "register_decrease",
-            "meter_stuck",
-            "meter_runaway",
-            "energy_power_mismatch",
-            "multiplier_mismatch",
-            "clock_error",
-            "estimation_excess",
-        ),
-        "billing",
-    ),
-    **dict.fromkeys(
-        (
-            "voltage_loss",
-            "phase_break",
-            "current_loss",
-            "overvoltage",
-            "undervoltage",
-            "voltage_unbalance",
-            "current_unbalance",
-            "reverse_power",
-            "low_power_factor",
-            "frequency_deviation",
-            "outage",
-            "transformer_overload",
-            "calibration_due",
-        ),
-        "equipment",
-    ),
-    **dict.fromkeys(("missing_data", "meter_offline", "duplicate_reading"), "data_quality"),
-}
-SEVERITIES: tuple[str, ...] = ("critical", "major", "minor", "warning", "info")
 ALERT_STATUSES: tuple[str, ...] = ("open", "acknowledged", "resolved")
 
 #: Columns of a findings frame: what a detector returns and the alert manager consumes.

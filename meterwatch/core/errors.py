@@ -19,9 +19,7 @@ MeterWatchError
 │   └── AuditError             the audit log cannot be read, written or verified
 └── DeliveryError          a sink could not deliver a notification (carries ``sink``, ``retryable``)
 
-``alerts.errors``, ``alerts.delivery.errors``, ``protocols.dlt645``, ``storage.spool`` and
-``storage.influx`` re-export the classes
-that used to live there, so existing imports keep working; new code imports from here.
+Every package imports its errors from here (``meterwatch.core.errors``).
 """
 
 from __future__ import annotations
@@ -135,10 +133,10 @@ class Dlt645FrameError(ProtocolError):
 class Dlt645AbnormalReply(ProtocolError):
     """The meter answered with an abnormal reply (D6 set); ``status`` is its error byte.
 
-    ``reasons`` are the readable meanings of the set status bits. They come from the codec's
-    table (``protocols.dlt645.error_reasons``) unless given: the table is protocol vocabulary
-    and stays in ``protocols/``; it is imported when the error is raised (by then the codec,
-    which imports this module, is loaded), so this module imports nothing at load time.
+    ``reasons`` are the readable meanings of the set status bits; the codec that raises the
+    error passes them from its table (``protocols.dlt645.error_reasons``: protocol vocabulary
+    stays in ``protocols/``, and the ground imports nothing of the project). Without them the
+    message shows the raw status bits.
     """
 
     #: Error-status bit: the meter has no such data item (``protocols.dlt645.ERR_NO_DATA``).
@@ -153,9 +151,7 @@ class Dlt645AbnormalReply(ProtocolError):
         reasons: list[str] | None = None,
     ):
         if reasons is None:
-            from protocols.dlt645 import error_reasons  # deferred: see the class docstring
-
-            reasons = error_reasons(status)
+            reasons = [f"bit {b}" for b in range(8) if status & (1 << b)] or ["no error bit set"]
         self.address = address
         self.control = control
         self.status = status
