@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meterwatch.alerts.model import iso
+from meterwatch.core.config import secret
 from meterwatch.core.errors import AuditError
 
 if TYPE_CHECKING:
-    from meterwatch.config import AlertsConfig
+    from meterwatch.alerts.config import AlertsConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def sign(key: bytes, upto_seq: int, head_hash: str) -> str:
 
 def load_key(key_env: str, state_dir: Path, *, create: bool = True) -> bytes:
     """The checkpoint key: ``$key_env`` if set, else ``state_dir/audit.key`` (made 0600)."""
-    value = os.environ.get(key_env)
+    value = secret(key_env, "alerts.audit.key_env", optional=True)  # else the key file
     if value:
         return value.encode()
     path = state_dir / "audit.key"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -38,6 +37,7 @@ import pandas as pd
 
 from meterwatch.alerts.delivery.outbox import json_safe
 from meterwatch.alerts.model import Alert, iso, parse_iso
+from meterwatch.core.config import secret
 from meterwatch.core.errors import AlertNotFound, AlertStateError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -423,16 +423,8 @@ def build_http_server(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AlertHttpServer:
     """The server for ``alerts.http`` config; the token comes from the ``token_env`` variable."""
-    token = os.environ.get(cfg.token_env, "")
+    # The API refuses to run without a token: an unset variable is a config error.
+    token = secret(cfg.token_env, "alerts.http.token_env") or ""
     if not token:
-        raise ConfigError(
-            "alerts.http",
-            [
-                (
-                    "alerts.http.token_env",
-                    f"environment variable {cfg.token_env} is not set or empty: the alerts API "
-                    "refuses to run without a token",
-                )
-            ],
-        )
+        raise ConfigError("alerts.http", [("alerts.http.token_env", "must name a variable")])
     return AlertHttpServer(manager, readings, token=token, host=cfg.host, port=cfg.port, now=now)

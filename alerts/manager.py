@@ -37,7 +37,7 @@ from meterwatch.core.catalogue import CATALOGUE
 from meterwatch.core.errors import AlertNotFound, AlertStateError
 
 if TYPE_CHECKING:
-    from meterwatch.config import AlertsConfig
+    from meterwatch.alerts.config import AlertsConfig
 
 log = logging.getLogger(__name__)
 

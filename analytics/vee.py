@@ -51,14 +51,14 @@ consecutive estimated intervals longer than ``max_consecutive_estimated_s`` adds
 ``estimation_excess``.
 
 Alert-worthy checks are also returned as :attr:`ValidatedReadings.events` (one row per
-episode with its evidence) for the billing detectors of :mod:`analytics.billing_rules`.
+episode with its evidence) for the billing detectors of :mod:`analytics.detectors.billing_rules`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,10 +74,10 @@ from meterwatch.analytics.base import (
     strictly_less,
     ts_ns,
 )
+from meterwatch.analytics.config import RULE_SET_VERSION, VeeParams
 from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS, to_utc_coerce
 
 #: Version of this rule set; stored with every validated interval.
-RULE_SET_VERSION = "mw-vee-1.0"
 #: Quality flags of a validated interval.
 QUALITIES: tuple[str, ...] = ("actual", "estimated", "edited", "missing")
 #: Reason codes, in bit order.
@@ -121,125 +121,6 @@ VALIDATED_COLUMNS: tuple[str, ...] = (
 #: Columns of :attr:`ValidatedReadings.events`.
 EVENT_COLUMNS: tuple[str, ...] = ("meter_id", "code", "starts_at", "ends_at", "evidence")
 _NS = 10**9
-
-
-@dataclass(frozen=True)
-class VeeParams:
-    """Thresholds of the VEE rule set.
-
-    Units are in the names (``_s`` seconds, ``_kwh`` kWh, ``_hours`` h); fractions and ratios
-    are dimensionless. ``meterwatch.config.VeeConfig`` carries the same fields. Each default
-    was checked against the reference rule sets of issue #5; the tags in brackets are the
-    sources listed, with their addresses and what they say, in ``docs/billing.md`` ("Sources
-    of the defaults"). "Project choice" means no reference gave a value.
-    """
-
-    max_read_spacing_intervals: float = 1.5
-    """Largest read spacing that still interpolates a boundary [intervals]. Project choice."""
-    alignment_tolerance_s: float = 60.0
-    """Distance of the nearest read beyond which a boundary is ``misaligned`` [s]. Project choice."""
-    future_tolerance_s: float = 300.0
-    """Reads later than now + this are ``future_ts`` [s]. Project choice."""
-    clock_tolerance_s: float = 900.0
-    """Lead of a read's meter time over its ``collected_at`` (without receipt times: of a
-    meter's latest read over all others', or now) that is ``clock_error`` [s].
-
-    State Grid corrects clocks 1-15 min off remotely and counts > 5 min after two corrections
-    as a fault [SG-CLK]; Ontario and California name a time check without a value [ON-IMO,
-    CA-VEE]. Kept at 900 s (State Grid's upper bound): the fallback for files without
-    receipt times compares read times across meters polled over one interval and cannot
-    resolve less than one poll interval.
-    """
-    register_max_kwh: float = 99_999_999.99
-    """Register full scale [kWh]: 8+2 digit display (README ``register_decrease``)."""
-    register_resolution_kwh: float = 0.01
-    """One register count [kWh]."""
-    rollover_fraction: float = 0.9
-    """A wrap goes from >= this x full scale to < (1 - this) x full scale [-]. Project choice."""
-    decrease_tolerance_kwh: float = 0.01
-    """Largest fall that is not ``register_decrease`` [kWh]: one count [OR-NEG: rule only]."""
-    spike_ratio: float = 10.0
-    """Day's highest interval / third-highest above which it is a ``spike`` [-].
-
-    Highest vs third-highest per day is Oracle's Interval Spike Check [OR-SPIKE] and a
-    California interval rule [CA-150]; neither gives a value read: project choice.
-    """
-    spike_floor_kwh: float = 1.0
-    """Highest minus third-highest must also exceed this [kWh]. Project choice."""
-    high_usage_ratio: float = 2.0
-    """Day total / mean of like history days above which it is ``high_usage`` [-].
-
-    Issue #5 (200 %); Oracle and Itron leave it configurable [OR-HILO, IT-RULES]; a billing
-    product ships the same 50 %/200 % defaults [CUR-HILO].
-    """
-    low_usage_ratio: float = 0.5
-    """Day total / history mean below which it is ``low_usage`` [-]. Issue #5 (50 %), as above."""
-    usage_floor_kwh: float = 5.0
-    """High/low usage must also differ from the mean by more than this [kWh]. Project choice."""
-    usage_history_days: int = 7
-    """Days of history for the high/low usage mean [d]. Project choice [OR-HILO: configurable]."""
-    zero_consumption_hours: float = 24.0
-    """No register count for this long, outside outages, is ``zero_consumption`` [h].
-
-    Issue #5; Oracle's Zero Consumption Check also separates outages (no duration) [OR-ZERO].
-    """
-    outage_voltage_fraction: float = 0.6
-    """Every phase voltage below this x Un is an ``outage`` [-]. Not verified (searched State
-    Grid power-down events without result); kept as ``phase_break``."""
-    stuck_hours: float = 4.0
-    """Register unchanged this long under load is ``stuck_register`` [h]. Issue #5; not verified."""
-    stuck_current_fraction: float = 0.05
-    """Load condition of the stuck check: smallest phase current >= this x Ib [-]. Issue #5;
-    a vendor meter uses the same I >= 5 % Ib load condition [VND-3P]."""
-    runaway_factor: float = 1.2
-    """Delta above this x Un x Imax x phases x interval is ``runaway`` [-]. Issue #5; not
-    verified (searched State Grid runaway-meter rules without result)."""
-    mismatch_window_hours: float = 24.0
-    """Window of the energy vs integrated power comparison [h]. Project choice [OR-SUM: rule]."""
-    mismatch_tolerance: float = 0.1
-    """Relative tolerance of that comparison [-]. Project choice [OR-SUM: configured]."""
-    mismatch_floor_kwh: float = 1.0
-    """Absolute floor of that comparison [kWh]. Project choice."""
-    mismatch_min_coverage: float = 0.9
-    """Share of a window covered by read pairs needed to judge it [-]. Project choice."""
-    multiplier_tolerance: float = 0.1
-    """Relative tolerance of E/P = ``ct_ratio`` for ``multiplier_mismatch`` [-]. Project choice."""
-    linear_max_gap_s: float = 7200.0
-    """Longest run estimated by linear interpolation [s], inclusive.
-
-    California interval VEE: linear interpolation "only used for 'gaps' 2 hours or less"
-    [CA-130]; Itron and Oracle leave it to the user [IT-LIN, OR-INTERP]. Outage intervals are
-    never end points (California rule text [CA-128], Oracle [OR-INTERP]).
-    """
-    like_days: int = 3
-    """Like days averaged for longer runs. Itron "three nearest days of the same or like day"
-    [IT-HIST]; California "always try for three days" [CA-165]. Days with an outage and
-    non-actual intervals are excluded [IT-HIST, CA-128]."""
-    like_day_search_days: int = 28
-    """How far before and after like days are searched [d]. Project choice (Itron's two-week
-    routine looks back 2 weeks [IT-2WK])."""
-    max_consecutive_estimated_s: float = 86400.0
-    """Consecutive estimates longer than this add ``estimation_excess`` [s]. Project choice;
-    Oracle's Prolonged Estimation Check is configured, no default [OR-PROLONGED]."""
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            v = float(value)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"vee.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("max_read_spacing_intervals", "register_max_kwh", "runaway_factor"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"vee.{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 < self.rollover_fraction < 1:
-            raise ValueError(
-                f"vee.rollover_fraction must be in (0, 1), got {self.rollover_fraction!r}"
-            )
-        if not 0 < self.low_usage_ratio < 1 < self.high_usage_ratio:
-            raise ValueError("vee: expected 0 < low_usage_ratio < 1 < high_usage_ratio")
-        for name in ("like_days", "usage_history_days", "like_day_search_days"):
-            value = getattr(self, name)
-            if int(value) != value or int(value) < 1:
-                raise ValueError(f"vee.{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -1193,7 +1074,7 @@ def last_interpolable_boundary(
     upto: pd.Timestamp,
     *,
     interval_s: int = 900,
-    max_read_spacing_intervals: float = VeeParams.max_read_spacing_intervals,
+    max_read_spacing_intervals: float = 1.5,
 ) -> pd.Series:
     """Per meter, the latest grid boundary at or before ``upto`` that :func:`validate` can
     interpolate: a register read on it, or reads on both sides at most

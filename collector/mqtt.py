@@ -36,15 +36,19 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 import pandas as pd
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pydantic import Field, field_validator, model_validator
 
+from meterwatch.collector.sources import SourceContext, SourceSpec, register_source
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.clock import Clock
+from meterwatch.core.config import Duration, Section, secret
 from meterwatch.core.errors import ProtocolError
 from meterwatch.core.schema import to_utc, to_utc_coerce
 from meterwatch.core.stats import Stats
@@ -454,3 +458,124 @@ class MqttCollector:
             fh.flush()
             os.fsync(fh.fileno())
         log.warning("MQTT message on %s dead-lettered: %s", msg.topic, reason)
+
+
+# -- config section and registration (collector.mqtt) ------------------------------------------
+
+
+class MqttSubscriptionConfig(Section):
+    """``mqtt.subscriptions[]``: a topic template and the payload codec of its messages."""
+
+    topic: str  # may start with $share/<group>/; {meter_id} at most once
+    codec: Literal["canonical", "batch", "tasmota"] = "canonical"
+
+    @model_validator(mode="after")
+    def _meter_in_topic(self) -> MqttSubscriptionConfig:
+        n = self.topic.count("{meter_id}")
+        if n > 1:
+            raise ValueError("topic may contain {meter_id} at most once")
+        if self.codec == "tasmota" and n != 1:
+            raise ValueError(
+                "a tasmota subscription needs {meter_id} in the topic, e.g. tele/{meter_id}/SENSOR"
+            )
+        return self
+
+
+class MqttTlsConfig(Section):
+    """``mqtt.tls``: CA bundle and optional client certificate; the server name is verified."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttConfig(Section):
+    """``collector.mqtt``: the MQTT broker (embedded or external) and the readings subscription.
+
+    The alert sink ``alerts.delivery.mqtt`` and the demo's simulated MQTT meters use the same
+    broker connection.
+    """
+
+    enabled: bool = True
+    broker: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=0, le=65535)
+    client_id: str = "meterwatch-collector"
+    username_env: str | None = None
+    password_env: str | None = None
+    topic: str = "meters/{meter_id}/reading"
+    qos: Literal[0, 1] = 1
+    batch_max: int = Field(500, ge=1)
+    batch_wait_s: float = Field(0.2, gt=0)
+    dead_letter: Path = Path("var/mqtt-dead-letter.jsonl")
+    max_payload_bytes: int = Field(262144, ge=64)
+    subscriptions: list[MqttSubscriptionConfig] = []  # empty: [{topic: <topic>, codec: canonical}]
+    tls: MqttTlsConfig | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry: Duration = Field(86400.0, ge=0)  # MQTT 5 only; 3.1.1 sessions never expire
+    receive_maximum: int = Field(100, ge=1, le=65535)  # MQTT 5: unacked QoS 1 in flight to us
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_has_meter(cls, v: str) -> str:
+        if v.count("{meter_id}") != 1:
+            raise ValueError(
+                "topic must contain {meter_id} exactly once, e.g. meters/{meter_id}/reading"
+            )
+        return v
+
+
+class MqttSource:
+    """The MQTT subscription as a service source: starts, subscribes, stops after the writer."""
+
+    protocol = "mqtt"
+
+    def __init__(self, collector: MqttCollector, name: str = "mqtt"):
+        self.name = name
+        self.collector = collector
+
+    async def start(self) -> None:
+        self.collector.start()
+        # Subscribe before simulated meters publish, so the demo loses nothing at start.
+        await asyncio.to_thread(self.collector.connected.wait, 10.0)
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.2)  # let the last acknowledgements go out
+        await asyncio.to_thread(self.collector.stop)
+
+
+def build_source(cfg: MqttConfig, ctx: SourceContext) -> list[MqttSource]:
+    """The readings subscription of ``collector.mqtt`` (credentials from the environment)."""
+    tls = cfg.tls
+    collector = MqttCollector(
+        host=cfg.host,
+        port=cfg.port,
+        topic_template=cfg.topic,
+        subscriptions=[(s.topic, s.codec) for s in cfg.subscriptions],
+        tls_ca=tls.ca_file if tls else None,
+        tls_cert=tls.cert_file if tls else None,
+        tls_key=tls.key_file if tls else None,
+        protocol=cfg.protocol,
+        session_expiry_s=cfg.session_expiry,
+        receive_maximum=cfg.receive_maximum,
+        writer=ctx.writer,
+        stats=ctx.stats,
+        client_id=cfg.client_id,
+        qos=cfg.qos,
+        username=secret(cfg.username_env, "collector.mqtt.username_env"),
+        password=secret(cfg.password_env, "collector.mqtt.password_env"),
+        dead_letter=cfg.dead_letter,
+        max_payload_bytes=cfg.max_payload_bytes,
+        clock=ctx.clock,
+    )
+    return [MqttSource(collector)]
+
+
+register_source(
+    SourceSpec(
+        "mqtt",
+        MqttConfig,
+        build_source,  # type: ignore[arg-type]
+        "readings published over MQTT (QoS 1, acknowledged only after storage)",
+    )
+)

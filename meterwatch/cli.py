@@ -262,7 +262,7 @@ def analyze(
                 progress=lambda done, _total: bar.update(task, completed=done),
             )
         if suspects_path:
-            from meterwatch.analytics.theft import rank_suspects
+            from meterwatch.analytics.detectors.theft import rank_suspects
 
             with console.status("ranking theft suspects (line loss, features, Isolation Forest)"):
                 suspects = rank_suspects(readings, meters)

@@ -36,16 +36,6 @@ def _fail(exc: Exception) -> None:
 # ------------------------------------------------------------------------ shared helpers
 
 
-def vee_params(cfg: Config) -> Any:
-    """The config's ``vee`` thresholds as :class:`analytics.vee.VeeParams`."""
-    from meterwatch.analytics.vee import VeeParams
-
-    try:
-        return VeeParams(**cfg.vee.model_dump(exclude={"interval", "rule_set_version"}))
-    except ValueError as exc:
-        raise MeterWatchError(f"config vee: {exc}") from exc
-
-
 def tariff_tables(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     """``tariffs`` as plain period lists for :func:`analytics.billing.billing_determinants`."""
     return {tid: [p.model_dump() for p in t.periods] for tid, t in cfg.tariffs.items()}
@@ -77,22 +67,20 @@ def validate_readings(
     end: Any = None,
     now: Any = None,
 ) -> Any:
-    """:func:`analytics.vee.validate` with the config's thresholds (defaults without one)."""
-    from meterwatch.analytics.vee import RULE_SET_VERSION, VeeParams, validate
+    """VEE with the config's thresholds and grid (defaults without one)."""
+    from meterwatch.analytics.incremental import run_vee
 
     try:
         if cfg is None:
-            return validate(readings, meters, VeeParams(), start=start, end=end, now=now)
-        return validate(
+            return run_vee(readings, meters, start=start, end=end, now=now)
+        return run_vee(
             readings,
             meters,
-            vee_params(cfg),
-            interval_s=int(cfg.vee.interval),
-            rule_set_version=cfg.vee.rule_set_version or RULE_SET_VERSION,
+            cfg.vee,
+            timezone=billing_timezone(cfg),
             start=start,
             end=end,
             now=now,
-            timezone=billing_timezone(cfg),
         )
     except ValueError as exc:
         raise MeterWatchError(f"validation: {exc}") from exc
@@ -271,8 +259,7 @@ def export_billing(
         if not end > start:
             raise MeterWatchError(f"--to ({date_to}) must be after --from ({date_from})")
         meters = load_meters(cfg, meters_path)
-        p = vee_params(cfg)
-        history = pd.Timedelta(days=max(p.like_day_search_days, p.usage_history_days))
+        history = pd.Timedelta(days=max(cfg.vee.like_day_search_days, cfg.vee.usage_history_days))
         interval = pd.Timedelta(seconds=cfg.vee.interval)
         store = _store(cfg)
         try:

@@ -63,16 +63,12 @@ def evaluate(
     import pandas as pd
 
     from meterwatch.analytics.base import shared_session
-    from meterwatch.analytics.evaluate import (
-        build_scenario,
-        markdown_table,
-        score_findings,
-        theft_metrics,
-    )
+    from meterwatch.analytics.detectors.theft import rank_suspects
     from meterwatch.analytics.suite import default_detectors
-    from meterwatch.analytics.theft import rank_suspects
     from meterwatch.core.catalogue import ALERT_CATEGORIES
     from meterwatch.core.schema import FINDING_COLUMNS, empty_findings
+    from meterwatch.evaluation import markdown_table, score_findings, theft_metrics
+    from meterwatch.simulators.scenarios import build_scenario
 
     if meters < 20:
         raise click.BadParameter(f"--meters {meters}: at least 20", param_hint="--meters")

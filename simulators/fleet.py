@@ -1201,7 +1201,7 @@ def _apply_billing(
       readings have one, keeps the true time (the collector's clock), which the rule
       compares each read with; without it the rule compares the meter's latest read with
       the *other* meters' and several clock errors must lead each other by more than its
-      tolerance to be told apart (see :func:`analytics.evaluate.build_scenario`).
+      tolerance to be told apart (see :func:`simulators.scenarios.build_scenario`).
     * ``estimation_excess``: the readings in ``(start, end)`` are removed (the meter was not
       read), leaving a gap to estimate.
     """

@@ -49,10 +49,18 @@ class SimulatorRunner:
             self.mqtt = MqttMeterPublisher(mqtt_host, mqtt_port, topic_template)
         self._next_publish = fleet.now + self.interval
         self._task: asyncio.Task[None] | None = None
+        self._listening = False
+
+    async def listen(self) -> None:
+        """Start serving the Modbus meters (their port is known from here on); idempotent."""
+        if not self._listening:
+            self.modbus.update(self.fleet.snapshot())
+            await self.modbus.start()
+            self._listening = True
 
     async def start(self) -> None:
-        self.modbus.update(self.fleet.snapshot())
-        await self.modbus.start()
+        """Serve Modbus (if not yet) and start advancing the fleet and publishing MQTT."""
+        await self.listen()
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.start)
         self._task = asyncio.create_task(self._run(), name="simulator")
@@ -64,7 +72,9 @@ class SimulatorRunner:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self.modbus.stop()
+        if self._listening:
+            await self.modbus.stop()
+            self._listening = False
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.stop)
 
@@ -90,7 +100,7 @@ class SimulatorRunner:
 
 
 def anomaly_specs(configs: list) -> list[AnomalySpec]:  # type: ignore[type-arg]
-    """Translate config anomalies (meterwatch.config.AnomalyConfig) to fleet specs."""
+    """Translate config anomalies (simulators.config.AnomalyConfig) to fleet specs."""
     return [
         AnomalySpec(
             type=a.type,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from meterwatch.analytics.billing import billing_determinants, minute_table, tou_buckets
-from meterwatch.analytics.billing_rules import BILLING_DETECTORS
+from meterwatch.analytics.detectors.billing_rules import BILLING_DETECTORS
 from meterwatch.analytics.suite import run_detectors
 from meterwatch.config import parse_config
 from meterwatch.core.errors import ConfigError

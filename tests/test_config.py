@@ -55,8 +55,8 @@ def test_every_problem_is_reported_with_path_and_value() -> None:
         )
     problems = dict(info.value.problems)
     assert "clock.speed" in problems and "-1" in problems["clock.speed"]
-    assert "mqtt.port" in problems and "70000" in problems["mqtt.port"]
-    assert "{meter_id}" in problems["mqtt.topic"]
+    assert "collector.mqtt.port" in problems and "70000" in problems["collector.mqtt.port"]
+    assert "{meter_id}" in problems["collector.mqtt.topic"]
     assert (
         "simulator.anomalies.0.type" in problems
         and "bogus" in problems["simulator.anomalies.0.type"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterwatch.analytics.consumption import (
+from meterwatch.analytics.detectors.consumption import (
     ConsumptionDrop,
     ZeroConsumption,
     cusum_drop,
@@ -155,7 +155,12 @@ def test_cusum_drop_accumulates_sustained_shifts_only() -> None:
 
 
 from meterwatch.analytics.base import prepare  # noqa: E402
-from meterwatch.analytics.theft import TheftSuspected, TransformerLoss, area_loss, rank_suspects  # noqa: E402
+from meterwatch.analytics.detectors.theft import (  # noqa: E402
+    TheftSuspected,
+    TransformerLoss,
+    area_loss,
+    rank_suspects,
+)
 
 
 def _area_day(customer_kwh: float, ct: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:

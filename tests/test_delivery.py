@@ -29,17 +29,19 @@ from servers import alertmanager
 
 from meterwatch.alerts.delivery import (
     AlertmanagerSink,
+    BrokerConnection,
     DeliveryError,
     Dispatcher,
     MqttSink,
     Notification,
+    SinkContext,
     SmtpSink,
     build_dispatcher,
 )
 from meterwatch.alerts.delivery.sinks import ALL_EVENTS
 from meterwatch.alerts.manager import AlertManager
 from meterwatch.alerts.model import Alert
-from meterwatch.config import DeliveryConfig, MqttConfig
+from meterwatch.config import DeliveryConfig
 from meterwatch.core.schema import FINDING_COLUMNS
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -425,7 +427,7 @@ def test_mqtt_retained_state_and_event_stream(tmp_path: Path, mosquitto_broker: 
     cfg = DeliveryConfig.model_validate(
         {"state_dir": str(tmp_path / "delivery"), "mqtt": {"enabled": True, "topic_prefix": "mw"}}
     )
-    d = build_dispatcher(cfg, MqttConfig(host="127.0.0.1", port=port))
+    d = build_dispatcher(cfg, SinkContext(broker=BrokerConnection("127.0.0.1", port)))
     assert d is not None
     am = AlertManager(tmp_path / "alerts.jsonl", listeners=[d])
     d.start()

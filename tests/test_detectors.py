@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from meterwatch.analytics.base import prepare
-from meterwatch.analytics.consumption import ConsumptionSpike, hourly_energy
-from meterwatch.analytics.rules import PhaseBreak, RegisterDecrease, VoltageLoss
+from meterwatch.analytics.detectors.consumption import ConsumptionSpike, hourly_energy
+from meterwatch.analytics.detectors.rules import PhaseBreak, RegisterDecrease, VoltageLoss
 from meterwatch.analytics.suite import default_detectors, run_detectors
 from meterwatch.core.registry import check_registry
 from meterwatch.core.schema import FINDING_COLUMNS, readings_from_records

@@ -953,6 +953,7 @@ def test_service_builds_serial_pollers_sharing_one_port(tmp_path: Any) -> None:
     the clock options from the collector defaults or the gateway."""
     from meterwatch.collector.dlt645 import Dlt645GatewayPoller
     from meterwatch.service import Service
+    from meterwatch.wiring import build_all_sources
 
     cfg = _config(
         tmp_path,
@@ -983,7 +984,8 @@ def test_service_builds_serial_pollers_sharing_one_port(tmp_path: Any) -> None:
     service = Service(cfg)
 
     async def build() -> list[Dlt645GatewayPoller]:
-        return service._build_dlt645_pollers()
+        sources = build_all_sources(service.c, service._report_findings)
+        return [s for s in sources if isinstance(s, Dlt645GatewayPoller)]
 
     try:
         pollers = {p.name: p for p in asyncio.run(build())}

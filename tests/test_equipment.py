@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from meterwatch.analytics.base import Detector
-from meterwatch.analytics.equipment import (
+from meterwatch.analytics.detectors.equipment import (
     CalibrationDue,
     CurrentLoss,
     CurrentUnbalance,

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterwatch.analytics.evaluate import (
+from meterwatch.core.schema import TS_DTYPE
+from meterwatch.evaluation import (
     average_precision_at,
     markdown_table,
     score_findings,
     theft_metrics,
 )
-from meterwatch.core.schema import TS_DTYPE
 
 T = pd.Timestamp("2026-02-01T00:00:00Z")
 
@@ -128,8 +128,8 @@ def test_fault_consequences_are_explained_not_judged() -> None:
 
 
 def test_build_scenario_injects_and_labels_the_billing_faults() -> None:
-    from meterwatch.analytics.evaluate import build_scenario
     from meterwatch.simulators.fleet import BILLING_FAULT_TYPES
+    from meterwatch.simulators.scenarios import build_scenario
 
     sc = build_scenario(meters=60, days=18, interval_s=3600, seed=5, per_type=2)
     lab = sc.labels
@@ -144,7 +144,7 @@ def test_build_scenario_injects_and_labels_the_billing_faults() -> None:
     assert (per_meter == 1).all()
     # Readings carry the collector's receipt time, which a clock running ahead does not move:
     # every clock error is found on its own, not only the one leading the fleet.
-    from meterwatch.analytics.billing_rules import ClockError
+    from meterwatch.analytics.detectors.billing_rules import ClockError
 
     assert sc.readings["collected_at"].notna().all()
     clocks = lab.loc[lab["type"] == "clock_error", "meter_id"]

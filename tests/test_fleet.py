@@ -509,7 +509,7 @@ def test_bad_injections_are_refused(three_days) -> None:
 
 # ------------------------------------------------------------------ billing-rule injections
 
-from meterwatch.analytics.billing_rules import (  # noqa: E402
+from meterwatch.analytics.detectors.billing_rules import (  # noqa: E402
     ClockError,
     EnergyPowerMismatch,
     EstimationExcess,
@@ -517,7 +517,7 @@ from meterwatch.analytics.billing_rules import (  # noqa: E402
     MeterStuck,
     MultiplierMismatch,
 )
-from meterwatch.analytics.equipment import TransformerOverload  # noqa: E402
+from meterwatch.analytics.detectors.equipment import TransformerOverload  # noqa: E402
 from meterwatch.simulators.fleet import BILLING_FAULT_TYPES  # noqa: E402
 
 _BILLING_DETECTOR = {

@@ -18,6 +18,7 @@ from meterwatch.core.clock import Clock
 from meterwatch.core.errors import ConfigError, DeviceTimeout
 from meterwatch.core.stats import Stats
 from meterwatch.service import Service
+from meterwatch.wiring import build_all_sources
 
 
 def config(tmp_path: Path, collector: dict[str, Any]) -> Any:
@@ -77,7 +78,11 @@ def test_groups_transports_and_dlt645_gateways_from_config(tmp_path: Path) -> No
 
     async def build() -> tuple[list[ModbusGatewayPoller], list[Dlt645GatewayPoller]]:
         # pymodbus clients are made inside the event loop, as in the running service.
-        return service._build_pollers(), service._build_dlt645_pollers()
+        sources = build_all_sources(service.c, service._report_findings)
+        return (
+            [s for s in sources if isinstance(s, ModbusGatewayPoller)],
+            [s for s in sources if isinstance(s, Dlt645GatewayPoller)],
+        )
 
     try:
         modbus, dlt = asyncio.run(build())

@@ -162,8 +162,8 @@ def test_validation_window_never_cuts_a_gap_and_leaves_it_missing(tmp_path: Path
     frame["energy_import_kwh"] = frame.groupby("meter_id").cumcount() * 0.1 + 100.0
     try:
         service.store.write_readings(frame[frame["ts"] <= pd.Timestamp("2026-01-05T11:10Z")])
-        service.clock = FixedClock("2026-01-05T11:45Z")  # type: ignore[assignment]
-        first = asyncio.run(service.validate_once())
+        service.c.clock = FixedClock("2026-01-05T11:45Z")  # type: ignore[assignment]
+        first = asyncio.run(service.jobs.validate())
         got = service.store.read_validated_readings()
         assert first == len(got) > 0
         assert (got["quality"] != "missing").all(), got[got["quality"] == "missing"]
@@ -172,8 +172,8 @@ def test_validation_window_never_cuts_a_gap_and_leaves_it_missing(tmp_path: Path
         assert (last.drop(b) == pd.Timestamp("2026-01-05T10:45Z")).all()  # read on 11:00
 
         service.store.write_readings(frame[frame["ts"] > pd.Timestamp("2026-01-05T11:10Z")])
-        service.clock = FixedClock("2026-01-05T13:00Z")  # type: ignore[assignment]
-        asyncio.run(service.validate_once())
+        service.c.clock = FixedClock("2026-01-05T13:00Z")  # type: ignore[assignment]
+        asyncio.run(service.jobs.validate())
         got = service.store.read_validated_readings().set_index(["meter_id", "interval_start"])
         gap = got.loc[
             [(b, pd.Timestamp(f"2026-01-05T{hm}Z")) for hm in ("10:30", "10:45", "11:00")]

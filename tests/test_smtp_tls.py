@@ -24,6 +24,7 @@ from servers import free_port, require_binary
 
 from meterwatch.alerts.delivery import Dispatcher, build_sinks
 from meterwatch.config import DeliveryConfig
+from meterwatch.core.errors import ConfigError
 
 USER, PASSWORD = "alerts@grid.example", "s3cret-Pa55"
 
@@ -245,17 +246,20 @@ def test_login_without_starttls_is_refused_and_names_starttls(
 def test_unset_password_variable_fails_before_connecting(
     tmp_path: Path, smtp_server: tuple[int, Received], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A configured secret variable that is unset is a config error when the sinks are built
+    (the one failure mode of secrets), naming the setting and the variable; nothing is sent."""
     port, received = smtp_server
     monkeypatch.setenv("MW_TEST_SMTP_USER", USER)
     monkeypatch.delenv("MW_TEST_SMTP_PASSWORD", raising=False)
-    d = _dispatcher(tmp_path, port)
-    d.enqueue("opened", _alert())
-    d.run_once()
-    assert d.stats()["smtp"]["failed"] == 1 and received.logins == []
-    assert (
-        "alerts.delivery.smtp.password_env (environment variable MW_TEST_SMTP_PASSWORD) "
-        "is not set" in _last_error(d)
-    )
+    with pytest.raises(ConfigError) as err:
+        _dispatcher(tmp_path, port)
+    assert err.value.problems == [
+        (
+            "alerts.delivery.smtp.password_env",
+            "environment variable MW_TEST_SMTP_PASSWORD is not set or empty (it holds the secret)",
+        )
+    ]
+    assert received.logins == [] and received.mails == []
 
 
 def test_non_ascii_password_fails_loud_instead_of_crashing_the_loop(

@@ -231,7 +231,7 @@ def test_storage_config_spool_policy_and_factory_secrets(tmp_path: Path) -> None
     assert err.value.problems == [
         (
             "storage.influx.token_env",
-            "environment variable MW_INFLUX_TOKEN is not set (it holds the secret)",
+            "environment variable MW_INFLUX_TOKEN is not set or empty (it holds the secret)",
         )
     ]
     store = build_store(cfg.storage, env={"MW_INFLUX_TOKEN": "t"})

@@ -1,5 +1,6 @@
 """Streaming equipment rules that need several readings alert with the reading that completes
-the episode (meterwatch.service.Service._stream_detect keeps each meter's last readings)."""
+the episode (analytics.streaming.StreamingDetection keeps each meter's last readings; the service runs it
+on every stored batch)."""
 
 from __future__ import annotations
 
@@ -64,22 +65,22 @@ def _open_types(service: Service) -> set[str]:
 
 def test_unbalance_opens_with_the_fourth_single_reading_batch(tmp_path: Path) -> None:
     service = _service(tmp_path)
-    vu = [d for d in service.streaming if type(d).__name__ == "VoltageUnbalance"]
+    vu = [d for d in service.c.streaming.detectors if type(d).__name__ == "VoltageUnbalance"]
     assert vu and vu[0].min_readings == 4
-    service._stream_detect(readings_from_records([_reading(0, False)]))
+    service.jobs.stream_detect(readings_from_records([_reading(0, False)]))
     for i in range(1, 4):
-        service._stream_detect(readings_from_records([_reading(i, True)]))
+        service.jobs.stream_detect(readings_from_records([_reading(i, True)]))
         assert "voltage_unbalance" not in _open_types(service), f"opened after {i} readings"
-    service._stream_detect(readings_from_records([_reading(4, True)]))
+    service.jobs.stream_detect(readings_from_records([_reading(4, True)]))
     assert "voltage_unbalance" in _open_types(service)
     # The kept tail is bounded: min_readings - 1 readings per meter at most.
-    assert service._stream_tail is not None and len(service._stream_tail) <= 3
+    assert service.c.streaming.tail is not None and len(service.c.streaming.tail) <= 3
 
 
 def test_a_long_gap_starts_the_count_afresh(tmp_path: Path) -> None:
     service = _service(tmp_path)
     for i in range(3):
-        service._stream_detect(readings_from_records([_reading(i, True)]))
+        service.jobs.stream_detect(readings_from_records([_reading(i, True)]))
     # The 4th unbalanced reading comes a day later: not 4 consecutive readings.
-    service._stream_detect(readings_from_records([_reading(96, True)]))
+    service.jobs.stream_detect(readings_from_records([_reading(96, True)]))
     assert "voltage_unbalance" not in _open_types(service)

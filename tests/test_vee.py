@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +79,14 @@ def has(intervals: pd.DataFrame, code: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ basics
 
 
-def test_params_match_config_defaults() -> None:
-    fields = {f.name: f.default for f in dataclasses.fields(VeeParams)}
-    assert fields == VeeConfig().model_dump(exclude={"interval", "rule_set_version"})
+def test_params_are_the_config_section_written_once() -> None:
+    """The ``vee`` section is VeeParams plus the grid: one set of fields and defaults."""
+    assert issubclass(VeeConfig, VeeParams)
+    assert set(VeeConfig.model_fields) - set(VeeParams.model_fields) == {
+        "interval",
+        "rule_set_version",
+    }
+    assert VeeConfig().params() == VeeParams()
 
 
 def test_bad_params_and_interval_are_refused() -> None:
@@ -381,7 +385,7 @@ def test_many_clocks_ahead_at_once_are_each_found() -> None:
 def test_files_with_receipt_times_are_judged_per_read(tmp_path: Path) -> None:
     # Two of three meters' clocks jump 40 min ahead together: in a CSV with collected_at
     # (as a backup holds them) both are found; without it they hide each other.
-    from meterwatch.analytics.billing_rules import ClockError
+    from meterwatch.analytics.detectors.billing_rules import ClockError
     from meterwatch.io import read_readings_file
 
     ids = ["A", "B", "C"]

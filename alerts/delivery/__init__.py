@@ -1,105 +1,66 @@
 """Alert delivery: a persistent outbox and sinks (MQTT, webhook, Alertmanager, SMTP).
 
 :func:`build_dispatcher` turns the ``alerts.delivery`` config into a :class:`Dispatcher`
-(an AlertManager listener), or None when no sink is enabled.
+(an AlertManager listener), or None when no sink is enabled. Sinks register themselves
+(:mod:`meterwatch.alerts.delivery.registry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import Any
 
 from meterwatch.alerts.delivery.dispatcher import Dispatcher
 from meterwatch.alerts.delivery.outbox import Notification, Outbox, notification_key
+from meterwatch.alerts.delivery.registry import (
+    BrokerConnection,
+    SinkContext,
+    SinkSpec,
+    load_sinks,
+    register_sink,
+)
 from meterwatch.alerts.delivery.sinks import (
     AlertmanagerSink,
     MqttSink,
     Sink,
     SmtpSink,
     WebhookSink,
-    env_secret,
 )
-from meterwatch.config import DeliveryConfig, MqttConfig
 from meterwatch.core.errors import DeliveryError
 
 __all__ = [
     "AlertmanagerSink",
+    "BrokerConnection",
     "DeliveryError",
     "Dispatcher",
     "MqttSink",
     "Notification",
     "Outbox",
     "Sink",
+    "SinkContext",
+    "SinkSpec",
     "SmtpSink",
     "WebhookSink",
     "build_dispatcher",
+    "build_sinks",
     "notification_key",
+    "register_sink",
 ]
 
 
-def build_sinks(
-    cfg: DeliveryConfig,
-    mqtt_cfg: MqttConfig | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> list[Sink]:
-    """The sinks the config enables (MQTT uses the broker of the ``mqtt`` section)."""
+def build_sinks(cfg: Any, ctx: SinkContext | None = None) -> list[Sink]:
+    """The sinks ``alerts.delivery`` enables, in registry order (secrets from the environment)."""
+    ctx = ctx or SinkContext(external_url=cfg.external_url)
+    if not ctx.external_url and cfg.external_url:
+        ctx = SinkContext(cfg.external_url, ctx.broker, ctx.clock)
     sinks: list[Sink] = []
-    if cfg.mqtt.enabled:
-        if mqtt_cfg is None:
-            raise ValueError("alerts.delivery.mqtt.enabled needs the mqtt section (broker address)")
-        sinks.append(
-            MqttSink(
-                mqtt_cfg.host,
-                mqtt_cfg.port,
-                cfg.mqtt.topic_prefix,
-                client_id=cfg.mqtt.client_id,
-                username=env_secret(mqtt_cfg.username_env),
-                password=env_secret(mqtt_cfg.password_env),
-            )
-        )
-    for hook in cfg.webhooks:
-        sinks.append(
-            WebhookSink(
-                hook.url,
-                token=env_secret(hook.token_env),
-                external_url=cfg.external_url,
-                timeout_s=hook.timeout_s,
-            )
-        )
-    if cfg.alertmanager.url:
-        sinks.append(
-            AlertmanagerSink(
-                cfg.alertmanager.url,
-                external_url=cfg.external_url,
-                refresh_s=cfg.alertmanager.refresh,
-                timeout_s=cfg.alertmanager.timeout_s,
-                clock=clock,
-            )
-        )
-    smtp = cfg.smtp
-    if smtp.host and smtp.to:
-        sinks.append(
-            SmtpSink(
-                smtp.host,
-                smtp.port,
-                smtp.sender,
-                smtp.to,
-                username=env_secret(smtp.username_env),
-                password=env_secret(smtp.password_env),
-                starttls=smtp.starttls,
-                external_url=cfg.external_url,
-                timeout_s=smtp.timeout_s,
-                ca_file=smtp.ca_file,
-                username_env=smtp.username_env,
-                password_env=smtp.password_env,
-            )
-        )
+    for name, spec in load_sinks().items():
+        sinks.extend(spec.build(getattr(cfg, name), ctx))
     return sinks
 
 
-def build_dispatcher(cfg: DeliveryConfig, mqtt_cfg: MqttConfig | None = None) -> Dispatcher | None:
+def build_dispatcher(cfg: Any, ctx: SinkContext | None = None) -> Dispatcher | None:
     """A dispatcher over the enabled sinks (state in ``cfg.state_dir``), or None if there are none."""
-    sinks = build_sinks(cfg, mqtt_cfg)
+    sinks = build_sinks(cfg, ctx)
     if not sinks:
         return None
     return Dispatcher(

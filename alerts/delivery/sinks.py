@@ -20,14 +20,18 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ConfigDict, Field
 
 from meterwatch.alerts.delivery.outbox import Notification
+from meterwatch.alerts.delivery.registry import SinkContext, SinkSpec, register_sink
 from meterwatch.alerts.model import parse_iso
-from meterwatch.core.errors import DeliveryError
+from meterwatch.core.config import Duration, Section, secret
+from meterwatch.core.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -489,6 +493,126 @@ def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
-def env_secret(name: str | None) -> str | None:
-    """The value of the environment variable ``name`` (None when no name is configured)."""
-    return os.environ.get(name) if name else None
+# -- config sections and registration (alerts.delivery.<sink>) ---------------------------------
+
+
+class MqttDeliveryConfig(Section):
+    """``alerts.delivery.mqtt``: alert state and events on the broker of ``collector.mqtt``."""
+
+    enabled: bool = False
+    topic_prefix: str = "meterwatch"
+    client_id: str = "meterwatch-alerts"
+
+
+class WebhookConfig(Section):
+    """``alerts.delivery.webhooks[]``: a receiver of Alertmanager's webhook format (version 4)."""
+
+    url: str
+    token_env: str | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class AlertmanagerDeliveryConfig(Section):
+    """``alerts.delivery.alertmanager``: push to a Prometheus Alertmanager (API v2)."""
+
+    url: str | None = None
+    refresh: Duration = Field(60.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class SmtpConfig(Section):
+    """``alerts.delivery.smtp``: e-mail; off while ``host`` is null or ``to`` is empty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: str | None = None
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = Field("meterwatch@localhost", alias="from")
+    to: list[str] = []
+    username_env: str | None = None
+    password_env: str | None = None
+    starttls: bool = False
+    #: CA bundle (PEM) that signed the server's certificate, for a private CA; None: system CAs
+    ca_file: Path | None = None
+    timeout_s: float = Field(15.0, gt=0)
+
+
+def _build_mqtt(cfg: MqttDeliveryConfig, ctx: SinkContext) -> list[Sink]:
+    if not cfg.enabled:
+        return []
+    if ctx.broker is None:
+        raise ConfigError(
+            "alerts.delivery.mqtt",
+            [("alerts.delivery.mqtt.enabled", "needs an MQTT broker (collector.mqtt)")],
+        )
+    b = ctx.broker
+    return [
+        MqttSink(
+            b.host,
+            b.port,
+            cfg.topic_prefix,
+            client_id=cfg.client_id,
+            username=b.username,
+            password=b.password,
+        )
+    ]
+
+
+def _build_webhooks(cfg: list[WebhookConfig], ctx: SinkContext) -> list[Sink]:
+    return [
+        WebhookSink(
+            hook.url,
+            token=secret(hook.token_env, f"alerts.delivery.webhooks.{i}.token_env"),
+            external_url=ctx.external_url,
+            timeout_s=hook.timeout_s,
+        )
+        for i, hook in enumerate(cfg)
+    ]
+
+
+def _build_alertmanager(cfg: AlertmanagerDeliveryConfig, ctx: SinkContext) -> list[Sink]:
+    if not cfg.url:
+        return []
+    return [
+        AlertmanagerSink(
+            cfg.url,
+            external_url=ctx.external_url,
+            refresh_s=cfg.refresh,
+            timeout_s=cfg.timeout_s,
+            clock=ctx.clock,
+        )
+    ]
+
+
+def _build_smtp(cfg: SmtpConfig, ctx: SinkContext) -> list[Sink]:
+    if not (cfg.host and cfg.to):
+        return []
+    return [
+        SmtpSink(
+            cfg.host,
+            cfg.port,
+            cfg.sender,
+            cfg.to,
+            username=secret(cfg.username_env, "alerts.delivery.smtp.username_env"),
+            password=secret(cfg.password_env, "alerts.delivery.smtp.password_env"),
+            starttls=cfg.starttls,
+            external_url=ctx.external_url,
+            timeout_s=cfg.timeout_s,
+            ca_file=cfg.ca_file,
+            username_env=cfg.username_env,
+            password_env=cfg.password_env,
+        )
+    ]
+
+
+register_sink(SinkSpec("mqtt", MqttDeliveryConfig, MqttDeliveryConfig(), _build_mqtt))
+register_sink(SinkSpec("webhooks", list[WebhookConfig], [], _build_webhooks))
+register_sink(
+    SinkSpec(
+        "alertmanager",
+        AlertmanagerDeliveryConfig,
+        AlertmanagerDeliveryConfig(),
+        _build_alertmanager,
+    )
+)
+register_sink(SinkSpec("smtp", SmtpConfig, SmtpConfig(), _build_smtp))

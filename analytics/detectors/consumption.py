@@ -25,6 +25,7 @@ from meterwatch.analytics.base import (
     strictly_less,
     ts_ns,
 )
+from meterwatch.analytics.registry import register
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
@@ -163,6 +164,7 @@ _SPIKE_RULE = (
 )
 
 
+@register(cadence="interval", history_days=7, order=210)
 class ConsumptionSpike(Detector):
     """Hourly consumption far above the meter's usual for that hour of day.
 
@@ -434,12 +436,12 @@ def run_lengths(mask: np.ndarray) -> np.ndarray:
 
 
 def outage_hours(frame: pd.DataFrame, meter_ids: pd.Index, hours: pd.DatetimeIndex) -> np.ndarray:
-    """meters x hours mask of the hours touched by an area outage (see analytics.equipment).
+    """meters x hours mask of the hours touched by an area outage (see analytics.detectors.equipment).
 
     The hour a dead reading falls in and the hour before it (whose energy the reading
     closes) are marked, so supply loss is never judged as a consumption change.
     """
-    from meterwatch.analytics.equipment import REGISTRY_COLUMNS, outage_rows
+    from meterwatch.analytics.detectors.equipment import REGISTRY_COLUMNS, outage_rows
 
     out = np.zeros((meter_ids.size, hours.size), dtype=bool)
     if hours.size == 0 or not set(REGISTRY_COLUMNS) <= set(frame.columns):
@@ -535,6 +537,7 @@ _CONSUMPTION_REGISTRY = (
 )
 
 
+@register(cadence="interval", history_days=1, order=230)
 class ZeroConsumption(Detector):
     """A customer meter registering (almost) no energy for a day or more, outside outages.
 
@@ -602,6 +605,7 @@ class ZeroConsumption(Detector):
         )
 
 
+@register(cadence="interval", history_days=28, order=220)
 class ConsumptionDrop(Detector):
     """Sustained consumption far below the meter's usual for those hours of the week.
 

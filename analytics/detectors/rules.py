@@ -26,11 +26,13 @@ from meterwatch.analytics.base import (
     ts_ns,
     utc,
 )
+from meterwatch.analytics.registry import register
 from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
 
 PHASE_LABELS: tuple[str, ...] = ("L1", "L2", "L3")
 
 
+@register(cadence="interval", order=10)
 class RegisterDecrease(Detector):
     """Cumulative import register going backwards between consecutive readings.
 
@@ -280,6 +282,7 @@ class _PhaseRule(Detector):
         return findings_frame(rows)
 
 
+@register(cadence="streaming", order=80)
 class VoltageLoss(_PhaseRule):
     """Voltage loss (失压): a phase's voltage is low while it still carries load current.
 
@@ -329,6 +332,7 @@ class VoltageLoss(_PhaseRule):
         )
 
 
+@register(cadence="streaming", order=90)
 class PhaseBreak(_PhaseRule):
     """Phase break (断相): one phase of a live three-phase supply is without voltage and load.
 

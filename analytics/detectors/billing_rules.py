@@ -3,7 +3,7 @@
 Each detector runs :func:`analytics.vee.validate` over the readings window with its own
 thresholds (the other VEE thresholds at their defaults) and turns the matching
 :attr:`~analytics.vee.ValidatedReadings.events` into findings (catalogue category
-``billing``). ``register_decrease`` is raised by :class:`analytics.rules.RegisterDecrease`
+``billing``). ``register_decrease`` is raised by :class:`analytics.detectors.rules.RegisterDecrease`
 and is not repeated here. Validation results are shared between the detectors of one suite
 run (see :func:`analytics.base.shared_session`).
 
@@ -30,6 +30,7 @@ from meterwatch.analytics.base import (
     prepare,
     short_ts,
 )
+from meterwatch.analytics.registry import register
 from meterwatch.analytics.vee import ValidatedReadings, VeeParams, validate
 from meterwatch.core.schema import empty_findings
 
@@ -111,6 +112,7 @@ def _when(start: Any, end: Any) -> str:
     return f"from {short_ts(start)} to {short_ts(end)}"
 
 
+@register(cadence="interval", history_days=1, order=20)
 class MeterStuck(_VeeRule):
     """Register stuck: no register count for ``stuck_hours`` while current flows.
 
@@ -162,6 +164,7 @@ class MeterStuck(_VeeRule):
         return f"Register did not advance for {hours:g} h{load} {_when(start, end)}"
 
 
+@register(cadence="interval", history_days=1, order=30)
 class MeterRunaway(_VeeRule):
     """Register runaway: an interval's advance exceeds what the meter can physically carry.
 
@@ -199,6 +202,7 @@ class MeterRunaway(_VeeRule):
         )
 
 
+@register(cadence="interval", history_days=1, order=40)
 class EnergyPowerMismatch(_VeeRule):
     """Register advance disagrees with the integrated active power over a window.
 
@@ -258,6 +262,7 @@ class EnergyPowerMismatch(_VeeRule):
         )
 
 
+@register(cadence="interval", history_days=1, order=50)
 class MultiplierMismatch(_VeeRule):
     """Register and power differ by the CT multiplier: one of them is on the primary side.
 
@@ -315,6 +320,7 @@ class MultiplierMismatch(_VeeRule):
         )
 
 
+@register(cadence="interval", history_days=1, order=60)
 class ClockError(_VeeRule):
     """A meter's clock runs ahead.
 
@@ -357,6 +363,7 @@ class ClockError(_VeeRule):
         )
 
 
+@register(cadence="interval", history_days=1, order=70)
 class EstimationExcess(_VeeRule):
     """Too many consecutive estimated intervals for a meter.
 

@@ -44,6 +44,7 @@ from meterwatch.analytics.base import (
     ts_ns,
     utc,
 )
+from meterwatch.analytics.registry import register
 from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
 
 #: Registry columns every rule of this module reads.
@@ -272,6 +273,7 @@ class _OutageAware(_RowRule):
         return rows
 
 
+@register(cadence="streaming", order=100)
 class CurrentLoss(_OutageAware):
     """Current loss (失流): a phase without current while another carries load, voltages live.
 
@@ -338,6 +340,7 @@ class _VoltageBand(_OutageAware):
         return out
 
 
+@register(cadence="streaming", order=110)
 class Overvoltage(_VoltageBand):
     """Phase voltage above the GB/T 12325 band for ``min_readings`` readings.
 
@@ -386,6 +389,7 @@ class Overvoltage(_VoltageBand):
         return hit, np.where(np.isfinite(value), value, np.nan), limit
 
 
+@register(cadence="streaming", order=120)
 class Undervoltage(_VoltageBand):
     """Phase voltage below the GB/T 12325 band (but not lost) for ``min_readings`` readings.
 
@@ -448,6 +452,7 @@ def unbalance(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@register(cadence="streaming", order=130)
 class VoltageUnbalance(_OutageAware):
     """Three-phase voltage unbalance above the GB/T 15543 limit for ``min_readings`` readings.
 
@@ -494,6 +499,7 @@ class VoltageUnbalance(_OutageAware):
         return hit, value, np.full(len(frame), float(self.limit_fraction))
 
 
+@register(cadence="streaming", order=140)
 class CurrentUnbalance(_OutageAware):
     """Three-phase current unbalance above a limit, at meaningful load, for a while.
 
@@ -566,6 +572,7 @@ class CurrentUnbalance(_OutageAware):
         return hit, value, np.full(len(frame), float(self.limit_fraction))
 
 
+@register(cadence="streaming", order=150)
 class ReversePower(_RowRule):
     """Active power flowing out of a customer meter that has no export registered.
 
@@ -612,6 +619,7 @@ class ReversePower(_RowRule):
         return hit, p, limit
 
 
+@register(cadence="streaming", order=160)
 class LowPowerFactor(_OutageAware):
     """Power factor below the tariff standard of the customer class, under load.
 
@@ -684,6 +692,7 @@ class LowPowerFactor(_OutageAware):
         return hit, pf, limit
 
 
+@register(cadence="streaming", order=170)
 class FrequencyDeviation(_RowRule):
     """Grid frequency outside nominal ± the GB/T 15945 limit.
 
@@ -723,6 +732,7 @@ class FrequencyDeviation(_RowRule):
         return hit, dev, np.full(len(frame), float(self.limit_hz))
 
 
+@register(cadence="streaming", order=190)
 class TransformerOverload(_RowRule):
     """Supply meter's apparent power above the transformer's rating for a while.
 
@@ -768,6 +778,7 @@ class TransformerOverload(_RowRule):
         return supply & strictly_greater(s, limit), s, limit
 
 
+@register(cadence="streaming", order=180)
 class Outage(Detector):
     """Loss of supply of a whole transformer area: one finding per area, no meter id.
 
@@ -865,6 +876,7 @@ class Outage(Detector):
         return findings_frame(rows)
 
 
+@register(cadence="interval", order=200)
 class CalibrationDue(Detector):
     """Meters whose calibration falls due by the end of the readings window.
 
@@ -935,18 +947,3 @@ class CalibrationDue(Detector):
                 }
             )
         return findings_frame(rows)
-
-
-#: Per-reading equipment rules, cheap enough for every incoming batch (streaming).
-STREAMING_CLASSES: tuple[type[Detector], ...] = (
-    CurrentLoss,
-    Overvoltage,
-    Undervoltage,
-    VoltageUnbalance,
-    CurrentUnbalance,
-    ReversePower,
-    LowPowerFactor,
-    FrequencyDeviation,
-    TransformerOverload,
-    Outage,
-)

@@ -52,7 +52,8 @@ from meterwatch.analytics.base import (
     prepare,
     short_ts,
 )
-from meterwatch.analytics.consumption import MAD_SCALE, cusum_drop, hourly_energy
+from meterwatch.analytics.detectors.consumption import MAD_SCALE, cusum_drop, hourly_energy
+from meterwatch.analytics.registry import register
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns the theft analytics read.
@@ -343,6 +344,7 @@ def rank_suspects(
     return scored[cols].reset_index(drop=True)
 
 
+@register(cadence="daily", history_days=1, order=240)
 class TransformerLoss(Detector):
     """Daily line loss of a transformer area out of its band: one finding per run of days.
 
@@ -360,7 +362,7 @@ class TransformerLoss(Detector):
     min_days : int
         Consecutive days out of band [d]. Default 1.
     max_gap_minutes : float
-        As in :class:`analytics.consumption.ConsumptionSpike` [min]. Default 75.
+        As in :class:`analytics.detectors.consumption.ConsumptionSpike` [min]. Default 75.
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("transformer_loss",)
@@ -460,6 +462,7 @@ class TransformerLoss(Detector):
         return findings_frame(rows)
 
 
+@register(cadence="daily", history_days=14, order=250)
 class TheftSuspected(Detector):
     """Customer meters whose theft score reaches ``min_score`` (see module docstring).
 
