@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     class DeliveryConfig(Section):
         """Typed view for mypy: sink sections are looked up by registered sink name."""
 
-        state_dir: Path
-        external_url: str
-        retry: RetryConfig
+        state_dir: Path = Path("var/delivery")
+        external_url: str = ""
+        retry: RetryConfig = RetryConfig()
 
         def __getattr__(self, name: str) -> Any: ...
 

@@ -217,7 +217,7 @@ def _params_model(spec: Any) -> type[Section]:
         f"{cls.__name__}Params",
         __base__=Section,
         __doc__=f"``analytics.detectors.{spec.key}``: parameters of {cls.__name__}.",
-        __validators__={"_build": model_validator(mode="after")(_build)},
+        __validators__={"_build": model_validator(mode="after")(_build)},  # type: ignore[dict-item]
         **fields,
     )
 

@@ -87,7 +87,7 @@ class ProcSample:
 
 
 def _free_port() -> int:
-    from tests.brokers import free_port
+    from tests.support.servers import free_port
 
     return free_port()
 

@@ -10,7 +10,7 @@ then publishes the whole stream once, so the broker queues an identical backlog 
 consumer. The consumers then run one after the other, each timed from its connect until the last
 reading is where that consumer puts it. The publisher is not running while a consumer is timed,
 so it does not compete for the 2 shared cores; the broker's ``max_inflight_messages`` (100, as
-in tests/brokers.py) applies to all.
+in tests/support/servers.py) applies to all.
 
 Consumers:
 
@@ -76,11 +76,11 @@ class BenchBroker:
     """Mosquitto on a free loopback port, queues in memory (no persistence file to autosave)."""
 
     def __init__(self, workdir: Path):
-        from tests.brokers import Mosquitto, free_port
+        from tests.support.servers import Mosquitto, free_port
 
         self.port = free_port()
         self._broker = Mosquitto(workdir, self.port)
-        # Same limits as the test broker (tests/brokers.py), without the persistence autosave
+        # Same limits as the test broker (tests/support/servers.py), without the persistence autosave
         # that would rewrite a backlog of tens of MB every second while a consumer is timed.
         self._broker.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -328,7 +328,7 @@ def run_meterwatch_influx1(port: int, influx_url: str, workdir: Path, readings: 
 
 
 def bench(messages: int, per_message: int) -> dict[str, object]:
-    from tests.servers import influxdb, victoria_metrics
+    from tests.support.servers import influxdb, victoria_metrics
 
     msgs = payloads(messages, per_message)
     readings = messages * per_message

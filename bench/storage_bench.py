@@ -92,8 +92,8 @@ def write_meterwatch(
 
 
 def bench(meters: int, intervals: int, batch: int, rounds: int) -> dict[str, float]:
-    # tests/servers.py starts influxd (temp dir, free loopback ports) and stops it after.
-    from tests.servers import influxdb
+    # tests/support/servers.py starts influxd (temp dir, free loopback ports) and stops it after.
+    from tests.support.servers import influxdb
 
     frame = synthetic_readings(meters, intervals)
     tags = registry(frame)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     class CollectorConfig(Section):
         """Typed view for mypy: sections are looked up by registered source name."""
 
-        maps: dict[str, dict[str, Any]]
+        maps: dict[str, dict[str, Any]] = {}
 
         def __getattr__(self, name: str) -> Any: ...
 

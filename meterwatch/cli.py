@@ -237,7 +237,7 @@ def analyze(
     from meterwatch.io import read_readings_file
 
     try:
-        params = load_config(config_path).analytics.detectors if config_path else {}
+        params = load_config(config_path).analytics.detector_params() if config_path else {}
         meters = load_registry(meters_path)
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)

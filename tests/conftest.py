@@ -1,4 +1,14 @@
-"""Shared fixtures: real servers on free loopback ports, started and stopped by the tests."""
+"""Shared fixtures and test groups.
+
+Tests are grouped by folder, and each folder's tests carry its marker:
+
+- ``tests/unit``: no external server (in-process simulators at most); ``pytest -m "not
+  integration and not e2e"`` runs these.
+- ``tests/integration`` (marker ``integration``): real servers from Debian packages (Mosquitto,
+  InfluxDB, Alertmanager, VictoriaMetrics, Chromium, an SMTP server), started on free loopback
+  ports by ``tests.support.servers`` and stopped after.
+- ``tests/e2e`` (marker ``e2e``): the service run end to end (in process or as ``meterwatch run``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokers import Mosquitto, mosquitto
+
+from tests.support.servers import Mosquitto, mosquitto
+
+_GROUPS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = Path(str(item.fspath)).parent.name
+        if group in _GROUPS:
+            item.add_marker(_GROUPS[group])
 
 
 @pytest.fixture

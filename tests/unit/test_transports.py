@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from brokers import free_port
 from pymodbus import FramerType
 
 from meterwatch.collector.modbus import (
@@ -31,6 +30,7 @@ from meterwatch.core.clock import Clock
 from meterwatch.core.stats import Stats
 from meterwatch.protocols.register_map import load_map
 from meterwatch.simulators.modbus_server import MeterModbusServer
+from tests.support.servers import free_port
 
 MODEL = "eastron-sdm630"
 VALUES = {

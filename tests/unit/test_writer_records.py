@@ -16,7 +16,7 @@ from meterwatch.core.errors import ProtocolError, StorageError
 from meterwatch.core.schema import READING_COLUMNS, readings_from_records
 from meterwatch.core.stats import Stats
 from meterwatch.storage.spool import Spool
-from tests.test_spool import ListStore, frame
+from tests.unit.test_spool import ListStore, frame
 
 
 def records(start: int, n: int, meter: str) -> list[dict[str, Any]]:

@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from brokers import Mosquitto, free_port
 
 from meterwatch.config import Config, parse_config
 from meterwatch.service import Service
 from meterwatch.storage.embedded import EmbeddedStore
+from tests.support.servers import Mosquitto, free_port
 
 ANOMALY_TO_ALERT = {
     "phase_break": "phase_break",

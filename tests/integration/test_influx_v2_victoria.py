@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from servers import RunningServer, victoria_metrics
 
 from meterwatch.core.schema import READING_FIELDS, normalize_readings
 from meterwatch.storage.influx import InfluxStore
+from tests.support.servers import RunningServer, victoria_metrics
 
 
 def sample() -> pd.DataFrame:

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from billing_cases import billing_fault_meters, billing_fault_readings
 
 from meterwatch.analytics.base import Detector, memo, shared_session
 from meterwatch.analytics.suite import default_detectors, run_detectors
@@ -20,6 +19,7 @@ from meterwatch.core.schema import (
     empty_readings,
     readings_from_records,
 )
+from tests.support.billing_cases import billing_fault_meters, billing_fault_readings
 
 START = pd.Timestamp("2026-01-01T00:00:00Z")
 HOURS = 22 * 24

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from servers import RunningServer, influxdb, restart_influxdb, stop_process
 
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.schema import normalize_readings
 from meterwatch.core.stats import Stats
 from meterwatch.storage.influx import InfluxStore
 from meterwatch.storage.spool import Spool
+from tests.support.servers import RunningServer, influxdb, restart_influxdb, stop_process
 
 METERS = [f"M{i:02d}" for i in range(10)]
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
@@ -161,8 +161,8 @@ def test_outage_longer_than_retry_budget_every_reading_arrives_once(tmp_path: Pa
 WORKER = r"""
 import asyncio, os, sys, time
 sys.path.insert(0, os.environ["MW_TEST_DIR"])
-from test_storage_outage import step_frame, make_store
-from servers import RunningServer
+from tests.e2e.test_storage_outage import step_frame, make_store
+from tests.support.servers import RunningServer
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.stats import Stats
 from meterwatch.storage.spool import Spool
@@ -213,7 +213,7 @@ def _wait_acked(path: Path, n: int, proc: subprocess.Popen[bytes], timeout_s: fl
 
 def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path) -> None:
     spool_dir, acked_path = tmp_path / "spool", tmp_path / "acked.txt"
-    env = {**os.environ, "MW_TEST_DIR": str(Path(__file__).parent)}
+    env = {**os.environ, "MW_TEST_DIR": str(Path(__file__).resolve().parents[2])}
     with influxdb(tmp_path) as server:
         db = f"mw_{uuid.uuid4().hex[:8]}"
         influxql(server, f'CREATE DATABASE "{db}"')
@@ -261,10 +261,9 @@ def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path) -> None:
 
 def test_service_with_influx_backend_stores_everything_served_once(tmp_path: Path) -> None:
     """`meterwatch run` wiring: backend influx → spool → InfluxDB; /metrics shows the spool."""
-    from servers import free_port
-
     from meterwatch.config import parse_config
     from meterwatch.service import Service
+    from tests.support.servers import free_port
 
     with influxdb(tmp_path) as server:
         db = f"mw_{uuid.uuid4().hex[:8]}"

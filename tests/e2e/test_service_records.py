@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from brokers import free_port
 
 from meterwatch.config import parse_config
 from meterwatch.service import Service
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.measurements import WRITER_ROW
+from tests.support.servers import free_port
 
 
 def test_service_stores_validated_readings_alert_events_and_health(tmp_path: Path) -> None:

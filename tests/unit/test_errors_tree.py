@@ -8,7 +8,7 @@ from pathlib import Path
 import meterwatch.core.errors as errors
 import meterwatch.protocols.dlt645 as dlt645
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("meterwatch", "collector", "protocols", "analytics", "storage", "alerts", "simulators")
 TREE = "meterwatch/core/errors.py"
 #: Exception classes still defined next to their code, each with the reason it is allowed.

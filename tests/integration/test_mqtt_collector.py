@@ -16,7 +16,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
-from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from meterwatch.collector.mqtt import MqttCollector
@@ -25,6 +24,7 @@ from meterwatch.core.clock import Clock
 from meterwatch.core.stats import Stats
 from meterwatch.protocols.mqtt_payload import encode_reading
 from meterwatch.storage.embedded import EmbeddedStore
+from tests.support.servers import Mosquitto
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 

@@ -4,7 +4,7 @@ The collector acknowledges a QoS 1 message only once its readings are stored. He
 stalls (an injected fault: its write blocks until released, so the writer cannot acknowledge
 anything). With ``receive_maximum = R`` announced at CONNECT, the broker must then deliver at
 most R unacknowledged messages and hold the rest, however many were published. The broker's
-own window (``max_inflight_messages 100`` in tests/brokers.py) is larger than every R tried, so
+own window (``max_inflight_messages 100`` in tests/support/servers.py) is larger than every R tried, so
 the limit seen is the one the collector announced. Once the store resumes, every message must
 arrive and be stored exactly once, on the same connection (no redelivery needed).
 
@@ -25,18 +25,18 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from brokers import Mosquitto
 
 from meterwatch.collector.mqtt import MqttCollector
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.stats import Stats
 from meterwatch.storage.embedded import EmbeddedStore
-from tests.test_mqtt_refusal import publish_all, wait_until
+from tests.integration.test_mqtt_refusal import publish_all, wait_until
+from tests.support.servers import Mosquitto
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 #: Messages published while the store is stalled: several times every window tried.
 N = 60
-#: Mosquitto's max_inflight_messages in tests/brokers.py (its window for 3.1.1 clients).
+#: Mosquitto's max_inflight_messages in tests/support/servers.py (its window for 3.1.1 clients).
 BROKER_INFLIGHT = 100
 #: How long the stalled collector is watched for a message past its window [wall s]. Loopback
 #: delivery of a QoS 1 message takes well under 10 ms, so 1 s is ample for any excess to show.

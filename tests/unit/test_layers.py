@@ -17,7 +17,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = ("protocols", "storage", "analytics", "simulators", "collector", "alerts")
 #: What each layer may import besides itself.
 ALLOWED: dict[str, frozenset[str]] = {

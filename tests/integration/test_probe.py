@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from brokers import free_port
 from click.testing import CliRunner
 
 from meterwatch.cli import main
 from meterwatch.protocols.register_map import load_map
 from meterwatch.simulators.fleet import Fleet
 from meterwatch.simulators.modbus_server import MeterModbusServer
+from tests.support.servers import free_port
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def _stop_thread(server: Any, loop: asyncio.AbstractEventLoop, thread: threading
 
 def _probe_on_a_pty(server: Any, extra: list[str]) -> Any:
     """Run `probe dlt645 --serial-port` against ``server`` served on a fresh pty pair."""
-    from test_dlt645 import pty_bridge
+    from tests.unit.test_dlt645 import pty_bridge
 
     with pty_bridge() as (client_tty, server_tty):
         loop, thread = _serve_in_thread(server, lambda: server.start_serial(server_tty))

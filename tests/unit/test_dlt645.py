@@ -64,7 +64,7 @@ from meterwatch.protocols.dlt645 import (
     read_request,
 )
 from meterwatch.simulators.dlt645_server import Dlt645Server
-from tests.test_transports import ListWriter
+from tests.unit.test_transports import ListWriter
 
 ADDR = "123456789012"
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from rich.console import Console
-from servers import free_port
 
 from meterwatch.alerts.delivery import Dispatcher, Notification
 from meterwatch.alerts.delivery.sinks import ALL_EVENTS
@@ -25,6 +24,7 @@ from meterwatch.core.stats import Stats
 from meterwatch.metrics import CONTENT_TYPE, MetricsServer, render
 from meterwatch.service import RunSummary
 from meterwatch.storage.spool import Spool
+from tests.support.servers import free_port
 
 # metric_name{labels} value   (labels: name="escaped value", comma-separated)
 SAMPLE = re.compile(

@@ -23,9 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
-from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import alertmanager
 
 from meterwatch.alerts.delivery import (
     AlertmanagerSink,
@@ -43,6 +41,7 @@ from meterwatch.alerts.manager import AlertManager
 from meterwatch.alerts.model import Alert
 from meterwatch.config import DeliveryConfig
 from meterwatch.core.schema import FINDING_COLUMNS
+from tests.support.servers import Mosquitto, alertmanager
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
@@ -459,7 +458,7 @@ def test_mqtt_retained_state_and_event_stream(tmp_path: Path, mosquitto_broker: 
 
 
 def test_mqtt_sink_reports_an_unreachable_broker(tmp_path: Path) -> None:
-    from servers import free_port
+    from tests.support.servers import free_port
 
     sink = MqttSink("127.0.0.1", free_port(), "mw", timeout_s=0.5)
     note = Notification(1, "k", "mqtt", "opened", alert_record("a1", "t"), 0, 0.0)
@@ -624,11 +623,10 @@ def test_service_delivers_alerts_and_serves_the_api(
     """The demo's wiring: MQTT delivery on the embedded broker and the HTTP API, from config."""
     import asyncio
 
-    from brokers import free_port
-
     from meterwatch.alerts.delivery import Outbox
     from meterwatch.config import parse_config
     from meterwatch.service import Service
+    from tests.support.servers import free_port
 
     monkeypatch.setenv("MW_TEST_SERVICE_TOKEN", "svc-token")
     http_port, metrics_port = free_port(), free_port()

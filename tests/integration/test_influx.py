@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from servers import RunningServer, free_port, influxdb, require_binary
 
 from meterwatch.core.errors import ConfigError, StorageError
 from meterwatch.core.schema import READING_FIELDS, normalize_readings
 from meterwatch.storage.base import ReadingStore
 from meterwatch.storage.influx import InfluxStore, parse_retry_after, rejected_lines
 from meterwatch.storage.line_protocol import encode_readings, escape_tag
+from tests.support.servers import RunningServer, free_port, influxdb, require_binary
 
 # --------------------------------------------------------------------------- line protocol
 

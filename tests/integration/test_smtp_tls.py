@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from servers import free_port, require_binary
 
 from meterwatch.alerts.delivery import Dispatcher, build_sinks
 from meterwatch.config import DeliveryConfig
 from meterwatch.core.errors import ConfigError
+from tests.support.servers import free_port, require_binary
 
 USER, PASSWORD = "alerts@grid.example", "s3cret-Pa55"
 

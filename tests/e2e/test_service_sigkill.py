@@ -35,9 +35,7 @@ import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
 import yaml
-from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import RunningServer, free_port, influxdb, restart_influxdb, stop_process
 
 from meterwatch.core.clock import Clock
 from meterwatch.simulators.fleet import Fleet
@@ -45,6 +43,14 @@ from meterwatch.simulators.runner import SimulatorRunner
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.influx import InfluxStore
 from meterwatch.storage.spool import Spool
+from tests.support.servers import (
+    Mosquitto,
+    RunningServer,
+    free_port,
+    influxdb,
+    restart_influxdb,
+    stop_process,
+)
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 TOPIC = "meters/{meter_id}/reading"

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from servers import log_tail, require_binary, stop_process
 
 from meterwatch.alerts.http import AlertHttpServer, build_http_server
 from meterwatch.alerts.manager import AlertManager
 from meterwatch.config import AlertHttpConfig
 from meterwatch.core.errors import ConfigError
 from meterwatch.core.schema import FINDING_COLUMNS
+from tests.support.servers import log_tail, require_binary, stop_process
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 TOKEN = "t0ken-for-tests"

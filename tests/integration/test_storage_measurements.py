@@ -24,7 +24,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from servers import RunningServer, influxdb, victoria_metrics
 
 from meterwatch.alerts.model import Alert
 from meterwatch.collector.writer import ReadingWriter
@@ -43,6 +42,7 @@ from meterwatch.storage.measurements import (
     health_frame,
 )
 from meterwatch.storage.spool import Spool
+from tests.support.servers import RunningServer, influxdb, victoria_metrics
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 

@@ -125,10 +125,9 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
 def test_service_applies_retention_on_a_schedule(tmp_path: Path) -> None:
     import asyncio
 
-    from servers import free_port
-
     from meterwatch.config import parse_config
     from meterwatch.service import Service
+    from tests.support.servers import free_port
 
     old = readings(2, 10)  # 2026-01-05, more than 2 days before the service clock below
     old["ts"] = old["ts"] - pd.Timedelta(days=30)

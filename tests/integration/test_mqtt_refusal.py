@@ -17,7 +17,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
-from brokers import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from meterwatch.collector.mqtt import MqttCollector
@@ -27,10 +26,11 @@ from meterwatch.core.stats import Stats
 from meterwatch.protocols.mqtt_payload import encode_reading
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.spool import Spool
+from tests.support.servers import Mosquitto
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 N = 300
-#: Mosquitto's max_inflight_messages in tests/brokers.py: the 3.1.1 in-flight window.
+#: Mosquitto's max_inflight_messages in tests/support/servers.py: the 3.1.1 in-flight window.
 BROKER_INFLIGHT = 100
 
 

@@ -1,0 +1,1 @@
+"""Test package (importable as tests.*: shared helpers live in tests.support)."""

@@ -1,0 +1,82 @@
+"""analytics.streaming.StreamingDetection without a service: the per-meter tail between batches."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from meterwatch.analytics.registry import build_detectors
+from meterwatch.analytics.streaming import StreamingDetection
+from meterwatch.core.schema import readings_from_records
+
+REGISTRY = pd.DataFrame(
+    {
+        "meter_id": ["C1", "C2"],
+        "role": ["customer"] * 2,
+        "transformer_id": ["T1"] * 2,
+        "customer_class": ["commercial"] * 2,
+        "phases": [3, 3],
+        "nominal_voltage_v": [220.0] * 2,
+        "rated_current_a": [10.0] * 2,
+        "max_current_a": [60.0] * 2,
+        "ct_ratio": [1.0] * 2,
+        "tariff": [""] * 2,
+        "last_calibration": ["2025-06-01"] * 2,
+        "calibration_interval_days": [3650] * 2,
+    }
+)
+T0 = pd.Timestamp("2026-02-02T08:00:00Z")
+
+
+def reading(meter: str, i: int, u3: float) -> dict[str, object]:
+    return {
+        "meter_id": meter,
+        "ts": T0 + pd.Timedelta(minutes=15 * i),
+        "energy_import_kwh": 100.0 + i,
+        "power_kw": 4.0,
+        "voltage_l1_v": 221.0,
+        "voltage_l2_v": 220.0,
+        "voltage_l3_v": u3,
+        "current_l1_a": 6.0,
+        "current_l2_a": 6.0,
+        "current_l3_a": 6.0,
+        "power_factor": 0.95,
+        "frequency_hz": 50.0,
+    }
+
+
+def stream() -> StreamingDetection:
+    return StreamingDetection(build_detectors(cadences=("streaming",)), spacing_s=900 * 1.5)
+
+
+def test_only_streaming_detectors_and_a_tail_of_min_readings_minus_one() -> None:
+    s = stream()
+    from meterwatch.analytics.registry import spec_of
+
+    assert s.detectors and all(spec_of(d).cadence == "streaming" for d in s.detectors)
+    assert s.keep == max(int(getattr(d, "min_readings", 1)) for d in s.detectors) - 1 == 3
+
+
+def test_the_fourth_unbalanced_reading_completes_the_episode_per_meter() -> None:
+    s = stream()
+    for i in range(3):
+        batch = readings_from_records([reading("C1", i, 200.0), reading("C2", i, 221.0)])
+        assert "voltage_unbalance" not in set(s.detect(batch, REGISTRY)["type"])
+    found = s.detect(readings_from_records([reading("C1", 3, 200.0)]), REGISTRY)
+    vu = found[found["type"] == "voltage_unbalance"]
+    assert list(vu["meter_id"]) == ["C1"] and vu["ends_at"].isna().all()
+    assert s.tail is not None and s.tail.groupby("meter_id").size().max() <= 3
+
+
+def test_a_gap_longer_than_the_tail_horizon_starts_afresh() -> None:
+    s = stream()
+    for i in range(3):
+        s.detect(readings_from_records([reading("C1", i, 200.0)]), REGISTRY)
+    late = s.detect(readings_from_records([reading("C1", 96, 200.0)]), REGISTRY)
+    assert "voltage_unbalance" not in set(late["type"])
+
+
+def test_an_episode_that_ended_within_the_batch_is_left_to_the_interval_run() -> None:
+    s = stream()
+    rows = [reading("C1", i, 200.0) for i in range(5)] + [reading("C1", 5, 221.0)]
+    found = s.detect(readings_from_records(rows), REGISTRY)
+    assert "voltage_unbalance" not in set(found["type"])
