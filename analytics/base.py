@@ -2,8 +2,10 @@
 
 A detector is configured by keyword arguments of ``__init__`` (stored as same-named
 attributes, validated there), may learn state in ``fit`` (attributes ending in ``_``), and
-turns a canonical readings frame plus the meter registry into a findings frame
-(:data:`meterwatch.core.schema.FINDING_COLUMNS`) in ``detect``.
+turns the dense window of a partition (:class:`meterwatch.analytics.window.Window`: readings
+as meters x intervals arrays plus the registry) into a findings frame
+(:data:`meterwatch.core.schema.FINDING_COLUMNS`) in ``detect_window``; ``detect(readings,
+meters)`` builds the window from a canonical frame and the registry first.
 
 Conventions shared by all detectors
 -----------------------------------
@@ -12,8 +14,9 @@ Conventions shared by all detectors
 * Duplicate ``(meter_id, ts)`` rows are collapsed deterministically (rows are sorted by
   every column first, the first one is kept) so row order cannot change the result.
 * Threshold comparisons are *strict* (``<`` / ``>``): a value exactly at a threshold does
-  not trigger. Differences smaller than a relative 1e-9 of the threshold are treated as
-  equality, so that the float product ``0.78 * 220`` does not decide an edge case.
+  not trigger. Differences smaller than a relative 1e-9 of the threshold (1e-5 for the
+  float32 instantaneous quantities) are treated as equality, so that the float product
+  ``0.78 * 220`` or a float32 ``224.4`` does not decide an edge case.
 * A missing value (NaN) never triggers a rule: every comparison with NaN is false.
 * An *episode* is a maximal run of consecutive samples of one meter where the condition
   holds. ``starts_at`` is the first such sample, ``ends_at`` the end of the last one
@@ -25,9 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, ClassVar
 
@@ -37,15 +38,21 @@ import pandas as pd
 from meterwatch.core.catalogue import CATALOGUE
 from meterwatch.core.schema import (
     FINDING_COLUMNS,
-    READING_COLUMNS,
-    READING_FIELDS,
     TS_DTYPE,
     empty_findings,
-    normalize_readings,
 )
 
 #: Relative tolerance under which a value is taken to *equal* its threshold [-].
 REL_TOL = 1e-9
+#: The same for float32 values (instantaneous quantities of the dense window): a decimal
+#: reading such as 224.4 V is stored 6e-6 V below itself, and a ratio of such values
+#: (an unbalance) carries a few float32 roundings: neither may decide a threshold.
+REL_TOL32 = 1e-5
+
+
+def _tol(values: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    rel = REL_TOL32 if getattr(values, "dtype", None) == np.float32 else REL_TOL
+    return rel * np.abs(thr)
 
 
 class Detector:
@@ -82,7 +89,17 @@ class Detector:
         return self
 
     def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
-        """Findings (one row per episode) with exactly ``FINDING_COLUMNS``."""
+        """Findings (one row per episode) with exactly ``FINDING_COLUMNS``.
+
+        Builds the dense window (:func:`meterwatch.analytics.window.build_window`) and calls
+        :meth:`detect_window`; a suite run builds the window once for every detector.
+        """
+        from meterwatch.analytics.window import build_window
+
+        return self.detect_window(build_window(readings, meters))
+
+    def detect_window(self, w: Any) -> pd.DataFrame:
+        """Findings over a :class:`~meterwatch.analytics.window.Window` (the dense core)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -124,156 +141,24 @@ def strictly_less(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarr
     """``values < threshold`` by more than float rounding; NaN on either side gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values < thr - REL_TOL * np.abs(thr), dtype=bool)
+        return np.asarray(values < thr - _tol(values, thr), dtype=bool)
 
 
 def strictly_greater(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """``values > threshold`` by more than float rounding; NaN on either side gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values > thr + REL_TOL * np.abs(thr), dtype=bool)
+        return np.asarray(values > thr + _tol(values, thr), dtype=bool)
 
 
 def at_least(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """``values >= threshold`` (the complement of :func:`strictly_less`); NaN gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values >= thr - REL_TOL * np.abs(thr), dtype=bool)
+        return np.asarray(values >= thr - _tol(values, thr), dtype=bool)
 
 
 # ---------------------------------------------------------------------------- inputs
-
-
-def canonical(readings: pd.DataFrame) -> pd.DataFrame:
-    """``readings`` as a canonical frame: a column selection when it already is one."""
-    cols = list(READING_COLUMNS)
-    if (
-        set(cols) <= set(readings.columns)
-        and str(readings["ts"].dtype) == TS_DTYPE
-        and all(readings[c].dtype == np.float64 for c in READING_FIELDS)
-    ):
-        return readings[cols]
-    return normalize_readings(readings)
-
-
-_SESSION: ContextVar[dict[Any, Any] | None] = ContextVar("analytics_session", default=None)
-
-
-@contextmanager
-def shared_session() -> Iterator[None]:
-    """Within this block, work derived from the same input frames is done once and shared.
-
-    :func:`prepare` (canonicalize, join the registry, sort) and :func:`memo` results are keyed
-    by the *identity* of the readings and registry frames (detectors never modify their inputs,
-    see the module docstring), so a suite run over one window prepares it once instead of once
-    per detector. The cache lives only for the block, so nothing is kept between runs.
-    """
-    token = _SESSION.set({})
-    try:
-        yield
-    finally:
-        _SESSION.reset(token)
-
-
-def memo(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-    """``compute()``, shared within the current :func:`shared_session` under ``key``.
-
-    Outside a session it simply computes. ``key`` must identify the inputs, e.g. start with
-    ``id(readings), id(meters)`` (safe: the session's caller keeps those frames alive).
-    """
-    cache = _SESSION.get()
-    if cache is None:
-        return compute()
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
-
-
-def _base_frame(readings: pd.DataFrame, meters: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Sorted canonical readings of registered meters, and each row's registry position."""
-    if "meter_id" not in meters.columns:
-        raise ValueError("meter registry lacks column(s) meter_id")
-    reg_ids = meters["meter_id"].astype(str)
-    first = ~reg_ids.duplicated(keep="first").to_numpy()
-    reg_pos = np.flatnonzero(first)
-    canon = canonical(readings)
-    canon = canon[canon["ts"].notna()]
-    meter_ids = canon["meter_id"].astype(str)
-    pos = pd.Index(reg_ids.iloc[reg_pos]).get_indexer(meter_ids)
-    registered = pos >= 0
-    frame = canon[registered]
-    frame = frame.assign(meter_id=meter_ids[registered].array)
-    pos = reg_pos[pos[registered]]
-
-    # Sort by meter, then time; only frames with duplicate (meter, ts) rows need the
-    # (slower) sort by every value that makes the kept duplicate independent of row order.
-    codes, _ = pd.factorize(frame["meter_id"], sort=True)
-    t = ts_ns(frame["ts"])
-    order = np.lexsort((t, codes))
-    codes, t = codes[order], t[order]
-    frame, pos = frame.iloc[order], pos[order]
-    if np.any((codes[1:] == codes[:-1]) & (t[1:] == t[:-1])):
-        frame = frame.assign(_pos=pos).sort_values(
-            ["meter_id", "ts", *READING_FIELDS], na_position="last", kind="mergesort"
-        )
-        frame = frame.drop_duplicates(["meter_id", "ts"], keep="first")
-        pos = frame.pop("_pos").to_numpy()
-    return frame.reset_index(drop=True), pos
-
-
-def prepare(
-    readings: pd.DataFrame, meters: pd.DataFrame, registry_columns: Sequence[str]
-) -> pd.DataFrame:
-    """Canonical readings of registered meters joined with ``registry_columns``.
-
-    Returns a frame sorted by ``meter_id``, ``ts`` with a fresh RangeIndex, one row per
-    ``(meter_id, ts)``. Registry rows with a duplicate ``meter_id`` keep the first. Within a
-    :func:`shared_session` the sorted frame and each joined column are computed once per
-    input frames; the frame returned is the caller's to modify (copy-on-write).
-    """
-    missing = [c for c in ("meter_id", *registry_columns) if c not in meters.columns]
-    if missing:
-        raise ValueError(f"meter registry lacks column(s) {', '.join(missing)}")
-    key = (id(readings), id(meters))
-    frame, pos = memo(("prepare", *key), lambda: _base_frame(readings, meters))
-
-    def column(col: str) -> Any:
-        return memo(("registry", *key, col), lambda: meters[col].array.take(pos))
-
-    joined = {col: column(col) for col in registry_columns}
-    out = frame.assign(**joined) if joined else frame.copy(deep=False)
-    out.attrs["prepared_from"] = (key, len(out))
-    return out
-
-
-def session_key(frame: pd.DataFrame) -> tuple[Any, ...] | None:
-    """The inputs' key of a frame :func:`prepare` returned (None once rows were added/removed).
-
-    Lets helpers that take a prepared frame (hourly energy, area loss) share their result
-    through :func:`memo`. pandas carries ``attrs`` through column selections and ``assign``;
-    a row subset has another length and gets None, so it is computed afresh.
-    """
-    mark = frame.attrs.get("prepared_from")
-    if not isinstance(mark, tuple) or len(mark) != 2 or mark[1] != len(frame):
-        return None
-    key: tuple[Any, ...] = mark[0]
-    return key
-
-
-def memo_on(
-    frame: pd.DataFrame, name: str, params: tuple[Any, ...], compute: Callable[[], Any]
-) -> Any:
-    """:func:`memo` keyed by ``frame``'s :func:`session_key`; computes when it has none."""
-    key = session_key(frame)
-    if key is None or _SESSION.get() is None:
-        return compute()
-    return memo((name, *key, *params), compute)
-
-
-def group_codes(keys: pd.Series) -> np.ndarray:
-    """Integer code per row for a sorted key column (equal keys -> equal codes)."""
-    codes, _ = pd.factorize(keys, sort=True)
-    return np.asarray(codes)
 
 
 # --------------------------------------------------------------------------- episodes
@@ -301,13 +186,6 @@ def episodes(mask: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return starts, ends, ~same_next[ends]
 
 
-def episode_ids(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Episode number per row (0..n_episodes-1), -1 where ``mask`` is False."""
-    is_start = np.zeros(np.asarray(mask).size, dtype=np.int64)
-    is_start[starts] = 1
-    return np.where(mask, np.cumsum(is_start) - 1, -1)
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -331,6 +209,9 @@ def plain(value: Any) -> Any:
     """``value`` as JSON-serializable plain Python (NaN/NaT -> None, times -> ISO text)."""
     if value is None or isinstance(value, str | bool):
         return value
+    if isinstance(value, np.float32):  # the shortest text that reads back: 4.2, not 4.1999998
+        f = float(str(value)) if np.isfinite(value) else float("nan")
+        return f if math.isfinite(f) else None
     if isinstance(value, float | np.floating):
         f = float(value)
         return f if math.isfinite(f) else None
@@ -349,15 +230,6 @@ def plain(value: Any) -> Any:
     if value is pd.NaT or value is pd.NA:
         return None
     return str(value)
-
-
-def meter_windows(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per meter id: ``from``/``to`` (first and last ``ts``) and ``readings`` in the window."""
-    w = frame.groupby("meter_id", sort=True)["ts"].agg(["min", "max", "size"])
-    return {
-        m: {"from": lo, "to": hi, "readings": int(n)}
-        for m, lo, hi, n in zip(w.index, w["min"], w["max"], w["size"], strict=True)
-    }
 
 
 def utc(ns: int | np.integer) -> pd.Timestamp:

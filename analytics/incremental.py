@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from meterwatch.analytics.config import VeeConfig
+from meterwatch.analytics.params import VeeConfig
 from meterwatch.analytics.vee import (
     ValidatedReadings,
     empty_validated,

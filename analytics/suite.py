@@ -7,8 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from meterwatch.analytics.base import Detector, shared_session
+from meterwatch.analytics.base import Detector
 from meterwatch.analytics.registry import build_detectors, detector_key, load_detectors
+from meterwatch.analytics.window import Window, build_window
 from meterwatch.core.schema import FINDING_COLUMNS, TS_DTYPE, empty_findings
 
 __all__ = ["default_detectors", "detector_classes", "detector_key", "run_detectors"]
@@ -30,15 +31,28 @@ def default_detectors(params: Mapping[str, Mapping[str, Any]] | None = None) -> 
 
 
 def run_detectors(
-    detectors: Iterable[Detector], readings: pd.DataFrame, meters: pd.DataFrame
+    detectors: Iterable[Detector],
+    readings: pd.DataFrame | Window,
+    meters: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Concatenated findings of ``detectors`` (``detect`` only; fit them beforehand if needed).
 
-    Returns a frame with exactly ``FINDING_COLUMNS`` and a fresh index, in detector order;
-    ``empty_findings()`` when nothing is found.
+    ``readings`` is a canonical frame (with ``meters``, the registry) or a ready
+    :class:`~meterwatch.analytics.window.Window`: the window is built once and shared by every
+    detector. Returns a frame with exactly ``FINDING_COLUMNS`` and a fresh index, in detector
+    order; ``empty_findings()`` when nothing is found.
     """
-    with shared_session():  # prepare the window once for all detectors
-        frames = [d.detect(readings, meters) for d in detectors]
+    detectors = list(detectors)
+    if isinstance(readings, Window):
+        w = readings
+    else:
+        assert meters is not None
+        w = build_window(readings, meters)
+    return concat_findings(d.detect_window(w) for d in detectors)
+
+
+def concat_findings(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Findings frames in order as one, with canonical columns and dtypes."""
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_findings()

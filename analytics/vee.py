@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,15 +67,20 @@ import pandas as pd
 from meterwatch.analytics.base import (
     REL_TOL,
     at_least,
-    canonical,
     episodes,
-    prepare,
     strictly_greater,
     strictly_less,
     ts_ns,
 )
-from meterwatch.analytics.config import RULE_SET_VERSION, VeeParams
-from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS, to_utc_coerce
+from meterwatch.analytics.params import RULE_SET_VERSION, VeeParams
+from meterwatch.analytics.window import (
+    NO_TIME,
+    Window,
+    build_window,
+    prev_present,
+    register_reads,
+)
+from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS
 
 #: Version of this rule set; stored with every validated interval.
 #: Quality flags of a validated interval.
@@ -123,7 +128,6 @@ EVENT_COLUMNS: tuple[str, ...] = ("meter_id", "code", "starts_at", "ends_at", "e
 _NS = 10**9
 
 
-@dataclass
 class ValidatedReadings:
     """Result of :func:`validate`.
 
@@ -132,19 +136,42 @@ class ValidatedReadings:
     intervals
         One row per meter and interval (``VALIDATED_COLUMNS``): ``interval_start`` and ``ts``
         (interval end, contracts §1) in UTC, ``kwh`` billed energy [kWh] (NaN when
-        ``missing``), ``quality``, ``method``, ``reasons`` (``;``-separated codes).
+        ``missing``), ``quality``, ``method``, ``reasons`` (``;``-separated codes). Made from
+        the dense result on first use.
     events
         Alert-worthy check results (``EVENT_COLUMNS``), one row per episode.
     counts
         Intervals per quality and per reason code, and input rows per structure problem.
+    dense
+        The same as meters x intervals arrays (:class:`DenseValidated`), None for a result
+        built from a table.
     """
 
-    intervals: pd.DataFrame
-    events: pd.DataFrame
-    interval_s: int
-    rule_set_version: str
-    data_version: int
-    counts: dict[str, int] = field(default_factory=dict)
+    def __init__(
+        self,
+        intervals: pd.DataFrame | None,
+        events: pd.DataFrame,
+        interval_s: int,
+        rule_set_version: str,
+        data_version: int,
+        counts: dict[str, int] | None = None,
+        *,
+        dense: DenseValidated | None = None,
+    ):
+        self._intervals = intervals
+        self.events = events
+        self.interval_s = interval_s
+        self.rule_set_version = rule_set_version
+        self.data_version = data_version
+        self.counts = counts or {}
+        self.dense = dense
+
+    @property
+    def intervals(self) -> pd.DataFrame:
+        if self._intervals is None:
+            assert self.dense is not None
+            self._intervals = self.dense.frame(self.rule_set_version, self.data_version)
+        return self._intervals
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -214,15 +241,6 @@ def _ts(ns: np.ndarray) -> pd.Series:
 # ---------------------------------------------------------------------------- validate
 
 
-_REGISTRY = (
-    "ct_ratio",
-    "phases",
-    "nominal_voltage_v",
-    "rated_current_a",
-    "max_current_a",
-)
-
-
 def validate(
     readings: pd.DataFrame,
     meters: pd.DataFrame,
@@ -242,8 +260,8 @@ def validate(
     ----------
     readings, meters
         Canonical readings (any row order; not modified) and the meter registry
-        (contracts §2; needs the columns ``ct_ratio``, ``phases``, ``nominal_voltage_v``,
-        ``rated_current_a``, ``max_current_a``).
+        (contracts §2; ``ct_ratio``, ``phases``, ``nominal_voltage_v``, ``rated_current_a``
+        and ``max_current_a`` are read, with the registry defaults where absent).
     params
         Thresholds; :class:`VeeParams` defaults when None.
     interval_s
@@ -260,140 +278,344 @@ def validate(
     timezone
         IANA zone of the day boundaries (like days, spike and usage checks).
     """
-    p = params or VeeParams()
+    _check_interval(interval_s)
+    w = build_window(readings, meters, step_s=int(interval_s), start=start, end=end)
+    return validate_window(
+        w,
+        params,
+        interval_s=interval_s,
+        rule_set_version=rule_set_version,
+        data_version=data_version,
+        start=start,
+        end=end,
+        now=now,
+        timezone=timezone,
+    )
+
+
+def _check_interval(interval_s: Any) -> None:
     if int(interval_s) != interval_s or interval_s <= 0 or 86400 % int(interval_s):
         raise ValueError(
             f"interval_s must be a whole number of seconds dividing a day, got {interval_s!r}"
         )
+
+
+def validate_window(
+    w: Window,
+    params: VeeParams | None = None,
+    *,
+    interval_s: int = 900,
+    rule_set_version: str = RULE_SET_VERSION,
+    data_version: int = 1,
+    start: Any = None,
+    end: Any = None,
+    now: Any = None,
+    timezone: str = "UTC",
+) -> ValidatedReadings:
+    """:func:`validate` over a dense window (the suite's shared one when its cells are the
+    interval grid; else the window is re-gridded once). Every check below is one function
+    over meters x intervals arrays."""
+    p = params or VeeParams()
+    _check_interval(interval_s)
     step = int(interval_s) * _NS
-
-    # --- raw structure checks, in input order -------------------------------------
-    reg_ids = pd.Index(meters["meter_id"].astype(str).drop_duplicates())
-    raw = canonical(readings)
-    raw = raw[raw["ts"].notna() & raw["meter_id"].astype(str).isin(reg_ids)]
-    raw_ids = raw["meter_id"].astype(str).to_numpy()
-    raw_t = ts_ns(raw["ts"]) if len(raw) else np.zeros(0, dtype=np.int64)
+    if w.step != step or w.g0 % step:
+        w = regrid(w, int(interval_s), start=start, end=end)
     counts: dict[str, int] = {}
-    dup = pd.DataFrame({"m": raw_ids, "t": raw_t}).duplicated(keep=False).to_numpy()
-    prev_max = (
-        pd.Series(raw_t).groupby(raw_ids).cummax().groupby(raw_ids).shift(1).to_numpy(dtype=float)
-    )
-    ooo = raw_t < prev_max
+    # --- read-level structure ------------------------------------------------------------
     now_ns = None if now is None else _to_ns(pd.Timestamp(now))
-    future = (
-        raw_t > now_ns + int(p.future_tolerance_s * _NS)
-        if now_ns is not None
-        else np.zeros(raw_t.size, dtype=bool)
-    )
-    counts["rows_duplicate_ts"] = int(dup.sum())
-    counts["rows_out_of_order"] = int(ooo.sum())
-    counts["rows_future_ts"] = int(future.sum())
-    read_bits = (
-        np.where(dup, BIT["duplicate_ts"], 0)
-        | np.where(ooo, BIT["out_of_order"], 0)
-        | np.where(future, BIT["future_ts"], 0)
-    )
-
-    frame = prepare(readings, meters, list(_REGISTRY))
-    if len(raw):
-        flag_cols = {
-            code: (read_bits & BIT[code]) > 0
-            for code in ("duplicate_ts", "out_of_order", "future_ts")
-        }
-        per_read = (
-            pd.DataFrame({"meter_id": raw_ids, "t": raw_t, **flag_cols})
-            .groupby(["meter_id", "t"], sort=False)
-            .max()
-        )
-        flags = sum(per_read[code].astype(np.int64) * BIT[code] for code in flag_cols)
-        key = pd.MultiIndex.from_arrays([frame["meter_id"].to_numpy(), ts_ns(frame["ts"])])
-        fbits = flags.reindex(key).fillna(0).to_numpy(dtype=np.int64)
-    else:
-        fbits = np.zeros(len(frame), dtype=np.int64)
-    keep = (fbits & BIT["future_ts"]) == 0
-    future_bits_frame = frame.loc[~keep, ["meter_id", "ts"]]
-    future_bits_meta = fbits[~keep]
-    frame = frame[keep].reset_index(drop=True)
-    fbits = fbits[keep]
-
-    # --- the grid ----------------------------------------------------------------------
-    reg = meters.loc[:, ["meter_id", *_REGISTRY]].copy()
-    reg["meter_id"] = reg["meter_id"].astype(str)
-    reg = reg.drop_duplicates("meter_id").set_index("meter_id")
-    t_all = ts_ns(frame["ts"]) if len(frame) else np.zeros(0, dtype=np.int64)
-    if start is not None and end is not None:
-        g0 = _floor(pd.Timestamp(start), step)
-        g1 = -(-_to_ns(pd.Timestamp(end)) // step) * step
-        meter_ids = np.array(sorted(reg.index), dtype=object)
-    else:
-        if t_all.size == 0:
-            return _result(
-                empty_validated(),
-                _empty_events(),
-                interval_s,
-                rule_set_version,
-                data_version,
-                counts,
-            )
-        g0 = (
-            int(-(-t_all.min() // step) * step)
-            if start is None
-            else _floor(pd.Timestamp(start), step)
-        )
-        g1 = (
-            int(t_all.max() // step * step)
-            if end is None
-            else -(-_to_ns(pd.Timestamp(end)) // step) * step
-        )
-        meter_ids = np.array(sorted(frame["meter_id"].unique()), dtype=object)
-    n_int = int((g1 - g0) // step)
-    n_m = meter_ids.size
+    reads = usable_reads(w, now_ns, p, counts)
+    # --- the interval grid: columns [i0, i1) of the window --------------------------------
+    i0, i1, rows = interval_range(w, reads, start, end)
+    n_m, n_int = rows.size, max(i1 - i0, 0)
     if n_int <= 0 or n_m == 0:
         return _result(
             empty_validated(), _empty_events(), interval_s, rule_set_version, data_version, counts
         )
-    bounds = g0 + np.arange(n_int + 1, dtype=np.int64) * step
-    m_index = pd.Index(meter_ids)
-    regm = reg.reindex(meter_ids)
-    ct = pd.to_numeric(regm["ct_ratio"], errors="coerce").to_numpy(dtype=float)
-    phases = pd.to_numeric(regm["phases"], errors="coerce").to_numpy(dtype=float)
-    un = pd.to_numeric(regm["nominal_voltage_v"], errors="coerce").to_numpy(dtype=float)
-    ib = pd.to_numeric(regm["rated_current_a"], errors="coerce").to_numpy(dtype=float)
-    imax = pd.to_numeric(regm["max_current_a"], errors="coerce").to_numpy(dtype=float)
-
+    sub = _Sub(w, rows, i0, i1, reads.present[rows])
     bits = np.zeros((n_m, n_int), dtype=np.int64)
-    code_all = (
-        m_index.get_indexer(frame["meter_id"].to_numpy())
-        if len(frame)
-        else np.zeros(0, dtype=np.int64)
+    bits |= reads.bits[rows, i0:i1]
+    # --- energy --------------------------------------------------------------------------
+    steps = register_track(*sub.register(now_ns, p), p)
+    bv = boundary_values(sub, steps, p)
+    sec, kwh, valid, stepbad = interval_energy(bv, sub.ct)
+    bits |= np.where(~valid, BIT["gap"], 0)
+    bits |= np.where(stepbad, BIT["register_decrease"], 0)
+    bits |= np.where(bv.rolled, BIT["rollover"], 0)
+    bits |= np.where(bv.misaligned[:, :-1] | bv.misaligned[:, 1:], BIT["misaligned"], 0)
+    ctx = electrical_context(sub)
+    outage = outage_check(ctx, sub, p)
+    bits |= np.where(outage, BIT["outage"], 0)
+    # --- hard checks ---------------------------------------------------------------------
+    limit = runaway_limit(sub, p, interval_s)
+    runaway = runaway_check(sec, ctx, limit, p, interval_s)
+    bits |= np.where(runaway, BIT["runaway"], 0)
+    unchanged = valid & ~stepbad & strictly_less(np.abs(sec), float(p.register_resolution_kwh))
+    stuck = stuck_check(unchanged, ctx, sub, p, interval_s)
+    bits |= np.where(stuck, BIT["stuck_register"], 0)
+    zero = zero_check(unchanged, outage, p, interval_s)
+    bits |= np.where(zero, BIT["zero_consumption"], 0)
+    hard_mask = sum(BIT[c] for c in HARD_REASONS)
+    actual = (bits & hard_mask) == 0
+    # --- days ----------------------------------------------------------------------------
+    days = local_days(sub.bounds, step, timezone, n_m, kwh, actual, outage)
+    bits |= spike_check(days, p)
+    bits |= usage_check(days, p)
+    # --- energy vs power, clock ----------------------------------------------------------
+    events: list[dict[str, Any]] = []
+    power_check(sub, steps, p, bits, events, step)
+    clock_check(w, sub, reads, now_ns, p, bits, events)
+    # --- estimation ----------------------------------------------------------------------
+    est = estimate(sub, bits, actual, outage, kwh, bv, days, limit, p, interval_s)
+    final, quality, method, estimated = est
+    excess_len = int(math.floor(p.max_consecutive_estimated_s / interval_s + 1e-9)) + 1
+    excess = _run_mask(estimated, excess_len)
+    bits |= np.where(excess, BIT["estimation_excess"], 0)
+    # --- events for the billing detectors --------------------------------------------------
+    ids = sub.ids
+    _episode_events(
+        events,
+        "register_decrease",
+        bits & BIT["register_decrease"] > 0,
+        ids,
+        sub.bounds,
+        sec,
+        {"decrease_tolerance_kwh": p.decrease_tolerance_kwh},
+    )
+    ib = sub.ib
+    _episode_events(
+        events,
+        "stuck_register",
+        stuck,
+        ids,
+        sub.bounds,
+        sec,
+        {
+            "stuck_hours": p.stuck_hours,
+            "stuck_current_fraction": p.stuck_current_fraction,
+            "register_resolution_kwh": p.register_resolution_kwh,
+        },
+        extra=lambda m: {
+            "rated_current_a": ib[m],
+            "current_threshold_a": p.stuck_current_fraction * ib[m],
+        },
+        current=ctx.i_min,
+    )
+    un, imax, phases = sub.un, sub.imax, sub.phases
+    _episode_events(
+        events,
+        "runaway",
+        runaway,
+        ids,
+        sub.bounds,
+        sec,
+        {"runaway_factor": p.runaway_factor},
+        extra=lambda m: {
+            "limit_kwh_per_interval": limit[m],
+            "nominal_voltage_v": un[m],
+            "max_current_a": imax[m],
+            "phases": phases[m],
+        },
+    )
+    _episode_events(
+        events,
+        "estimation_excess",
+        excess,
+        ids,
+        sub.bounds,
+        final,
+        {"max_consecutive_estimated_s": p.max_consecutive_estimated_s, "interval_s": interval_s},
+    )
+    dense = DenseValidated(ids, sub.bounds, final, quality, method, bits, actual)
+    for q_code, q in enumerate(QUALITIES):
+        counts[f"intervals_{q}"] = int((quality == q_code).sum())
+    for code in REASON_CODES:
+        counts[f"reason_{code}"] = int(((bits & BIT[code]) > 0).sum())
+    return ValidatedReadings(
+        None,
+        _events_frame(events),
+        int(interval_s),
+        rule_set_version,
+        int(data_version),
+        counts,
+        dense=dense,
     )
 
-    def cell(codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Interval (row, col) containing instants ``t`` (interval = (start, end]); -1 outside."""
-        col = -(-(t - g0) // step) - 1
-        ok = (codes >= 0) & (col >= 0) & (col < n_int)
-        return ok, col
 
-    # Read-level structure flags -> intervals.
-    ok, col = cell(code_all, t_all)
-    np.bitwise_or.at(bits, (code_all[ok], col[ok]), fbits[ok] & ~BIT["future_ts"])
-    if len(future_bits_frame):
-        fc = m_index.get_indexer(future_bits_frame["meter_id"].to_numpy())
-        ok_f, col_f = cell(fc, ts_ns(future_bits_frame["ts"]))
-        np.bitwise_or.at(bits, (fc[ok_f], col_f[ok_f]), BIT["future_ts"])
-        del future_bits_meta
+@dataclass(frozen=True)
+class DenseValidated:
+    """Validated intervals as meters x intervals arrays (the long table is made on demand)."""
 
-    # --- register steps: rollover, decrease, recovery -------------------------------
-    e_frame = frame[frame["energy_import_kwh"].notna()].reset_index(drop=True)
-    ec = (
-        m_index.get_indexer(e_frame["meter_id"].to_numpy())
-        if len(e_frame)
-        else np.zeros(0, dtype=np.int64)
-    )
-    et = ts_ns(e_frame["ts"]) if len(e_frame) else np.zeros(0, dtype=np.int64)
-    energy = e_frame["energy_import_kwh"].to_numpy(dtype=float)
-    same_prev = np.r_[False, ec[1:] == ec[:-1]] if ec.size else np.zeros(0, dtype=bool)
-    prev = np.where(same_prev, np.r_[np.nan, energy[:-1]], np.nan)
+    ids: np.ndarray
+    bounds: np.ndarray
+    kwh: np.ndarray
+    #: Index into QUALITIES.
+    quality: np.ndarray
+    #: Index into METHODS.
+    method: np.ndarray
+    bits: np.ndarray
+    actual: np.ndarray
+
+    def frame(self, rule_set_version: str, data_version: int) -> pd.DataFrame:
+        n_m, n_int = self.kwh.shape
+        qual_names = np.array(QUALITIES, dtype=object)
+        meth = np.where(self.actual, "register_delta", METHODS[self.method])
+        meth = np.where(self.quality == QUALITIES.index("missing"), "", meth)
+        return pd.DataFrame(
+            {
+                "meter_id": np.repeat(self.ids, n_int),
+                "interval_start": _ts(np.tile(self.bounds[:-1], n_m)),
+                "ts": _ts(np.tile(self.bounds[1:], n_m)),
+                "kwh": self.kwh.ravel(),
+                "quality": qual_names[self.quality.ravel()],
+                "method": meth.ravel().astype(object),
+                "reasons": _decode(self.bits.ravel()),
+                "rule_set_version": rule_set_version,
+                "data_version": np.int64(data_version),
+            }
+        )
+
+
+#: Estimation methods by code (0: none).
+METHODS = np.array(
+    ["", "linear_interpolation", "like_day_average", "register_prorate"], dtype=object
+)
+
+
+@dataclass
+class _Reads:
+    """Which window cells VEE uses, and read-level reason bits (meters x cells)."""
+
+    present: np.ndarray
+    bits: np.ndarray
+
+
+def usable_reads(w: Window, now_ns: int | None, p: VeeParams, counts: dict[str, int]) -> _Reads:
+    """Read-level structure flags: ``duplicate_ts`` (a meter and ts given more than once),
+    ``out_of_order`` (a read that came after a later one of its meter), ``future_ts`` (read
+    after ``now + future_tolerance_s`` [s]: not used). Counts rows per problem."""
+    bits = np.zeros(w.t.shape, dtype=np.int64)
+    present = w.present.copy()
+    dq = w.dq
+    g_code, g_t, g_rows = dq.duplicate_groups
+    counts["rows_duplicate_ts"] = int(g_rows.sum())
+    _mark(w, bits, g_code, g_t, BIT["duplicate_ts"])
+    o_code, o_t = dq.out_of_order
+    counts["rows_out_of_order"] = int(o_code.size)
+    _mark(w, bits, o_code, o_t, BIT["out_of_order"])
+    if now_ns is not None:
+        future = present & (w.t > now_ns + int(p.future_tolerance_s * _NS))
+        counts["rows_future_ts"] = int(future.sum())
+        bits |= np.where(future, BIT["future_ts"], 0)
+        present &= ~future
+    else:
+        counts["rows_future_ts"] = 0
+    return _Reads(present, bits)
+
+
+def _mark(w: Window, bits: np.ndarray, codes: np.ndarray, t: np.ndarray, bit: int) -> None:
+    """Set ``bit`` on the cells holding the instants ``t`` of meters ``codes``."""
+    if codes.size == 0:
+        return
+    col = (t - w.g0 - 1) // w.step
+    ok = (col >= 0) & (col < w.n_cells)
+    bits[codes[ok], col[ok]] |= bit
+
+
+def interval_range(w: Window, reads: _Reads, start: Any, end: Any) -> tuple[int, int, np.ndarray]:
+    """Window columns ``[i0, i1)`` that are the VEE intervals, and the meter rows judged.
+
+    With ``start``/``end``: that period, every registered meter. Else: from the first boundary
+    after the earliest usable read to the last boundary before the latest, meters with reads.
+    """
+    if start is not None and end is not None:
+        i0 = int((_to_ns(pd.Timestamp(start)) // w.step * w.step - w.g0) // w.step)
+        i1 = int((-(-_to_ns(pd.Timestamp(end)) // w.step) * w.step - w.g0) // w.step)
+        return max(i0, 0), min(i1, w.n_cells), np.arange(w.n_meters)
+    has = reads.present & ~np.isnan(w.q("energy_import_kwh"))
+    has_any = reads.present
+    if not has_any.any():
+        return 0, 0, np.zeros(0, dtype=np.int64)
+    t = np.where(has_any, w.t, NO_TIME)
+    t_max = int(t.max())
+    t_min = int(np.where(has_any, w.t, np.iinfo(np.int64).max).min())
+    b_first = -(-t_min // w.step) * w.step
+    b_last = t_max // w.step * w.step
+    if start is not None:
+        b_first = _to_ns(pd.Timestamp(start)) // w.step * w.step
+    if end is not None:
+        b_last = -(-_to_ns(pd.Timestamp(end)) // w.step) * w.step
+    i0 = int((b_first - w.g0) // w.step)
+    i1 = int((b_last - w.g0) // w.step)
+    del has
+    return i0, i1, np.flatnonzero(has_any.any(axis=1))
+
+
+class _Sub:
+    """The judged meters and intervals of a window, with their registry arrays."""
+
+    def __init__(self, w: Window, rows: np.ndarray, i0: int, i1: int, present: np.ndarray):
+        self.w, self.rows, self.i0, self.i1 = w, rows, i0, i1
+        m = w.meters
+        self.ids = m.ids[rows]
+        self.ct = m.ct_ratio[rows]
+        self.phases = m.phases[rows]
+        self.un = m.nominal_voltage_v[rows]
+        self.ib = m.rated_current_a[rows]
+        self.imax = m.max_current_a[rows]
+        #: Usable reads of these meters over the whole window (boundaries look beyond i0..i1).
+        self.present_all = present
+        self.t_all = np.where(present, w.t[rows], NO_TIME)
+        self.bounds = w.g0 + np.arange(i0, i1 + 1, dtype=np.int64) * w.step
+        self.k = 1
+
+    def register(
+        self, now_ns: int | None, p: VeeParams
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The register's usable reads in time order: ``(values, t, usable)`` over positions
+        (two per cell when cells hold several reads, :func:`~meterwatch.analytics.window.register_reads`)."""
+        v, t, k = register_reads(self.w)
+        v, t = v[self.rows], t[self.rows]
+        usable = t != NO_TIME
+        if now_ns is not None:
+            usable &= t <= now_ns + int(p.future_tolerance_s * _NS)
+        self.k = k
+        self.t_reg = np.where(usable, t, NO_TIME)
+        return v, self.t_reg, usable
+
+    def cells(self, name: str) -> np.ndarray:
+        """A quantity over the judged intervals, NaN where no usable read."""
+        v = self.w.q(name)[self.rows, self.i0 : self.i1]
+        return np.where(self.present_all[:, self.i0 : self.i1], v, np.nan)
+
+
+@dataclass
+class _Track:
+    """The register per usable read (meters x cells): unwrapped value, trusted cumulative
+    advance, decreases and rollovers so far, and the decrease/recovery steps."""
+
+    unwrapped: np.ndarray
+    clean: np.ndarray
+    n_bad: np.ndarray
+    n_roll: np.ndarray
+    bad: np.ndarray
+    has: np.ndarray
+    prev_col: np.ndarray
+    t: np.ndarray
+
+
+def register_track(energy: np.ndarray, t: np.ndarray, present: np.ndarray, p: VeeParams) -> _Track:
+    """Register steps between consecutive reads of a meter [kWh, as displayed].
+
+    A fall from ``>= rollover_fraction x register_max_kwh`` to ``< (1 - rollover_fraction) x``
+    it is a rollover (the register is unwrapped by ``register_max_kwh +
+    register_resolution_kwh``); any other fall by more than ``decrease_tolerance_kwh``
+    (compared rounded to 1e-6 kWh) is a decrease, and the step that brings the register back
+    to its earlier maximum is its recovery. Sources: register-decrease and rollover rules
+    [OR-NEG] (docs/billing.md).
+    """
+    has = present & ~np.isnan(energy)
+    prev_col, prev = prev_present(energy, has)
+    same_prev = has & (prev_col >= 0)
     top = float(p.register_max_kwh)
     with np.errstate(invalid="ignore"):
         rollover = (
@@ -402,133 +624,197 @@ def validate(
             & (energy < (1 - p.rollover_fraction) * top)
         )
     modulus = top + float(p.register_resolution_kwh)
-    wraps = (
-        pd.Series(rollover.astype(np.int64)).groupby(ec).cumsum().to_numpy()
-        if ec.size
-        else np.zeros(0)
-    )
-    unwrapped = energy + wraps * modulus
-    delta = np.where(same_prev, unwrapped - np.r_[np.nan, unwrapped[:-1]], 0.0)
-    # Rounded to 1e-6 kWh for the comparison only, so float noise of the register
-    # representation cannot decide a decrease at the tolerance.
+    wraps = np.cumsum(rollover, axis=1)
+    unwrapped = np.where(has, energy + wraps * modulus, np.nan)
+    rows = np.arange(energy.shape[0])[:, None]
+    prev_u = np.where(prev_col >= 0, unwrapped[rows, np.maximum(prev_col, 0)], np.nan)
+    delta = np.where(same_prev, unwrapped - prev_u, 0.0)
     decrease = same_prev & strictly_greater(-np.round(delta, 6), float(p.decrease_tolerance_kwh))
-    runmax = pd.Series(unwrapped).groupby(ec).cummax().to_numpy() if ec.size else np.zeros(0)
-    runmax_prev = np.where(same_prev, np.r_[np.nan, runmax[:-1]], np.nan)
+    runmax = np.fmax.accumulate(unwrapped, axis=1) if unwrapped.shape[1] else unwrapped
+    runmax_prev = np.where(prev_col >= 0, runmax[rows, np.maximum(prev_col, 0)], np.nan)
     tol = float(p.decrease_tolerance_kwh)
     with np.errstate(invalid="ignore"):
-        in_dip_before = same_prev & (np.r_[np.nan, unwrapped[:-1]] < runmax_prev - tol)
+        in_dip_before = same_prev & (prev_u < runmax_prev - tol)
         recovery = in_dip_before & (unwrapped >= runmax_prev - tol) & ~decrease
     bad = decrease | recovery
-    clean = np.where(bad | ~same_prev, 0.0, delta)
-    cum = pd.Series(clean).groupby(ec).cumsum().to_numpy() if ec.size else np.zeros(0)
-    nbad = (
-        pd.Series(bad.astype(np.int64)).groupby(ec).cumsum().to_numpy() if ec.size else np.zeros(0)
-    )
-    nroll = wraps
+    clean = np.cumsum(np.where(bad | ~same_prev, 0.0, delta), axis=1)
+    n_bad = np.cumsum(bad, axis=1)
+    return _Track(unwrapped, clean, n_bad, wraps, bad, has, prev_col, t)
 
-    # --- boundary values (interpolated register) --------------------------------------
-    total_b = n_m * (n_int + 1)
-    left = pd.DataFrame(
-        {
-            "code": np.repeat(np.arange(n_m), n_int + 1),
-            "b": np.tile(bounds, n_m),
-            "pos": np.arange(total_b),
-        }
-    ).sort_values("b", kind="mergesort")
-    right = pd.DataFrame(
-        {"code": ec, "t": et, "c": cum, "nb": nbad, "nr": nroll, "e": unwrapped}
-    ).sort_values("t", kind="mergesort")
-    around = {}
-    for direction in ("backward", "forward"):
-        m = pd.merge_asof(left, right, left_on="b", right_on="t", by="code", direction=direction)
-        around[direction] = m.sort_values("pos")
-    bw, fw = around["backward"], around["forward"]
-    b_flat = np.tile(bounds, n_m)
-    t_b = bw["t"].to_numpy(dtype=float)
-    t_a = fw["t"].to_numpy(dtype=float)
-    spacing = t_a - t_b
+
+@dataclass
+class _Boundaries:
+    value: np.ndarray
+    ok: np.ndarray
+    nb_before: np.ndarray
+    nb_after: np.ndarray
+    nr_before: np.ndarray
+    nr_after: np.ndarray
+    misaligned: np.ndarray
+    rolled: np.ndarray
+
+
+def boundary_values(sub: _Sub, tr: _Track, p: VeeParams) -> _Boundaries:
+    """The register interpolated at every interval boundary [kWh, as displayed].
+
+    Linear between the last read at or before the boundary and the first at or after it, if
+    they are at most ``max_read_spacing_intervals`` [intervals] apart (a read on the boundary
+    is used as is); else the boundary is unknown (``gap``). Boundaries more than
+    ``alignment_tolerance_s`` [s] from the nearest read are ``misaligned``. Source: interval
+    energy from register reads, California interval VEE [CA-130], docs/billing.md.
+    """
+    has, t, kk = tr.has, tr.t, sub.k
+    n_m, n_c = has.shape  # positions: kk per cell
+    cols = np.arange(n_c)
+    last_idx = np.maximum.accumulate(np.where(has, cols[None, :], -1), axis=1)
+    next_idx = np.minimum.accumulate(np.where(has, cols[None, :], n_c)[:, ::-1], axis=1)[:, ::-1]
+    k = np.arange(sub.i0, sub.i1 + 1)  # boundary k is the end of cell k - 1
+    b = sub.bounds
+    j = k * kk - 1  # the position of cell k - 1's last read
+    jc = np.clip(j, 0, n_c - 1)
+    before = np.where(j[None, :] >= 0, last_idx[:, jc], -1)
+    on_b = (j[None, :] >= 0) & has[:, jc] & (t[:, jc] == b[None, :])
+    first_after = k * kk  # the first position of cell k
+    nxt = np.where(first_after < n_c, next_idx[:, np.minimum(first_after, n_c - 1)], n_c)
+    after = np.where(on_b, j[None, :], nxt)
+    rows = np.arange(n_m)[:, None]
+    ok_idx = (before >= 0) & (after < n_c)
+    bc, ac = np.maximum(before, 0), np.minimum(after, n_c - 1)
+    t_b = np.where(ok_idx, t[rows, bc], 0).astype(float)
+    t_a = np.where(ok_idx, t[rows, ac], 0).astype(float)
+    spacing = np.where(ok_idx, t_a - t_b, np.inf)
+    step = float(sub.w.step)
     b_ok = np.isfinite(spacing) & (spacing <= p.max_read_spacing_intervals * step * (1 + REL_TOL))
-    frac = np.divide(b_flat - t_b, spacing, out=np.zeros(total_b), where=spacing > 0)
-    c_b, c_a = bw["c"].to_numpy(dtype=float), fw["c"].to_numpy(dtype=float)
-    value = np.where(b_ok, c_b + (c_a - c_b) * frac, np.nan)
-    nb_b, nb_a = bw["nb"].to_numpy(dtype=float), fw["nb"].to_numpy(dtype=float)
-    nr_b, nr_a = bw["nr"].to_numpy(dtype=float), fw["nr"].to_numpy(dtype=float)
-    nearest = np.fmin(np.abs(b_flat - t_b), np.abs(t_a - b_flat))
-    misaligned_b = b_ok & (nearest > p.alignment_tolerance_s * _NS)
-
-    V = value.reshape(n_m, n_int + 1)
-    B_ok = b_ok.reshape(n_m, n_int + 1)
-    NBb, NBa = nb_b.reshape(n_m, n_int + 1), nb_a.reshape(n_m, n_int + 1)
-    NRb, NRa = nr_b.reshape(n_m, n_int + 1), nr_a.reshape(n_m, n_int + 1)
-    MIS = misaligned_b.reshape(n_m, n_int + 1)
-
-    valid = B_ok[:, :-1] & B_ok[:, 1:]
-    sec = V[:, 1:] - V[:, :-1]  # register delta [kWh, as displayed]
-    with np.errstate(invalid="ignore"):
-        stepbad = valid & (NBa[:, 1:] != NBb[:, :-1])
-        rolled = valid & (NRa[:, 1:] != NRb[:, :-1])
-    bits |= np.where(~valid, BIT["gap"], 0)
-    bits |= np.where(stepbad, BIT["register_decrease"], 0)
-    bits |= np.where(rolled, BIT["rollover"], 0)
-    bits |= np.where(MIS[:, :-1] | MIS[:, 1:], BIT["misaligned"], 0)
-    sec = np.where(valid & ~stepbad, sec, np.nan)
-    kwh = sec * ct[:, None]
-
-    # --- per-interval electrical context ------------------------------------------------
-    ok, col = cell(code_all, t_all)
-    cur = frame[list(CURRENT_COLUMNS)].to_numpy(dtype=float)
-    volt = frame[list(VOLTAGE_COLUMNS)].to_numpy(dtype=float)
-    ph_frame = phases[code_all] if code_all.size else np.zeros(0)
-    present = (
-        np.column_stack([(ph_frame == 1) | (ph_frame == 3), ph_frame == 3, ph_frame == 3])
-        if code_all.size
-        else np.zeros((0, 3), dtype=bool)
+    frac = np.divide(
+        b[None, :] - t_b,
+        spacing,
+        out=np.zeros(spacing.shape),
+        where=np.isfinite(spacing) & (spacing > 0),
     )
-    cur = np.where(present, cur, np.nan)
-    volt = np.where(present, volt, np.nan)
+    c_b, c_a = tr.clean[rows, bc], tr.clean[rows, ac]
+    value = np.where(b_ok, c_b + (c_a - c_b) * frac, np.nan)
+    nearest = np.fmin(np.abs(b[None, :] - t_b), np.abs(t_a - b[None, :]))
+    misaligned = b_ok & (nearest > p.alignment_tolerance_s * _NS)
+    nb_b = np.where(ok_idx, tr.n_bad[rows, bc], -1)
+    nb_a = np.where(ok_idx, tr.n_bad[rows, ac], -2)
+    nr_b = np.where(ok_idx, tr.n_roll[rows, bc], -1)
+    nr_a = np.where(ok_idx, tr.n_roll[rows, ac], -2)
+    valid = b_ok[:, :-1] & b_ok[:, 1:]
+    rolled = valid & (nr_a[:, 1:] != nr_b[:, :-1])
+    return _Boundaries(value, b_ok, nb_b, nb_a, nr_b, nr_a, misaligned, rolled)
+
+
+def interval_energy(
+    bv: _Boundaries, ct: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(register delta [kWh], billed kWh = delta x ct_ratio, valid, decreased)`` per interval.
+
+    An interval is valid when both its boundaries are known; its delta is untrusted
+    (``register_decrease``) when a decrease or its recovery lies between them.
+    """
+    valid = bv.ok[:, :-1] & bv.ok[:, 1:]
+    sec = bv.value[:, 1:] - bv.value[:, :-1]
+    stepbad = valid & (bv.nb_after[:, 1:] != bv.nb_before[:, :-1])
+    sec = np.where(valid & ~stepbad, sec, np.nan)
+    return sec, sec * ct[:, None], valid, stepbad
+
+
+@dataclass
+class _Context:
+    i_min: np.ndarray
+    v_max: np.ndarray
+    p_max: np.ndarray
+
+
+def electrical_context(sub: _Sub) -> _Context:
+    """Per interval: the highest phase current [A] and voltage [V] of its read (present
+    phases only), and the highest ``power_kw`` read in the interval or at its start [kW]."""
+    pres = sub.w.meters.present[sub.rows]
+    cur = np.stack([sub.cells(c) for c in CURRENT_COLUMNS], axis=2)
+    volt = np.stack([sub.cells(c) for c in VOLTAGE_COLUMNS], axis=2)
+    cur = np.where(pres[:, None, :], cur, np.nan)
+    volt = np.where(pres[:, None, :], volt, np.nan)
     with warnings.catch_warnings():
-        # Rows without any phase value are expected: all-NaN rows give NaN.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        i_read = np.nanmax(cur, axis=1) if cur.size else np.zeros(0)
-        v_read = np.nanmax(volt, axis=1) if volt.size else np.zeros(0)
-    i_min = np.full((n_m, n_int), np.inf)
-    v_max = np.full((n_m, n_int), -np.inf)
-    has_i = ok & np.isfinite(i_read)
-    np.minimum.at(i_min, (code_all[has_i], col[has_i]), i_read[has_i])
-    has_v = ok & np.isfinite(v_read)
-    np.maximum.at(v_max, (code_all[has_v], col[has_v]), v_read[has_v])
-    i_min = np.where(np.isinf(i_min), np.nan, i_min)
-    v_max = np.where(np.isinf(v_max), np.nan, v_max)
-    outage = strictly_less(v_max, p.outage_voltage_fraction * un[:, None])
-    bits |= np.where(outage, BIT["outage"], 0)
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without phase values: NaN
+        i_read = np.nanmax(cur, axis=2).astype(float)
+        v_read = np.nanmax(volt, axis=2).astype(float)
+    p_read = sub.cells("power_kw").astype(float)
+    n_m = p_read.shape[0]
+    w = sub.w
+    if sub.i0 > 0:  # the read at the start of the first interval
+        prev = np.where(
+            sub.present_all[:, sub.i0 - 1], w.q("power_kw")[sub.rows, sub.i0 - 1], np.nan
+        )
+    else:
+        prev = np.full(n_m, np.nan)
+    p_before = np.c_[prev.astype(float), p_read[:, :-1]] if p_read.shape[1] else p_read
+    p_max = np.fmax(p_read, p_before)
+    return _Context(i_read, v_read, p_max)
 
-    # --- hard checks --------------------------------------------------------------------
-    limit = p.runaway_factor * un * imax * phases * (interval_s / 3600.0) / 1000.0  # [kWh]
-    # Power read in or at the start of the interval: when the meter's own power readings
-    # account for the advance (within the same factor), the meter is overloaded, not running
-    # away, and the energy is kept.
-    p_read = frame["power_kw"].to_numpy(dtype=float)
-    p_max = np.full((n_m, n_int), -np.inf)
-    has_p = ok & np.isfinite(p_read)
-    np.maximum.at(p_max, (code_all[has_p], col[has_p]), p_read[has_p])
-    p_max = np.fmax(p_max, np.c_[np.full(n_m, -np.inf), p_max[:, :-1]])
-    p_max = np.where(np.isinf(p_max), np.nan, p_max)
-    supported = at_least(p.runaway_factor * p_max * (interval_s / 3600.0), sec)
-    runaway = strictly_greater(sec, limit[:, None]) & ~supported
-    bits |= np.where(runaway, BIT["runaway"], 0)
-    unchanged = valid & ~stepbad & strictly_less(np.abs(sec), float(p.register_resolution_kwh))
-    loaded = at_least(i_min, p.stuck_current_fraction * ib[:, None])
+
+def outage_check(ctx: _Context, sub: _Sub, p: VeeParams) -> np.ndarray:
+    """Every phase below ``outage_voltage_fraction x Un`` (``outage``; not verified, kept as
+    the phase-break level, docs/billing.md)."""
+    return strictly_less(ctx.v_max, p.outage_voltage_fraction * sub.un[:, None])
+
+
+def runaway_limit(sub: _Sub, p: VeeParams, interval_s: int) -> np.ndarray:
+    """Largest register advance per interval: ``runaway_factor x Un x Imax x phases x
+    interval`` [kWh] (issue #5)."""
+    out: np.ndarray = (
+        p.runaway_factor * sub.un * sub.imax * sub.phases * (interval_s / 3600.0) / 1000.0
+    )
+    return out
+
+
+def runaway_check(
+    sec: np.ndarray, ctx: _Context, limit: np.ndarray, p: VeeParams, interval_s: int
+) -> np.ndarray:
+    """Register advance above the runaway limit, unless the meter's own power reads account for
+    it within the same factor (then it is overloaded, not running away, and kept)."""
+    supported = at_least(p.runaway_factor * ctx.p_max * (interval_s / 3600.0), sec)
+    return strictly_greater(sec, limit[:, None]) & ~supported
+
+
+def stuck_check(
+    unchanged: np.ndarray, ctx: _Context, sub: _Sub, p: VeeParams, interval_s: int
+) -> np.ndarray:
+    """Register unchanged for ``stuck_hours`` [h] while the current is at least
+    ``stuck_current_fraction x Ib`` (issue #5; vendor load condition [VND-3P])."""
+    loaded = at_least(ctx.i_min, p.stuck_current_fraction * sub.ib[:, None])
     stuck_len = max(int(math.ceil(p.stuck_hours * 3600 / interval_s - 1e-9)), 1)
-    stuck = _run_mask(unchanged & loaded, stuck_len)
-    bits |= np.where(stuck, BIT["stuck_register"], 0)
+    return _run_mask(unchanged & loaded, stuck_len)
+
+
+def zero_check(
+    unchanged: np.ndarray, outage: np.ndarray, p: VeeParams, interval_s: int
+) -> np.ndarray:
+    """No register count for ``zero_consumption_hours`` [h] outside outages [OR-ZERO]."""
     zero_len = max(int(math.ceil(p.zero_consumption_hours * 3600 / interval_s - 1e-9)), 1)
-    zero = _run_mask(unchanged & ~outage, zero_len)
-    bits |= np.where(zero, BIT["zero_consumption"], 0)
+    return _run_mask(unchanged & ~outage, zero_len)
 
-    hard_mask = sum(BIT[c] for c in HARD_REASONS)
-    actual = (bits & hard_mask) == 0
 
-    # --- local days -----------------------------------------------------------------
+@dataclass
+class _Days:
+    A: np.ndarray
+    qualifies: np.ndarray
+    complete: np.ndarray
+    weekend: np.ndarray
+    day_idx: np.ndarray
+    slot: np.ndarray
+
+
+def local_days(
+    bounds: np.ndarray,
+    step: int,
+    timezone: str,
+    n_m: int,
+    kwh: np.ndarray,
+    actual: np.ndarray,
+    outage: np.ndarray,
+) -> _Days:
+    """Actual interval energy as meters x local days x slots, and which days are complete
+    (every slot actual) and qualify as like days (complete, no outage)."""
     starts_utc = pd.DatetimeIndex(pd.to_datetime(bounds[:-1], utc=True))
     local = starts_utc.tz_convert(timezone)
     local_date = local.normalize()
@@ -552,34 +838,46 @@ def validate(
         out[:, day_idx, slot] = values
         return out
 
-    actual_kwh = np.where(actual, kwh, np.nan)
-    A = cube(actual_kwh)
+    A = cube(np.where(actual, kwh, np.nan))
     n_actual = np.sum(~np.isnan(A), axis=2)
     n_outage = np.sum(cube(outage.astype(float)) > 0, axis=2)
     complete = (slots_in_grid == expected_slots)[None, :] & (n_actual == expected_slots[None, :])
     qualifies = complete & (n_outage == 0)
+    return _Days(A, qualifies, complete, weekend, day_idx, slot)
 
-    # Spike: highest interval of the day vs its third-highest.
+
+def spike_check(d: _Days, p: VeeParams) -> np.ndarray:
+    """The day's highest interval above ``spike_ratio`` x its third-highest and more than
+    ``spike_floor_kwh`` above it (Oracle Interval Spike Check [OR-SPIKE], California
+    [CA-150]); the reason bits per interval."""
+    A = d.A
+    n_m = A.shape[0]
+    out = np.zeros((n_m, d.day_idx.size), dtype=np.int64)
+    if A.shape[2] < 3:
+        return out
     with np.errstate(invalid="ignore"):
         srt = -np.sort(-np.where(np.isnan(A), -np.inf, A), axis=2)
-    if n_slots >= 3:
-        h1, h3 = srt[:, :, 0], srt[:, :, 2]
-        h3 = np.where(np.isfinite(h3), h3, np.nan)
-        h1 = np.where(np.isfinite(h1), h1, np.nan)
-        spike_day = (
-            np.isfinite(h3)
-            & strictly_greater(h1, p.spike_ratio * h3)
-            & strictly_greater(h1 - h3, p.spike_floor_kwh)
-        )
-        is_max = (A == h1[:, :, None]) & spike_day[:, :, None]
-        spike = is_max[:, day_idx, slot]
-        bits |= np.where(spike, BIT["spike"], 0)
+    h1, h3 = srt[:, :, 0], srt[:, :, 2]
+    h3 = np.where(np.isfinite(h3), h3, np.nan)
+    h1 = np.where(np.isfinite(h1), h1, np.nan)
+    spike_day = (
+        np.isfinite(h3)
+        & strictly_greater(h1, p.spike_ratio * h3)
+        & strictly_greater(h1 - h3, p.spike_floor_kwh)
+    )
+    is_max = (A == h1[:, :, None]) & spike_day[:, :, None]
+    return np.where(is_max[:, d.day_idx, d.slot], BIT["spike"], 0)
 
-    # High/low usage: a complete day's total vs the mean of the complete days of the same
-    # day type (weekday / weekend) within the previous usage_history_days days.
-    total = np.where(complete, np.nansum(A, axis=2), np.nan)
+
+def usage_check(d: _Days, p: VeeParams) -> np.ndarray:
+    """A complete day's total above ``high_usage_ratio`` or below ``low_usage_ratio`` x the
+    mean of the complete days of the same day type in the previous ``usage_history_days``,
+    by more than ``usage_floor_kwh`` (issue #5; [OR-HILO], [CUR-HILO])."""
+    total = np.where(d.complete, np.nansum(d.A, axis=2), np.nan)
+    n_m, n_days = total.shape
     hist_sum = np.zeros((n_m, n_days))
     hist_n = np.zeros((n_m, n_days))
+    weekend = d.weekend
     for k in range(1, int(p.usage_history_days) + 1):  # loop over days of history
         if k >= n_days:
             break
@@ -593,121 +891,243 @@ def validate(
     low = strictly_less(total, p.low_usage_ratio * mean) & strictly_greater(
         mean - total, p.usage_floor_kwh
     )
-    bits |= np.where(high[:, day_idx], BIT["high_usage"], 0)
-    bits |= np.where(low[:, day_idx], BIT["low_usage"], 0)
-
-    # Energy vs integrated power, per meter and window.
-    events: list[dict[str, Any]] = []
-    mism = _power_check(
-        e_frame, ec, et, unwrapped, bad, same_prev, ct, p, g0, n_m, meter_ids, step, n_int
+    return np.where(high[:, d.day_idx], BIT["high_usage"], 0) | np.where(
+        low[:, d.day_idx], BIT["low_usage"], 0
     )
-    for code_name, (mm, ww, evid) in mism.items():
-        w_len = int(p.mismatch_window_hours * 3600 * _NS)
-        for m_i, w_i, ev in zip(mm, ww, evid, strict=True):  # loop over findings only
+
+
+def power_check(
+    sub: _Sub, tr: _Track, p: VeeParams, bits: np.ndarray, events: list[dict[str, Any]], step: int
+) -> None:
+    """Register advance vs trapezoid-integrated ``power_kw`` per meter and window.
+
+    Read pairs of one meter with both values, at most ``max_read_spacing_intervals`` apart
+    and without a register decrease, are summed per window of ``mismatch_window_hours``
+    (from the grid start); windows whose pairs cover less than ``mismatch_min_coverage`` of
+    them are not judged. ``r = energy / integrated power``: with ``ct_ratio > 1`` a ratio
+    within ``multiplier_tolerance`` of ``ct_ratio`` or ``1/ct_ratio`` is a multiplier
+    mismatch (one of the two quantities is on the primary side); otherwise a difference of
+    more than ``mismatch_tolerance`` of the larger and more than ``mismatch_floor_kwh`` is an
+    energy/power mismatch. Sets the bits of the windows' intervals and appends events.
+    """
+    w = sub.w
+    cell_power = w.q("power_kw")[sub.rows].astype(float)
+    power: np.ndarray
+    if sub.k == 2:  # power is kept for a cell's last read only
+        power = np.full(tr.has.shape, np.nan)
+        power[:, 1::2] = cell_power
+    else:
+        power = cell_power
+    power = np.where(tr.has, power, np.nan)
+    rows = np.arange(power.shape[0])[:, None]
+    pc = np.maximum(tr.prev_col, 0)
+    p_prev = np.where(tr.prev_col >= 0, power[rows, pc], np.nan)
+    t = tr.t
+    t_prev = np.where(tr.prev_col >= 0, t[rows, pc], 0)
+    dt = (t - t_prev).astype(float)
+    g0 = int(sub.bounds[0])
+    pair = (
+        tr.has
+        & (tr.prev_col >= 0)
+        & ~tr.bad
+        & np.isfinite(power)
+        & np.isfinite(p_prev)
+        & (dt <= p.max_read_spacing_intervals * step * (1 + REL_TOL))
+        & (t > g0)
+    )
+    if not pair.any():
+        return
+    u_prev = np.where(tr.prev_col >= 0, tr.unwrapped[rows, pc], np.nan)
+    m_idx, c_idx = np.nonzero(pair)
+    e_pair = (tr.unwrapped - u_prev)[pair]
+    p_pair = ((np.maximum(power, 0) + np.maximum(p_prev, 0)) / 2 * dt / (3600.0 * _NS))[pair]
+    w_len = int(p.mismatch_window_hours * 3600 * _NS)
+    win = (t[pair] - 1 - g0) // w_len
+    g = (
+        pd.DataFrame({"m": m_idx, "w": win, "e": e_pair, "p": p_pair, "dt": dt[pair], "n": 1})
+        .groupby(["m", "w"])
+        .sum()
+    )
+    g = g[at_least(g["dt"].to_numpy() / w_len, p.mismatch_min_coverage)]
+    m_arr = g.index.get_level_values(0).to_numpy()
+    w_arr = g.index.get_level_values(1).to_numpy()
+    e_w, p_w = g["e"].to_numpy(), g["p"].to_numpy()
+    ctm = sub.ct[m_arr]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = e_w / p_w
+        inv = p_w / e_w
+    tol = p.multiplier_tolerance
+    mult = (
+        (ctm > 1)
+        & ((np.abs(r - ctm) <= tol * ctm) | (np.abs(inv - ctm) <= tol * ctm))
+        & strictly_greater(np.abs(e_w - p_w), p.mismatch_floor_kwh)
+    )
+    diff = np.abs(e_w - p_w)
+    mism = (
+        ~mult
+        & strictly_greater(diff, p.mismatch_tolerance * np.maximum(e_w, p_w))
+        & strictly_greater(diff, p.mismatch_floor_kwh)
+    )
+    thresholds = {
+        "mismatch_window_hours": p.mismatch_window_hours,
+        "mismatch_tolerance": p.mismatch_tolerance,
+        "mismatch_floor_kwh": p.mismatch_floor_kwh,
+        "multiplier_tolerance": p.multiplier_tolerance,
+        "mismatch_min_coverage": p.mismatch_min_coverage,
+    }
+    n_int = bits.shape[1]
+    for name, flag in (("multiplier_mismatch", mult), ("energy_power_mismatch", mism)):
+        for k in np.flatnonzero(flag):  # loop over findings only
+            m_i, w_i = int(m_arr[k]), int(w_arr[k])
             w0 = g0 + w_i * w_len
             col_a = max(int((w0 - g0) // step), 0)
             col_b = min(int((w0 + w_len - g0) // step), n_int)
-            bits[m_i, col_a:col_b] |= BIT[code_name]
+            bits[m_i, col_a:col_b] |= BIT[name]
             events.append(
                 {
-                    "meter_id": meter_ids[m_i],
-                    "code": code_name,
+                    "meter_id": sub.ids[m_i],
+                    "code": name,
                     "starts_at": w0,
                     "ends_at": w0 + w_len,
-                    "evidence": ev,
-                }
-            )
-
-    # Clock. Where the collector's receipt time is known (``collected_at``), every read is
-    # judged on its own: the meter's time (``device_ts`` where it reported its clock, else
-    # ``ts``) ahead of ``collected_at`` by more than the tolerance. Meters without receipt
-    # times: their latest read vs the reference (now, or the latest read of the others).
-    judged = np.zeros(n_m, dtype=bool)
-    if "collected_at" in readings.columns and len(readings):
-        times = [c for c in ("ts", "collected_at", "device_ts") if c in readings.columns]
-        rc = pd.DataFrame({c: to_utc_coerce(readings[c]) for c in times}).assign(
-            meter_id=readings["meter_id"].astype(str).to_numpy()
-        )
-        rc = rc[rc["collected_at"].notna() & rc["ts"].notna()]
-        rc_code = m_index.get_indexer(rc["meter_id"].to_numpy())
-        rc, rc_code = rc[rc_code >= 0], rc_code[rc_code >= 0]
-        judged[rc_code] = True
-        rc_ts = ts_ns(rc["ts"])
-        own = rc_ts
-        if "device_ts" in rc.columns:
-            dev = rc["device_ts"]
-            own = np.where(dev.notna().to_numpy(), ts_ns(dev.fillna(rc["ts"])), rc_ts)
-        lead_r = own - ts_ns(rc["collected_at"])
-        fast = strictly_greater(lead_r, p.clock_tolerance_s * _NS)
-        if fast.any():
-            f_code, f_ts, f_lead = rc_code[fast], rc_ts[fast], lead_r[fast]
-            okc, colc = cell(f_code, f_ts)
-            bits[f_code[okc], colc[okc]] |= BIT["clock_error"]
-            ep = pd.DataFrame({"m": f_code, "t": f_ts, "lead": f_lead, "own": own[fast]})
-            agg = ep.groupby("m").agg(
-                t0=("t", "min"), n=("t", "size"), lead=("lead", "max"), own=("own", "max")
-            )
-            for m_a, row in zip(agg.index.tolist(), agg.itertuples(), strict=True):
-                events.append(  # loop over findings only
-                    {
-                        "meter_id": meter_ids[m_a],
-                        "code": "clock_error",
-                        "starts_at": int(row.t0),
-                        "ends_at": None,
-                        "evidence": {
-                            "latest_read": pd.Timestamp(int(row.own), tz="UTC"),
-                            "reference": pd.Timestamp(int(row.own - row.lead), tz="UTC"),
-                            "reference_kind": "collected_at",
-                            "lead_s": float(row.lead) / _NS,
-                            "reads_ahead": int(row.n),
-                            "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
-                        },
-                    }
-                )
-    if t_all.size:
-        last = np.full(n_m, np.iinfo(np.int64).min)
-        np.maximum.at(last, code_all, t_all)
-        if now_ns is not None:
-            ref = np.full(n_m, now_ns, dtype=float)
-        else:
-            order = np.sort(last)
-            top1 = order[-1] if n_m else 0
-            top2 = order[-2] if n_m >= 2 else np.iinfo(np.int64).min
-            ref = np.where(last == top1, top2, top1).astype(float)
-            ref[ref <= np.iinfo(np.int64).min + 1] = np.nan
-        lead = last - ref
-        ahead = strictly_greater(lead, p.clock_tolerance_s * _NS) & (last > np.iinfo(np.int64).min)
-        ahead &= ~judged
-        for m_a in np.flatnonzero(ahead).tolist():  # loop over findings only
-            sel = (code_all == m_a) & (t_all > ref[m_a] + p.clock_tolerance_s * _NS)
-            okc, colc = cell(code_all[sel], t_all[sel])
-            bits[m_a, colc[okc]] |= BIT["clock_error"]
-            events.append(
-                {
-                    "meter_id": meter_ids[m_a],
-                    "code": "clock_error",
-                    "starts_at": int(t_all[sel].min()),
-                    "ends_at": None,
                     "evidence": {
-                        "latest_read": pd.Timestamp(int(last[m_a]), tz="UTC"),
-                        "reference": pd.Timestamp(int(ref[m_a]), tz="UTC"),
-                        "reference_kind": "now"
-                        if now_ns is not None
-                        else "latest read of the other meters",
-                        "lead_s": float(lead[m_a]) / _NS,
-                        "reads_ahead": int(sel.sum()),
-                        "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
+                        "thresholds": thresholds,
+                        "register_kwh": float(e_w[k]),
+                        "integrated_power_kwh": float(p_w[k]),
+                        "ratio": float(r[k]) if np.isfinite(r[k]) else None,
+                        "ct_ratio": float(ctm[k]),
+                        "read_pairs": int(g["n"].to_numpy()[k]),
+                        "coverage": float(g["dt"].to_numpy()[k] / w_len),
                     },
                 }
             )
 
-    # --- estimation -----------------------------------------------------------------
+
+def clock_check(
+    w: Window,
+    sub: _Sub,
+    reads: _Reads,
+    now_ns: int | None,
+    p: VeeParams,
+    bits: np.ndarray,
+    events: list[dict[str, Any]],
+) -> None:
+    """Meter clock ahead by more than ``clock_tolerance_s`` [s] ([SG-CLK], docs/billing.md).
+
+    Where the collector's receipt time is known (``collected_at``), every read is judged on
+    its own: the meter's time (``device_ts`` where it reported its clock, else ``ts``) ahead of
+    ``collected_at``. Meters without receipt times: their latest read vs the reference (now,
+    or the latest read of the other meters).
+    """
+    n_m = sub.rows.size
+    t_all = sub.t_all
+    present = sub.present_all
+    judged = np.zeros(n_m, dtype=bool)
+    step = w.step
+
+    def mark(r: np.ndarray, c: np.ndarray) -> None:
+        col = c - sub.i0
+        ok = (col >= 0) & (col < bits.shape[1])
+        bits[r[ok], col[ok]] |= BIT["clock_error"]
+
+    if "collected_at" in w.times:
+        col_at = w.times["collected_at"][sub.rows]
+        known = present & (col_at != NO_TIME)
+        judged = known.any(axis=1)
+        own = t_all
+        if "device_ts" in w.times:
+            dev = w.times["device_ts"][sub.rows]
+            own = np.where(dev != NO_TIME, dev, t_all)
+        lead = np.where(known, own - col_at, 0)
+        fast = known & strictly_greater(lead.astype(float), p.clock_tolerance_s * _NS)
+        if fast.any():
+            fr, fc = np.nonzero(fast)
+            mark(fr, fc)
+            for m_a in np.unique(fr).tolist():  # loop over findings only
+                sel = fr == m_a
+                cs = fc[sel]
+                leads = lead[m_a, cs]
+                owns = own[m_a, cs]
+                events.append(
+                    {
+                        "meter_id": sub.ids[m_a],
+                        "code": "clock_error",
+                        "starts_at": int(t_all[m_a, cs].min()),
+                        "ends_at": None,
+                        "evidence": {
+                            "latest_read": pd.Timestamp(int(owns.max()), tz="UTC"),
+                            "reference": pd.Timestamp(int(owns.max() - leads.max()), tz="UTC"),
+                            "reference_kind": "collected_at",
+                            "lead_s": float(leads.max()) / _NS,
+                            "reads_ahead": int(cs.size),
+                            "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
+                        },
+                    }
+                )
+    if not present.any():
+        return
+    last = np.where(present, t_all, NO_TIME).max(axis=1)
+    has = last != NO_TIME
+    if now_ns is not None:
+        ref = np.full(n_m, float(now_ns))
+    else:
+        order = np.sort(last[has]) if has.any() else np.zeros(0, np.int64)
+        top1 = order[-1] if order.size else 0
+        top2 = order[-2] if order.size >= 2 else NO_TIME
+        ref = np.where(last == top1, top2, top1).astype(float)
+        ref[ref <= NO_TIME + 1] = np.nan
+    lead = last - ref
+    ahead = has & strictly_greater(lead, p.clock_tolerance_s * _NS) & ~judged
+    for m_a in np.flatnonzero(ahead).tolist():  # loop over findings only
+        sel = present[m_a] & (t_all[m_a] > ref[m_a] + p.clock_tolerance_s * _NS)
+        cs = np.flatnonzero(sel)
+        mark(np.full(cs.size, m_a), cs)
+        events.append(
+            {
+                "meter_id": sub.ids[m_a],
+                "code": "clock_error",
+                "starts_at": int(t_all[m_a, cs].min()),
+                "ends_at": None,
+                "evidence": {
+                    "latest_read": pd.Timestamp(int(last[m_a]), tz="UTC"),
+                    "reference": pd.Timestamp(int(ref[m_a]), tz="UTC"),
+                    "reference_kind": "now"
+                    if now_ns is not None
+                    else "latest read of the other meters",
+                    "lead_s": float(lead[m_a]) / _NS,
+                    "reads_ahead": int(cs.size),
+                    "thresholds": {"clock_tolerance_s": p.clock_tolerance_s},
+                },
+            }
+        )
+    del step
+
+
+def estimate(
+    sub: _Sub,
+    bits: np.ndarray,
+    actual: np.ndarray,
+    outage: np.ndarray,
+    kwh: np.ndarray,
+    bv: _Boundaries,
+    days: _Days,
+    limit: np.ndarray,
+    p: VeeParams,
+    interval_s: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Estimates for runs of intervals that are not actual (module docstring, "Estimation").
+
+    Returns ``(final kWh, quality code, method code, estimated mask)``.
+    """
+    n_m, n_int = kwh.shape
+    ct = sub.ct
+    hard_mask = sum(BIT[c] for c in HARD_REASONS)
     need = ~actual
-    like = _like_days(A, qualifies, weekend, p)[:, day_idx, slot]
+    like = _like_days(days.A, days.qualifies, days.weekend, p)[:, days.day_idx, days.slot]
     est = np.full((n_m, n_int), np.nan)
     method = np.zeros((n_m, n_int), dtype=np.int8)  # 0 none, 1 linear, 2 like day, 3 prorate
     rows, c0, c1 = _runs(need)
     lengths = c1 - c0 + 1
+    V = bv.value
     if rows.size:
         run_id = np.repeat(np.arange(rows.size), lengths)
         r = rows[run_id]
@@ -738,8 +1158,10 @@ def validate(
             .to_numpy()
         )
         with np.errstate(invalid="ignore"):
-            same_steps = (NBb[rows, c0] == NBa[rows, c1 + 1]) & (NRb[rows, c0] == NRa[rows, c1 + 1])
-        known = pure & B_ok[rows, c0] & B_ok[rows, c1 + 1] & same_steps
+            same_steps = (bv.nb_before[rows, c0] == bv.nb_after[rows, c1 + 1]) & (
+                bv.nr_before[rows, c0] == bv.nr_after[rows, c1 + 1]
+            )
+        known = pure & bv.ok[rows, c0] & bv.ok[rows, c1 + 1] & same_steps
         delta_run = np.where(known, (V[rows, c1 + 1] - V[rows, c0]) * ct[rows], np.nan)
         m_run = np.where(linear_ok, 1, np.where(ld_ok_run, 2, np.where(known, 3, 0)))
         # A run without one complete method still takes like-day values where they exist.
@@ -763,10 +1185,8 @@ def validate(
         scaled = scale_ok[run_id] | (m_cell == 3)
         est[r, c] = value
         method[r, c] = m_cell
-        bits[r[scaled & np.isfinite(value)], c[scaled & np.isfinite(value)]] |= BIT[
-            "scaled_to_register"
-        ]
-
+        fin = scaled & np.isfinite(value)
+        bits[r[fin], c[fin]] |= BIT["scaled_to_register"]
     # Estimates that still fail (no known delta to fall back on) are rejected.
     est_sec = est / ct[:, None]
     rejected = (
@@ -777,92 +1197,35 @@ def validate(
     bits |= np.where(rejected, BIT["estimate_rejected"], 0)
     estimated = need & np.isfinite(est) & ~rejected
     final = np.where(actual, kwh, np.where(estimated, est, np.nan))
-    quality = np.where(actual, 0, np.where(estimated, 1, 3))
+    quality = np.where(actual, 0, np.where(estimated, 1, 3)).astype(np.int8)
+    return final, quality, method, estimated
 
-    # Consecutive estimation.
-    excess_len = int(math.floor(p.max_consecutive_estimated_s / interval_s + 1e-9)) + 1
-    excess = _run_mask(estimated, excess_len)
-    bits |= np.where(excess, BIT["estimation_excess"], 0)
 
-    # --- events for the billing detectors ---------------------------------------------------
-    _episode_events(
-        events,
-        "register_decrease",
-        bits & BIT["register_decrease"] > 0,
-        meter_ids,
-        bounds,
-        sec,
-        {"decrease_tolerance_kwh": p.decrease_tolerance_kwh},
-    )
-    _episode_events(
-        events,
-        "stuck_register",
-        stuck,
-        meter_ids,
-        bounds,
-        sec,
+def regrid(w: Window, step_s: int, *, start: Any = None, end: Any = None) -> Window:
+    """The window's reads on cells of ``step_s`` (e.g. 5-minute data for 15-minute VEE):
+    rebuilt from its reads, so each keeps its own time; a cell keeps its latest read."""
+    pres = w.present
+    r, c = np.nonzero(pres)
+    frame = pd.DataFrame(
         {
-            "stuck_hours": p.stuck_hours,
-            "stuck_current_fraction": p.stuck_current_fraction,
-            "register_resolution_kwh": p.register_resolution_kwh,
-        },
-        extra=lambda m: {
-            "rated_current_a": ib[m],
-            "current_threshold_a": p.stuck_current_fraction * ib[m],
-        },
-        current=i_min,
-    )
-    _episode_events(
-        events,
-        "runaway",
-        runaway,
-        meter_ids,
-        bounds,
-        sec,
-        {"runaway_factor": p.runaway_factor},
-        extra=lambda m: {
-            "limit_kwh_per_interval": limit[m],
-            "nominal_voltage_v": un[m],
-            "max_current_a": imax[m],
-            "phases": phases[m],
-        },
-    )
-    _episode_events(
-        events,
-        "estimation_excess",
-        excess,
-        meter_ids,
-        bounds,
-        final,
-        {"max_consecutive_estimated_s": p.max_consecutive_estimated_s, "interval_s": interval_s},
-    )
-
-    # --- output -------------------------------------------------------------------------
-    method_names = np.array(
-        ["", "linear_interpolation", "like_day_average", "register_prorate"], dtype=object
-    )
-    meth = np.where(actual, "register_delta", method_names[method])
-    meth = np.where(quality == 3, "", meth)
-    qual_names = np.array(["actual", "estimated", "edited", "missing"], dtype=object)
-    out = pd.DataFrame(
-        {
-            "meter_id": np.repeat(meter_ids, n_int),
-            "interval_start": _ts(np.tile(bounds[:-1], n_m)),
-            "ts": _ts(np.tile(bounds[1:], n_m)),
-            "kwh": final.ravel(),
-            "quality": qual_names[quality.ravel()],
-            "method": meth.ravel().astype(object),
-            "reasons": _decode(bits.ravel()),
-            "rule_set_version": rule_set_version,
-            "data_version": np.int64(data_version),
+            "meter_id": w.meters.ids[r],
+            "ts": pd.to_datetime(w.t[r, c], utc=True),
+            **{name: v[r, c].astype(float) for name, v in w.values.items()},
+            **{
+                name: pd.to_datetime(
+                    np.where(v[r, c] == NO_TIME, np.iinfo(np.int64).min, v[r, c]), utc=True
+                )
+                for name, v in w.times.items()
+            },
         }
     )
-    for q in QUALITIES:
-        counts[f"intervals_{q}"] = int((out["quality"] == q).sum())
-    for code in REASON_CODES:
-        counts[f"reason_{code}"] = int(((bits & BIT[code]) > 0).sum())
-    ev = _events_frame(events)
-    return _result(out, ev, interval_s, rule_set_version, data_version, counts)
+    for name in w.times:
+        frame.loc[w.times[name][r, c] == NO_TIME, name] = pd.NaT
+    reg = pd.DataFrame({"meter_id": w.meters.ids})
+    out = build_window(frame, reg, step_s=step_s, start=start, end=end)
+    out.meters = w.meters
+    out.dq = w.dq
+    return out
 
 
 def _to_ns(t: pd.Timestamp) -> int:

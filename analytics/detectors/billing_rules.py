@@ -24,28 +24,21 @@ from meterwatch.analytics.base import (
     check_fraction,
     check_positive,
     findings_frame,
-    memo,
-    meter_windows,
     plain,
-    prepare,
     short_ts,
 )
+from meterwatch.analytics.params import VeeParams
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.vee import ValidatedReadings, VeeParams, validate
+from meterwatch.analytics.vee import ValidatedReadings, validate_window
+from meterwatch.analytics.window import Window
 from meterwatch.core.schema import empty_findings
 
 
-def _validated(
-    readings: pd.DataFrame, meters: pd.DataFrame, params: VeeParams, interval_s: int
-) -> ValidatedReadings:
-    """``validate(readings, meters, params)``, shared by the detectors of one suite run.
-
-    Within :func:`analytics.base.shared_session` (``run_detectors``) the result is computed
-    once per input frames and parameters, so one suite run validates once.
-    """
-    result: ValidatedReadings = memo(
-        ("validate", id(readings), id(meters), params, interval_s),
-        lambda: validate(readings, meters, params, interval_s=interval_s),
+def validated(w: Window, params: VeeParams, interval_s: int) -> ValidatedReadings:
+    """VEE over the window, once per window and parameters (shared by the billing rules)."""
+    result: ValidatedReadings = w.memo(
+        ("validate", params, int(interval_s)),
+        lambda: validate_window(w, params, interval_s=int(interval_s)),
     )
     return result
 
@@ -64,17 +57,15 @@ class _VeeRule(Detector):
     def _summary(self, meter: str, ev: dict[str, Any], start: Any, end: Any) -> str:
         raise NotImplementedError
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per VEE event of this detector's code (see the class docstring)."""
-        frame = prepare(readings, meters, ["transformer_id"])
-        if frame.empty:
+        if not w.present.any():
             return empty_findings()
-        result = _validated(readings, meters, self._params(), int(self.interval_s))
+        result = validated(w, self._params(), int(self.interval_s))
         events = result.events[result.events["code"] == self._event]
         if events.empty:
             return empty_findings()
-        areas = frame.groupby("meter_id", sort=True)["transformer_id"].first().to_dict()
-        windows = meter_windows(frame)
+        row_of = {m: k for k, m in enumerate(w.meters.ids)}
         rows = []
         for meter, start, end, ev in zip(  # loop over findings only
             events["meter_id"],
@@ -88,7 +79,7 @@ class _VeeRule(Detector):
                     "type": self.alert_types[0],
                     "severity": self.severity,
                     "meter_id": meter,
-                    "transformer_id": areas[meter],
+                    "transformer_id": w.meters.transformer_id[row_of[meter]],
                     "starts_at": start,
                     "ends_at": end,
                     "summary": self._summary(meter, ev, start, end),
@@ -98,7 +89,7 @@ class _VeeRule(Detector):
                             **ev,
                             "interval_s": int(self.interval_s),
                             "rule_set_version": result.rule_set_version,
-                            "window": windows[meter],
+                            "window": w.meter_window(row_of[meter]),
                         }
                     ),
                 }

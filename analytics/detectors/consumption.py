@@ -15,17 +15,14 @@ from meterwatch.analytics.base import (
     check_positive,
     episodes,
     findings_frame,
-    memo_on,
-    meter_windows,
     nanmedian,
     plain,
-    prepare,
     short_ts,
     strictly_greater,
     strictly_less,
-    ts_ns,
 )
 from meterwatch.analytics.registry import register
+from meterwatch.analytics.window import Window, prev_present, register_reads
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
@@ -35,110 +32,95 @@ HOUR_NS = 3_600 * 10**9
 MAD_SCALE = 1.4826
 
 
-def hourly_energy(
-    frame: pd.DataFrame, max_gap_minutes: float
-) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
-    """Billed energy per meter and UTC hour (see :func:`_hourly_energy`); shared in a session.
+def hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """Billed energy per meter (window row) and UTC hour, meters x hours [kWh]; once per window.
 
-    The matrix is shared read-only between the detectors of one suite run
-    (:func:`analytics.base.memo_on`): callers must not modify it in place.
+    The register (``energy_import_kwh`` x ``ct_ratio``) is interpolated linearly at every hour
+    boundary between the two reads around it, provided they are at most ``max_gap_minutes``
+    [min] apart; an hour's energy is the difference of its two boundaries. So a data gap
+    leaves its hours NaN instead of lumping their energy into one hour, and polls that are not
+    aligned to the hour are apportioned correctly (for reads exactly on the hour this equals
+    summing the interval deltas of the hour). A register decrease (register_decrease's
+    business) makes the hours around it NaN: every step that ends below the register's running
+    maximum or starts from below it is untrusted, so a single low read neither makes a negative
+    hour nor a false "spike" when the register comes back. Missing register values are
+    skipped. Shared read-only between the rules of one window.
+
+    Returns ``(kwh, hours)``: ``kwh[m, h]`` is the energy of window row ``m`` in the hour
+    starting at ``hours[h]``; NaN where unknown.
     """
-    result: tuple[np.ndarray, pd.Index, pd.DatetimeIndex] = memo_on(
-        frame,
-        "hourly_energy",
-        (float(max_gap_minutes),),
-        lambda: _read_only(_hourly_energy(frame, max_gap_minutes)),
+    result: tuple[np.ndarray, pd.DatetimeIndex] = w.memo(
+        ("hourly_energy", float(max_gap_minutes)), lambda: _hourly_energy(w, max_gap_minutes)
     )
+    result[0].setflags(write=False)
     return result
 
 
-def _read_only(
-    result: tuple[np.ndarray, pd.Index, pd.DatetimeIndex],
-) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
-    result[0].setflags(write=False)  # shared: an in-place change would leak between detectors
-    return result
+def register_steps(w: Window) -> dict[str, np.ndarray]:
+    """Per cell: the register's trusted cumulative advance x ``ct_ratio`` [kWh] since the
+    meter's first read (``clean``), decreases so far (``n_bad``), read time (``t``) and which
+    cells carry a register read (``has``); shared per window."""
+
+    def build() -> dict[str, np.ndarray]:
+        energy, t, k = register_reads(w)
+        has = ~np.isnan(energy)
+        prev_col, prev = prev_present(energy, has)
+        ok_prev = has & (prev_col >= 0)
+        delta = np.where(ok_prev, energy - prev, 0.0)
+        run_max = np.fmax.accumulate(energy, axis=1) if w.n_cells else energy
+        rows = np.arange(w.n_meters)[:, None]
+        max_prev = np.where(prev_col >= 0, run_max[rows, np.maximum(prev_col, 0)], np.nan)
+        with np.errstate(invalid="ignore"):
+            bad = ok_prev & ((delta < 0) | (prev < max_prev))
+        ct = w.meters.ct_ratio[:, None]
+        clean = np.cumsum(np.where(bad, 0.0, delta) * ct, axis=1)
+        n_bad = np.cumsum(bad, axis=1)
+        return {"has": has, "clean": clean, "n_bad": n_bad, "t": t, "k": np.array(k)}
+
+    out: dict[str, np.ndarray] = w.memo("register_steps", build)
+    return out
 
 
-def _hourly_energy(
-    frame: pd.DataFrame, max_gap_minutes: float
-) -> tuple[np.ndarray, pd.Index, pd.DatetimeIndex]:
-    """Billed energy per meter and UTC hour, as a meters x hours matrix [kWh].
-
-    ``frame`` is a :func:`analytics.base.prepare` frame with a ``ct_ratio`` column. The
-    register (``energy_import_kwh`` x ``ct_ratio``) is interpolated linearly at every hour
-    boundary between the two readings around it, provided they are at most
-    ``max_gap_minutes`` [min] apart; an hour's energy is the difference of its two
-    boundaries. So a data gap leaves its hours NaN instead of lumping their energy into one
-    hour, and polls that are not aligned to the hour are apportioned correctly (for
-    readings exactly on the hour this equals summing the interval deltas of the hour).
-    A register decrease (register_decrease's business) makes the hours around it NaN:
-    every interval that ends below the register's running maximum or starts from below it
-    is untrusted, so a single low reading neither makes a negative hour nor a false
-    "spike" when the register comes back. (After a permanent reset, e.g. a replaced meter,
-    the meter has no hourly energy until the reset leaves the window.) Missing register
-    values are skipped.
-
-    Returns ``(kwh, meter_ids, hours)``: ``kwh[m, h]`` is the energy of meter
-    ``meter_ids[m]`` in the hour starting at ``hours[h]``; NaN where unknown.
-    """
-    g = frame.loc[
-        frame["energy_import_kwh"].notna(), ["meter_id", "ts", "energy_import_kwh", "ct_ratio"]
-    ]
-    g = g.reset_index(drop=True)
-    empty = (np.zeros((0, 0)), pd.Index([], dtype=object), pd.DatetimeIndex([], tz="UTC"))
-    if len(g) < 2:
+def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    empty = (np.zeros((w.n_meters, 0)), pd.DatetimeIndex([], tz="UTC"))
+    if w.n_cells == 0 or w.step > HOUR_NS or HOUR_NS % w.step:
         return empty
-    codes, meter_ids = pd.factorize(g["meter_id"], sort=True)
-    t = ts_ns(g["ts"])
-    energy = g["energy_import_kwh"].to_numpy(dtype=float)
-    ct = pd.to_numeric(g["ct_ratio"], errors="coerce").to_numpy(dtype=float)
-    same_prev = np.r_[False, codes[1:] == codes[:-1]]
-    delta = np.where(same_prev, np.r_[0.0, np.diff(energy)], 0.0)
-    by_meter = pd.Series(codes)
-    run_max = pd.Series(energy).groupby(by_meter).cummax().to_numpy()
-    prev_in_dip = np.r_[False, energy[:-1] < run_max[:-1]]
-    bad = same_prev & ((delta < 0) | prev_in_dip)
-    clean = pd.Series(np.where(bad, 0.0, delta) * ct).groupby(by_meter).cumsum().to_numpy()
-    n_bad = pd.Series(bad.astype(np.int64)).groupby(by_meter).cumsum().to_numpy()
-
-    # Hour boundaries inside each meter's span of readings, vectorized over meters.
-    first = t[~same_prev]
-    last = t[np.r_[~same_prev[1:], True]]
-    b_first = -(-first // HOUR_NS) * HOUR_NS
-    b_last = last // HOUR_NS * HOUR_NS
-    n_b = np.maximum((b_last - b_first) // HOUR_NS + 1, 0)
-    total = int(n_b.sum())
-    if total == 0:
+    steps = register_steps(w)
+    has, clean, n_bad, t_reg = steps["has"], steps["clean"], steps["n_bad"], steps["t"]
+    kk = int(steps["k"])
+    n_c = has.shape[1]  # positions: kk per cell
+    cols = np.arange(n_c)
+    last_idx = np.maximum.accumulate(np.where(has, cols[None, :], -1), axis=1)
+    next_idx = np.minimum.accumulate(np.where(has, cols[None, :], n_c)[:, ::-1], axis=1)[:, ::-1]
+    # Hour boundaries that are cell ends inside the window.
+    ends = w.ends
+    first_b = -(-(w.g0 + w.step) // HOUR_NS) * HOUR_NS
+    last_b = ends[-1] // HOUR_NS * HOUR_NS
+    n_b = int((last_b - first_b) // HOUR_NS) + 1
+    if n_b < 2:
         return empty
-    b_code = np.repeat(np.arange(n_b.size), n_b)
-    b_offset = np.arange(total) - np.repeat(np.cumsum(n_b) - n_b, n_b)
-    b = np.repeat(b_first, n_b) + b_offset * HOUR_NS
-
-    left = pd.DataFrame({"code": b_code, "b": b, "pos": np.arange(total)}).sort_values("b")
-    right = pd.DataFrame({"code": codes, "t": t, "c": clean, "nb": n_bad}).sort_values("t")
-    around = {}
-    for direction in ("backward", "forward"):
-        m = pd.merge_asof(left, right, left_on="b", right_on="t", by="code", direction=direction)
-        around[direction] = m.sort_values("pos")
-    bw, fw = around["backward"], around["forward"]
-    t_b, t_a = bw["t"].to_numpy(dtype=float), fw["t"].to_numpy(dtype=float)
-    c_b, c_a = bw["c"].to_numpy(dtype=float), fw["c"].to_numpy(dtype=float)
+    b = first_b + np.arange(n_b, dtype=np.int64) * HOUR_NS
+    cell = ((b - w.g0) // w.step - 1).astype(np.int64)  # the cell ending at each boundary
+    j = cell * kk + kk - 1  # its last read's position
+    rows = np.arange(w.n_meters)[:, None]
+    before = last_idx[:, j]
+    on_b = has[:, j] & (t_reg[:, j] == b[None, :])
+    first_after = (cell + 1) * kk
+    after_next = np.where(first_after < n_c, next_idx[:, np.minimum(first_after, n_c - 1)], n_c)
+    after = np.where(on_b, j[None, :], after_next)
+    ok = (before >= 0) & (after < n_c)
+    bc, ac = np.maximum(before, 0), np.minimum(after, n_c - 1)
+    t_b = np.where(ok, t_reg[rows, bc], 0).astype(float)
+    t_a = np.where(ok, t_reg[rows, ac], 0).astype(float)
     gap = t_a - t_b
-    frac = np.divide(b - t_b, gap, out=np.zeros(total), where=gap > 0)
-    at_boundary = np.where(gap <= max_gap_minutes * 60e9, c_b + (c_a - c_b) * frac, np.nan)
-
-    # Hour [b_j, b_j+1) of the same meter; invalid if a decrease lies between its brackets.
-    j = np.flatnonzero(b_code[1:] == b_code[:-1])
-    kwh = at_boundary[j + 1] - at_boundary[j]
-    decreased = fw["nb"].to_numpy()[j + 1] != bw["nb"].to_numpy()[j]
+    frac = np.divide(b[None, :] - t_b, gap, out=np.zeros(gap.shape), where=gap > 0)
+    c_b, c_a = clean[rows, bc], clean[rows, ac]
+    value = np.where(ok & (gap <= max_gap_minutes * 60e9), c_b + (c_a - c_b) * frac, np.nan)
+    kwh = value[:, 1:] - value[:, :-1]
+    decreased = n_bad[rows, ac][:, 1:] != n_bad[rows, bc][:, :-1]
     kwh = np.where(decreased, np.nan, kwh)
-
-    h0 = int(b.min())
-    n_hours = int((b.max() - h0) // HOUR_NS)
-    matrix = np.full((meter_ids.size, n_hours), np.nan)
-    matrix[b_code[j], (b[j] - h0) // HOUR_NS] = kwh
-    hours = pd.DatetimeIndex(pd.to_datetime(h0 + np.arange(n_hours) * HOUR_NS, utc=True))
-    return matrix, pd.Index(meter_ids), hours
+    hours = pd.DatetimeIndex(pd.to_datetime(b[:-1], utc=True))
+    return kwh, hours
 
 
 def same_hour_history(kwh: np.ndarray, days: int) -> np.ndarray:
@@ -276,10 +258,9 @@ class ConsumptionSpike(Detector):
         spread = np.fmax(MAD_SCALE * mad, float(self.min_spread_fraction) * base)
         return base, spread, count
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of consecutive spike hours of a meter."""
-        frame = prepare(readings, meters, ["transformer_id", "ct_ratio"])
-        kwh, meter_ids, hours = hourly_energy(frame, float(self.max_gap_minutes))
+        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
         if kwh.size == 0:
             return empty_findings()
         base, spread, count = self.baseline(kwh, hours)
@@ -308,13 +289,9 @@ class ConsumptionSpike(Detector):
         if starts.size == 0:
             return empty_findings()
 
-        windows = meter_windows(frame)
-        per_meter = frame.groupby("meter_id", sort=True)[["transformer_id", "ct_ratio"]].first()
-        areas = per_meter["transformer_id"].to_dict()
-        ct_ratios = per_meter["ct_ratio"].to_dict()
         hours_known = np.sum(~np.isnan(kwh), axis=1)
         hour_starts = list(hours)
-        meter_list = list(meter_ids)
+        mt = w.meters
         thresholds = plain(
             {
                 "ratio": self.ratio,
@@ -328,7 +305,6 @@ class ConsumptionSpike(Detector):
         out = []
         for s, e in zip(starts, ends, strict=True):  # loop over findings only
             m, c0, c1 = s // n_hours, s % n_hours, e % n_hours
-            meter = meter_list[m]
             span = kwh[m, c0 : c1 + 1]
             peak = c0 + int(np.argmax(span))
             known_after = c1 + 1 < n_hours and not np.isnan(kwh[m, c1 + 1])
@@ -371,8 +347,8 @@ class ConsumptionSpike(Detector):
                 {
                     "type": "consumption_spike",
                     "severity": self.severity,
-                    "meter_id": meter,
-                    "transformer_id": areas[meter],
+                    "meter_id": mt.ids[m],
+                    "transformer_id": mt.transformer_id[m],
                     "starts_at": start_ts,
                     "ends_at": end_ts,
                     "summary": summary,
@@ -381,13 +357,13 @@ class ConsumptionSpike(Detector):
                         "thresholds": dict(thresholds),
                         **plain(
                             {
-                                "ct_ratio": ct_ratios[meter],
+                                "ct_ratio": mt.ct_ratio[m],
                                 "hours": n_spike,
                                 "kwh_total": float(np.sum(span)),
                                 "baseline_kwh_total": float(np.sum(base[m, c0 : c1 + 1])),
                                 "first": hour_facts(c0),
                                 "peak": p,
-                                "window": windows[meter] | {"hours_known": hours_known[m]},
+                                "window": w.meter_window(m) | {"hours_known": hours_known[m]},
                             }
                         ),
                     },
@@ -435,25 +411,25 @@ def run_lengths(mask: np.ndarray) -> np.ndarray:
     return out.reshape(n_m, n_h)
 
 
-def outage_hours(frame: pd.DataFrame, meter_ids: pd.Index, hours: pd.DatetimeIndex) -> np.ndarray:
-    """meters x hours mask of the hours touched by an area outage (see analytics.detectors.equipment).
+def outage_hours(w: Window, hours: pd.DatetimeIndex) -> np.ndarray:
+    """meters x hours mask of the hours touched by an area outage (analytics.detectors.equipment).
 
     The hour a dead reading falls in and the hour before it (whose energy the reading
     closes) are marked, so supply loss is never judged as a consumption change.
     """
-    from meterwatch.analytics.detectors.equipment import REGISTRY_COLUMNS, outage_rows
+    from meterwatch.analytics.detectors.equipment import outage_rows
 
-    out = np.zeros((meter_ids.size, hours.size), dtype=bool)
-    if hours.size == 0 or not set(REGISTRY_COLUMNS) <= set(frame.columns):
+    out = np.zeros((w.n_meters, hours.size), dtype=bool)
+    if hours.size == 0:
         return out
-    rows, _ = outage_rows(frame)
+    rows = outage_rows(w).rows
     if not rows.any():
         return out
-    m = meter_ids.get_indexer(frame.loc[rows, "meter_id"])
-    h = (ts_ns(frame.loc[rows, "ts"]) - hours[0].value) // HOUR_NS
+    m, c = np.nonzero(rows)
+    h = (w.t[m, c] - hours[0].value) // HOUR_NS
     for shift in (0, -1):  # the reading's hour and the hour it closes
         hh = h + shift
-        ok = (m >= 0) & (hh >= 0) & (hh < hours.size)
+        ok = (hh >= 0) & (hh < hours.size)
         out[m[ok], hh[ok]] = True
     return out
 
@@ -462,9 +438,8 @@ def _finding_rows(
     detector: Detector,
     kwh: np.ndarray,
     mask: np.ndarray,
-    meter_ids: pd.Index,
     hours: pd.DatetimeIndex,
-    frame: pd.DataFrame,
+    w: Window,
     min_hours: int,
     base: np.ndarray | None,
     rule: str,
@@ -476,14 +451,11 @@ def _finding_rows(
     keep = np.flatnonzero(ends - starts + 1 >= min_hours)
     if keep.size == 0:
         return empty_findings()
-    windows = meter_windows(frame)
-    areas = frame.groupby("meter_id", sort=True)["transformer_id"].first().to_dict()
     params = plain(detector.get_params())
     out = []
     for e in keep:  # loop over findings only
         s, f = starts[e], ends[e]
         m, c0, c1 = s // n_hours, s % n_hours, f % n_hours
-        meter = meter_ids[m]
         known_after = c1 + 1 < n_hours and not np.isnan(kwh[m, c1 + 1])
         start_ts = hours[c0]
         end_ts = hours[c1] + pd.Timedelta(hours=1) if known_after else pd.NaT
@@ -506,8 +478,8 @@ def _finding_rows(
             {
                 "type": detector.alert_types[0],
                 "severity": detector.severity,
-                "meter_id": meter,
-                "transformer_id": areas[meter],
+                "meter_id": w.meters.ids[m],
+                "transformer_id": w.meters.transformer_id[m],
                 "starts_at": start_ts,
                 "ends_at": end_ts,
                 "summary": f"{title}: {total:.2f} kWh in {n} hours{versus} {when}",
@@ -518,7 +490,7 @@ def _finding_rows(
                         "hours": n,
                         "kwh_total": total,
                         "baseline_kwh_total": base_total,
-                        "window": windows[meter],
+                        "window": w.meter_window(m),
                     }
                 ),
             }
@@ -571,32 +543,29 @@ class ZeroConsumption(Detector):
         self.min_hours = min_hours
         self.max_gap_minutes = max_gap_minutes
 
-    def zero_mask(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Index, Any]:
-        """``(kwh, zero-run mask, meter_ids, hours)`` with runs shorter than min_hours removed."""
-        kwh, meter_ids, hours = hourly_energy(frame, float(self.max_gap_minutes))
+    def zero_mask(self, w: Window) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
+        """``(kwh, zero-run mask, hours)`` with runs shorter than min_hours removed."""
+        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
         if kwh.size == 0:
-            return kwh, np.zeros(kwh.shape, bool), meter_ids, hours
-        role = frame.groupby("meter_id", sort=True)["role"].first().reindex(meter_ids)
-        customer = (role.astype(str) == "customer").to_numpy()
+            return kwh, np.zeros(kwh.shape, bool), hours
+        customer = w.meters.customer
         with np.errstate(invalid="ignore"):
             zero = (kwh <= float(self.zero_kwh) + 1e-9) & customer[:, None]
-        zero &= ~outage_hours(frame, meter_ids, hours)
+        zero &= ~outage_hours(w, hours)
         zero &= run_lengths(zero) >= int(self.min_hours)
-        return kwh, zero, meter_ids, hours
+        return kwh, zero, hours
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of at least ``min_hours`` zero hours."""
-        frame = prepare(readings, meters, list(_CONSUMPTION_REGISTRY))
-        kwh, zero, meter_ids, hours = self.zero_mask(frame)
+        kwh, zero, hours = self.zero_mask(w)
         if kwh.size == 0:
             return empty_findings()
         return _finding_rows(
             self,
             kwh,
             zero,
-            meter_ids,
             hours,
-            frame,
+            w,
             int(self.min_hours),
             None,
             "zero_consumption: hour kWh <= zero_kwh for >= min_hours consecutive hours, "
@@ -674,44 +643,39 @@ class ConsumptionDrop(Detector):
         self.min_history_weeks = min_history_weeks
         self.max_gap_minutes = max_gap_minutes
 
-    def drop_mask(
-        self, frame: pd.DataFrame
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Index, Any]:
-        """``(kwh, drop mask, baseline, meter_ids, hours)`` before the min_hours filter."""
+    def drop_mask(self, w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DatetimeIndex]:
+        """``(kwh, drop mask, baseline, hours)`` before the min_hours filter."""
         zero = ZeroConsumption(max_gap_minutes=self.max_gap_minutes)
-        kwh, zeros, meter_ids, hours = zero.zero_mask(frame)
+        kwh, zeros, hours = zero.zero_mask(w)
         if kwh.size == 0:
-            return kwh, zeros, kwh, meter_ids, hours
+            return kwh, zeros, kwh, hours
         base, spread, count = robust_baseline(
             same_hour_of_week_history(kwh, int(self.history_weeks))
         )
         deficit = base - kwh
-        role = frame.groupby("meter_id", sort=True)["role"].first().reindex(meter_ids)
-        customer = (role.astype(str) == "customer").to_numpy()
+        customer = w.meters.customer
         drop = (
             customer[:, None]
             & (count >= int(self.min_history_weeks))
             & strictly_less(kwh, float(self.ratio) * base)
             & strictly_greater(deficit, float(self.k) * spread)
             & strictly_greater(deficit, float(self.min_deficit_kwh))
-            & ~outage_hours(frame, meter_ids, hours)
+            & ~outage_hours(w, hours)
             & ~zeros
         )
-        return kwh, drop, base, meter_ids, hours
+        return kwh, drop, base, hours
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of at least ``min_hours`` drop hours."""
-        frame = prepare(readings, meters, list(_CONSUMPTION_REGISTRY))
-        kwh, drop, base, meter_ids, hours = self.drop_mask(frame)
+        kwh, drop, base, hours = self.drop_mask(w)
         if kwh.size == 0:
             return empty_findings()
         return _finding_rows(
             self,
             kwh,
             drop,
-            meter_ids,
             hours,
-            frame,
+            w,
             int(self.min_hours),
             base,
             "consumption_drop: kWh < ratio*baseline and baseline - kWh > k*spread and > "

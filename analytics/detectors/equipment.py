@@ -1,8 +1,9 @@
 """Equipment-fault rules on readings: current loss, voltage band, unbalance, power, outage.
 
-Every rule here works on whole arrays of a :func:`analytics.base.prepare` frame (one row per
-meter and instant) and reports *episodes* (runs of consecutive readings of one meter where
-the rule holds, see :mod:`analytics.base`) lasting at least ``min_readings`` readings.
+Every rule here works on whole arrays of the dense window (meters x cells, and x 3 phases;
+:mod:`analytics.window`) and reports *episodes* (runs of consecutive readings of one meter
+where the rule holds, :func:`analytics.window.runs`) lasting at least ``min_readings``
+readings.
 
 Shared conventions of this module
 ---------------------------------
@@ -18,7 +19,8 @@ Shared conventions of this module
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,23 +31,15 @@ from meterwatch.analytics.base import (
     check_count,
     check_fraction,
     check_positive,
-    episode_ids,
-    episodes,
     findings_frame,
-    group_codes,
-    memo,
-    memo_on,
-    meter_windows,
     plain,
-    prepare,
     short_ts,
     strictly_greater,
     strictly_less,
-    ts_ns,
-    utc,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
+from meterwatch.analytics.window import NO_TIME, Window, run_reduce, runs, utc
+from meterwatch.core.schema import empty_findings
 
 #: Registry columns every rule of this module reads.
 REGISTRY_COLUMNS: tuple[str, ...] = (
@@ -67,105 +61,124 @@ OUTAGE_BUCKET_MINUTES = 15.0
 
 
 class Phases:
-    """Per-reading arrays of a prepared frame: voltages, currents, Un, Ib, phase presence."""
+    """The window's phase arrays for the rules: voltages and currents (meters x cells x 3),
+    Un, Ib, CT ratio, phase presence, and where every present phase is live."""
 
-    def __init__(self, frame: pd.DataFrame, key: tuple[Any, ...] = ()) -> None:
-        #: Session key of the inputs the frame was prepared from (see analytics.base.memo).
-        self.key = key
-        self.u = frame[list(VOLTAGE_COLUMNS)].to_numpy(dtype=float)
-        self.i = frame[list(CURRENT_COLUMNS)].to_numpy(dtype=float)
-        self.un = pd.to_numeric(frame["nominal_voltage_v"], errors="coerce").to_numpy(float)
-        self.ib = pd.to_numeric(frame["rated_current_a"], errors="coerce").to_numpy(float)
-        self.ct = pd.to_numeric(frame["ct_ratio"], errors="coerce").to_numpy(float)
-        ph = pd.to_numeric(frame["phases"], errors="coerce").to_numpy(float)
-        self.phases = ph
-        self.three = ph == 3
-        self.present = np.column_stack([(ph == 1) | self.three, self.three, self.three])
+    def __init__(self, w: Window) -> None:
+        m = w.meters
+        self.u = w.phase_values("u")
+        self.i = w.phase_values("i")
+        self.un = m.nominal_voltage_v
+        self.ib = m.rated_current_a
+        self.ct = m.ct_ratio
+        self.phases = m.phases
+        self.three = m.three
+        self.present: np.ndarray = np.asarray(m.present)
         # Every present phase at or above the voltage-loss trigger (NaN is not live).
-        live = at_least(self.u, LIVE_FRACTION * self.un[:, None]) | ~self.present
-        self.all_live = live.all(axis=1) & self.present.any(axis=1)
+        live = at_least(self.u, LIVE_FRACTION * self.un[:, None, None]) | ~self.present[:, None, :]
+        self.all_live = live.all(axis=2) & np.asarray(self.present.any(axis=1))[:, None]
+
+
+def phases(w: Window) -> Phases:
+    """The window's :class:`Phases`, built once per window."""
+    out: Phases = w.memo("phases", lambda: Phases(w))
+    return out
+
+
+@dataclass(frozen=True)
+class AreaOutages:
+    """Area outages per (area, bucket) and the readings that fall in one.
+
+    ``out``, ``meters``, ``dead``, ``supply``, ``supply_dead``: areas x buckets; ``first_ns``
+    and ``last_ns`` the first and last reading time in a bucket; ``rows``: meters x cells mask
+    of the readings inside an out bucket of their area.
+    """
+
+    out: np.ndarray
+    meters: np.ndarray
+    dead: np.ndarray
+    supply_dead: np.ndarray
+    first_ns: np.ndarray
+    last_ns: np.ndarray
+    rows: np.ndarray
 
 
 def outage_rows(
-    frame: pd.DataFrame,
+    w: Window,
     voltage_fraction: float = OUTAGE_FRACTION,
     bucket_minutes: float = OUTAGE_BUCKET_MINUTES,
     min_meters: int = 2,
-    ph: Phases | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Area outages (see :func:`_outage_rows`), shared within a suite run (read-only)."""
+) -> AreaOutages:
+    """Which readings fall in an area outage (shared by the rules of one window, read-only).
+
+    A reading is *dead* when every present phase has ``U < voltage_fraction x Un``. Readings
+    are grouped by transformer area and time bucket (
+    ``ts`` floored to ``bucket_minutes``). The area is out in a bucket
+    when its supply meter (``role == "transformer"``) reports dead there, or -- without a
+    supply reading in the bucket -- when at least ``min_meters`` customer meters report and all
+    of them are dead. Meters without a transformer area are in no area outage.
+    """
     params = (float(voltage_fraction), float(bucket_minutes), int(min_meters))
-    result: tuple[np.ndarray, pd.DataFrame] = memo_on(
-        frame, "outage_rows", params, lambda: _outage_rows(frame, *params, ph=ph)
-    )
-    result[0].setflags(write=False)
+    result: AreaOutages = w.memo(("outages", *params), lambda: _outage_rows(w, *params))
     return result
 
 
 def _outage_rows(
-    frame: pd.DataFrame,
-    voltage_fraction: float = OUTAGE_FRACTION,
-    bucket_minutes: float = OUTAGE_BUCKET_MINUTES,
-    min_meters: int = 2,
-    ph: Phases | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Which readings fall in an area outage, and the per (area, bucket) table.
+    w: Window, voltage_fraction: float, bucket_minutes: float, min_meters: int
+) -> AreaOutages:
+    m = w.meters
+    ph = phases(w)
+    low = strictly_less(ph.u, voltage_fraction * ph.un[:, None, None]) | ~ph.present[:, None, :]
+    dead = low.all(axis=2) & np.asarray(ph.present.any(axis=1))[:, None] & w.present
+    n_a = int(m.areas.size)
+    in_area = (m.area >= 0)[:, None] & w.present
+    # Buckets are floored read times (not cells): polls spread a few minutes into an interval
+    # are still one bucket, and a read exactly on a boundary opens the next one.
+    bucket_ns = int(round(bucket_minutes * 60e9))
+    tb = np.where(w.present, w.t // bucket_ns, 0)
+    b0 = int(tb[w.present].min()) if w.present.any() else 0
+    n_b = int(tb[w.present].max()) - b0 + 1 if w.present.any() else 0
+    bucket = tb - b0
+    r, c = np.nonzero(in_area)
+    key = m.area[r] * n_b + bucket[r, c]
+    size = n_a * n_b
+    supply = m.supply[r]
+    d = dead[r, c]
 
-    A reading is *dead* when every present phase has ``U < voltage_fraction x Un``. Readings
-    are grouped by ``transformer_id`` and time bucket (``ts`` floored to ``bucket_minutes``).
-    The area is out in a bucket when its supply meter (``role == "transformer"``) reports
-    dead there, or -- without a supply reading in the bucket -- when at least ``min_meters``
-    customer meters report and all of them are dead. Returns ``(row_mask, table)`` where
-    ``table`` has one row per (area, bucket), sorted, with columns ``transformer_id``,
-    ``bucket``, ``out``, ``first_ns``, ``last_ns``, ``meters``, ``dead``, ``supply``.
-    """
-    ph = Phases(frame) if ph is None else ph
-    low = strictly_less(ph.u, voltage_fraction * ph.un[:, None]) | ~ph.present
-    dead = low.all(axis=1) & ph.present.any(axis=1)
-    supply = frame["role"].astype(str).to_numpy() == "transformer"
-    t = ts_ns(frame["ts"])
-    g = pd.DataFrame(
-        {
-            "transformer_id": frame["transformer_id"].astype(str).to_numpy(),
-            "bucket": t // int(bucket_minutes * 60e9),
-            "t": t,
-            "supply": supply,
-            "supply_dead": supply & dead,
-            "cust": ~supply,
-            "cust_dead": ~supply & dead,
-            "dead": dead,
-        }
+    def count(sel: np.ndarray) -> np.ndarray:
+        return np.bincount(key[sel], minlength=size).reshape(n_a, n_b)
+
+    meters = count(np.ones(key.size, dtype=bool))
+    sup = count(supply) > 0
+    sup_dead = count(supply & d) > 0
+    cust = count(~supply)
+    cust_dead = count(~supply & d)
+    n_dead = count(d)
+    t_rc = w.t[r, c]
+    first = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(size, NO_TIME, dtype=np.int64)
+    np.minimum.at(first, key, t_rc)
+    np.maximum.at(last, key, t_rc)
+    out = np.where(sup, sup_dead, (cust >= min_meters) & (cust_dead == cust))
+    rows = np.zeros(w.t.shape, dtype=bool)
+    rows[r, c] = out.reshape(-1)[key]
+    return AreaOutages(
+        out=out & (meters > 0),
+        meters=meters,
+        dead=n_dead,
+        supply_dead=sup_dead,
+        first_ns=first.reshape(n_a, n_b),
+        last_ns=last.reshape(n_a, n_b),
+        rows=rows,
     )
-    table = (
-        g.groupby(["transformer_id", "bucket"], sort=True)
-        .agg(
-            first_ns=("t", "min"),
-            last_ns=("t", "max"),
-            supply=("supply", "any"),
-            supply_dead=("supply_dead", "any"),
-            cust=("cust", "sum"),
-            cust_dead=("cust_dead", "sum"),
-            dead=("dead", "sum"),
-            meters=("t", "size"),
-        )
-        .reset_index()
-    )
-    table["out"] = np.where(
-        table["supply"],
-        table["supply_dead"],
-        (table["cust"] >= min_meters) & (table["cust_dead"] == table["cust"]),
-    )
-    key = pd.MultiIndex.from_frame(table[["transformer_id", "bucket"]])
-    pos = key.get_indexer(pd.MultiIndex.from_frame(g[["transformer_id", "bucket"]]))
-    return table["out"].to_numpy(dtype=bool)[pos], table
 
 
 class _RowRule(Detector):
     """Shared machinery: a per-reading mask and observed value -> one finding per episode.
 
-    Subclasses implement :meth:`_evaluate` returning ``(mask, value, limit)`` arrays over the
-    prepared frame's rows: where the rule holds, the quantity it judges and the threshold it
-    was judged against (for evidence and summary).
+    Subclasses implement :meth:`_evaluate` returning ``(hit, value, limit)``: meters x cells
+    arrays where the rule holds and the quantity it judges, and the threshold it was judged
+    against per meter (or per cell), for evidence and summary.
     """
 
     _title: ClassVar[str] = ""
@@ -173,75 +186,60 @@ class _RowRule(Detector):
     _unit: ClassVar[str] = ""
     _fmt: ClassVar[str] = ".1f"
     _rule_text: ClassVar[str] = ""
-    _optional: ClassVar[dict[str, Any]] = {}
     _extreme: ClassVar[str] = "max"  # which end of the value range is the worst
     min_readings: int
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def mask(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
-        """The prepared frame with ``hit`` (rule holds), ``value`` and ``limit`` columns."""
-        have = [c for c in self._optional if c in meters.columns]
-        frame = prepare(readings, meters, [*REGISTRY_COLUMNS, *have])
-        defaults = {c: v for c, v in self._optional.items() if c not in meters.columns}
-        if defaults:
-            frame = frame.assign(**defaults)
-        if frame.empty:
-            return frame.assign(hit=np.zeros(0, bool), value=np.zeros(0), limit=np.zeros(0))
-        key = (id(readings), id(meters))
-        ph = memo(("phases", *key), lambda: Phases(frame, key))
-        hit, value, limit = self._evaluate(frame, ph)
-        return frame.assign(hit=hit, value=value, limit=limit)
+    def hits(self, w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(hit, value, limit)`` over the window (hit only where a reading is)."""
+        hit, value, limit = self._evaluate(w, phases(w))
+        return hit & w.present, value, limit
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per episode of at least ``min_readings`` readings of a meter."""
-        frame = self.mask(readings, meters)
-        if frame.empty:
+        hit, value, limit = self.hits(w)
+        r = runs(hit, w.present, w.last_col())
+        r = r.select(r.n >= int(self.min_readings))
+        if len(r) == 0:
             return empty_findings()
-        hit = frame["hit"].to_numpy(dtype=bool)
-        starts, ends, ongoing = episodes(hit, group_codes(frame["meter_id"]))
-        if starts.size == 0:
-            return empty_findings()
-        ids = episode_ids(hit, starts)
-        value = frame["value"].to_numpy(dtype=float)
-        agg = pd.DataFrame({"ep": ids[hit], "v": value[hit]}).groupby("ep")["v"].agg(["min", "max"])
-        vmin, vmax = agg["min"].to_numpy(), agg["max"].to_numpy()
-        lengths = ends - starts + 1
-        keep = np.flatnonzero(lengths >= int(self.min_readings))
-        if keep.size == 0:
-            return empty_findings()
-        windows = meter_windows(frame)
-        t = ts_ns(frame["ts"])
-        meter_ids = frame["meter_id"].to_numpy()
-        areas = frame["transformer_id"].to_numpy()
-        limit = frame["limit"].to_numpy(dtype=float)
+        vmin = run_reduce(value, r, "min", where=hit)
+        vmax = run_reduce(value, r, "max", where=hit)
+        v0 = run_reduce(value, r, "first")
+        lim = np.broadcast_to(
+            np.asarray(limit, dtype=float).reshape(-1, 1)
+            if np.ndim(limit) == 1
+            else np.asarray(limit, dtype=float),
+            hit.shape,
+        )
+        lim0 = lim[r.row, r.c0]
         params = plain(self.get_params())
+        m = w.meters
         rows = []
-        for e in keep:  # loop over findings only
-            s = starts[e]
-            start_ts = utc(t[s])
-            end_ts = pd.NaT if ongoing[e] else utc(t[ends[e]])
+        for e in range(len(r)):  # loop over findings only
+            row = int(r.row[e])
+            start_ts = utc(w.t[row, r.c0[e]])
+            end_ts = pd.NaT if r.ongoing[e] else utc(w.t[row, r.c1[e]])
             worst = vmax[e] if self._extreme == "max" else vmin[e]
+            n = int(r.n[e])
             when = (
                 f"since {short_ts(start_ts)}"
-                if ongoing[e]
+                if r.ongoing[e]
                 else f"from {short_ts(start_ts)} to {short_ts(end_ts)}"
             )
             f = self._fmt
             summary = (
-                f"{self._title}: {self._quantity} {value[s]:{f}}{self._unit} "
-                f"(worst {worst:{f}}{self._unit}; limit {limit[s]:{f}}{self._unit}) "
-                f"for {int(lengths[e])} reading{'s' if lengths[e] != 1 else ''} {when}"
+                f"{self._title}: {self._quantity} {v0[e]:{f}}{self._unit} "
+                f"(worst {worst:{f}}{self._unit}; limit {lim0[e]:{f}}{self._unit}) "
+                f"for {n} reading{'s' if n != 1 else ''} {when}"
             )
             rows.append(
                 {
                     "type": self.alert_types[0],
                     "severity": self.severity,
-                    "meter_id": meter_ids[s],
-                    "transformer_id": areas[s],
+                    "meter_id": m.ids[row],
+                    "transformer_id": m.transformer_id[row],
                     "starts_at": start_ts,
                     "ends_at": end_ts,
                     "summary": summary,
@@ -249,15 +247,15 @@ class _RowRule(Detector):
                         {
                             "rule": self._rule_text,
                             "thresholds": params,
-                            "limit": limit[s],
+                            "limit": lim0[e],
                             "observed": {
                                 "quantity": self._quantity,
-                                "start": value[s],
+                                "start": v0[e],
                                 "min": vmin[e],
                                 "max": vmax[e],
                             },
-                            "readings": int(lengths[e]),
-                            "window": windows[meter_ids[s]],
+                            "readings": n,
+                            "window": w.meter_window(row),
                         }
                     ),
                 }
@@ -268,9 +266,8 @@ class _RowRule(Detector):
 class _OutageAware(_RowRule):
     """A row rule whose hits are cleared for readings inside an area outage."""
 
-    def _outage(self, frame: pd.DataFrame, ph: Phases) -> np.ndarray:
-        rows, _ = outage_rows(frame, ph=ph)
-        return rows
+    def _outage(self, w: Window) -> np.ndarray:
+        return outage_rows(w).rows
 
 
 @register(cadence="streaming", order=100)
@@ -315,16 +312,14 @@ class CurrentLoss(_OutageAware):
         self.load_fraction = load_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ib = ph.ib[:, None]
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ib = ph.ib[:, None, None]
         none = strictly_less(ph.i, self.current_fraction * ib)
         load = strictly_greater(ph.i, self.load_fraction * ib)
-        hit = (
-            ph.three & ph.all_live & none.any(axis=1) & load.any(axis=1) & ~self._outage(frame, ph)
-        )
-        value = np.where(ph.three, np.nanmin(np.where(ph.present, ph.i, np.inf), axis=1), np.nan)
+        three = ph.three[:, None]
+        hit = three & ph.all_live & none.any(axis=2) & load.any(axis=2) & ~self._outage(w)
+        low = np.where(ph.present[:, None, :], ph.i, np.inf).min(axis=2)
+        value = np.where(three & np.isfinite(low), low, np.float32(np.nan))
         return hit, value, self.current_fraction * ph.ib
 
 
@@ -379,14 +374,14 @@ class Overvoltage(_VoltageBand):
         self.three_phase_fraction = three_phase_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, +1.0)
-        over = strictly_greater(ph.u, limit[:, None]) & ph.present
-        hit = over.any(axis=1) & ~self._outage(frame, ph)
-        value = np.nanmax(np.where(ph.present, ph.u, -np.inf), axis=1)
-        return hit, np.where(np.isfinite(value), value, np.nan), limit
+        over = strictly_greater(ph.u, limit[:, None, None]) & ph.present[:, None, :]
+        hit = over.any(axis=2) & ~self._outage(w)
+        value = np.where(ph.present[:, None, :], np.nan_to_num(ph.u, nan=-np.inf), -np.inf).max(
+            axis=2
+        )
+        return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
 
 
 @register(cadence="streaming", order=120)
@@ -429,14 +424,14 @@ class Undervoltage(_VoltageBand):
         self.three_phase_fraction = three_phase_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, -1.0)
-        under = strictly_less(ph.u, limit[:, None]) & ph.present
-        hit = under.any(axis=1) & ph.all_live & ~self._outage(frame, ph)
-        value = np.nanmin(np.where(ph.present, ph.u, np.inf), axis=1)
-        return hit, np.where(np.isfinite(value), value, np.nan), limit
+        under = strictly_less(ph.u, limit[:, None, None]) & ph.present[:, None, :]
+        hit = under.any(axis=2) & ph.all_live & ~self._outage(w)
+        value = np.where(ph.present[:, None, :], np.nan_to_num(ph.u, nan=np.inf), np.inf).min(
+            axis=2
+        )
+        return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
 
 
 def unbalance(x: np.ndarray) -> np.ndarray:
@@ -446,9 +441,11 @@ def unbalance(x: np.ndarray) -> np.ndarray:
     stand-in for the negative-sequence ratio of GB/T 15543 (meters report no phase angles).
     NaN where the mean is not > 0 or a value is NaN.
     """
-    mean = x.mean(axis=1)
-    dev = np.abs(x - mean[:, None]).max(axis=1)
-    out: np.ndarray = np.divide(dev, mean, out=np.full(mean.shape, np.nan), where=mean > 0)
+    mean = x.mean(axis=-1)
+    dev = np.abs(x - mean[..., None]).max(axis=-1)
+    out: np.ndarray = np.divide(
+        dev, mean, out=np.full(mean.shape, np.nan, dtype=dev.dtype), where=mean > 0
+    )
     return out
 
 
@@ -486,17 +483,11 @@ class VoltageUnbalance(_OutageAware):
         self.limit_fraction = limit_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        value = np.where(ph.three, unbalance(ph.u), np.nan)
-        hit = (
-            ph.three
-            & ph.all_live
-            & strictly_greater(value, self.limit_fraction)
-            & ~self._outage(frame, ph)
-        )
-        return hit, value, np.full(len(frame), float(self.limit_fraction))
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        three = ph.three[:, None]
+        value = np.where(three, unbalance(ph.u), np.float32(np.nan))
+        hit = three & ph.all_live & strictly_greater(value, self.limit_fraction) & ~self._outage(w)
+        return hit, value, np.full(w.n_meters, float(self.limit_fraction))
 
 
 @register(cadence="streaming", order=140)
@@ -549,27 +540,22 @@ class CurrentUnbalance(_OutageAware):
         self.min_readings = min_readings
         self.include_supply_meters = include_supply_meters
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        value = np.where(ph.three, unbalance(ph.i), np.nan)
-        no_current = strictly_less(ph.i, 0.005 * ph.ib[:, None]).any(axis=1)
-        loaded = strictly_greater(ph.i.mean(axis=1), self.min_load_fraction * ph.ib)
-        judged = (
-            np.ones(len(frame), dtype=bool)
-            if self.include_supply_meters
-            else frame["role"].astype(str).to_numpy() != "transformer"
-        )
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        three = ph.three[:, None]
+        value = np.where(three, unbalance(ph.i), np.float32(np.nan))
+        no_current = strictly_less(ph.i, 0.005 * ph.ib[:, None, None]).any(axis=2)
+        loaded = strictly_greater(ph.i.mean(axis=2), self.min_load_fraction * ph.ib[:, None])
+        judged = np.ones(w.n_meters, dtype=bool) if self.include_supply_meters else ~w.meters.supply
         hit = (
-            judged
-            & ph.three
+            judged[:, None]
+            & three
             & ph.all_live
             & loaded
             & ~no_current
             & strictly_greater(value, self.limit_fraction)
-            & ~self._outage(frame, ph)
+            & ~self._outage(w)
         )
-        return hit, value, np.full(len(frame), float(self.limit_fraction))
+        return hit, value, np.full(w.n_meters, float(self.limit_fraction))
 
 
 @register(cadence="streaming", order=150)
@@ -597,7 +583,6 @@ class ReversePower(_RowRule):
     _unit: ClassVar[str] = " kW"
     _fmt: ClassVar[str] = ".3f"
     _extreme: ClassVar[str] = "min"
-    _optional: ClassVar[dict[str, Any]] = {"export_allowed": False}
     _rule_text: ClassVar[str] = (
         "reverse_power: customer without export, power_kw < -fraction*phases*Un*Ib/1000"
     )
@@ -608,14 +593,11 @@ class ReversePower(_RowRule):
         self.fraction = fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        export = frame["export_allowed"].astype(str).str.lower().isin(["true", "1", "yes"])
-        customer = frame["role"].astype(str).to_numpy() == "customer"
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = w.meters
         limit = -self.fraction * ph.phases * ph.un * ph.ib / 1000.0
-        p = frame["power_kw"].to_numpy(dtype=float)
-        hit = customer & ~export.to_numpy() & strictly_less(p, limit)
+        p = w.q("power_kw")
+        hit = (m.customer & ~m.export_allowed)[:, None] & strictly_less(p, limit[:, None])
         return hit, p, limit
 
 
@@ -674,21 +656,19 @@ class LowPowerFactor(_OutageAware):
         self.min_load_fraction = min_load_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cls = frame["customer_class"].astype(str).to_numpy()
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cls = w.meters.customer_class
         limit = np.select(
             [cls == "industrial", cls == "commercial", cls == "residential"],
             [self.industrial_min_pf, self.commercial_min_pf, self.residential_min_pf],
             0.0,
         ).astype(float)
-        pf = np.abs(frame["power_factor"].to_numpy(dtype=float))
+        pf = np.abs(w.q("power_factor"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # meters without phases: NaN
-            i_mean = np.nanmean(np.where(ph.present, ph.i, np.nan), axis=1)
-        loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib)
-        hit = (limit > 0) & loaded & strictly_less(pf, limit) & ~self._outage(frame, ph)
+            i_mean = np.nanmean(ph.i, axis=2)
+        loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
+        hit = (limit > 0)[:, None] & loaded & strictly_less(pf, limit[:, None]) & ~self._outage(w)
         return hit, pf, limit
 
 
@@ -724,12 +704,10 @@ class FrequencyDeviation(_RowRule):
         self.limit_hz = limit_hz
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        dev = frame["frequency_hz"].to_numpy(dtype=float) - float(self.nominal_hz)
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dev = w.q("frequency_hz") - np.float32(self.nominal_hz)
         hit = strictly_greater(np.abs(dev), float(self.limit_hz))
-        return hit, dev, np.full(len(frame), float(self.limit_hz))
+        return hit, dev, np.full(w.n_meters, float(self.limit_hz))
 
 
 @register(cadence="streaming", order=190)
@@ -754,7 +732,6 @@ class TransformerOverload(_RowRule):
     _title: ClassVar[str] = "Transformer overload"
     _quantity: ClassVar[str] = "apparent power"
     _unit: ClassVar[str] = " kVA"
-    _optional: ClassVar[dict[str, Any]] = {"rated_kva": np.nan}
     _rule_text: ClassVar[str] = (
         "transformer_overload: hypot(P, Q)*ct_ratio > load_fraction*rated_kva on a supply meter"
     )
@@ -765,17 +742,13 @@ class TransformerOverload(_RowRule):
         self.load_fraction = load_fraction
         self.min_readings = min_readings
 
-    def _evaluate(
-        self, frame: pd.DataFrame, ph: Phases
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rated = pd.to_numeric(frame["rated_kva"], errors="coerce").to_numpy(dtype=float)
-        s = np.hypot(
-            frame["power_kw"].to_numpy(float), frame["reactive_power_kvar"].to_numpy(float)
+    def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = w.meters
+        s = np.hypot(w.q("power_kw"), w.q("reactive_power_kvar")) * ph.ct[:, None].astype(
+            np.float32
         )
-        s = s * ph.ct
-        limit = self.load_fraction * rated
-        supply = frame["role"].astype(str).to_numpy() == "transformer"
-        return supply & strictly_greater(s, limit), s, limit
+        limit = self.load_fraction * m.rated_kva
+        return m.supply[:, None] & strictly_greater(s, limit[:, None]), s, limit
 
 
 @register(cadence="streaming", order=180)
@@ -821,31 +794,28 @@ class Outage(Detector):
         self.min_meters = min_meters
         self.min_buckets = min_buckets
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per outage episode of an area (``meter_id`` None)."""
-        frame = prepare(readings, meters, list(REGISTRY_COLUMNS))
-        if frame.empty:
-            return empty_findings()
-        _, table = outage_rows(
-            frame, float(self.voltage_fraction), float(self.bucket_minutes), int(self.min_meters)
+        o = outage_rows(
+            w, float(self.voltage_fraction), float(self.bucket_minutes), int(self.min_meters)
         )
-        out = table["out"].to_numpy(dtype=bool)
-        starts, ends, ongoing = episodes(out, group_codes(table["transformer_id"]))
-        lengths = ends - starts + 1
-        keep = np.flatnonzero(lengths >= int(self.min_buckets))
-        if keep.size == 0:
+        reported = o.meters > 0
+        r = runs(o.out, reported)
+        r = r.select(r.n >= int(self.min_buckets))
+        if len(r) == 0:
             return empty_findings()
         params = plain(self.get_params())
         rows = []
-        for e in keep:  # loop over findings only
-            s, f = starts[e], ends[e]
-            area = table["transformer_id"].iat[s]
-            start_ts = utc(table["first_ns"].iat[s])
-            end_ts = pd.NaT if ongoing[e] else utc(table["last_ns"].iat[f])
-            part = table.iloc[s : f + 1]
+        for e in range(len(r)):  # loop over findings only
+            a, c0, c1 = int(r.row[e]), int(r.c0[e]), int(r.c1[e])
+            area = w.meters.areas[a]
+            start_ts = utc(o.first_ns[a, c0])
+            end_ts = pd.NaT if r.ongoing[e] else utc(o.last_ns[a, c1])
+            span = slice(c0, c1 + 1)
+            dead_max = int(o.dead[a, span].max())
             when = (
                 f"since {short_ts(start_ts)}"
-                if ongoing[e]
+                if r.ongoing[e]
                 else f"from {short_ts(start_ts)} to {short_ts(end_ts)}"
             )
             rows.append(
@@ -856,19 +826,16 @@ class Outage(Detector):
                     "transformer_id": area,
                     "starts_at": start_ts,
                     "ends_at": end_ts,
-                    "summary": (
-                        f"Outage of area {area}: {int(part['dead'].max())} meter(s) without "
-                        f"voltage {when}"
-                    ),
+                    "summary": f"Outage of area {area}: {dead_max} meter(s) without voltage {when}",
                     "evidence": plain(
                         {
                             "rule": "outage: supply meter (or every reporting customer meter) "
                             "with all phases < voltage_fraction*Un in the same bucket",
                             "thresholds": params,
-                            "buckets": int(lengths[e]),
-                            "supply_meter_dead": bool(part["supply_dead"].any()),
-                            "meters_dead_max": int(part["dead"].max()),
-                            "meters_reporting_max": int(part["meters"].max()),
+                            "buckets": int(r.n[e]),
+                            "supply_meter_dead": bool(o.supply_dead[a, span].any()),
+                            "meters_dead_max": dead_max,
+                            "meters_reporting_max": int(o.meters[a, span].max()),
                         }
                     ),
                 }
@@ -898,39 +865,36 @@ class CalibrationDue(Detector):
         check_count("lead_days", lead_days, minimum=0)
         self.lead_days = lead_days
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter due (see class docstring)."""
-        frame = prepare(
-            readings, meters, ["transformer_id", "last_calibration", "calibration_interval_days"]
+        m = w.meters
+        _, end_ns, n = w.reading_span()
+        interval_ns = (
+            np.where(np.isfinite(m.calibration_interval_days), m.calibration_interval_days, np.nan)
+            * 86400e9
         )
-        if frame.empty:
-            return empty_findings()
-        per = frame.groupby("meter_id", sort=True).agg(
-            area=("transformer_id", "first"),
-            last=("last_calibration", "first"),
-            interval=("calibration_interval_days", "first"),
-            end=("ts", "max"),
-        )
-        last = pd.to_datetime(per["last"], utc=True, errors="coerce")
-        interval = pd.to_numeric(per["interval"], errors="coerce")
-        due = last + pd.to_timedelta(interval, unit="D")
-        alert_from = due - pd.Timedelta(days=int(self.lead_days))
-        hit = (alert_from <= per["end"]).to_numpy(dtype=bool)
+        known = (n > 0) & (m.last_calibration_ns != NO_TIME) & np.isfinite(interval_ns)
+        due_ns = np.where(known, m.last_calibration_ns + np.nan_to_num(interval_ns), 0)
+        from_ns = due_ns - int(self.lead_days) * 86400 * 10**9
+        hit = known & (from_ns <= end_ns)
         rows = []
-        for meter in per.index[hit]:  # loop over findings only
-            d = due[meter]
-            overdue = (per.at[meter, "end"] - d) / pd.Timedelta(days=1)
+        for r in np.flatnonzero(hit).tolist():  # loop over findings only
+            d = utc(int(due_ns[r]))
+            last = utc(int(m.last_calibration_ns[r]))
+            end = utc(int(end_ns[r]))
+            interval = m.calibration_interval_days[r]
+            overdue = (end - d) / pd.Timedelta(days=1)
             rows.append(
                 {
                     "type": "calibration_due",
                     "severity": self.severity,
-                    "meter_id": meter,
-                    "transformer_id": per.at[meter, "area"],
-                    "starts_at": alert_from[meter],
+                    "meter_id": m.ids[r],
+                    "transformer_id": m.transformer_id[r],
+                    "starts_at": utc(int(from_ns[r])),
                     "ends_at": pd.NaT,
                     "summary": (
-                        f"Calibration due {d.date().isoformat()} (last {last[meter].date()}, "
-                        f"every {int(interval[meter])} days)"
+                        f"Calibration due {d.date().isoformat()} (last {last.date()}, "
+                        f"every {int(interval)} days)"
                         + (f"; {overdue:.0f} days overdue" if overdue > 0 else "")
                     ),
                     "evidence": plain(
@@ -938,10 +902,10 @@ class CalibrationDue(Detector):
                             "rule": "last_calibration + calibration_interval_days - lead_days "
                             "<= last reading",
                             "thresholds": {"lead_days": self.lead_days},
-                            "last_calibration": last[meter],
-                            "calibration_interval_days": interval[meter],
+                            "last_calibration": last,
+                            "calibration_interval_days": interval,
                             "due": d,
-                            "window_end": per.at[meter, "end"],
+                            "window_end": end,
                         }
                     ),
                 }

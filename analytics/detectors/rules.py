@@ -13,21 +13,15 @@ from meterwatch.analytics.base import (
     check_count,
     check_fraction,
     check_positive,
-    episode_ids,
-    episodes,
     findings_frame,
-    group_codes,
-    meter_windows,
     plain,
-    prepare,
     short_ts,
     strictly_greater,
     strictly_less,
-    ts_ns,
-    utc,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.core.schema import CURRENT_COLUMNS, VOLTAGE_COLUMNS, empty_findings
+from meterwatch.analytics.window import NO_TIME, Window, prev_present, run_reduce, runs, utc
+from meterwatch.core.schema import empty_findings
 
 PHASE_LABELS: tuple[str, ...] = ("L1", "L2", "L3")
 
@@ -79,64 +73,73 @@ class RegisterDecrease(Detector):
         self.register_max_kwh = register_max_kwh
         self.rollover_fraction = rollover_fraction
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per decreasing step (see class docstring)."""
-        frame = prepare(readings, meters, ["transformer_id"])
-        frame = frame[frame["energy_import_kwh"].notna()].reset_index(drop=True)
-        if len(frame) < 2:
-            return empty_findings()
-        codes = group_codes(frame["meter_id"])
-        energy = frame["energy_import_kwh"].to_numpy(dtype=float)
-        same_meter = np.r_[False, codes[1:] == codes[:-1]]
-        prev = np.where(same_meter, np.r_[np.nan, energy[:-1]], np.nan)
+        energy = w.q("energy_import_kwh")
+        has = ~np.isnan(energy)
+        prev_col, prev = prev_present(energy, has)
         drop = np.round(prev - energy, 6)
         top = float(self.register_max_kwh)
         frac = float(self.rollover_fraction)
         with np.errstate(invalid="ignore"):
             rollover = (prev >= frac * top) & (energy < (1.0 - frac) * top)
-        flagged = np.flatnonzero(strictly_greater(drop, float(self.tolerance_kwh)) & ~rollover)
-        if flagged.size == 0:
+        flagged = (
+            has & (prev_col >= 0) & strictly_greater(drop, float(self.tolerance_kwh)) & ~rollover
+        )
+        rows_, cols = np.nonzero(flagged)
+        if rows_.size == 0:
             return empty_findings()
-
-        windows = meter_windows(frame)
-        t = ts_ns(frame["ts"])
-        meter_ids = frame["meter_id"].to_numpy()
-        areas = frame["transformer_id"].to_numpy()
         thresholds = {
             "tolerance_kwh": self.tolerance_kwh,
             "register_max_kwh": self.register_max_kwh,
             "rollover_fraction": self.rollover_fraction,
         }
+        windows = energy_windows(w, has)
+        m = w.meters
         rows = []
-        for k in flagged:  # loop over findings only
-            meter = meter_ids[k]
-            t_prev, t_cur = utc(t[k - 1]), utc(t[k])
+        for r, c in zip(rows_.tolist(), cols.tolist(), strict=True):  # loop over findings only
+            pc = int(prev_col[r, c])
+            t_prev, t_cur = utc(w.t[r, pc]), utc(w.t[r, c])
             rows.append(
                 {
                     "type": "register_decrease",
                     "severity": self.severity,
-                    "meter_id": meter,
-                    "transformer_id": areas[k],
+                    "meter_id": m.ids[r],
+                    "transformer_id": m.transformer_id[r],
                     "starts_at": t_cur,
                     "ends_at": t_cur,
                     "summary": (
-                        f"Import register fell by {drop[k]:.2f} kWh from {prev[k]:.2f} kWh "
-                        f"({short_ts(t_prev)}) to {energy[k]:.2f} kWh ({short_ts(t_cur)})"
+                        f"Import register fell by {drop[r, c]:.2f} kWh from {prev[r, c]:.2f} kWh "
+                        f"({short_ts(t_prev)}) to {energy[r, c]:.2f} kWh ({short_ts(t_cur)})"
                     ),
                     "evidence": plain(
                         {
                             "rule": "energy_import_kwh[prev] - energy_import_kwh[cur] > "
                             "tolerance_kwh, not a rollover",
                             "thresholds": thresholds,
-                            "previous": {"ts": t_prev, "energy_import_kwh": prev[k]},
-                            "current": {"ts": t_cur, "energy_import_kwh": energy[k]},
-                            "drop_kwh": drop[k],
-                            "window": windows[meter],
+                            "previous": {"ts": t_prev, "energy_import_kwh": prev[r, c]},
+                            "current": {"ts": t_cur, "energy_import_kwh": energy[r, c]},
+                            "drop_kwh": drop[r, c],
+                            "window": windows(r),
                         }
                     ),
                 }
             )
         return findings_frame(rows)
+
+
+def energy_windows(w: Window, has: np.ndarray) -> Any:
+    """Evidence ``window`` per meter row over the readings that carry the register."""
+    t_has = np.where(has, w.t, NO_TIME)
+    n = has.sum(axis=1)
+    big = np.iinfo(np.int64).max
+    first = np.where(has, w.t, big).min(axis=1) if w.n_cells else np.zeros(w.n_meters, np.int64)
+    last = t_has.max(axis=1) if w.n_cells else np.zeros(w.n_meters, np.int64)
+
+    def window(r: int) -> dict[str, Any]:
+        return {"from": utc(first[r]), "to": utc(last[r]), "readings": int(n[r])}
+
+    return window
 
 
 class _PhaseRule(Detector):
@@ -170,60 +173,41 @@ class _PhaseRule(Detector):
             "min_readings": self.min_readings,
         }
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per episode per meter, listing the phases involved."""
-        frame = prepare(
-            readings, meters, ["transformer_id", "phases", "nominal_voltage_v", "rated_current_a"]
-        )
-        if frame.empty:
+        m = w.meters
+        u, i = w.phase_values("u"), w.phase_values("i")
+        un = m.nominal_voltage_v[:, None, None]
+        ib = m.rated_current_a[:, None, None]
+        flags = self._flags(u, i, un, ib, m.three[:, None, None]) & m.present[:, None, :]
+        flags &= w.present[:, :, None]
+        mask = flags.any(axis=2)
+        r = runs(mask, w.present, w.last_col())
+        r = r.select(r.n >= int(self.min_readings))
+        if len(r) == 0:
             return empty_findings()
-        u = frame[list(VOLTAGE_COLUMNS)].to_numpy(dtype=float)
-        i = frame[list(CURRENT_COLUMNS)].to_numpy(dtype=float)
-        un = pd.to_numeric(frame["nominal_voltage_v"], errors="coerce").to_numpy(dtype=float)
-        ib = pd.to_numeric(frame["rated_current_a"], errors="coerce").to_numpy(dtype=float)
-        phases = pd.to_numeric(frame["phases"], errors="coerce").to_numpy(dtype=float)
-        three = phases == 3
-        present = np.column_stack([(phases == 1) | three, three, three])
-        flags = self._flags(u, i, un[:, None], ib[:, None], three[:, None]) & present
-
-        mask = flags.any(axis=1)
-        starts, ends, ongoing = episodes(mask, group_codes(frame["meter_id"]))
-        if starts.size == 0:
-            return empty_findings()
-        ids = episode_ids(mask, starts)
-        inside = ids >= 0
+        cols = np.broadcast_to(np.arange(w.n_cells, dtype=float)[None, :], mask.shape)
         per_phase = []
         for p in range(3):  # at most three phases
-            fp = flags[inside, p]
-            stats = pd.DataFrame(
+            fp = flags[:, :, p]
+            first_col = run_reduce(cols, r, "min", where=fp)
+            known = np.isfinite(first_col)
+            fc = np.where(known, first_col, 0).astype(np.int64)
+            per_phase.append(
                 {
-                    "ep": ids[inside],
-                    "u": np.where(fp, u[inside, p], np.nan),
-                    "i": np.where(fp, i[inside, p], np.nan),
-                    "n": fp.astype(np.int64),
+                    "u_start": np.where(known, u[r.row, fc, p], np.nan),
+                    "i_start": np.where(known, i[r.row, fc, p], np.nan),
+                    "u_min": run_reduce(u[:, :, p], r, "min", where=fp),
+                    "u_max": run_reduce(u[:, :, p], r, "max", where=fp),
+                    "i_min": run_reduce(i[:, :, p], r, "min", where=fp),
+                    "i_max": run_reduce(i[:, :, p], r, "max", where=fp),
+                    "n": run_reduce(fp.astype(float), r, "sum").astype(np.int64),
                 }
-            ).groupby("ep")
-            agg = stats.agg(
-                u_start=("u", "first"),
-                u_min=("u", "min"),
-                u_max=("u", "max"),
-                i_start=("i", "first"),
-                i_min=("i", "min"),
-                i_max=("i", "max"),
-                n=("n", "sum"),
             )
-            # Episodes are 0..n-1 and every one has rows, so positions are episode ids.
-            per_phase.append({c: agg[c].to_numpy() for c in agg.columns})
-        lengths = ends - starts + 1
-        windows = meter_windows(frame)
-        t = ts_ns(frame["ts"])
-        meter_ids = frame["meter_id"].to_numpy()
-        areas = frame["transformer_id"].to_numpy()
         rows = []
-        for e in np.flatnonzero(lengths >= self.min_readings):  # loop over findings only
-            s = starts[e]
-            meter = meter_ids[s]
-            un_e, ib_e = float(un[s]), float(ib[s])
+        for e in range(len(r)):  # loop over findings only
+            row = int(r.row[e])
+            un_e, ib_e = float(m.nominal_voltage_v[row]), float(m.rated_current_a[row])
             involved = [p for p in range(3) if per_phase[p]["n"][e] > 0]
             labels = [PHASE_LABELS[p] for p in involved]
             observed = {
@@ -238,8 +222,8 @@ class _PhaseRule(Detector):
                 }
                 for p in involved
             }
-            start_ts = utc(t[s])
-            end_ts = pd.NaT if ongoing[e] else utc(t[ends[e]])
+            start_ts = utc(w.t[row, r.c0[e]])
+            end_ts = pd.NaT if r.ongoing[e] else utc(w.t[row, r.c1[e]])
             u0 = ", ".join(f"{observed[lab]['voltage_v_start']:.1f} V" for lab in labels)
             pct = ", ".join(
                 f"{100 * observed[lab]['voltage_v_start'] / un_e:.0f} %" for lab in labels
@@ -247,7 +231,7 @@ class _PhaseRule(Detector):
             i0 = ", ".join(f"{observed[lab]['current_a_start']:.2f} A" for lab in labels)
             when = (
                 f"since {short_ts(start_ts)}"
-                if ongoing[e]
+                if r.ongoing[e]
                 else (f"from {short_ts(start_ts)} to {short_ts(end_ts)}")
             )
             noun = "phase" if len(labels) == 1 else "phases"
@@ -259,8 +243,8 @@ class _PhaseRule(Detector):
                 {
                     "type": self.alert_types[0],
                     "severity": self.severity,
-                    "meter_id": meter,
-                    "transformer_id": areas[s],
+                    "meter_id": m.ids[row],
+                    "transformer_id": m.transformer_id[row],
                     "starts_at": start_ts,
                     "ends_at": end_ts,
                     "summary": summary,
@@ -273,8 +257,8 @@ class _PhaseRule(Detector):
                             "rated_current_a": ib_e,
                             "thresholds": self._thresholds(un_e, ib_e),
                             "observed": observed,
-                            "readings": int(lengths[e]),
-                            "window": windows[meter],
+                            "readings": int(r.n[e]),
+                            "window": w.meter_window(row),
                         }
                     ),
                 }
@@ -391,7 +375,7 @@ class PhaseBreak(_PhaseRule):
     ) -> np.ndarray:
         # Live: U >= live fraction (the complement of the strict "<"); NaN is not live.
         live = at_least(u, self.live_voltage_fraction * un)
-        live_count = live.sum(axis=1, keepdims=True)
+        live_count = live.sum(axis=-1, keepdims=True)
         other_live = (live_count - live) > 0
         return (
             three

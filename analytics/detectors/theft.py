@@ -45,15 +45,13 @@ from meterwatch.analytics.base import (
     check_positive,
     episodes,
     findings_frame,
-    group_codes,
-    memo_on,
     nanmedian,
     plain,
-    prepare,
     short_ts,
 )
 from meterwatch.analytics.detectors.consumption import MAD_SCALE, cusum_drop, hourly_energy
 from meterwatch.analytics.registry import register
+from meterwatch.analytics.window import Window, build_window
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns the theft analytics read.
@@ -131,54 +129,49 @@ def _worst_week(x: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def area_loss(
-    frame: pd.DataFrame, max_gap_minutes: float = 75.0
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Daily line loss per area (see :func:`_area_loss`), shared within a suite run."""
-    result: tuple[pd.DataFrame, dict[str, Any]] = memo_on(
-        frame, "area_loss", (float(max_gap_minutes),), lambda: _area_loss(frame, max_gap_minutes)
-    )
-    return result
+def area_loss(w: Window, max_gap_minutes: float = 75.0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Daily line loss per area and the hourly data behind it; once per window.
 
-
-def _area_loss(
-    frame: pd.DataFrame, max_gap_minutes: float = 75.0
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Daily line loss per area and the hourly data behind it.
-
-    ``frame`` is a :func:`analytics.base.prepare` frame with :data:`THEFT_REGISTRY` columns.
     Returns ``(table, data)``: ``table`` has one row per (area, day) with ``supply_kwh``,
     ``customers_kwh``, ``loss_kwh``, ``loss`` (fraction; NaN when the supply is unknown or
     not > 0, or any meter of the area misses an hour that day) and ``customers`` (count);
     ``data`` holds the meter matrices (``kwh``, ``meter_ids``, ``hours``, ``cube``, ``days``,
-    ``complete``, ``role``, ``area``, ``cls``) for :func:`meter_features`.
+    ``complete``, ``role``, ``area``, ``cls``) for :func:`meter_features`. Meters without a
+    transformer area are in no area.
     """
-    kwh, meter_ids, hours = hourly_energy(frame, max_gap_minutes)
+    result: tuple[pd.DataFrame, dict[str, Any]] = w.memo(
+        ("area_loss", float(max_gap_minutes)), lambda: _area_loss(w, max_gap_minutes)
+    )
+    return result
+
+
+def _area_loss(w: Window, max_gap_minutes: float = 75.0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    kwh, hours = hourly_energy(w, max_gap_minutes)
     cube, days, complete = day_cube(kwh, hours)
-    per = frame.groupby("meter_id", sort=True)[["transformer_id", "role", "customer_class"]].first()
-    per = per.reindex(meter_ids)
-    role = per["role"].astype(str).to_numpy()
-    area = per["transformer_id"].astype(str).to_numpy()
+    m = w.meters
+    role = m.role
+    area_codes = m.area
     daily = np.where(complete, np.nansum(cube, axis=2), np.nan)
-    supply = role == "transformer"
-    area_codes, area_ids = pd.factorize(area, sort=True)
-    n_a, n_d = area_ids.size, days.size
+    supply = m.supply
+    in_area = area_codes >= 0
+    n_a, n_d = m.areas.size, days.size
     sup = np.full((n_a, n_d), np.nan)
     cust = np.zeros((n_a, n_d))
     cust_missing = np.zeros((n_a, n_d), dtype=bool)
-    n_cust = np.bincount(area_codes[~supply], minlength=n_a)
-    if n_d:
+    is_cust = ~supply & in_area
+    n_cust = np.bincount(area_codes[is_cust], minlength=n_a)
+    if n_d and n_a:
         # Each area's supply meter (the first, if a registry lists several).
-        for_sup = np.flatnonzero(supply)[::-1]
+        for_sup = np.flatnonzero(supply & in_area)[::-1]
         sup[area_codes[for_sup]] = daily[for_sup]
-        np.add.at(cust, area_codes[~supply], np.nan_to_num(daily[~supply]))
-        np.logical_or.at(cust_missing, area_codes[~supply], np.isnan(daily[~supply]))
+        np.add.at(cust, area_codes[is_cust], np.nan_to_num(daily[is_cust]))
+        np.logical_or.at(cust_missing, area_codes[is_cust], np.isnan(daily[is_cust]))
     loss_kwh = np.where(cust_missing, np.nan, sup - cust)
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = np.where(sup > 0, loss_kwh / sup, np.nan)
     table = pd.DataFrame(
         {
-            "transformer_id": np.repeat(np.asarray(area_ids, dtype=object), n_d),
+            "transformer_id": np.repeat(np.asarray(m.areas, dtype=object), n_d),
             "day": np.tile(days, n_a) if n_d else pd.DatetimeIndex([], tz="UTC"),
             "supply_kwh": sup.ravel(),
             "customers_kwh": np.where(cust_missing, np.nan, cust).ravel(),
@@ -187,19 +180,22 @@ def _area_loss(
             "customers": np.repeat(n_cust, n_d),
         }
     )
+    meter_loss = np.full((w.n_meters, n_d), np.nan)
+    if n_a and n_d:
+        meter_loss[in_area] = loss_kwh[area_codes[in_area]]
     data = {
         "kwh": kwh,
-        "meter_ids": meter_ids,
+        "meter_ids": m.ids,
         "hours": hours,
         "cube": cube,
         "days": days,
         "complete": complete,
         "daily": daily,
         "role": role,
-        "area": area,
-        "area_codes": area_codes,
-        "loss_kwh": loss_kwh,
-        "cls": per["customer_class"].astype(str).to_numpy(),
+        "area": m.transformer_id,
+        "meter_loss_kwh": meter_loss,
+        "cls": m.customer_class,
+        "has_readings": w.present.any(axis=1) if w.n_cells else np.zeros(w.n_meters, bool),
     }
     return table, data
 
@@ -246,7 +242,7 @@ def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
         if n_d
         else np.full(n_m, np.nan),
     }
-    area_loss_kwh = data["loss_kwh"][data["area_codes"]] if n_d else np.zeros((n_m, 0))
+    area_loss_kwh = data["meter_loss_kwh"]
     both = ~np.isnan(daily) & ~np.isnan(area_loss_kwh)
     f["loss_corr"] = -_rowwise_corr(
         np.where(both, daily, np.nan), np.where(both, area_loss_kwh, np.nan)
@@ -255,7 +251,7 @@ def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
     out["customer_class"] = data["cls"]
     out["transformer_id"] = data["area"]
     out["days"] = complete.sum(axis=1)
-    return out[cust]
+    return out[cust & data["has_readings"]]
 
 
 def score_meters(
@@ -331,13 +327,17 @@ def rank_suspects(
     Returns ``meter_id, score, rank, reasons`` (rank 1 = most suspicious; ties share order by
     meter id). ``score_params`` go to :func:`score_meters`.
     """
-    frame = prepare(readings, meters, list(THEFT_REGISTRY))
+    return rank_window(build_window(readings, meters), **score_params)
+
+
+def rank_window(w: Window, **score_params: Any) -> pd.DataFrame:
+    """:func:`rank_suspects` over a window."""
     cols = ["meter_id", "score", "rank", "reasons"]
-    if frame.empty:
+    if not w.present.any():
         return pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("meter_id", "reasons") else float) for c in cols}
         )
-    _, data = area_loss(frame)
+    _, data = area_loss(w)
     scored = score_meters(meter_features(data), **score_params).reset_index()
     scored = scored.sort_values(["score", "meter_id"], ascending=[False, True], kind="mergesort")
     scored["rank"] = np.arange(1, len(scored) + 1)
@@ -386,19 +386,16 @@ class TransformerLoss(Detector):
         self.min_days = min_days
         self.max_gap_minutes = max_gap_minutes
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of out-of-band days of an area."""
-        frame = prepare(readings, meters, list(THEFT_REGISTRY))
-        if frame.empty:
-            return empty_findings()
-        table, _ = area_loss(frame, float(self.max_gap_minutes))
+        table, _ = area_loss(w, float(self.max_gap_minutes))
         if table.empty:
             return empty_findings()
         loss = table["loss"].to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
             high = loss > float(self.max_loss) + 1e-12
             low = loss < float(self.min_loss) - 1e-12
-        codes = group_codes(table["transformer_id"])
+        codes = pd.factorize(table["transformer_id"], sort=True)[0]
         rows = []
         params = plain(self.get_params())
         for kind, mask in (("high", high), ("negative", low)):
@@ -503,12 +500,11 @@ class TheftSuspected(Detector):
         self.isolation_weight = isolation_weight
         self.min_days = min_days
 
-    def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter with ``score >= min_score``."""
-        frame = prepare(readings, meters, list(THEFT_REGISTRY))
-        if frame.empty:
+        if not w.present.any():
             return empty_findings()
-        _, data = area_loss(frame)
+        _, data = area_loss(w)
         scored = score_meters(
             meter_features(data),
             z_full=float(self.z_full),

@@ -154,13 +154,13 @@ def test_cusum_drop_accumulates_sustained_shifts_only() -> None:
 # ------------------------------------------------------------------------ theft
 
 
-from meterwatch.analytics.base import prepare  # noqa: E402
 from meterwatch.analytics.detectors.theft import (  # noqa: E402
     TheftSuspected,
     TransformerLoss,
     area_loss,
     rank_suspects,
 )
+from meterwatch.analytics.window import build_window  # noqa: E402
 
 
 def _area_day(customer_kwh: float, ct: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -189,9 +189,7 @@ def _area_day(customer_kwh: float, ct: float = 1.0) -> tuple[pd.DataFrame, pd.Da
 )
 def test_transformer_loss_band_edges(customer_kwh: float, ct: float, kind: str | None) -> None:
     readings, reg = _area_day(customer_kwh, ct)
-    table, _ = area_loss(
-        prepare(readings, reg, ["transformer_id", "role", "customer_class", "ct_ratio"])
-    )
+    table, _ = area_loss(build_window(readings, reg))
     assert table["loss"].dropna().to_numpy() == pytest.approx([1 - customer_kwh / 100] * 2)
     found = TransformerLoss().detect(readings, reg)
     if kind is None:

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterwatch.analytics.base import Detector, memo, shared_session
+from meterwatch.analytics.base import Detector
 from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.analytics.window import build_window
 from meterwatch.core.catalogue import ALERT_CATEGORIES, SEVERITIES
 from meterwatch.core.registry import check_registry
 from meterwatch.core.schema import (
@@ -266,16 +267,16 @@ def test_detector_contract(detector: Detector) -> None:
     pd.testing.assert_frame_equal(detector.detect(FLEET, reversed_registry), found)
 
 
-def test_shared_session_gives_the_same_findings_as_separate_runs() -> None:
-    """The suite prepares a window once (analytics.base.shared_session); nothing may leak
-    between detectors through the shared frames: each one's findings equal a lone run's, in
-    any order of the detectors."""
+def test_one_shared_window_gives_the_same_findings_as_separate_runs() -> None:
+    """The suite builds one window for every detector (derived arrays are shared through
+    Window.memo); nothing may leak between detectors: each one's findings equal a lone run's,
+    in any order of the detectors, and the input frame is not modified."""
     detectors = default_detectors()
     alone = [d.detect(FLEET, REGISTRY) for d in detectors]
     fleet_before = FLEET.copy()
     for order in (detectors, detectors[::-1]):
-        with shared_session():
-            shared = {id(d): d.detect(FLEET, REGISTRY) for d in order}
+        w = build_window(FLEET, REGISTRY)
+        shared = {id(d): d.detect_window(w) for d in order}
         for d, expected in zip(detectors, alone, strict=True):
             pd.testing.assert_frame_equal(shared[id(d)], expected)
     pd.testing.assert_frame_equal(FLEET, fleet_before)
@@ -284,14 +285,14 @@ def test_shared_session_gives_the_same_findings_as_separate_runs() -> None:
     pd.testing.assert_frame_equal(suite, expected_all[list(FINDING_COLUMNS)], check_dtype=False)
 
 
-def test_memo_outside_a_session_computes_every_time() -> None:
+def test_window_memo_computes_once_and_shares_read_only() -> None:
+    w = build_window(FLEET, REGISTRY)
     calls: list[int] = []
-    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 1
-    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 2
-    with shared_session():
-        assert memo(("k",), lambda: calls.append(1) or len(calls)) == 3
-        assert memo(("k",), lambda: calls.append(1) or len(calls)) == 3
-    assert memo(("k",), lambda: calls.append(1) or len(calls)) == 4
+    first = w.memo("k", lambda: calls.append(1) or np.arange(3))
+    again = w.memo("k", lambda: calls.append(1) or np.arange(3))
+    assert first is again and calls == [1]
+    with pytest.raises(ValueError):
+        first[0] = 5  # shared between rules: an in-place change must fail, not leak
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (1, 1), (4, 0)])

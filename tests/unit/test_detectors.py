@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterwatch.analytics.base import prepare
 from meterwatch.analytics.detectors.consumption import ConsumptionSpike, hourly_energy
 from meterwatch.analytics.detectors.rules import PhaseBreak, RegisterDecrease, VoltageLoss
 from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.analytics.window import build_window
 from meterwatch.core.registry import check_registry
 from meterwatch.core.schema import FINDING_COLUMNS, readings_from_records
 
@@ -396,7 +396,7 @@ def test_spike_not_fooled_by_data_gap() -> None:
         SPIKE_DAY + pd.Timedelta(hours=10), SPIKE_DAY + pd.Timedelta(hours=14)
     )
     assert ConsumptionSpike().detect(frame[~gap], registry(M1={})).empty
-    kwh, _, hours = hourly_energy(prepare(frame[~gap], registry(M1={}), ["ct_ratio"]), 75.0)
+    kwh, hours = hourly_energy(build_window(frame[~gap], registry(M1={})), 75.0)
     assert np.isnan(kwh[0, hours.get_loc(SPIKE_DAY + pd.Timedelta(hours=12))])
 
 
@@ -421,8 +421,9 @@ def test_hourly_energy_apportions_unaligned_polls() -> None:
         {"meter_id": "M1", "ts": t, "energy_import_kwh": 50 + 1.2 * h}
         for t, h in zip(times, hours_elapsed, strict=True)
     )
-    kwh, meter_ids, hours = hourly_energy(prepare(frame, registry(M1={}), ["ct_ratio"]), 75.0)
-    assert list(meter_ids) == ["M1"]
+    w = build_window(frame, registry(M1={}))
+    kwh, hours = hourly_energy(w, 75.0)
+    assert list(w.ids) == ["M1"]
     assert hours[0] == pd.Timestamp("2026-01-01T01:00Z")  # first complete hour
     np.testing.assert_allclose(kwh[0], 1.2)
 

@@ -208,7 +208,7 @@ def test_evaluate_command_on_a_tiny_fleet(tmp_path: Path) -> None:
     for t in ("meter_stuck", "meter_runaway", "energy_power_mismatch", "multiplier_mismatch"):
         assert f"| {t} | billing | 1 |" in text  # one label each
     assert "| clock_error | billing | 1 |" in text and "| estimation_excess | billing | 1 |" in text
-    assert "| detector | seconds | peak_mib |" in text and "shared_session()" in text
+    assert "| detector | seconds | peak_mib |" in text and "shared dense window" in text
     found = pd.read_parquet(tmp_path / "f.parquet")
     labels = pd.read_parquet(tmp_path / "f.labels.parquet")
     assert len(pd.read_parquet(tmp_path / "f.registry.parquet")) >= 40
