@@ -633,6 +633,24 @@ def runs(
     )
 
 
+def merge_runs(r: Runs, t: np.ndarray, gap_ns: float) -> Runs:
+    """Runs of one meter separated by at most ``gap_ns`` (from the last reading of one to the
+    first of the next) merged into one: a condition that hovers at its threshold is one
+    episode, not one per crossing (hysteresis by episode merging). ``t`` is meters x cells."""
+    if len(r) < 2 or gap_ns <= 0:
+        return r
+    t_end = t[r.row, r.c1]
+    t_start = t[r.row, r.c0]
+    joined = (r.row[1:] == r.row[:-1]) & ((t_start[1:] - t_end[:-1]) <= gap_ns)
+    if not joined.any():
+        return r
+    group = np.cumsum(np.r_[True, ~joined]) - 1
+    first = np.flatnonzero(np.r_[True, ~joined])
+    last = np.r_[first[1:] - 1, len(r) - 1]
+    n = np.bincount(group, weights=r.n).astype(np.int64)
+    return Runs(r.row[first], r.c0[first], r.c1[last], r.ongoing[last], n)
+
+
 def run_reduce(
     values: np.ndarray, r: Runs, how: str, where: np.ndarray | None = None
 ) -> np.ndarray:

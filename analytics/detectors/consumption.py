@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,21 +14,24 @@ from meterwatch.analytics.base import (
     check_positive,
     episodes,
     findings_frame,
-    nanmedian,
     plain,
     short_ts,
     strictly_greater,
     strictly_less,
 )
+from meterwatch.analytics.profiles import (
+    HourlyBaseline,
+    day_cube,
+    fit_profile,
+    over_hours,
+    rolling_profile,
+)
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import Window, prev_present, register_reads
+from meterwatch.analytics.window import Window, build_window, prev_present, register_reads
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
 HOUR_NS = 3_600 * 10**9
-#: Scale of the median absolute deviation that estimates a normal standard deviation [-]
-#: (1 / Phi^-1(3/4); Rousseeuw & Croux 1993, Leys et al. 2013).
-MAD_SCALE = 1.4826
 
 
 def hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.DatetimeIndex]:
@@ -123,79 +125,91 @@ def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.Da
     return kwh, hours
 
 
-def same_hour_history(kwh: np.ndarray, days: int) -> np.ndarray:
-    """Samples of the same hour of day on each of the previous ``days`` days.
-
-    ``kwh`` is meters x hours on a contiguous hourly grid; the result is
-    ``days x meters x hours`` where ``[d - 1, m, h] = kwh[m, h - 24 d]`` (NaN before the
-    start of the grid).
-    """
-    n_meters, n_hours = kwh.shape
-    samples = np.full((days, n_meters, n_hours), np.nan)
-    for d in range(1, days + 1):  # loop over days of history, not meters
-        lag = 24 * d
-        if lag < n_hours:
-            samples[d - 1, :, lag:] = kwh[:, : n_hours - lag]
-    return samples
-
-
 _SPIKE_RULE = (
-    "kWh > ratio*baseline and kWh > baseline + k*spread and kWh - baseline > min_excess_kwh; "
-    "baseline = median of the same UTC hour over history_days, "
-    "spread = max(1.4826*MAD, min_spread_fraction*baseline)"
+    "kWh > ratio*median and kWh > q_hi + k*spread and kWh - q_hi > min_excess_kwh, against "
+    "the same day type and hour (+-1 h) over history_days, with >= min_history_days "
+    "comparable days; spread = max(1.4826*MAD, min_spread_fraction*median)"
 )
 
 
-@register(cadence="interval", history_days=7, order=210)
-class ConsumptionSpike(Detector):
-    """Hourly consumption far above the meter's usual for that hour of day.
+class _ProfileRule(Detector):
+    """Shared machinery of the consumption rules that judge hours against the meter's own
+    profile (:mod:`analytics.profiles`): fitted once from history (``fit``), or, unfitted,
+    rolled over the window itself (each day against the days before it)."""
 
-    Hourly energy comes from :func:`hourly_energy` (register delta x ``ct_ratio``, [kWh]).
-    For every (meter, hour) the baseline is the median of the same UTC hour of day on the
-    previous ``history_days`` days of the same day type (weekday / weekend), and the spread is ``1.4826 x MAD`` of the same samples
-    (a robust standard deviation), floored at ``min_spread_fraction x baseline``. Hours
-    with fewer than ``min_history_days`` samples are not judged. An hour is a spike when
-    (all strict)::
+    history_days: int
+    min_history_days: int
+    max_gap_minutes: float
+    _q_lo: ClassVar[float] = 0.1
+    _q_hi: ClassVar[float] = 0.9
 
-        kWh > ratio x baseline  and  kWh > baseline + k x spread
-        and  kWh - baseline > min_excess_kwh
+    def fit(self, readings: pd.DataFrame, meters: pd.DataFrame) -> Detector:
+        """Learn each meter's profile from the whole history given (the last
+        ``history_days`` days of it): ``profile_`` and ``profile_ids_``."""
+        return self.fit_window(build_window(readings, meters))
+
+    def fit_window(self, w: Window) -> Detector:
+        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
+        cube, days, _ = day_cube(kwh, hours)
+        keep = slice(max(cube.shape[1] - int(self.history_days), 0), None)
+        weekend = np.asarray(days.day_of_week >= 5)[keep]
+        self.profile_ = fit_profile(cube[:, keep], weekend, q_lo=self._q_lo, q_hi=self._q_hi)
+        self.profile_ids_ = np.asarray(w.ids, dtype=object)
+        return self
+
+    def baseline(self, w: Window, kwh: np.ndarray, hours: pd.DatetimeIndex) -> HourlyBaseline:
+        """The baseline of every judged hour: the fitted profile, else rolled over the window."""
+        profile = getattr(self, "profile_", None)
+        if profile is not None:
+            rows = pd.Index(self.profile_ids_).get_indexer(w.ids)
+            return over_hours(profile.take(rows), hours)
+        return rolling_profile(kwh, hours, int(self.history_days), q_lo=self._q_lo, q_hi=self._q_hi)
+
+
+@register(cadence="interval", history_days=28, order=210)
+class ConsumptionSpike(_ProfileRule):
+    """Hourly consumption far above the meter's own usual for that hour and day type.
+
+    Hourly energy comes from :func:`hourly_energy` (register delta x ``ct_ratio``, [kWh]). The
+    baseline of an hour (:mod:`analytics.profiles`) pools the same UTC hour +-1 h of the
+    comparable days (weekday / weekend) among the previous ``history_days`` days: ``median``,
+    the habitual high ``q_hi`` (90th percentile: a household's ordinary evening peaks are
+    inside it) and the spread ``1.4826 x MAD`` floored at ``min_spread_fraction x median``.
+    An hour is judged only with at least ``min_history_days`` comparable days that have it,
+    and is a spike when (all strict)::
+
+        kWh > ratio x median  and  kWh > q_hi + k x spread  and  kWh - q_hi > min_excess_kwh
 
     Consecutive spike hours of a meter form one finding: ``starts_at`` is the start of the
     first hour, ``ends_at`` the end of the last one when the following hour is known and
-    not a spike, else NaT. The readings window must include the history (at least
-    ``min_history_days`` days before the hours to judge); ``fit`` learns nothing.
+    not a spike, else NaT. Fitted (``fit``), the baselines come from the history given there
+    and a run judges every hour of its window against them; unfitted, each day of the window
+    is judged against the days before it in the window.
 
     Parameters
     ----------
     ratio : float
-        Spike hour is more than this multiple of the baseline [-]. Default 2.5 (project
-        choice, with ``k``: a robust z-score alone flags ordinary evening peaks of meters
-        with a very flat history).
+        Spike hour above this multiple of the median [-]. Default 2.5 (project choice).
     k : float
-        Spike hour exceeds the baseline by more than ``k`` robust standard deviations [-].
-        Default 6 (project choice; well beyond the 3-3.5 usual for MAD outlier rules,
-        Leys et al. 2013, because hourly load is heavy-tailed).
+        Spike hour above the habitual high by this many robust standard deviations [-].
+        Default 3 (Leys et al. 2013's moderate MAD rule, counted from the 90th percentile).
     min_excess_kwh : float
-        Spike hour exceeds the baseline by more than this energy [kWh]. Default 0.5
-        (project choice: one kettle-hour, ignores noise of near-zero baselines).
+        Spike hour above the habitual high by more than this [kWh]. Default 0.5 (project
+        choice: one kettle-hour, ignores noise of near-zero baselines).
     history_days : int
-        Days of same-hour history in the baseline [d]. Default 7 (one week covers every
-        weekday once).
+        Days of history the baseline draws on [d]. Default 28 (four weeks: about twenty
+        weekdays and eight weekend days).
     min_history_days : int
-        Fewest history samples (days with that hour known) needed to judge an hour [d].
-        Default 1.
+        Fewest comparable days (same day type, hour known) needed to judge an hour [d].
+        Default 7 (project choice: a median of one to four days made ordinary evening peaks
+        spikes on real household data, docs/evaluation.md).
     min_spread_fraction : float
-        Floor of the spread as a fraction of the baseline [-]. Default 0.1 (project choice:
-        a perfectly flat history would otherwise make any change "infinitely" unusual).
+        Floor of the spread as a fraction of the median [-]. Default 0.1 (project choice: a
+        perfectly flat history would otherwise make any change "infinitely" unusual).
     max_gap_minutes : float
-        Longest interval between two readings across which the register is interpolated
-        at an hour boundary [min]. Default 75: hourly polls with some jitter still give
-        hourly energy; a longer gap leaves its hours unknown.
-    history_weeks : int
-        Weeks of same-hour-of-week history [weeks]. Default 4. Where at least one such
-        sample exists, the hour must pass the same three tests against the hour-of-week
-        median too (spread ``1.4826 x MAD`` floored as above), so weekend and shift
-        patterns are not spikes. 0 disables the weekly check.
+        Longest interval between two readings across which the register is interpolated at
+        an hour boundary [min]. Default 75: hourly polls with some jitter still give hourly
+        energy; a longer gap leaves its hours unknown.
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("consumption_spike",)
@@ -203,17 +217,15 @@ class ConsumptionSpike(Detector):
     def __init__(
         self,
         ratio: float = 2.5,
-        k: float = 6.0,
+        k: float = 3.0,
         min_excess_kwh: float = 0.5,
-        history_days: int = 7,
-        min_history_days: int = 1,
+        history_days: int = 28,
+        min_history_days: int = 7,
         min_spread_fraction: float = 0.1,
         max_gap_minutes: float = 75.0,
-        history_weeks: int = 4,
     ) -> None:
         check_positive("ratio", ratio)
         check_positive("k", k)
-        check_count("history_weeks", history_weeks, minimum=0)
         if not float(min_excess_kwh) >= 0:
             raise ValueError(f"min_excess_kwh must be >= 0, got {min_excess_kwh!r}")
         check_count("history_days", history_days)
@@ -231,77 +243,34 @@ class ConsumptionSpike(Detector):
         self.min_history_days = min_history_days
         self.min_spread_fraction = min_spread_fraction
         self.max_gap_minutes = max_gap_minutes
-        self.history_weeks = history_weeks
 
-    def baseline(
-        self, kwh: np.ndarray, hours: pd.DatetimeIndex | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(baseline [kWh], spread [kWh], samples [d])`` per (meter, hour) of ``kwh``.
-
-        With ``hours`` (the grid's hour starts), only history days of the same day type
-        (Monday-Friday vs Saturday-Sunday, UTC) count: weekends are not weekday spikes.
-        """
-        samples = same_hour_history(kwh, int(self.history_days))
-        if hours is not None and len(hours):
-            weekend = np.asarray(hours.day_of_week >= 5)
-            for d in range(1, int(self.history_days) + 1):  # loop over history days
-                lag = 24 * d
-                other = np.ones(weekend.size, dtype=bool)
-                other[lag:] = weekend[lag:] != weekend[:-lag]
-                samples[d - 1][:, other] = np.nan
-        count = np.sum(~np.isnan(samples), axis=0)
-        with warnings.catch_warnings():
-            # All-NaN slices (no history yet) are expected and give NaN.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            base = nanmedian(samples, axis=0)
-            mad = nanmedian(np.abs(samples - base), axis=0)
-        spread = np.fmax(MAD_SCALE * mad, float(self.min_spread_fraction) * base)
-        return base, spread, count
+    def spikes(self, w: Window) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex, HourlyBaseline]:
+        """``(kwh, spike mask, hours, baseline)`` over the window's hours."""
+        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
+        b = self.baseline(w, kwh, hours)
+        spread = np.fmax(b.spread, float(self.min_spread_fraction) * b.median)
+        spike = (
+            (b.days >= int(self.min_history_days))
+            & strictly_greater(kwh, float(self.ratio) * b.median)
+            & strictly_greater(kwh, b.q_hi + float(self.k) * spread)
+            & strictly_greater(kwh - b.q_hi, float(self.min_excess_kwh))
+        )
+        return kwh, spike, hours, b
 
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of consecutive spike hours of a meter."""
-        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
+        kwh, spike, hours, b = self.spikes(w)
         if kwh.size == 0:
             return empty_findings()
-        base, spread, count = self.baseline(kwh, hours)
-        spike = (
-            (count >= int(self.min_history_days))
-            & strictly_greater(kwh, float(self.ratio) * base)
-            & strictly_greater(kwh, base + float(self.k) * spread)
-            & strictly_greater(kwh - base, float(self.min_excess_kwh))
-        )
-        if int(self.history_weeks) > 0:
-            # Where the same hour of the week is known, the hour must also stand out
-            # against it: a Saturday morning is compared with Saturday mornings.
-            w_base, w_mad, w_count = robust_baseline(
-                same_hour_of_week_history(kwh, int(self.history_weeks))
-            )
-            w_spread = np.fmax(w_mad, float(self.min_spread_fraction) * w_base)
-            weekly_ok = (
-                strictly_greater(kwh, float(self.ratio) * w_base)
-                & strictly_greater(kwh, w_base + float(self.k) * w_spread)
-                & strictly_greater(kwh - w_base, float(self.min_excess_kwh))
-            )
-            spike &= (w_count == 0) | weekly_ok
         n_hours = kwh.shape[1]
         rows_of = np.repeat(np.arange(kwh.shape[0]), n_hours)
         starts, ends, _ = episodes(spike.ravel(), rows_of)
         if starts.size == 0:
             return empty_findings()
-
         hours_known = np.sum(~np.isnan(kwh), axis=1)
         hour_starts = list(hours)
         mt = w.meters
-        thresholds = plain(
-            {
-                "ratio": self.ratio,
-                "k": self.k,
-                "min_excess_kwh": self.min_excess_kwh,
-                "history_days": self.history_days,
-                "min_history_days": self.min_history_days,
-                "min_spread_fraction": self.min_spread_fraction,
-            }
-        )
+        thresholds = plain(self.get_params())
         out = []
         for s, e in zip(starts, ends, strict=True):  # loop over findings only
             m, c0, c1 = s // n_hours, s % n_hours, e % n_hours
@@ -312,24 +281,24 @@ class ConsumptionSpike(Detector):
             end_ts = hour_starts[c1] + pd.Timedelta(hours=1) if known_after else pd.NaT
 
             def hour_facts(c: int, m: int = m) -> dict[str, Any]:
-                b = base[m, c]
+                med = float(b.median[m, c])
                 return {
                     "hour": hour_starts[c],
                     "kwh": kwh[m, c],
-                    "baseline_kwh": b,
-                    "spread_kwh": spread[m, c],
-                    "ratio": kwh[m, c] / b if b > 0 else None,
-                    "history_samples": count[m, c],
+                    "baseline_kwh": med,
+                    "habitual_high_kwh": b.q_hi[m, c],
+                    "spread_kwh": b.spread[m, c],
+                    "ratio": kwh[m, c] / med if med > 0 else None,
+                    "comparable_days": int(b.days[m, c]),
                 }
 
             p = hour_facts(peak)
             times = short_ts(hour_starts[peak])
-            if p["ratio"] is None:
-                versus = f"vs baseline {p['baseline_kwh']:.2f} kWh"
-            else:
-                versus = f"vs baseline {p['baseline_kwh']:.2f} kWh ({p['ratio']:.1f}×"
-                days = int(p["history_samples"])
-                versus += f", median of {days} day{'s' if days != 1 else ''})"
+            versus = (
+                f"vs usual {p['baseline_kwh']:.2f} kWh (habitually up to "
+                f"{float(p['habitual_high_kwh']):.2f} kWh over {p['comparable_days']} comparable days"
+                + (f"; {p['ratio']:.1f}×)" if p["ratio"] is not None else ")")
+            )
             n_spike = c1 - c0 + 1
             if n_spike == 1:
                 summary = f"Consumption {p['kwh']:.2f} kWh in the hour from {times} {versus}"
@@ -357,10 +326,11 @@ class ConsumptionSpike(Detector):
                         "thresholds": dict(thresholds),
                         **plain(
                             {
+                                "baseline": "fitted" if hasattr(self, "profile_") else "rolling",
                                 "ct_ratio": mt.ct_ratio[m],
                                 "hours": n_spike,
                                 "kwh_total": float(np.sum(span)),
-                                "baseline_kwh_total": float(np.sum(base[m, c0 : c1 + 1])),
+                                "baseline_kwh_total": float(np.nansum(b.median[m, c0 : c1 + 1])),
                                 "first": hour_facts(c0),
                                 "peak": p,
                                 "window": w.meter_window(m) | {"hours_known": hours_known[m]},
@@ -373,30 +343,6 @@ class ConsumptionSpike(Detector):
 
 
 # ----------------------------------------------------------------- drops and zeros
-
-
-def same_hour_of_week_history(kwh: np.ndarray, weeks: int) -> np.ndarray:
-    """Samples of the same hour of the week on each of the previous ``weeks`` weeks.
-
-    Like :func:`same_hour_history` with a lag of 168 h: ``[w - 1, m, h] = kwh[m, h - 168 w]``.
-    """
-    n_meters, n_hours = kwh.shape
-    samples = np.full((weeks, n_meters, n_hours), np.nan)
-    for w in range(1, weeks + 1):  # loop over weeks of history, not meters
-        lag = 168 * w
-        if lag < n_hours:
-            samples[w - 1, :, lag:] = kwh[:, : n_hours - lag]
-    return samples
-
-
-def robust_baseline(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(median, 1.4826 x MAD, count)`` over axis 0 of ``samples``, NaN-aware."""
-    count = np.sum(~np.isnan(samples), axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        base = nanmedian(samples, axis=0)
-        mad = nanmedian(np.abs(samples - base), axis=0)
-    return base, MAD_SCALE * mad, count
 
 
 def run_lengths(mask: np.ndarray) -> np.ndarray:
@@ -575,37 +521,37 @@ class ZeroConsumption(Detector):
 
 
 @register(cadence="interval", history_days=28, order=220)
-class ConsumptionDrop(Detector):
-    """Sustained consumption far below the meter's usual for those hours of the week.
+class ConsumptionDrop(_ProfileRule):
+    """Sustained consumption far below the meter's own usual for those hours and day type.
 
-    Baseline of a (meter, hour): the median of the same hour of the week over the previous
-    ``history_weeks`` weeks, spread ``1.4826 x MAD`` (robust sigma, Leys et al. 2013); hours
-    with fewer than ``min_history_weeks`` samples are not judged. A drop hour has (strict)::
+    Baseline as :class:`ConsumptionSpike` (same day type and hour +-1 h over
+    ``history_days``, judged with at least ``min_history_days`` comparable days): ``median``,
+    the habitual low ``q_lo`` (10th percentile) and the spread ``1.4826 x MAD``. A drop hour
+    has (strict)::
 
-        kWh < ratio x baseline  and  baseline - kWh > k x spread
-        and  baseline - kWh > min_deficit_kwh
+        kWh < ratio x median  and  kWh < q_lo  and  median - kWh > k x spread
+        and  median - kWh > min_deficit_kwh
 
     A finding is a run of at least ``min_hours`` consecutive drop hours of a customer meter,
     outside area outages and outside zero-consumption runs (those are
-    :class:`ZeroConsumption`'s, one cause one alert). Hour-of-week baselines keep weekends
-    and shift patterns from looking like drops.
+    :class:`ZeroConsumption`'s, one cause one alert).
 
     Parameters
     ----------
     ratio : float
-        Drop hour is below this fraction of the baseline [-]. Default 0.5.
+        Drop hour is below this fraction of the median [-]. Default 0.5.
     k : float
-        Drop exceeds this many robust sigmas [-]. Default 3 (Leys et al. 2013's moderate
-        MAD rule).
+        Deficit exceeds this many robust standard deviations [-]. Default 3 (Leys et al.
+        2013's moderate MAD rule).
     min_deficit_kwh : float
         Absolute floor of the hourly deficit [kWh]. Default 0.1 (project choice: ignores
         near-zero night baselines).
     min_hours : int
         Consecutive drop hours [h]. Default 6.
-    history_weeks : int
-        Weeks of same-hour-of-week history [weeks]. Default 4.
-    min_history_weeks : int
-        Fewest samples needed to judge an hour [weeks]. Default 2.
+    history_days : int
+        Days of history the baseline draws on [d]. Default 28.
+    min_history_days : int
+        Fewest comparable days needed to judge an hour [d]. Default 7.
     max_gap_minutes : float
         As in :class:`ConsumptionSpike` [min]. Default 75.
     """
@@ -618,8 +564,8 @@ class ConsumptionDrop(Detector):
         k: float = 3.0,
         min_deficit_kwh: float = 0.1,
         min_hours: int = 6,
-        history_weeks: int = 4,
-        min_history_weeks: int = 2,
+        history_days: int = 28,
+        min_history_days: int = 7,
         max_gap_minutes: float = 75.0,
     ) -> None:
         check_fraction("ratio", ratio)
@@ -627,43 +573,41 @@ class ConsumptionDrop(Detector):
         if not float(min_deficit_kwh) >= 0:
             raise ValueError(f"min_deficit_kwh must be >= 0, got {min_deficit_kwh!r}")
         check_count("min_hours", min_hours)
-        check_count("history_weeks", history_weeks)
-        check_count("min_history_weeks", min_history_weeks)
-        if int(min_history_weeks) > int(history_weeks):
+        check_count("history_days", history_days)
+        check_count("min_history_days", min_history_days)
+        if int(min_history_days) > int(history_days):
             raise ValueError(
-                f"min_history_weeks ({min_history_weeks}) must not exceed history_weeks "
-                f"({history_weeks})"
+                f"min_history_days ({min_history_days}) must not exceed history_days "
+                f"({history_days})"
             )
         check_positive("max_gap_minutes", max_gap_minutes)
         self.ratio = ratio
         self.k = k
         self.min_deficit_kwh = min_deficit_kwh
         self.min_hours = min_hours
-        self.history_weeks = history_weeks
-        self.min_history_weeks = min_history_weeks
+        self.history_days = history_days
+        self.min_history_days = min_history_days
         self.max_gap_minutes = max_gap_minutes
 
     def drop_mask(self, w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DatetimeIndex]:
-        """``(kwh, drop mask, baseline, hours)`` before the min_hours filter."""
+        """``(kwh, drop mask, baseline median, hours)`` before the min_hours filter."""
         zero = ZeroConsumption(max_gap_minutes=self.max_gap_minutes)
         kwh, zeros, hours = zero.zero_mask(w)
         if kwh.size == 0:
             return kwh, zeros, kwh, hours
-        base, spread, count = robust_baseline(
-            same_hour_of_week_history(kwh, int(self.history_weeks))
-        )
-        deficit = base - kwh
-        customer = w.meters.customer
+        b = self.baseline(w, kwh, hours)
+        deficit = b.median - kwh
         drop = (
-            customer[:, None]
-            & (count >= int(self.min_history_weeks))
-            & strictly_less(kwh, float(self.ratio) * base)
-            & strictly_greater(deficit, float(self.k) * spread)
+            w.meters.customer[:, None]
+            & (b.days >= int(self.min_history_days))
+            & strictly_less(kwh, float(self.ratio) * b.median)
+            & strictly_less(kwh, b.q_lo)
+            & strictly_greater(deficit, float(self.k) * b.spread)
             & strictly_greater(deficit, float(self.min_deficit_kwh))
             & ~outage_hours(w, hours)
             & ~zeros
         )
-        return kwh, drop, base, hours
+        return kwh, drop, b.median, hours
 
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per run of at least ``min_hours`` drop hours."""
@@ -678,9 +622,9 @@ class ConsumptionDrop(Detector):
             w,
             int(self.min_hours),
             base,
-            "consumption_drop: kWh < ratio*baseline and baseline - kWh > k*spread and > "
-            "min_deficit_kwh for >= min_hours hours; baseline = median of the same hour of "
-            "the week over history_weeks, spread = 1.4826*MAD",
+            "consumption_drop: kWh < ratio*median, kWh < q_lo, median - kWh > k*spread and > "
+            "min_deficit_kwh for >= min_hours hours; baseline over the same day type and hour "
+            "(+-1 h) of history_days, >= min_history_days comparable days",
             "Consumption drop",
         )
 

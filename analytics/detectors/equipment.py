@@ -38,7 +38,7 @@ from meterwatch.analytics.base import (
     strictly_less,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import NO_TIME, Window, run_reduce, runs, utc
+from meterwatch.analytics.window import NO_TIME, Window, merge_runs, run_reduce, runs, utc
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns every rule of this module reads.
@@ -188,6 +188,7 @@ class _RowRule(Detector):
     _rule_text: ClassVar[str] = ""
     _extreme: ClassVar[str] = "max"  # which end of the value range is the worst
     min_readings: int
+    merge_hours: float
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -202,6 +203,7 @@ class _RowRule(Detector):
         hit, value, limit = self.hits(w)
         r = runs(hit, w.present, w.last_col())
         r = r.select(r.n >= int(self.min_readings))
+        r = merge_runs(r, w.t, float(self.merge_hours) * 3600e9)
         if len(r) == 0:
             return empty_findings()
         vmin = run_reduce(value, r, "min", where=hit)
@@ -289,6 +291,9 @@ class CurrentLoss(_OutageAware):
         "Load" above this fraction of Ib on another phase [-]. Default 0.05 (State Grid).
     min_readings : int
         Consecutive readings [readings]. Default 1: raised within one poll.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("current_loss",)
@@ -303,7 +308,11 @@ class CurrentLoss(_OutageAware):
     )
 
     def __init__(
-        self, current_fraction: float = 0.005, load_fraction: float = 0.05, min_readings: int = 1
+        self,
+        current_fraction: float = 0.005,
+        load_fraction: float = 0.05,
+        min_readings: int = 1,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("current_fraction", current_fraction)
         check_fraction("load_fraction", load_fraction)
@@ -311,6 +320,9 @@ class CurrentLoss(_OutageAware):
         self.current_fraction = current_fraction
         self.load_fraction = load_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ib = ph.ib[:, None, None]
@@ -353,6 +365,9 @@ class Overvoltage(_VoltageBand):
     min_readings : int
         Consecutive readings [readings]. Default 2 (two polls: a single spike is not a
         supply-voltage deviation, which GB/T 12325 judges on averaged values).
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("overvoltage",)
@@ -366,6 +381,7 @@ class Overvoltage(_VoltageBand):
         single_phase_fraction: float = 0.07,
         three_phase_fraction: float = 0.07,
         min_readings: int = 2,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("single_phase_fraction", single_phase_fraction)
         check_fraction("three_phase_fraction", three_phase_fraction)
@@ -373,6 +389,9 @@ class Overvoltage(_VoltageBand):
         self.single_phase_fraction = single_phase_fraction
         self.three_phase_fraction = three_phase_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, +1.0)
@@ -400,6 +419,9 @@ class Undervoltage(_VoltageBand):
         Allowed drop for 3-phase meters [-]. Default 0.07 (GB/T 12325).
     min_readings : int
         Consecutive readings [readings]. Default 2.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("undervoltage",)
@@ -416,6 +438,7 @@ class Undervoltage(_VoltageBand):
         single_phase_fraction: float = 0.10,
         three_phase_fraction: float = 0.07,
         min_readings: int = 2,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("single_phase_fraction", single_phase_fraction)
         check_fraction("three_phase_fraction", three_phase_fraction)
@@ -423,6 +446,9 @@ class Undervoltage(_VoltageBand):
         self.single_phase_fraction = single_phase_fraction
         self.three_phase_fraction = three_phase_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, -1.0)
@@ -465,6 +491,9 @@ class VoltageUnbalance(_OutageAware):
     min_readings : int
         Consecutive readings [readings]. Default 4 (one hour at 15 min: GB/T 15543 judges
         the long-time value; a short excursion up to 4 % is allowed).
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("voltage_unbalance",)
@@ -477,11 +506,16 @@ class VoltageUnbalance(_OutageAware):
         "(GB/T 15543 limits, IEEE 112 PVUR formula)"
     )
 
-    def __init__(self, limit_fraction: float = 0.02, min_readings: int = 4) -> None:
+    def __init__(
+        self, limit_fraction: float = 0.02, min_readings: int = 4, merge_hours: float = 24.0
+    ) -> None:
         check_fraction("limit_fraction", limit_fraction)
         check_count("min_readings", min_readings)
         self.limit_fraction = limit_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         three = ph.three[:, None]
@@ -513,6 +547,9 @@ class CurrentUnbalance(_OutageAware):
         Also judge ``role == "transformer"`` meters. Default False: a supply meter's
         unbalance reflects how single-phase customers are spread over the phases (and
         faults downstream), a planning metric judged on daily averages, not a meter fault.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("current_unbalance",)
@@ -531,6 +568,7 @@ class CurrentUnbalance(_OutageAware):
         min_load_fraction: float = 0.10,
         min_readings: int = 4,
         include_supply_meters: bool = False,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("limit_fraction", limit_fraction, upper_inclusive=True)
         check_fraction("min_load_fraction", min_load_fraction)
@@ -538,6 +576,9 @@ class CurrentUnbalance(_OutageAware):
         self.limit_fraction = limit_fraction
         self.min_load_fraction = min_load_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
         self.include_supply_meters = include_supply_meters
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -575,6 +616,9 @@ class ReversePower(_RowRule):
         starting current: anything the meter would register).
     min_readings : int
         Consecutive readings [readings]. Default 2 (one noisy sample is not a flow).
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("reverse_power",)
@@ -587,11 +631,16 @@ class ReversePower(_RowRule):
         "reverse_power: customer without export, power_kw < -fraction*phases*Un*Ib/1000"
     )
 
-    def __init__(self, fraction: float = 0.005, min_readings: int = 2) -> None:
+    def __init__(
+        self, fraction: float = 0.005, min_readings: int = 2, merge_hours: float = 24.0
+    ) -> None:
         check_fraction("fraction", fraction)
         check_count("min_readings", min_readings)
         self.fraction = fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = w.meters
@@ -621,6 +670,9 @@ class LowPowerFactor(_OutageAware):
     min_readings : int
         Consecutive readings [readings]. Default 4 (one hour at 15 min: the tariff rule
         assesses the monthly average, an alert needs a sustained value).
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("low_power_factor",)
@@ -640,6 +692,7 @@ class LowPowerFactor(_OutageAware):
         residential_min_pf: float = 0.0,
         min_load_fraction: float = 0.10,
         min_readings: int = 4,
+        merge_hours: float = 24.0,
     ) -> None:
         for name, v in (
             ("industrial_min_pf", industrial_min_pf),
@@ -655,6 +708,9 @@ class LowPowerFactor(_OutageAware):
         self.residential_min_pf = residential_min_pf
         self.min_load_fraction = min_load_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cls = w.meters.customer_class
@@ -687,6 +743,9 @@ class FrequencyDeviation(_RowRule):
         Allowed deviation [Hz]. Default 0.2 (GB/T 15945).
     min_readings : int
         Consecutive readings [readings]. Default 2.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("frequency_deviation",)
@@ -696,13 +755,22 @@ class FrequencyDeviation(_RowRule):
     _fmt: ClassVar[str] = ".3f"
     _rule_text: ClassVar[str] = "frequency_deviation: |f - nominal_hz| > limit_hz (GB/T 15945)"
 
-    def __init__(self, nominal_hz: float = 50.0, limit_hz: float = 0.2, min_readings: int = 2):
+    def __init__(
+        self,
+        nominal_hz: float = 50.0,
+        limit_hz: float = 0.2,
+        min_readings: int = 2,
+        merge_hours: float = 24.0,
+    ):
         check_positive("nominal_hz", nominal_hz)
         check_positive("limit_hz", limit_hz)
         check_count("min_readings", min_readings)
         self.nominal_hz = nominal_hz
         self.limit_hz = limit_hz
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         dev = w.q("frequency_hz") - np.float32(self.nominal_hz)
@@ -726,6 +794,9 @@ class TransformerOverload(_RowRule):
         Overload threshold as a fraction of ``rated_kva`` [-]. Default 1.0.
     min_readings : int
         Consecutive readings [readings]. Default 4 (one hour at 15 min).
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("transformer_overload",)
@@ -736,11 +807,16 @@ class TransformerOverload(_RowRule):
         "transformer_overload: hypot(P, Q)*ct_ratio > load_fraction*rated_kva on a supply meter"
     )
 
-    def __init__(self, load_fraction: float = 1.0, min_readings: int = 4) -> None:
+    def __init__(
+        self, load_fraction: float = 1.0, min_readings: int = 4, merge_hours: float = 24.0
+    ) -> None:
         check_positive("load_fraction", load_fraction)
         check_count("min_readings", min_readings)
         self.load_fraction = load_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = w.meters

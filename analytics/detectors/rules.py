@@ -20,7 +20,15 @@ from meterwatch.analytics.base import (
     strictly_less,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import NO_TIME, Window, prev_present, run_reduce, runs, utc
+from meterwatch.analytics.window import (
+    NO_TIME,
+    Window,
+    merge_runs,
+    prev_present,
+    run_reduce,
+    runs,
+    utc,
+)
 from meterwatch.core.schema import empty_findings
 
 PHASE_LABELS: tuple[str, ...] = ("L1", "L2", "L3")
@@ -157,6 +165,7 @@ class _PhaseRule(Detector):
     voltage_fraction: float
     current_fraction: float
     min_readings: int
+    merge_hours: float
 
     def _flags(
         self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
@@ -184,6 +193,7 @@ class _PhaseRule(Detector):
         mask = flags.any(axis=2)
         r = runs(mask, w.present, w.last_col())
         r = r.select(r.n >= int(self.min_readings))
+        r = merge_runs(r, w.t, float(self.merge_hours) * 3600e9)
         if len(r) == 0:
             return empty_findings()
         cols = np.broadcast_to(np.arange(w.n_cells, dtype=float)[None, :], mask.shape)
@@ -287,6 +297,9 @@ class VoltageLoss(_PhaseRule):
     min_readings : int
         Consecutive readings the condition must hold for [readings]. Default 1: raise
         within one poll.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("voltage_loss",)
@@ -300,6 +313,7 @@ class VoltageLoss(_PhaseRule):
         voltage_fraction: float = 0.78,
         current_fraction: float = 0.005,
         min_readings: int = 1,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("voltage_fraction", voltage_fraction)
         check_fraction("current_fraction", current_fraction)
@@ -307,6 +321,9 @@ class VoltageLoss(_PhaseRule):
         self.voltage_fraction = voltage_fraction
         self.current_fraction = current_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _flags(
         self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
@@ -339,6 +356,9 @@ class PhaseBreak(_PhaseRule):
         Default 0.78, the voltage-loss trigger: a phase above it is not in voltage loss.
     min_readings : int
         Consecutive readings the condition must hold for [readings]. Default 1.
+    merge_hours : float
+        Episodes of a meter at most this far apart are one finding [h]. Default 24
+        (hysteresis: a quantity hovering at the threshold gives at most one alert a day).
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("phase_break",)
@@ -354,6 +374,7 @@ class PhaseBreak(_PhaseRule):
         current_fraction: float = 0.005,
         live_voltage_fraction: float = 0.78,
         min_readings: int = 1,
+        merge_hours: float = 24.0,
     ) -> None:
         check_fraction("voltage_fraction", voltage_fraction)
         check_fraction("current_fraction", current_fraction)
@@ -363,6 +384,9 @@ class PhaseBreak(_PhaseRule):
         self.current_fraction = current_fraction
         self.live_voltage_fraction = live_voltage_fraction
         self.min_readings = min_readings
+        if not float(merge_hours) >= 0:
+            raise ValueError(f"merge_hours must be >= 0, got {merge_hours!r}")
+        self.merge_hours = merge_hours
 
     def _thresholds(self, un: float, ib: float) -> dict[str, Any]:
         out = super()._thresholds(un, ib)

@@ -49,7 +49,8 @@ from meterwatch.analytics.base import (
     plain,
     short_ts,
 )
-from meterwatch.analytics.detectors.consumption import MAD_SCALE, cusum_drop, hourly_energy
+from meterwatch.analytics.detectors.consumption import cusum_drop, hourly_energy
+from meterwatch.analytics.profiles import MAD_SCALE, day_cube
 from meterwatch.analytics.registry import register
 from meterwatch.analytics.window import Window, build_window
 from meterwatch.core.schema import empty_findings
@@ -77,26 +78,6 @@ _SPREAD_FLOOR = {
     "cusum": 0.3,
     "loss_corr": 0.1,
 }
-
-
-def day_cube(
-    kwh: np.ndarray, hours: pd.DatetimeIndex
-) -> tuple[np.ndarray, pd.DatetimeIndex, np.ndarray]:
-    """meters x days x 24 hourly energy [kWh] on whole UTC days, NaN outside known hours.
-
-    Returns ``(cube, days, complete)`` where ``complete[m, d]`` says all 24 hours are known.
-    """
-    n_m = kwh.shape[0]
-    if kwh.size == 0:
-        return np.zeros((n_m, 0, 24)), pd.DatetimeIndex([], tz="UTC"), np.zeros((n_m, 0), bool)
-    first = hours[0].floor("D")
-    offset = int((hours[0] - first) / pd.Timedelta(hours=1))
-    n_days = -(-(offset + hours.size) // 24)
-    padded = np.full((n_m, n_days * 24), np.nan)
-    padded[:, offset : offset + hours.size] = kwh
-    cube = padded.reshape(n_m, n_days, 24)
-    complete = np.sum(~np.isnan(cube), axis=2) == 24
-    return cube, pd.date_range(first, periods=n_days, freq="D"), complete
 
 
 def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -90,11 +90,11 @@ def test_weekend_is_not_a_drop_with_hour_of_week_baseline() -> None:
     assert ConsumptionDrop().detect(hourly("M", usual()), REG).empty
 
 
-def test_drop_needs_min_history_weeks() -> None:
+def test_drop_needs_min_history_days() -> None:
     use = usual()
-    use[WEEK + 10 : WEEK + 30] = 0.1  # second week: only one week of history
+    use[WEEK + 10 : WEEK + 30] = 0.1  # second Monday: five comparable weekdays before it
     assert ConsumptionDrop().detect(hourly("M", use), REG).empty
-    assert len(ConsumptionDrop(min_history_weeks=1).detect(hourly("M", use), REG)) == 1
+    assert len(ConsumptionDrop(min_history_days=5).detect(hourly("M", use), REG)) == 1
 
 
 def test_drop_absolute_floor() -> None:
