@@ -42,7 +42,9 @@ def noise(sd: float) -> np.ndarray:
 
 
 # rule -> (detector class, per-reading changes around its threshold, registry overrides)
-CASES: dict[str, tuple[type[Detector], Callable[[int, np.ndarray], dict[str, Any]], dict[str, Any]]] = {
+CASES: dict[
+    str, tuple[type[Detector], Callable[[int, np.ndarray], dict[str, Any]], dict[str, Any]]
+] = {
     "voltage_loss": (
         VoltageLoss,
         lambda k, z: {"voltage_l2_v": 0.78 * UN + 2.0 * z[k]},
