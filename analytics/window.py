@@ -201,6 +201,14 @@ class DataQuality:
     out_of_order: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.int64))
     )
+    #: (meter code, ts ns, column index in READING_FIELDS) of every non-numeric value.
+    non_numeric: tuple[np.ndarray, np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+    )
     #: (meter code, ts ns) of readings displaced by a later one in the same cell.
     collisions: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -423,6 +431,17 @@ def build_window(
         coerced=coerced,
         coerced_examples=examples,
     )
+    bad_rows = canon.attrs.get("coerced_rows") or {}
+    if bad_rows:
+        parts = [
+            (np.asarray(r, dtype=np.int64), READING_FIELDS.index(c))
+            for c, r in bad_rows.items()
+            if c in READING_FIELDS
+        ]
+        pos = np.concatenate([r for r, _ in parts]) if parts else np.zeros(0, np.int64)
+        col_idx = np.concatenate([np.full(r.size, k) for r, k in parts]) if parts else pos
+        ok = (codes[pos] >= 0) & ~no_ts[pos] if pos.size else np.zeros(0, bool)
+        dq.non_numeric = (codes[pos][ok].astype(np.int64), t[pos][ok], col_idx[ok].astype(np.int64))
     keep = (codes >= 0) & ~no_ts
     rows = np.flatnonzero(keep)
     codes, t = codes[rows].astype(np.int64), t[rows]

@@ -70,6 +70,8 @@ _TYPES: tuple[AlertType, ...] = (
     AlertType("missing_data", "data_quality", "minor", description="a gap in a meter's readings"),
     AlertType("meter_offline", "data_quality", "major", inhibited_by=("outage",), description="a meter stopped answering"),
     AlertType("duplicate_reading", "data_quality", "minor", description="several readings of one meter at one instant"),
+    AlertType("off_grid_reading", "data_quality", "minor", description="readings off the meter's usual interval grid"),
+    AlertType("non_numeric_value", "data_quality", "minor", description="values that are not numbers (read as missing)"),
 )  # fmt: skip
 
 #: Type name -> entry, in catalogue order.

@@ -109,11 +109,14 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
     up to :data:`COERCED_EXAMPLES` of them per column as ``{"row", "meter_id", "ts", "value"}``
     (``row`` is the 0-based position in ``df``). Empty strings and NaN spellings (``nan``,
     ``NA``, ``null`` ...) are missing values, not coercions. Float columns skip the check.
+    ``out.attrs["coerced_rows"]`` maps each such column to the 0-based positions of every
+    coerced value (for the data-quality rules).
     """
     n = len(df)
     cols: dict[str, object] = {}
     coerced: dict[str, int] = {}
     bad_rows: dict[str, np.ndarray] = {}
+    all_bad: dict[str, np.ndarray] = {}
     cols["meter_id"] = (
         # .array keeps pandas' string storage (no round trip through Python objects).
         df["meter_id"].astype(str).array if "meter_id" in df else np.array([], dtype=str)
@@ -133,10 +136,12 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
                 bad = _coerced_mask(raw, values)
                 if bad is not None:
                     coerced[col] = int(bad.sum())
-                    bad_rows[col] = np.flatnonzero(bad)[:COERCED_EXAMPLES]
+                    all_bad[col] = np.flatnonzero(bad)
+                    bad_rows[col] = all_bad[col][:COERCED_EXAMPLES]
     out = pd.DataFrame(cols)
     out["ts"] = out["ts"].astype(TS_DTYPE) if n else pd.Series(dtype=TS_DTYPE)
     out.attrs["coerced"] = coerced
+    out.attrs["coerced_rows"] = all_bad
     out.attrs["coerced_examples"] = {
         col: [
             {

@@ -67,6 +67,9 @@ def _registry() -> pd.DataFrame:
             "rated_kva": 100.0,
         },
     ]
+    # Data-quality cases (analytics/detectors/data_quality.py), 1-phase like M2.
+    for m in ("M6", "M7", "M8"):
+        rows.append({"meter_id": m, "phases": 1, "nominal_voltage_v": 220.0, "ct_ratio": 1.0})
     reg = pd.DataFrame([{**common, **r} for r in rows])
     # M2 was calibrated 2025-06-01 every 200 days: due 2025-12-18, before the window.
     reg.loc[reg["meter_id"] == "M2", "calibration_interval_days"] = 200
@@ -85,6 +88,8 @@ def _fleet() -> pd.DataFrame:
     M5 (1-phase): about 0.8 kWh/h with a daily shape; 30 h without any consumption, and
     10 h at an eighth of its usual near the end.
     TS3 (supply meter of area T3, CT 100, 100 kVA): outage for 2 h, overload for 5 h.
+    M6 (1-phase): no readings for 6 h, an exact and a conflicting duplicate, a day of
+    readings 7 minutes off its grid. M7: silent for the last 20 h. M8: one value "err".
     X9: not in the registry, with every fault at once (must be ignored).
     """
     records = []
@@ -199,11 +204,28 @@ def _fleet() -> pd.DataFrame:
                 "current_l3_a": 5.0,
             }
         )
+    for h in range(HOURS + 1):
+        base = {"energy_import_kwh": 900 + 0.5 * h, "voltage_l1_v": 225.0, "current_l1_a": 1.0}
+        if not 200 <= h < 206:  # a 6 h gap
+            shift = pd.Timedelta(minutes=7) if 400 <= h < 424 else pd.Timedelta(0)
+            records.append({"meter_id": "M6", "ts": t[h] + shift, **base})
+        if h == 300:
+            records.append({"meter_id": "M6", "ts": t[h], **base})  # exact repeat
+        if h == 301:
+            records.append({"meter_id": "M6", "ts": t[h], **base, "energy_import_kwh": 1.0})
+        if h <= HOURS - 20:
+            records.append({"meter_id": "M7", "ts": t[h], **base})
+        records.append({"meter_id": "M8", "ts": t[h], **base})
     return readings_from_records(records)
 
 
 # B1, B2: billing-error cases for analytics/billing_rules.py (tests/billing_cases.py).
 FLEET = pd.concat([_fleet(), billing_fault_readings(START, HOURS)], ignore_index=True)
+# M8's voltage at hour 150 as a file may hold it: not a number.
+FLEET["voltage_l1_v"] = FLEET["voltage_l1_v"].astype(object)
+FLEET.loc[
+    (FLEET["meter_id"] == "M8") & (FLEET["ts"] == START + pd.Timedelta(hours=150)), "voltage_l1_v"
+] = "err"
 REGISTRY = pd.concat([_registry(), billing_fault_meters()], ignore_index=True)
 
 

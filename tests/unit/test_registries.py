@@ -32,7 +32,7 @@ def test_every_detector_declares_cadence_history_and_catalogue_types() -> None:
     specs = detectors.load_detectors()
     assert {t for s in specs.values() for t in s.alert_types} <= set(CATALOGUE)
     assert {s.cadence for s in specs.values()} == {"streaming", "interval", "daily"}
-    assert specs["consumption_spike"].history_s == 7 * 86400
+    assert specs["consumption_spike"].history_s == 28 * 86400
     assert {k for k, s in specs.items() if s.cadence == "daily"} == {
         "theft_suspected",
         "transformer_loss",
