@@ -93,7 +93,7 @@ def run_and_check(cfg: Config, duration_s: float) -> None:
 
     # Stored exactly once: no (meter, ts) twice, and every reading accounted for.
     assert rows == distinct
-    assert summary.counters.get("modbus_errors", 0) == 0
+    assert summary.counters.get("meter_errors", 0) == 0
     assert summary.counters.get("readings_refused", 0) == 0
     assert summary.counters.get("mqtt_dead_letters", 0) == 0
 

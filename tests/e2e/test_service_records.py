@@ -110,7 +110,7 @@ def test_service_stores_validated_readings_alert_events_and_health(tmp_path: Pat
     last = health[health["ts"] == health["ts"].max()].set_index("gateway")
     gw = last.loc["sim"]
     assert gw["meters"] == len(service.registry)
-    assert gw["requests"] == c["modbus_requests"] and gw["errors"] == c.get("modbus_errors", 0)
+    assert gw["requests"] == c["meter_requests"] and gw["errors"] == c.get("meter_errors", 0)
     assert gw["polls"] == c["poll_cycles"]
     assert last.loc[WRITER_ROW, "readings_stored"] == c["readings_stored"] == len(readings)
     assert health["ts"].nunique() >= 6
