@@ -17,6 +17,7 @@ import pytest
 from meterwatch.config import Config, parse_config
 from meterwatch.service import Service
 from meterwatch.storage.embedded import EmbeddedStore
+from tests.support.fleet import simulated_gateway
 from tests.support.servers import Mosquitto, free_port
 
 ANOMALY_TO_ALERT = {
@@ -58,14 +59,7 @@ def e2e_config(tmp_path: Path, *, broker: str, mqtt_port: int) -> Config:
                 "modbus": {
                     "interval": "15m",
                     "gateways": [
-                        # Generous timeout: a loaded CI machine must not look like a dead meter.
-                        {
-                            "name": "sim",
-                            "host": "127.0.0.1",
-                            "port": 1,
-                            "devices": "simulator",
-                            "timeout_s": 3.0,
-                        }
+                        simulated_gateway(),
                     ],
                 }
             },

@@ -22,6 +22,7 @@ import pytest
 
 from meterwatch.config import parse_config
 from meterwatch.service import Service
+from tests.support.fleet import simulated_gateway
 from tests.support.servers import RunningServer, free_port, influxdb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,13 +117,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServ
                     "modbus": {
                         "interval": "15m",
                         "gateways": [
-                            {
-                                "name": "sim",
-                                "host": "127.0.0.1",
-                                "port": 1,
-                                "devices": "simulator",
-                                "timeout_s": 3.0,
-                            }
+                            simulated_gateway(),
                         ],
                     },
                 },

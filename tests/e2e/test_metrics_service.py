@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meterwatch.config import parse_config
 from meterwatch.core.counters import GATEWAY_LABELS, METRICS, SINK_LABELS
 from meterwatch.service import Service
+from tests.support.fleet import simulated_gateway
 from tests.support.servers import free_port
 
 Series = dict[tuple[tuple[str, str], ...], float]
@@ -82,13 +83,7 @@ def test_metrics_of_a_running_service(tmp_path: Path, webhook_receiver: str) -> 
                 "modbus": {
                     "interval": "15m",
                     "gateways": [
-                        {
-                            "name": "sim",
-                            "host": "127.0.0.1",
-                            "port": 1,
-                            "devices": "simulator",
-                            "timeout_s": 3.0,
-                        },
+                        simulated_gateway(),
                         {
                             "name": "dead",
                             "host": "127.0.0.1",
