@@ -21,6 +21,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 venv: $(VENV)/.installed
 
+# The Flux checker of docs/queries.md (tests/integration/test_flux_queries.py): the Flux language
+# server from npm, pinned in its package-lock.json; needs Node.js (nodejs, with npm).
+FLUX_CHECK := tools/flux-check
+$(FLUX_CHECK)/node_modules/.installed: $(FLUX_CHECK)/package.json $(FLUX_CHECK)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js (Debian: nodejs npm)"; exit 1; }
+	npm ci --prefix $(FLUX_CHECK) --no-audit --no-fund --silent
+	touch $@
+
 ## run: create the venv, install, run the service on $(CONFIG) (DURATION=seconds to stop by itself)
 run: $(VENV)/.installed
 	$(VENV)/bin/meterwatch run --config $(CONFIG) $(if $(DURATION),--duration $(DURATION),)
@@ -35,7 +43,7 @@ deb-test-packages:
 	fi
 
 ## test: install test extras and Debian servers, then run pytest
-test: $(VENV)/.installed-test deb-test-packages
+test: $(VENV)/.installed-test deb-test-packages $(FLUX_CHECK)/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy, as CI would

@@ -4,7 +4,10 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer <token>``; ``?token=
 too, because a browser's EventSource cannot set headers):
 
 - ``GET  /``                              the web page (no data in it; it calls the API)
-- ``GET  /api/alerts``                    ?status=&type=&meter_id=&transformer_id=&since=
+- ``GET  /api/alerts``                    ?status=&type=&meter_id=&transformer_id=&since=&limit=
+  (``status=resolved`` is the history: resolved and verified; ``limit=N`` keeps the N most
+  recently changed, newest first); the answer carries the server's ``now`` (service time), which
+  the page judges SLA deadlines against
 - ``GET  /api/alerts/{id}``
 - ``POST /api/alerts/{id}/ack``           JSON body ``{"by": ..., "note": ...}``
 - ``POST /api/alerts/{id}/resolve``       same body
@@ -224,7 +227,7 @@ class AlertHttpServer:
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     def list_alerts(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        allowed = {"status", "type", "meter_id", "transformer_id", "since", "token"}
+        allowed = {"status", "type", "meter_id", "transformer_id", "since", "limit", "token"}
         unknown = sorted(set(query) - allowed)
         if unknown:
             raise HttpError(
@@ -253,8 +256,24 @@ class AlertHttpServer:
                     HTTPStatus.BAD_REQUEST,
                     f"since {query['since'][0]!r} is not an ISO 8601 time (e.g. 2024-05-01T00:00:00Z)",
                 ) from None
+        limit: int | None = None
+        if "limit" in query:
+            try:
+                limit = int(query["limit"][0])
+            except ValueError:
+                limit = 0
+            if limit <= 0:
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, f"limit {query['limit'][0]!r} is not a positive integer"
+                )
         alerts = self.manager.list(**filters)
-        return {"count": len(alerts), "alerts": [alert_json(a) for a in alerts]}
+        if limit is not None:
+            alerts = sorted(alerts, key=_changed, reverse=True)[:limit]
+        return {
+            "count": len(alerts),
+            "now": iso(self.now()),
+            "alerts": [alert_json(a) for a in alerts],
+        }
 
     def get_alert(self, alert_id: str) -> dict[str, Any]:
         return alert_json(self.manager.get(alert_id))
@@ -288,6 +307,11 @@ class AlertHttpServer:
         start = end - timedelta(hours=hours)
         frame = self.readings(meter_id, start, end)
         return readings_json(frame, meter_id, start, end)
+
+
+def _changed(alert: Alert) -> datetime:
+    """When an alert last changed (for the newest-first history)."""
+    return alert.updated_at or alert.starts_at
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -587,6 +587,7 @@ class Dlt645GatewayPoller(GatewayPoller):
             clock,
             stats,
             protocol="dlt645",
+            gateway=name,
             offline_after=offline_after,
             backoff_cap_s=backoff_cap_s,
             on_findings=on_findings,
@@ -616,7 +617,7 @@ class Dlt645GatewayPoller(GatewayPoller):
             else:
                 await self.transport.connect(self.host, self.port, timeout=self.timeout_s)
         except (OSError, TimeoutError) as exc:
-            self.stats.count("dlt645_connect_errors")
+            self.stats.count("gateway_connect_errors", **self.tracker.labels)
             if not self._gateway_down:
                 log.warning(
                     "DL/T 645 gateway %s (%s) unreachable: %s", self.name, self.address, exc
@@ -643,7 +644,7 @@ class Dlt645GatewayPoller(GatewayPoller):
             )
         except (DeviceError, ProtocolError) as exc:
             if not isinstance(exc, DeviceTimeout):
-                self.stats.count("dlt645_reconnects")
+                self.stats.count("gateway_reconnects", **self.tracker.labels)
                 await self.close()
             self.tracker.failed(dev.meter_id, now, exc, where)
             return None
@@ -665,10 +666,12 @@ class Dlt645GatewayPoller(GatewayPoller):
                 self.transport, dev.address, self.timeout_s, meter_id=dev.meter_id
             )
         except (DeviceError, ProtocolError) as exc:
-            self.stats.count("dlt645_clock_errors")
+            self.stats.count("dlt645_clock_errors", **self.tracker.labels)
             refused = isinstance(exc.__cause__, Dlt645AbnormalReply)
             if isinstance(exc, DeviceError) and not refused and not isinstance(exc, DeviceTimeout):
-                self.stats.count("dlt645_reconnects")  # link failed: next meter reconnects
+                self.stats.count(
+                    "gateway_reconnects", **self.tracker.labels
+                )  # link failed: next meter reconnects
                 await self.close()
             if dev.meter_id not in self._clock_failing:
                 self._clock_failing.add(dev.meter_id)
@@ -681,7 +684,7 @@ class Dlt645GatewayPoller(GatewayPoller):
             log.info("meter %s (%s): clock read again", dev.meter_id, where)
         device_ts = local_to_utc(local, self.clock_zone)
         if pd.isna(device_ts):
-            self.stats.count("dlt645_clock_ambiguous")
+            self.stats.count("dlt645_clock_ambiguous", **self.tracker.labels)
         return device_ts
 
 

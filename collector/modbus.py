@@ -138,6 +138,7 @@ class MeterTracker:
         stats: Stats,
         *,
         protocol: str,
+        gateway: str,
         offline_after: int = 3,
         backoff_cap_s: float = 300.0,
         on_findings: FindingsCallback | None = None,
@@ -145,6 +146,9 @@ class MeterTracker:
         self.clock = clock
         self.stats = stats
         self.protocol = protocol
+        self.gateway = gateway
+        self.labels = {"gateway": gateway, "protocol": protocol}
+        stats.declare_gateway(gateway, protocol)
         self.offline_after = offline_after
         self.backoff_cap_s = backoff_cap_s
         self.on_findings = on_findings
@@ -159,7 +163,7 @@ class MeterTracker:
     def request(self, meter_id: str) -> MeterHealth:
         health = self.stats.meter(meter_id)
         health.requests += 1
-        self.stats.count(f"{self.protocol}_requests")
+        self.stats.count("meter_requests", **self.labels)
         return health
 
     def succeeded(self, meter_id: str, now: datetime, where: str) -> None:
@@ -180,7 +184,7 @@ class MeterTracker:
         health.errors += 1
         health.consecutive_errors += 1
         health.last_error = str(exc)
-        self.stats.count(f"{self.protocol}_errors")
+        self.stats.count("meter_errors", **self.labels)
         backoff = min(self.backoff_cap_s, 2.0**n)  # wall seconds
         self.skip_until[meter_id] = now + timedelta(seconds=self.clock.service_seconds(backoff))
         if health.consecutive_errors >= self.offline_after and meter_id not in self.offline_since:
@@ -192,7 +196,9 @@ class MeterTracker:
     def _emit(
         self, meter_id: str, since: datetime, until: datetime | None, where: str, reason: str
     ) -> None:
-        self.stats.count("meter_offline_events" if until is None else "meter_online_events")
+        self.stats.count(
+            "meter_offline_events" if until is None else "meter_online_events", **self.labels
+        )
         if self.on_findings is None:
             return
         if until is None:
@@ -381,6 +387,7 @@ class ModbusGatewayPoller(GatewayPoller):
             clock,
             stats,
             protocol="modbus",
+            gateway=name,
             offline_after=offline_after,
             backoff_cap_s=backoff_cap_s,
             on_findings=on_findings,
@@ -419,7 +426,7 @@ class ModbusGatewayPoller(GatewayPoller):
             ok = False
             reason = str(exc)
         if not ok:
-            self.stats.count("modbus_connect_errors")
+            self.stats.count("gateway_connect_errors", **self.tracker.labels)
             if not self._gateway_down:
                 log.warning(
                     "Modbus gateway %s (%s) unreachable: %s", self.name, self.address, reason
@@ -440,7 +447,7 @@ class ModbusGatewayPoller(GatewayPoller):
         except DeviceError as exc:
             if not isinstance(exc, DeviceTimeout | DeviceException):
                 # A broken link or garbled framing: start the next request on a fresh connection.
-                self.stats.count("modbus_reconnects")
+                self.stats.count("gateway_reconnects", **self.tracker.labels)
                 self.client.close()
             self.tracker.failed(dev.meter_id, now, exc, f"{self.address} unit {dev.unit}")
             dev.failures = self.tracker.failures.get(dev.meter_id, 0)
@@ -467,7 +474,7 @@ class ModbusGatewayPoller(GatewayPoller):
                 if exc.code != BUSY or attempt >= self.busy_retries:
                     raise
                 attempt += 1
-                self.stats.count("modbus_busy_retries")
+                self.stats.count("modbus_busy_retries", **self.tracker.labels)
                 await asyncio.sleep(self.busy_delay_s)
 
 

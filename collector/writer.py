@@ -54,7 +54,7 @@ StoredListener = Callable[[pd.DataFrame], None]
 #: Reading dicts as :func:`meterwatch.core.schema.readings_from_records` takes them.
 Records = list[dict[str, Any]]
 
-#: Window over which ``store_write_rate_rows_per_s`` is averaged [wall s].
+#: Window over which ``store_write_rows_per_second`` is averaged [wall s].
 RATE_WINDOW_S = 10.0
 #: Store attributes mirrored as stats counters (InfluxStore has them; other stores need not).
 _STORE_COUNTERS = (
@@ -435,7 +435,7 @@ class ReadingWriter:
         while self._rate and self._rate[0][0] < now - RATE_WINDOW_S:
             self._rate.popleft()
         self.stats.set_gauge(
-            "store_write_rate_rows_per_s", sum(n for _, n in self._rate) / RATE_WINDOW_S
+            "store_write_rows_per_second", sum(n for _, n in self._rate) / RATE_WINDOW_S
         )
         self.stats.set_gauge("writer_pending_rows", self._pending_rows)
         if self.spool is not None:
@@ -443,5 +443,5 @@ class ReadingWriter:
                 self._spool_full_logged = False
             self.stats.set_gauge("spool_depth_rows", self.spool.depth_rows)
             self.stats.set_gauge("spool_depth_bytes", self.spool.depth_bytes)
-            self.stats.set_gauge("spool_oldest_pending_s", self.spool.oldest_age_s())
+            self.stats.set_gauge("spool_oldest_pending_seconds", self.spool.oldest_age_s())
             self.stats.set_gauge("spool_max_bytes", self.spool.max_bytes)

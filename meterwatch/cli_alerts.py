@@ -7,7 +7,7 @@ service rewrites every few seconds and at stop (:func:`alerts.manager.service_ti
 runs, its service time now; after it stopped, the service time it stopped at; else wall-clock
 UTC. SLA deadlines are in the clock of the service that opened the alert, so acting on the
 wall clock against a simulated feed would read every SLA as missed (or met, before the
-simulated start).
+simulated start). Every relative time option (``--since 6h``) counts back from the same instant.
 """
 
 from __future__ import annotations
@@ -75,6 +75,35 @@ def _action_time(manager: AlertManager, at_text: str | None) -> datetime:
     return at
 
 
+def _since(manager: AlertManager, text: str | None) -> datetime | None:
+    """``--since``: an ISO instant, or a duration back from the action time's clock (``6h``).
+
+    The duration counts back from the same "now" as ``ack``: the simulated service time
+    recorded next to the feed when there is one (a demo feed's alerts are in service time),
+    else wall-clock UTC.
+    """
+    if not text:
+        return None
+    try:
+        back = parse_duration(text)
+    except ValueError:
+        try:
+            return parse_iso(text)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{text!r} is neither an ISO time nor a duration like 6h", param_hint="--since"
+            ) from exc
+    found = service_time(manager.state_dir, _now())
+    if found is None:
+        return _now() - timedelta(seconds=back)
+    now, how = found
+    since = now - timedelta(seconds=back)
+    err_console.print(
+        f"since {iso(since)} ({text} before {iso(now)}, from {how})", highlight=False, markup=False
+    )
+    return since
+
+
 def _fail(exc: Exception, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
     sys.exit(code)
@@ -121,20 +150,6 @@ def _feed_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _since(text: str | None) -> datetime | None:
-    """``--since``: an ISO instant, or a duration back from now (``6h``, ``2d``)."""
-    if not text:
-        return None
-    try:
-        return _now() - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        return parse_iso(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r} is neither an ISO time nor a duration like 6h") from exc
-
-
 def _quiet_text(a: Alert) -> str:
     if not a.quiet:
         return ""
@@ -165,7 +180,11 @@ def _filters(fn: F) -> F:
             click.option("--type", "atype", help="Alert type, e.g. voltage_loss."),
             click.option("--meter", help="Meter id."),
             click.option("--area", help="Transformer area (transformer_id)."),
-            click.option("--since", help="Changed since an ISO time or a duration ago (6h, 2d)."),
+            click.option(
+                "--since",
+                help="Changed since an ISO time, or a duration (6h, 2d) before the action time "
+                "(the simulated service time when the feed has one, as for ack).",
+            ),
         ]
     ):
         fn = opt(fn)
@@ -187,7 +206,7 @@ def list_cmd(
 ) -> None:
     """List alerts (oldest first) with their lifecycle stage, quiet reason and SLA state."""
     found = manager.list(
-        status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(since)
+        status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(manager, since)
     )
     if as_json:
         for a in found:
@@ -336,7 +355,7 @@ def report_cmd(
 ) -> None:
     """On-time rates (acknowledged, resolved) per transformer area and type."""
     found = manager.list(
-        status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(since)
+        status=status, type=atype, meter_id=meter, transformer_id=area, since=_since(manager, since)
     )
     df = on_time_report(found, _action_time(manager, at_text))
     if as_json:

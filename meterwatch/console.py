@@ -88,15 +88,15 @@ def status_table(service: Service) -> Table:
         t.add_row(
             "spool pending (rows / MB / oldest s)",
             f"{g.get('spool_depth_rows', 0):.0f} / {g.get('spool_depth_bytes', 0) / 1e6:.1f}"
-            f" / {g.get('spool_oldest_pending_s', 0):.0f}",
+            f" / {g.get('spool_oldest_pending_seconds', 0):.0f}",
         )
     t.add_row(
         "store writes / s, errors",
-        f"{service.stats.gauge_snapshot().get('store_write_rate_rows_per_s', 0):.0f}, "
+        f"{service.stats.gauge_snapshot().get('store_write_rows_per_second', 0):.0f}, "
         f"{c.get('store_errors', 0)}",
     )
     t.add_row(
-        "Modbus requests / errors", f"{c.get('modbus_requests', 0)} / {c.get('modbus_errors', 0)}"
+        "meter requests / errors", f"{c.get('meter_requests', 0)} / {c.get('meter_errors', 0)}"
     )
     t.add_row(
         "MQTT messages / dead letters",
@@ -121,8 +121,8 @@ def print_summary(console: Console, s: RunSummary) -> None:
     t.add_row("meters (online at end)", f"{s.meters} ({s.meters_online})")
     for key in (
         "readings_stored",
-        "modbus_requests",
-        "modbus_errors",
+        "meter_requests",
+        "meter_errors",
         "mqtt_messages",
         "mqtt_dead_letters",
         "readings_refused",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,7 +103,6 @@ class Jobs:
 
     def __init__(self, c: Components):
         self.c = c
-        self.poll_counts: Counter[str] = Counter()  # poll cycles per poller (collector_health)
 
     def schedule(self, s: Scheduler) -> None:
         """Every job the config asks for, on ``s``."""
@@ -141,8 +139,7 @@ class Jobs:
 
     async def poll(self, poller: PolledSource, wall_interval: float) -> None:
         await poller.poll_cycle(wall_interval)
-        self.c.stats.count("poll_cycles")
-        self.poll_counts[poller.name] += 1
+        self.c.stats.count("poll_cycles", gateway=poller.name, protocol=poller.protocol)
 
     async def apply_retention(self) -> int:
         """Delete embedded-store readings older than ``storage.retention_days``; rows deleted."""
@@ -237,7 +234,9 @@ class Jobs:
             return 0
         polled = {m for p in c.pollers for m in p.meter_ids()}
         sources = [
-            GatewaySource(p.name, p.protocol, p.meter_ids(), self.poll_counts[p.name])
+            GatewaySource(
+                p.name, p.protocol, p.meter_ids(), int(c.stats.total("poll_cycles", gateway=p.name))
+            )
             for p in c.pollers
         ]
         for s in c.service_sources:

@@ -208,12 +208,12 @@ def health_frame(
         "readings_stored": counters.get("readings_stored", 0),
         "readings_refused": counters.get("readings_refused", 0),
         "store_errors": counters.get("store_errors", 0),
-        "store_write_rate_rows_per_s": gauges.get("store_write_rate_rows_per_s", 0.0),
+        "store_write_rate_rows_per_s": gauges.get("store_write_rows_per_second", 0.0),
     }
     if spool:
         writer["spool_depth_rows"] = int(gauges.get("spool_depth_rows", 0))
         writer["spool_depth_bytes"] = int(gauges.get("spool_depth_bytes", 0))
-        writer["spool_oldest_pending_s"] = gauges.get("spool_oldest_pending_s", 0.0)
+        writer["spool_oldest_pending_s"] = gauges.get("spool_oldest_pending_seconds", 0.0)
     rows.append(writer)
     df = pd.DataFrame(rows)
     df.insert(0, "ts", ts)

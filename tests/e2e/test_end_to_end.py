@@ -17,6 +17,7 @@ import pytest
 from meterwatch.config import Config, parse_config
 from meterwatch.service import Service
 from meterwatch.storage.embedded import EmbeddedStore
+from tests.support.fleet import simulated_gateway
 from tests.support.servers import Mosquitto, free_port
 
 ANOMALY_TO_ALERT = {
@@ -58,14 +59,7 @@ def e2e_config(tmp_path: Path, *, broker: str, mqtt_port: int) -> Config:
                 "modbus": {
                     "interval": "15m",
                     "gateways": [
-                        # Generous timeout: a loaded CI machine must not look like a dead meter.
-                        {
-                            "name": "sim",
-                            "host": "127.0.0.1",
-                            "port": 1,
-                            "devices": "simulator",
-                            "timeout_s": 3.0,
-                        }
+                        simulated_gateway(),
                     ],
                 }
             },
@@ -93,7 +87,7 @@ def run_and_check(cfg: Config, duration_s: float) -> None:
 
     # Stored exactly once: no (meter, ts) twice, and every reading accounted for.
     assert rows == distinct
-    assert summary.counters.get("modbus_errors", 0) == 0
+    assert summary.counters.get("meter_errors", 0) == 0
     assert summary.counters.get("readings_refused", 0) == 0
     assert summary.counters.get("mqtt_dead_letters", 0) == 0
 

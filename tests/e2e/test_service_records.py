@@ -19,6 +19,7 @@ from meterwatch.config import parse_config
 from meterwatch.service import Service
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.measurements import WRITER_ROW
+from tests.support.fleet import simulated_gateway
 from tests.support.servers import free_port
 
 
@@ -41,13 +42,7 @@ def test_service_stores_validated_readings_alert_events_and_health(tmp_path: Pat
                 "modbus": {
                     "interval": "15m",
                     "gateways": [
-                        {
-                            "name": "sim",
-                            "host": "127.0.0.1",
-                            "port": 1,
-                            "devices": "simulator",
-                            "timeout_s": 3.0,
-                        }
+                        simulated_gateway(),
                     ],
                 }
             },
@@ -110,7 +105,7 @@ def test_service_stores_validated_readings_alert_events_and_health(tmp_path: Pat
     last = health[health["ts"] == health["ts"].max()].set_index("gateway")
     gw = last.loc["sim"]
     assert gw["meters"] == len(service.registry)
-    assert gw["requests"] == c["modbus_requests"] and gw["errors"] == c.get("modbus_errors", 0)
+    assert gw["requests"] == c["meter_requests"] and gw["errors"] == c.get("meter_errors", 0)
     assert gw["polls"] == c["poll_cycles"]
     assert last.loc[WRITER_ROW, "readings_stored"] == c["readings_stored"] == len(readings)
     assert health["ts"].nunique() >= 6

@@ -217,7 +217,8 @@ class ServiceProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
     def metrics(self) -> dict[str, float]:
-        """Counters (``<name>_total``) and gauges as name -> value, without the prefix."""
+        """Counters (``<name>_total``) and gauges as name -> value, without the prefix; a
+        labelled metric (per gateway) is summed over its series."""
         if self.proc.poll() is not None:
             raise AssertionError(f"service exited with {self.proc.returncode}\n{self.log_tail()}")
         try:
@@ -225,11 +226,12 @@ class ServiceProcess:
                 text = resp.read().decode()
         except OSError:
             return {}
-        out = {}
+        out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("meterwatch_"):
-                name, value = line.split()
-                out[name.removeprefix("meterwatch_").removesuffix("_total")] = float(value)
+                name, value = line.rsplit(" ", 1)
+                key = name.split("{", 1)[0].removeprefix("meterwatch_").removesuffix("_total")
+                out[key] = out.get(key, 0.0) + float(value)
         return out
 
     def wait(self, cond: Callable[[dict[str, float]], bool], what: str, timeout_s: float) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,15 @@ def test_list_filters_and_get(server: AlertHttpServer, manager: AlertManager) ->
     assert call(server, "GET", "/api/alerts?since=yesterday")[0] == 400
     status, err = call(server, "GET", "/api/alerts?meter=I0001")
     assert status == 400 and "meter" in err["error"]
+    assert data["now"] == "2026-01-05T12:00:00Z"  # the server's (service) time, for SLA states
+    # the history: resolved (verified included), newest change first, at most `limit`
+    manager.resolve(ids_of(manager)["I0002"], by="li", now=NOW)
+    _, history = call(server, "GET", "/api/alerts?status=resolved&limit=5")
+    assert [a["meter_id"] for a in history["alerts"]] == ["I0002"]
+    _, newest = call(server, "GET", "/api/alerts?limit=1")
+    assert newest["count"] == 1
+    assert call(server, "GET", "/api/alerts?limit=0")[0] == 400
+    assert call(server, "GET", "/api/alerts?limit=all")[0] == 400
 
     alert_id = ids_of(manager)["I0001"]
     status, alert = call(server, "GET", f"/api/alerts/{alert_id}")
@@ -397,8 +406,10 @@ def test_web_page_lists_alerts_with_evidence_plot_and_live_updates(
     # the voltage of each reported phase (L3 is all null: not drawn), ~2 days of 15-min data
     assert sorted(lines) == ["plot-voltage_l1_v", "plot-voltage_l2_v"]
     assert all(d.startswith("M") and d.count("L") > 100 for d in lines.values())
-    evidence = chromium.evaluate("document.getElementById('evidence').innerText")
-    assert "limit_v" in evidence and "138" in evidence
+    evidence = chromium.evaluate(
+        "[...document.querySelectorAll('#evidence-rows tr')].map(r => r.innerText)"
+    )
+    assert "limit\t138\tV" in evidence and "u3\tnot reported\t" in evidence
     assert chromium.evaluate("document.getElementById('quantity').value") == "voltage"
     assert chromium.wait_for("document.getElementById('live').textContent === 'live'")
 
@@ -423,3 +434,163 @@ def test_web_page_lists_alerts_with_evidence_plot_and_live_updates(
         "wang",
         "phase restored",
     )
+
+
+# -- the page: loading state, SLA due times and escalations, readable evidence, history ---------
+
+
+class GatedStore:
+    """The AlertManager behind a gate: list() waits until the test opens it (a slow API)."""
+
+    def __init__(self, manager: AlertManager):
+        self.manager = manager
+        self.gate = threading.Event()
+
+    def list(self, **filters: Any) -> list[Any]:
+        self.gate.wait(30)
+        return self.manager.list(**filters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.manager, name)
+
+
+def phase_break() -> dict[str, Any]:
+    """An open phase break whose evidence has units in its keys, long floats, a NaN, a window."""
+    return {
+        "type": "phase_break",
+        "severity": "critical",
+        "meter_id": "I0001",
+        "starts_at": "2026-01-05T04:00Z",
+        "summary": "phase L2 lost",
+        "evidence": {
+            "rule": "phase_break",
+            "phase": "l2",
+            "u_v": 3.0,
+            "observed_v": 229.83333333333334,
+            "voltage_fraction": 0.6,
+            "current_a_max": 0.012345678,
+            "u3_v": float("nan"),
+            "window": {"start": "2026-01-05T04:00:00Z", "readings": 4},
+        },
+    }
+
+
+def test_web_page_shows_loading_sla_escalations_evidence_table_and_history(
+    tmp_path: Path, chromium: Chromium, reading_calls: list[tuple[str, datetime, datetime]]
+) -> None:
+    am = AlertManager(tmp_path / "feed" / "alerts.jsonl", verify_after_intervals=1)
+    am.process(
+        findings(
+            phase_break(),
+            {
+                "type": "voltage_loss",
+                "severity": "major",
+                "meter_id": "I0002",
+                "starts_at": "2026-01-05T05:00Z",
+                "summary": "L1 voltage lost",
+                "evidence": {"u_v": 12.5},
+            },
+            {
+                "type": "register_decrease",
+                "severity": "major",
+                "meter_id": "I0003",
+                "starts_at": "2026-01-05T06:00Z",
+                "summary": "import register fell by 50.0 kWh",
+                "evidence": {"delta_kwh": -50.0},
+            },
+        ),
+        NOW,  # opened at 12:00: acknowledge due 14:00, resolve due 2026-01-06 12:00
+    )
+    ids = ids_of(am)
+    am.resolve(ids["I0002"], by="wang", note="fuse replaced", now=NOW + timedelta(hours=1))
+    am.tick(NOW + timedelta(hours=1, minutes=40))  # 80 % of the acknowledge time: approaching
+    am.process(findings(phase_break()), NOW + timedelta(hours=2))  # I0002 stayed clear
+    am.resolve(
+        ids["I0003"], by="li", note="meter swapped", now=NOW + timedelta(hours=2, minutes=30)
+    )
+    am.tick(NOW + timedelta(hours=3))  # acknowledge of I0001 missed; I0002 verified
+    assert am.get(ids["I0002"]).lifecycle == "verified"
+    assert am.get(ids["I0003"]).lifecycle == "resolved"
+
+    store = GatedStore(am)
+    srv = AlertHttpServer(
+        store,
+        fake_readings(reading_calls),
+        token=TOKEN,
+        port=0,
+        now=lambda: NOW + timedelta(hours=3),
+    )
+    srv.start()
+    try:
+        chromium.send("Page.enable")
+        chromium.send("Page.navigate", url=f"{srv.url}/?token={TOKEN}")
+        # while the API has not answered, the page says it is loading (never blank)
+        assert chromium.wait_for(
+            "document.readyState !== 'loading' && !document.getElementById('list-loading').hidden"
+            " && document.getElementById('list-loading').innerText"
+        ).startswith("Loading alerts")
+        assert chromium.evaluate("document.querySelectorAll('tr.alert-row').length") == 0
+        assert chromium.evaluate("document.getElementById('alerts').getAttribute('aria-busy')") == (
+            "true"
+        )
+        store.gate.set()
+        rows = chromium.wait_for(
+            "document.querySelectorAll('tr.alert-row').length === 1 && "
+            "[...document.querySelectorAll('tr.alert-row')].map(r => r.innerText)"
+        )
+        assert chromium.evaluate("document.getElementById('list-loading').hidden") is True
+        # the open alert's next deadline, judged at the server's (service) time
+        assert "acknowledge missed" in rows[0] and "escalated" in rows[0]
+        assert "service time 2026-01-05 15:00" in chromium.evaluate(
+            "document.getElementById('service-now').innerText"
+        )
+        sla = chromium.wait_for(
+            "document.querySelectorAll('#sla-rows tr').length === 2 && "
+            "[...document.querySelectorAll('#sla-rows tr')].map(r => r.innerText)"
+        )
+        assert sla[0].split("\t")[:3] == ["acknowledge", "2026-01-05 14:00 UTC", "missed"]
+        assert sla[1].split("\t")[:3] == ["resolve", "2026-01-06 12:00 UTC", "due in 21 h"]
+        escalations = chromium.evaluate("document.getElementById('escalations').innerText")
+        assert "acknowledge deadline approaching" in escalations
+        assert "acknowledge deadline missed" in escalations
+        assert "last escalation at 2026-01-05 15:00 UTC" in escalations
+        # evidence: a table with units and rounding, not JSON with 16-digit floats
+        evidence = chromium.evaluate(
+            "[...document.querySelectorAll('#evidence-rows tr')].map(r => r.innerText)"
+        )
+        assert "u\t3\tV" in evidence
+        assert "observed\t229.8\tV" in evidence
+        assert "voltage fraction\t60\t%" in evidence
+        assert "current max\t0.0123\tA" in evidence
+        assert "u3\tnot reported\t" in evidence
+        assert "window · start\t2026-01-05 04:00 UTC\t" in evidence
+        assert "window · readings\t4\t" in evidence
+        text = chromium.evaluate("document.getElementById('evidence').innerText")
+        assert "229.83" not in text and "{" not in text
+
+        png = chromium.send("Page.captureScreenshot", format="png")["data"]
+        (tmp_path / "alerts-page-open.png").write_bytes(base64.b64decode(png))
+
+        # the history: resolved and verified alerts, newest change first, with who and SLA
+        chromium.evaluate("document.getElementById('view-history').click(); true")
+        history = chromium.wait_for(
+            "document.querySelectorAll('tr.alert-row').length === 2 && "
+            "[...document.querySelectorAll('tr.alert-row')].map(r => r.innerText.split('\\t'))"
+        )
+        assert [h[2] for h in history] == ["I0002", "I0003"]  # verified at 15:00, resolved 14:30
+        assert [h[3] for h in history] == ["verified", "resolved"]
+        assert history[0][5:8] == ["2026-01-05 13:00", "wang", "met / met"]
+        assert history[1][5:7] == ["2026-01-05 14:30", "li"]
+        assert chromium.evaluate("location.hash") == "#view=history"
+        chromium.evaluate(f"document.getElementById('alert-{ids['I0002']}').click(); true")
+        fields = chromium.wait_for(
+            "document.getElementById('detail-title').innerText.includes('I0002') && "
+            "document.getElementById('detail-fields').innerText"
+        )
+        assert "fuse replaced" in fields and "verified" in fields
+        assert chromium.evaluate("document.getElementById('resolve').disabled") is True
+        png = chromium.send("Page.captureScreenshot", format="png")["data"]
+        (tmp_path / "alerts-page-history.png").write_bytes(base64.b64decode(png))
+    finally:
+        store.gate.set()
+        srv.stop()

@@ -214,7 +214,7 @@ def test_embedded_collector_health_round_trip(tmp_path: Path) -> None:
     stats.count("readings_stored", 16)
     stats.count("readings_refused", 2)
     stats.set_gauge("spool_depth_rows", 40)
-    stats.set_gauge("spool_oldest_pending_s", 12.5)
+    stats.set_gauge("spool_oldest_pending_seconds", 12.5)
     frame = health_frame(
         T0 + pd.Timedelta(milliseconds=1500),
         [GatewaySource("gw1", "modbus", ["M1", "M2"], polls=5)],

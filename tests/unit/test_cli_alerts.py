@@ -54,7 +54,7 @@ def run(*args: str) -> Result:
 def listed(feed: Path, *filters: str) -> list[dict[str, object]]:
     res = run("alerts", "list", "--feed", str(feed), "--json", *filters)
     assert res.exit_code == 0, res.output
-    return [json.loads(x) for x in res.output.splitlines()]
+    return [json.loads(x) for x in res.stdout.splitlines()]  # notes go to stderr
 
 
 def test_list_filters(feed: Path) -> None:
@@ -269,3 +269,29 @@ def test_real_time_service_clock_means_wall_clock(feed: Path) -> None:
     assert run("alerts", "ack", m1, "--feed", str(feed)).exit_code == 0
     at = datetime.fromisoformat(str(_shown(feed, m1)["acknowledged_at"]).replace("Z", "+00:00"))
     assert at >= before
+
+
+def test_since_counts_back_from_the_service_clock_like_ack(feed: Path) -> None:
+    """``--since 2h`` on a simulated feed is 2 h of service time, not of the wall clock."""
+    from meterwatch.alerts.manager import default_state_dir, record_clock
+
+    # every alert of the feed changed at T0; the service stopped 3 h of service time later
+    record_clock(
+        default_state_dir(feed),
+        T0 + timedelta(hours=3),
+        speed=2400.0,
+        simulated=True,
+        running=False,
+        wall_now=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    assert listed(feed, "--since", "2h") == []  # since T0 + 1 h
+    assert len(listed(feed, "--since", "4h")) == 3  # since T0 - 1 h
+    res = run("alerts", "list", "--feed", str(feed), "--since", "2h")
+    assert "since 2026-01-05T13:00:00Z (2h before 2026-01-05T15:00:00Z" in res.stderr
+    rep = run("alerts", "report", "--feed", str(feed), "--json", "--since", "4h")
+    assert rep.exit_code == 0, rep.output
+    assert sum(r["alerts"] for r in json.loads(rep.stdout)) == 3
+    # an ISO instant is taken as given; a bad value names the option
+    assert len(listed(feed, "--since", "2026-01-05T11:59:00Z")) == 3
+    bad = CliRunner().invoke(main, ["alerts", "list", "--feed", str(feed), "--since", "soon"])
+    assert bad.exit_code == 2 and "--since" in bad.output and "'soon'" in bad.output

@@ -1070,6 +1070,6 @@ def test_serial_link_lost_is_a_device_error_and_the_poller_reopens_the_port() ->
         os.close(slave)
     assert f"link serial:{path}@2400/8E1 failed" in str(errors[0])
     assert "gateway bus unreachable" in str(errors[1])
-    assert stats.counters["dlt645_reconnects"] == 1
-    assert stats.counters["dlt645_connect_errors"] == 1  # the reopen was attempted
+    assert stats.total("gateway_reconnects", protocol="dlt645") == 1
+    assert stats.total("gateway_connect_errors", protocol="dlt645") == 1  # the reopen was attempted
     assert stats.meter("A").errors == 2

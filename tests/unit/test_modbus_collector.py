@@ -142,6 +142,7 @@ def test_meter_offline_alert_opens_and_resolves_in_the_service(tmp_path: Path) -
             Clock(),
             Stats(),
             protocol="modbus",
+            gateway="gw",
             offline_after=2,
             on_findings=service._report_findings,
         )

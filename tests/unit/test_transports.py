@@ -124,7 +124,7 @@ def test_tcp_transports_read_all_meters_with_read_functions_only(
             await server.stop()
         check_values(writer.rows(), [1, 2, 7])
         assert set(server.function_codes) <= {3, 4}, server.function_codes
-        assert stats.snapshot()["modbus_requests"] == len(server.served) == 3
+        assert stats.snapshot()["meter_requests"] == len(server.served) == 3
 
     asyncio.run(main())
 
@@ -351,7 +351,7 @@ def test_unreachable_gateway_takes_its_meters_offline() -> None:
         assert writer.frames == []
         assert sorted(f["meter_id"].iloc[0] for f in findings) == ["m1", "m2"]
         assert "unreachable" in str(stats.meter("m1").last_error)
-        assert stats.snapshot()["modbus_connect_errors"] == 2
+        assert stats.total("gateway_connect_errors", protocol="modbus") == 2
 
     asyncio.run(main())
 
