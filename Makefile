@@ -25,7 +25,8 @@ venv: $(VENV)/.installed
 # server from npm, pinned in its package-lock.json; needs Node.js (nodejs, with npm).
 FLUX_CHECK := tools/flux-check
 $(FLUX_CHECK)/node_modules/.installed: $(FLUX_CHECK)/package.json $(FLUX_CHECK)/package-lock.json
-	@command -v npm >/dev/null || { echo "npm not found: install Node.js (Debian: nodejs npm)"; exit 1; }
+	@command -v npm >/dev/null || { echo "installing Debian packages: nodejs npm"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
 	npm ci --prefix $(FLUX_CHECK) --no-audit --no-fund --silent
 	touch $@
 
