@@ -232,13 +232,18 @@ def analyze(
     from meterwatch.alerts.manager import AlertManager
     from meterwatch.analytics.partition import analyze_partitioned
     from meterwatch.analytics.suite import default_detectors
-    from meterwatch.console import warn_coerced
+    from meterwatch.console import alert_counts_lines, print_registry_summary, warn_coerced
     from meterwatch.core.registry import load_registry
     from meterwatch.io import read_readings_file
 
     try:
-        params = load_config(config_path).analytics.detector_params() if config_path else {}
-        meters = load_registry(meters_path)
+        cfg = load_config(config_path) if config_path else None
+        params = cfg.analytics.detector_params() if cfg else {}
+        loaded = load_registry(
+            meters_path, defaults=cfg.registry.defaults.values() if cfg else None
+        )
+        meters = loaded.meters
+        print_registry_summary(console, loaded.summary)
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
         warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
@@ -286,11 +291,16 @@ def analyze(
         out.unlink()
     manager = AlertManager(out, auto_resolve_categories=("equipment", "consumption"))
     manager.process(findings, datetime.now(UTC))
+    out.touch()  # written even when there is nothing to report (contracts §4)
     counts = manager.counts_by_type()
+    total = sum(counts.values())
     console.print(
-        f"{len(manager.alerts)} alerts → {out}: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+        f"{total} alert{'' if total == 1 else 's'} → {out}" + ("" if total else " (empty)"),
+        highlight=False,
+        soft_wrap=True,
     )
+    for line in alert_counts_lines(counts):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 from meterwatch.cli_alerts import alerts as _alerts_group  # noqa: E402
