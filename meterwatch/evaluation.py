@@ -32,6 +32,8 @@ CONSEQUENCES: dict[str, tuple[str, ...]] = {
     "theft_suspected": ("energy_power_mismatch",),
     # A clock jumping ahead shifts the meter's last hours against the hour grid.
     "clock_error": ("consumption_spike",),
+    # A meter offline for more than a day leaves more than a day of intervals to estimate.
+    "meter_offline": ("estimation_excess",),
 }
 
 
