@@ -190,8 +190,9 @@ def build_scenario(
     for typ, hours in DATA_QUALITY_PLAN if data_quality else ():
         for i in range(k):
             t0 = start + pd.Timedelta(seconds=when())
-            lo, hi = hours
-            length = hour * float(lo if lo == hi else rng.uniform(lo, hi))
+            shortest, longest = hours
+            draw = shortest if shortest == longest else rng.uniform(shortest, longest)
+            length = hour * float(draw)
             column = NON_NUMERIC_COLUMNS[i % len(NON_NUMERIC_COLUMNS)]
             injections.append(
                 Injection(
