@@ -114,7 +114,12 @@ def config_check(file: str) -> None:
     type=click.Path(file_okay=False),
     help="Directory to write into.",
 )
-@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option(
+    "--days",
+    type=float,
+    default=None,
+    help="Days to simulate [default: 7], or to keep of a real data set [default: all].",
+)
 @click.option(
     "--interval", type=float, default=900.0, show_default=True, help="Seconds between readings."
 )
@@ -127,9 +132,31 @@ def config_check(file: str) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
 )
+@click.option(
+    "--from-real",
+    "real_name",
+    default=None,
+    metavar="NAME",
+    help="Instead of a fleet: a real household data set (uci-household), with faults planted "
+    "into a copy of its meter (docs/evaluation.md).",
+)
+@click.option(
+    "--faults-per-type",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="--from-real: planted faults of each type (0: the measured meter alone).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--from-real: where the downloaded data set is kept "
+    "[default: $MW_DATA_CACHE or ~/.cache/meterwatch/datasets].",
+)
 def simulate(
     out_dir: str,
-    days: float,
+    days: float | None,
     interval: float,
     residential: int,
     commercial: int,
@@ -138,12 +165,20 @@ def simulate(
     seed: int,
     start: str,
     fmt: str,
+    real_name: str | None = None,
+    faults_per_type: int = 4,
+    cache_dir: str | None = None,
 ) -> None:
-    """Write a simulated fleet to files: readings, meters.csv and ground-truth labels."""
+    """Write a simulated fleet (or a real data set) to files: readings, meters.csv, labels.csv."""
     import pandas as pd
 
     from meterwatch.simulators.fleet import Fleet, generate
 
+    out = Path(out_dir)
+    if real_name is not None:
+        _simulate_real(real_name, out, days, interval, faults_per_type, seed, fmt, cache_dir)
+        return
+    days = 7.0 if days is None else days
     t0 = pd.Timestamp(start).to_pydatetime()
     fleet = Fleet(
         start=t0,
@@ -153,7 +188,6 @@ def simulate(
         transformers=transformers,
         seed=seed,
     )
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with console.status(f"simulating {len(fleet.registry)} meters × {days:g} days"):
         readings = generate(fleet, t0 + pd.Timedelta(days=days), interval_s=interval)
@@ -168,6 +202,53 @@ def simulate(
     fleet.labels().to_csv(out / "labels.csv", index=False)
     console.print(
         f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}"
+    )
+
+
+def _simulate_real(
+    name: str,
+    out: Path,
+    days: float | None,
+    interval: float,
+    faults_per_type: int,
+    seed: int,
+    fmt: str,
+    cache_dir: str | None,
+) -> None:
+    """``simulate --from-real``: a real data set as canonical files, faults planted in a copy."""
+    from meterwatch.simulators.real import convert, dataset
+
+    try:
+        ds = dataset(name)
+        if interval % 60 or interval <= 0:
+            raise click.BadParameter(f"{interval:g}: whole minutes", param_hint="--interval")
+        with console.status(f"fetching and converting {ds.title}"):
+            done = convert(
+                name,
+                out,
+                cache=Path(cache_dir) if cache_dir else None,
+                days=days,
+                interval_s=int(interval),
+                faults_per_type=faults_per_type,
+                seed=seed,
+                fmt=fmt,
+            )
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"{ds.title}: {done['minutes']:,} minutes ({done['minutes_filled']:,} not measured), "
+        f"{done['days']:.0f} days → {done['readings']:,} readings per meter of "
+        f"{done['intervals']:,} intervals (the rest lack a measured minute)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"wrote {done['readings_path']}, {out / 'meters.csv'} ({', '.join(done['meters'])}), "
+        f"{out / 'labels.csv'} ({done['labels']} planted faults); source and licence: "
+        f"{ds.url} ({ds.licence})",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
