@@ -172,6 +172,7 @@ def simulate(
     """Write a simulated fleet (or a real data set) to files: readings, meters.csv, labels.csv."""
     import pandas as pd
 
+    from meterwatch.io import write_simulation
     from meterwatch.simulators.fleet import Fleet, generate
 
     out = Path(out_dir)
@@ -188,18 +189,9 @@ def simulate(
         transformers=transformers,
         seed=seed,
     )
-    out.mkdir(parents=True, exist_ok=True)
     with console.status(f"simulating {len(fleet.registry)} meters × {days:g} days"):
         readings = generate(fleet, t0 + pd.Timedelta(days=days), interval_s=interval)
-    readings_path = out / f"readings.{fmt}"
-    if fmt == "csv":
-        r = readings.copy()
-        r["ts"] = r["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-        r.to_csv(readings_path, index=False)
-    else:
-        readings.to_parquet(readings_path, index=False)
-    fleet.registry.to_csv(out / "meters.csv", index=False)
-    fleet.labels().to_csv(out / "labels.csv", index=False)
+    readings_path = write_simulation(out, readings, fleet.registry, fleet.labels(), fmt)
     console.print(
         f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}"
     )
@@ -216,36 +208,37 @@ def _simulate_real(
     cache_dir: str | None,
 ) -> None:
     """``simulate --from-real``: a real data set as canonical files, faults planted in a copy."""
-    from meterwatch.simulators.real import convert, dataset
+    from meterwatch.io import write_simulation
+    from meterwatch.simulators.real import build, dataset
 
     try:
         ds = dataset(name)
         if interval % 60 or interval <= 0:
             raise click.BadParameter(f"{interval:g}: whole minutes", param_hint="--interval")
         with console.status(f"fetching and converting {ds.title}"):
-            done = convert(
+            data = build(
                 name,
-                out,
                 cache=Path(cache_dir) if cache_dir else None,
                 days=days,
                 interval_s=int(interval),
                 faults_per_type=faults_per_type,
                 seed=seed,
-                fmt=fmt,
             )
     except MeterWatchError as exc:
         _fail(exc)
         return
+    path = write_simulation(out, data.readings, data.registry, data.labels, fmt)
+    n = data.counts
     console.print(
-        f"{ds.title}: {done['minutes']:,} minutes ({done['minutes_filled']:,} not measured), "
-        f"{done['days']:.0f} days → {done['readings']:,} readings per meter of "
-        f"{done['intervals']:,} intervals (the rest lack a measured minute)",
+        f"{ds.title}: {n['minutes']:,} minutes ({n['minutes_filled']:,} not measured), "
+        f"{n['days']:.0f} days → {n['readings']:,} readings per meter of "
+        f"{n['intervals']:,} intervals (the rest lack a measured minute)",
         highlight=False,
         soft_wrap=True,
     )
     console.print(
-        f"wrote {done['readings_path']}, {out / 'meters.csv'} ({', '.join(done['meters'])}), "
-        f"{out / 'labels.csv'} ({done['labels']} planted faults); source and licence: "
+        f"wrote {path}, {out / 'meters.csv'} ({', '.join(data.registry['meter_id'])}), "
+        f"{out / 'labels.csv'} ({len(data.labels)} planted faults); source and licence: "
         f"{ds.url} ({ds.licence})",
         highlight=False,
         soft_wrap=True,

