@@ -332,8 +332,10 @@ def inspect_registry(
         mask = filled[col]
         if col == "transformer_id" or not mask.any():
             continue  # an unknown area has its own line in the summary
-        shown = pd.Series([_shown(col, v) for v in frame.loc[mask, col]]).value_counts(sort=True)
-        values = tuple((str(v), int(c)) for v, c in shown.items())
+        # Count the raw values first: one text per distinct value, not per meter.
+        raw = frame.loc[mask, col].value_counts(dropna=False)
+        shown = raw.groupby([_shown(col, v) for v in raw.index]).sum()
+        values = tuple((str(v), int(c)) for v, c in shown.sort_values(ascending=False).items())
         defaulted.append(Defaulted(col, int(mask.sum()), values))
     summary = RegistrySummary(
         source=source,
