@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl
 DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl
 
-.PHONY: run test lint bench venv deb-test-packages clean
+.PHONY: run test lint bench venv deb-test-packages real-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ lint: $(VENV)/.installed-test
 ## bench: run the benchmarks and update docs/benchmarks.md
 bench: $(VENV)/.installed-test deb-test-packages
 	$(PY) -m bench
+
+## real-data: the public household data set (docs/evaluation.md "Real data") as canonical files
+real-data: $(VENV)/.installed
+	$(VENV)/bin/meterwatch simulate --from-real uci-household --out var/real/uci-household --format parquet
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -114,7 +114,12 @@ def config_check(file: str) -> None:
     type=click.Path(file_okay=False),
     help="Directory to write into.",
 )
-@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option(
+    "--days",
+    type=float,
+    default=None,
+    help="Days to simulate [default: 7], or to keep of a real data set [default: all].",
+)
 @click.option(
     "--interval", type=float, default=900.0, show_default=True, help="Seconds between readings."
 )
@@ -127,9 +132,31 @@ def config_check(file: str) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
 )
+@click.option(
+    "--from-real",
+    "real_name",
+    default=None,
+    metavar="NAME",
+    help="Instead of a fleet: a real household data set (uci-household), with faults planted "
+    "into a copy of its meter (docs/evaluation.md).",
+)
+@click.option(
+    "--faults-per-type",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="--from-real: planted faults of each type (0: the measured meter alone).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--from-real: where the downloaded data set is kept "
+    "[default: $MW_DATA_CACHE or ~/.cache/meterwatch/datasets].",
+)
 def simulate(
     out_dir: str,
-    days: float,
+    days: float | None,
     interval: float,
     residential: int,
     commercial: int,
@@ -138,12 +165,21 @@ def simulate(
     seed: int,
     start: str,
     fmt: str,
+    real_name: str | None = None,
+    faults_per_type: int = 4,
+    cache_dir: str | None = None,
 ) -> None:
-    """Write a simulated fleet to files: readings, meters.csv and ground-truth labels."""
+    """Write a simulated fleet (or a real data set) to files: readings, meters.csv, labels.csv."""
     import pandas as pd
 
+    from meterwatch.io import write_simulation
     from meterwatch.simulators.fleet import Fleet, generate
 
+    out = Path(out_dir)
+    if real_name is not None:
+        _simulate_real(real_name, out, days, interval, faults_per_type, seed, fmt, cache_dir)
+        return
+    days = 7.0 if days is None else days
     t0 = pd.Timestamp(start).to_pydatetime()
     fleet = Fleet(
         start=t0,
@@ -153,21 +189,59 @@ def simulate(
         transformers=transformers,
         seed=seed,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with console.status(f"simulating {len(fleet.registry)} meters × {days:g} days"):
         readings = generate(fleet, t0 + pd.Timedelta(days=days), interval_s=interval)
-    readings_path = out / f"readings.{fmt}"
-    if fmt == "csv":
-        r = readings.copy()
-        r["ts"] = r["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-        r.to_csv(readings_path, index=False)
-    else:
-        readings.to_parquet(readings_path, index=False)
-    fleet.registry.to_csv(out / "meters.csv", index=False)
-    fleet.labels().to_csv(out / "labels.csv", index=False)
+    readings_path = write_simulation(out, readings, fleet.registry, fleet.labels(), fmt)
     console.print(
         f"wrote {len(readings)} readings → {readings_path}, {out / 'meters.csv'}, {out / 'labels.csv'}"
+    )
+
+
+def _simulate_real(
+    name: str,
+    out: Path,
+    days: float | None,
+    interval: float,
+    faults_per_type: int,
+    seed: int,
+    fmt: str,
+    cache_dir: str | None,
+) -> None:
+    """``simulate --from-real``: a real data set as canonical files, faults planted in a copy."""
+    from meterwatch.io import write_simulation
+    from meterwatch.simulators.real import build, dataset
+
+    try:
+        ds = dataset(name)
+        if interval % 60 or interval <= 0:
+            raise click.BadParameter(f"{interval:g}: whole minutes", param_hint="--interval")
+        with console.status(f"fetching and converting {ds.title}"):
+            data = build(
+                name,
+                cache=Path(cache_dir) if cache_dir else None,
+                days=days,
+                interval_s=int(interval),
+                faults_per_type=faults_per_type,
+                seed=seed,
+            )
+    except MeterWatchError as exc:
+        _fail(exc)
+        return
+    path = write_simulation(out, data.readings, data.registry, data.labels, fmt)
+    n = data.counts
+    console.print(
+        f"{ds.title}: {n['minutes']:,} minutes ({n['minutes_filled']:,} not measured), "
+        f"{n['days']:.0f} days → {n['readings']:,} readings per meter of "
+        f"{n['intervals']:,} intervals (the rest lack a measured minute)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"wrote {path}, {out / 'meters.csv'} ({', '.join(data.registry['meter_id'])}), "
+        f"{out / 'labels.csv'} ({len(data.labels)} planted faults); source and licence: "
+        f"{ds.url} ({ds.licence})",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -232,13 +306,18 @@ def analyze(
     from meterwatch.alerts.manager import AlertManager
     from meterwatch.analytics.partition import analyze_partitioned
     from meterwatch.analytics.suite import default_detectors
-    from meterwatch.console import warn_coerced
+    from meterwatch.console import alert_counts_lines, print_registry_summary, warn_coerced
     from meterwatch.core.registry import load_registry
     from meterwatch.io import read_readings_file
 
     try:
-        params = load_config(config_path).analytics.detector_params() if config_path else {}
-        meters = load_registry(meters_path)
+        cfg = load_config(config_path) if config_path else None
+        params = cfg.analytics.detector_params() if cfg else {}
+        loaded = load_registry(
+            meters_path, defaults=cfg.registry.defaults.values() if cfg else None
+        )
+        meters = loaded.meters
+        print_registry_summary(console, loaded.summary)
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
         warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
@@ -286,11 +365,16 @@ def analyze(
         out.unlink()
     manager = AlertManager(out, auto_resolve_categories=("equipment", "consumption"))
     manager.process(findings, datetime.now(UTC))
+    out.touch()  # written even when there is nothing to report (contracts §4)
     counts = manager.counts_by_type()
+    total = sum(counts.values())
     console.print(
-        f"{len(manager.alerts)} alerts → {out}: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+        f"{total} alert{'' if total == 1 else 's'} → {out}" + ("" if total else " (empty)"),
+        highlight=False,
+        soft_wrap=True,
     )
+    for line in alert_counts_lines(counts):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 from meterwatch.cli_alerts import alerts as _alerts_group  # noqa: E402

@@ -47,7 +47,9 @@ def billing_timezone(cfg: Config) -> str:
 
 
 def load_meters(cfg: Config, meters_path: str | None) -> pd.DataFrame:
-    """Registry from ``--meters``, ``registry.path`` or the simulator's ``registry_out``."""
+    """Registry from ``--meters``, ``registry.path`` or the simulator's ``registry_out``; its
+    summary (defaulted columns, meters without an area) is printed."""
+    from meterwatch.console import print_registry_summary
     from meterwatch.core.registry import load_registry
 
     path = meters_path or cfg.registry.path or cfg.simulator.registry_out
@@ -55,7 +57,9 @@ def load_meters(cfg: Config, meters_path: str | None) -> pd.DataFrame:
         raise MeterWatchError(
             "no meter registry: pass --meters, or set registry.path (or simulator.registry_out)"
         )
-    return load_registry(path)
+    loaded = load_registry(path, defaults=cfg.registry.defaults.values())
+    print_registry_summary(console, loaded.summary)
+    return loaded.meters
 
 
 def validate_readings(

@@ -35,6 +35,7 @@ from meterwatch.analytics.config import (
 from meterwatch.collector.config import CollectorConfig
 from meterwatch.core.config import Duration, Section, TimeZone, parse_duration
 from meterwatch.core.errors import ConfigError
+from meterwatch.core.registry import RegistryDefaults
 from meterwatch.simulators.config import AnomalyConfig, SimulatorConfig
 from meterwatch.storage.config import InfluxConfig, SpoolConfig, StorageConfig
 
@@ -88,9 +89,14 @@ class ClockConfig(Section):
 
 
 class RegistryConfig(Section):
-    """``registry``: the meter registry file (contracts §2). Analytics needs it; ingest does not."""
+    """``registry``: the meter registry file (contracts §2). Analytics needs it; ingest does not.
+
+    ``defaults`` replaces the built-in default of a column for every meter whose cell is empty
+    or whose file lacks the column (meterwatch.core.registry.DEFAULTS).
+    """
 
     path: Path | None = None
+    defaults: RegistryDefaults = RegistryDefaults()
 
 
 class MetricsConfig(Section):

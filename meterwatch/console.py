@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from meterwatch.alerts.model import Alert
+from meterwatch.core.catalogue import ALERT_CATEGORIES, CATEGORIES
+from meterwatch.core.registry import RegistrySummary
 
 if TYPE_CHECKING:
     from meterwatch.service import RunSummary, Service
@@ -185,3 +187,25 @@ def warn_coerced(console: Console, source: str, frame: pd.DataFrame) -> int:
 
 def _ts_text(ts: object) -> str:
     return f"{ts:%Y-%m-%dT%H:%M:%SZ}" if isinstance(ts, pd.Timestamp) and ts.tz else str(ts)
+
+
+def print_registry_summary(console: Console, summary: RegistrySummary) -> None:
+    """The registry load's summary: size, defaulted columns, meters without an area."""
+    for line in summary.lines():
+        console.print(f"registry: {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def alert_counts_lines(counts: Mapping[str, int]) -> list[str]:
+    """Alert counts per category, then per type within it (catalogue order of categories)."""
+    if not counts:
+        return ["alerts by category: none"]
+    by_cat: dict[str, dict[str, int]] = {}
+    for typ, n in counts.items():
+        by_cat.setdefault(ALERT_CATEGORIES.get(typ, "other"), {})[typ] = n
+    order = [c for c in (*CATEGORIES, "other") if c in by_cat]
+    lines = ["alerts by category: " + ", ".join(f"{c} {sum(by_cat[c].values())}" for c in order)]
+    width = max(len(t) for t in counts)
+    for c in order:
+        for typ, n in sorted(by_cat[c].items()):
+            lines.append(f"  {typ:<{width}}  {n:>6}  ({c})")
+    return lines

@@ -32,6 +32,8 @@ CONSEQUENCES: dict[str, tuple[str, ...]] = {
     "theft_suspected": ("energy_power_mismatch",),
     # A clock jumping ahead shifts the meter's last hours against the hour grid.
     "clock_error": ("consumption_spike",),
+    # A meter offline for more than a day leaves more than a day of intervals to estimate.
+    "meter_offline": ("estimation_excess",),
 }
 
 
@@ -54,7 +56,7 @@ def score_findings(
     theft victim count as false too).
     """
     tolerance = pd.Timedelta(hours=tolerance_h)
-    f = findings.copy()
+    f = findings.reset_index(drop=True)  # positions are used as ids below
     lab = labels.copy()
     f["key"] = np.where(f["type"].isin(AREA_TYPES), f["transformer_id"], f["meter_id"])
     lab["key"] = np.where(lab["type"].isin(AREA_TYPES), lab["transformer_id"], lab["meter_id"])

@@ -34,3 +34,25 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         return with_time_columns(df)
     except ValueError as exc:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc
+
+
+def _iso_z(values: pd.Series) -> pd.Series:
+    """UTC timestamps as ISO 8601 text with ``Z`` (contracts §1); NaT stays empty."""
+    return pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_simulation(
+    out: Path, readings: pd.DataFrame, registry: pd.DataFrame, labels: pd.DataFrame, fmt: str
+) -> Path:
+    """``readings.<fmt>``, ``meters.csv`` and ``labels.csv`` into ``out`` (times in text
+    files as ISO 8601 with ``Z``); returns the readings path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"readings.{fmt}"
+    if fmt == "csv":
+        readings.assign(ts=_iso_z(readings["ts"])).to_csv(path, index=False)
+    else:
+        readings.to_parquet(path, index=False)
+    registry.to_csv(out / "meters.csv", index=False)
+    times = {c: _iso_z(labels[c]) for c in ("starts_at", "ends_at") if c in labels}
+    labels.assign(**times).to_csv(out / "labels.csv", index=False)
+    return path

@@ -35,7 +35,7 @@ from meterwatch.collector.writer import ReadingWriter
 from meterwatch.config import Config
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import secret
-from meterwatch.core.registry import check_registry, load_registry
+from meterwatch.core.registry import RegistrySummary, inspect_registry, load_registry
 from meterwatch.core.stats import Stats
 from meterwatch.metrics import MetricsServer
 from meterwatch.simulators.fleet import Fleet
@@ -56,6 +56,8 @@ class Components:
     clock: Clock
     stats: Stats
     registry: pd.DataFrame
+    #: How the registry was loaded: defaulted columns, meters without an area.
+    registry_summary: RegistrySummary
     store: ReadingStore
     spool: Spool | None
     writer: ReadingWriter
@@ -101,13 +103,16 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
             anomalies=anomaly_specs(sim.anomalies),
             step_s=sim.step_s,
         )
-        registry = check_registry(fleet.registry, "simulated fleet")
+        loaded = inspect_registry(fleet.registry, "simulated fleet")
         if sim.registry_out is not None:
             sim.registry_out.parent.mkdir(parents=True, exist_ok=True)
             fleet.registry.to_csv(sim.registry_out, index=False)
     else:
         assert cfg.registry.path is not None
-        registry = load_registry(cfg.registry.path)
+        loaded = load_registry(cfg.registry.path, defaults=cfg.registry.defaults.values())
+    registry = loaded.meters
+    for line in loaded.summary.lines():
+        log.info("registry: %s", line)
     store = build_store(cfg.storage, registry)
     # InfluxDB always behind the durable spool; the embedded store only when configured.
     spool = (
@@ -162,6 +167,7 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         clock=clock,
         stats=stats,
         registry=registry,
+        registry_summary=loaded.summary,
         store=store,
         spool=spool,
         writer=writer,

@@ -896,22 +896,53 @@ BILLING_FAULT_TYPES: tuple[str, ...] = (
 )
 
 
+#: Data-quality faults (issue 15 item 4) :func:`inject` can write into readings, with the label
+#: type of each. ``off_grid_reading`` and ``non_numeric_value`` are not catalogue types (yet):
+#: their labels name what the data shows. See :func:`inject` for what each changes.
+DATA_QUALITY_TYPES: dict[str, str] = {
+    "missing_data": "missing_data",
+    "meter_offline": "meter_offline",
+    "duplicate_exact": "duplicate_reading",
+    "duplicate_conflict": "duplicate_reading",
+    "off_grid": "off_grid_reading",
+    "non_numeric": "non_numeric_value",
+}
+#: Fleet anomalies :func:`inject` can also plant into readings it did not simulate (real data);
+#: the label type is the injection type. ``magnitude`` as in :class:`AnomalySpec`.
+PLANTED_TYPES: tuple[str, ...] = ("register_decrease", "voltage_loss", "consumption_spike")
+#: How far ``off_grid`` moves a meter's readings off the interval grid.
+OFF_GRID_SHIFT = pd.Timedelta(minutes=7)
+#: Texts an ``non_numeric`` injection writes into cells, in turn (as exports show them).
+NON_NUMERIC_TEXTS: tuple[str, ...] = ("ERR", "--", "1,5", "#VALUE!")
+
+
 @dataclass(frozen=True)
 class Injection:
     """One post-hoc injection into generated readings.
 
     ``type`` is a Jokar attack (``h1``..``h6``, labelled ``theft_suspected``) or one of
-    :data:`FAULT_TYPES` or :data:`BILLING_FAULT_TYPES`; ``meter_id`` the meter (``outage``/``transformer_overload``: any
-    meter of the area, the area is affected); ``start``/``end`` the affected period (UTC).
+    :data:`FAULT_TYPES`, :data:`BILLING_FAULT_TYPES`, :data:`DATA_QUALITY_TYPES` or
+    :data:`PLANTED_TYPES`; ``meter_id`` the meter (``outage``/``transformer_overload``: any
+    meter of the area, the area is affected); ``start``/``end`` the affected period (UTC);
+    ``magnitude`` for :data:`PLANTED_TYPES` (default :data:`DEFAULT_MAGNITUDE`) and the
+    column of a ``non_numeric`` injection's cells (default ``power_kw``).
     """
 
     type: str
     meter_id: str
     start: pd.Timestamp
     end: pd.Timestamp
+    magnitude: float | None = None
+    column: str | None = None
 
     def __post_init__(self) -> None:
-        known = THEFT_ATTACKS + FAULT_TYPES + BILLING_FAULT_TYPES
+        known = (
+            THEFT_ATTACKS
+            + FAULT_TYPES
+            + BILLING_FAULT_TYPES
+            + tuple(DATA_QUALITY_TYPES)
+            + PLANTED_TYPES
+        )
         if self.type not in known:
             raise ValueError(
                 f"injection type {self.type!r} unknown, expected one of {', '.join(known)}"
@@ -946,6 +977,25 @@ def inject(
     faults (:data:`BILLING_FAULT_TYPES`) are described in :func:`_apply_billing`; an
     ``estimation_excess`` injection removes the meter's readings in ``(start, end)``.
 
+    Data-quality faults (:data:`DATA_QUALITY_TYPES`): ``missing_data`` and ``meter_offline``
+    remove the meter's readings in ``(start, end)`` (a reporting gap; offline: a day or more);
+    ``duplicate_exact`` delivers every reading in ``[start, end]`` twice, identical;
+    ``duplicate_conflict`` twice with the second copy's values different (import register
+    +0.05 kWh, power and currents x 1.2, voltages -2 V: a second read that disagrees);
+    ``off_grid`` stamps the readings in ``[start, end]`` :data:`OFF_GRID_SHIFT` later (and
+    their ``collected_at``: the reads happened then), the registers interpolated to that
+    instant; ``non_numeric`` writes :data:`NON_NUMERIC_TEXTS` into the ``column`` cells of the
+    readings in ``[start, end]``, which makes that column text (object dtype), as a CSV with
+    such cells reads. Copies sit next to their originals.
+
+    Planted anomalies (:data:`PLANTED_TYPES`, for readings the fleet did not simulate):
+    ``register_decrease`` lowers the import register by ``magnitude`` kWh from ``start`` on
+    (label ``ends_at`` = ``starts_at``); ``voltage_loss`` sets the measured phase-1 voltage in
+    ``[start, end]`` to ``magnitude`` x ``nominal_voltage_v`` while the current keeps flowing,
+    so measured power and the registered energy of those intervals fall alike (by the phase's
+    share on a three-phase meter); ``consumption_spike`` multiplies the load (interval
+    energy, power, currents) of the intervals ending in ``(start, end]`` by ``magnitude``.
+
     Labels: ``type`` (alert type), ``injection``, ``meter_id`` (None for area events),
     ``transformer_id``, ``starts_at``, ``ends_at``. Returned readings are canonical, plus
     ``collected_at`` / ``device_ts`` when the input has them.
@@ -958,7 +1008,8 @@ def inject(
     labels: list[dict[str, object]] = []
     meter_col = out["meter_id"].to_numpy()
     ts_col = out["ts"]
-    drop = np.zeros(len(out), dtype=bool)  # rows removed by estimation_excess injections
+    drop = np.zeros(len(out), dtype=bool)  # rows removed (estimation_excess, gaps, offline)
+    later: list[Injection] = []  # applied once every row change is made
     for inj in injections:  # loop over injections (a few dozen), vectorized within each
         if inj.meter_id not in area_of:
             raise ValueError(f"injection {inj.type}: meter_id={inj.meter_id!r} not in registry")
@@ -1031,17 +1082,36 @@ def inject(
             drop |= _apply_billing(out, meter_rows, inj, meter)
             if inj.type == "clock_error":
                 label["ends_at"] = pd.NaT
+        elif inj.type in DATA_QUALITY_TYPES:
+            label["type"] = DATA_QUALITY_TYPES[inj.type]
+            if inj.type in ("missing_data", "meter_offline"):
+                inside = ((ts_col > start) & (ts_col < end)).to_numpy()
+                drop[np.flatnonzero((meter_col == inj.meter_id) & inside)] = True
+            elif inj.type == "off_grid":
+                _shift_off_grid(out, rows)
+            else:  # duplicates and non-numeric cells: after every row change, below
+                later.append(inj)
+        elif inj.type in PLANTED_TYPES:
+            meter = reg.set_index("meter_id").loc[inj.meter_id]
+            _apply_planted(out, np.flatnonzero(meter_col == inj.meter_id), inj, meter)
+            if inj.type == "register_decrease":
+                label["ends_at"] = start
         else:
             _apply_fault(out, rows, inj.type, reg.set_index("meter_id").loc[inj.meter_id])
         labels.append(label)
     if drop.any():
         out = out[~drop].reset_index(drop=True)
+    out = _duplicate(out, [i for i in later if i.type.startswith("duplicate_")])
+    out = with_time_columns(out)  # receipt / device times travel with the readings
+    for inj in later:
+        if inj.type == "non_numeric":
+            _write_text_cells(out, inj)
     lab = pd.DataFrame(
         labels, columns=["type", "injection", "meter_id", "transformer_id", "starts_at", "ends_at"]
     )
     for c in ("starts_at", "ends_at"):
         lab[c] = pd.to_datetime(lab[c], utc=True).astype(TS_DTYPE)
-    return with_time_columns(out), reg, lab  # receipt / device times travel with them
+    return out, reg, lab
 
 
 def _scale_energy(
@@ -1252,3 +1322,95 @@ def _apply_billing(
     else:  # estimation_excess
         drop[meter_rows[((t > start) & (t < end)).to_numpy()]] = True
     return drop
+
+
+def _rows_in(out: pd.DataFrame, inj: Injection) -> npt.NDArray[np.int64]:
+    """Rows of ``inj``'s meter with ``ts`` in ``[start, end]``."""
+    ts = out["ts"]
+    sel = (out["meter_id"] == inj.meter_id) & (ts >= inj.start) & (ts <= inj.end)
+    return np.flatnonzero(sel.to_numpy())
+
+
+def _shift_off_grid(out: pd.DataFrame, rows: npt.NDArray[np.int64]) -> None:
+    """Stamp ``rows`` (one meter, sorted by time) :data:`OFF_GRID_SHIFT` later, registers
+    interpolated towards the meter's next reading."""
+    if not rows.size:
+        return
+    t = out["ts"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    nxt = np.minimum(rows + 1, len(out) - 1)
+    same = (out["meter_id"].to_numpy()[nxt] == out["meter_id"].to_numpy()[rows]) & (nxt > rows)
+    gap = (t[nxt] - t[rows]).astype(float)
+    frac = np.where(same & (gap > 0), OFF_GRID_SHIFT.value / np.where(gap > 0, gap, 1.0), 0.0)
+    frac = np.minimum(frac, 1.0)
+    for col in ("energy_import_kwh", "energy_export_kwh"):
+        e = out[col].to_numpy(dtype=float)
+        out.loc[rows, col] = e[rows] + frac * (e[nxt] - e[rows])
+    for col in ("ts", "collected_at"):
+        if col in out:
+            out.loc[rows, col] = out.loc[rows, col] + OFF_GRID_SHIFT
+
+
+def _duplicate(out: pd.DataFrame, injections: Sequence[Injection]) -> pd.DataFrame:
+    """Each reading of a duplicate injection twice, the copy right after its original."""
+    if not injections:
+        return out
+    counts = np.ones(len(out), dtype=np.int64)
+    conflict = np.zeros(len(out), dtype=bool)
+    for inj in injections:
+        rows = _rows_in(out, inj)
+        counts[rows] = 2
+        conflict[rows] = inj.type == "duplicate_conflict"
+    take = np.repeat(np.arange(len(out)), counts)
+    copy = np.zeros(take.size, dtype=bool)
+    copy[np.cumsum(counts)[counts == 2] - 1] = True  # the second of each pair
+    res = out.iloc[take].reset_index(drop=True)
+    rows = np.flatnonzero(copy & conflict[take])
+    res.loc[rows, "energy_import_kwh"] = res.loc[rows, "energy_import_kwh"] + 0.05
+    for col in ("power_kw", "current_l1_a", "current_l2_a", "current_l3_a"):
+        res.loc[rows, col] = res.loc[rows, col] * 1.2
+    for col in ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v"):
+        res.loc[rows, col] = res.loc[rows, col] - 2.0
+    return res
+
+
+def _write_text_cells(out: pd.DataFrame, inj: Injection) -> None:
+    """Text from :data:`NON_NUMERIC_TEXTS` into ``inj.column`` of its meter's rows in
+    ``[start, end]`` (the column becomes object dtype)."""
+    col = inj.column or "power_kw"
+    if col not in READING_FIELDS:
+        raise ValueError(f"injection non_numeric: column {col!r} is not a reading quantity")
+    rows = _rows_in(out, inj)
+    if out[col].dtype != object:
+        out[col] = out[col].astype(object)
+    texts = np.resize(np.array(NON_NUMERIC_TEXTS, dtype=object), rows.size)
+    out.loc[rows, col] = texts
+
+
+def _apply_planted(
+    out: pd.DataFrame, meter_rows: npt.NDArray[np.int64], inj: Injection, meter: pd.Series
+) -> None:
+    """Plant one of :data:`PLANTED_TYPES` into one meter's rows (see :func:`inject`)."""
+    start, end = pd.Timestamp(inj.start), pd.Timestamp(inj.end)
+    m = float(inj.magnitude if inj.magnitude is not None else DEFAULT_MAGNITUDE[inj.type])
+    t = out["ts"].iloc[meter_rows]
+    if inj.type == "register_decrease":
+        sel = meter_rows[(t >= start).to_numpy()]
+        out.loc[sel, "energy_import_kwh"] = out.loc[sel, "energy_import_kwh"] - m
+    elif inj.type == "consumption_spike":
+        _scale_energy(out, meter_rows, out["ts"], start, end, m)
+    else:  # voltage_loss on phase 1
+        rows = meter_rows[((t >= start) & (t <= end)).to_numpy()]
+        before = out.loc[rows, "voltage_l1_v"].to_numpy(dtype=float)
+        after = m * float(meter["nominal_voltage_v"])
+        ratio = np.divide(after, before, out=np.ones(rows.size), where=before > 0)
+        factor = 1.0 - (1.0 - ratio) / max(int(meter["phases"]), 1)
+        out.loc[rows, "voltage_l1_v"] = after
+        for col in ("power_kw", "reactive_power_kvar"):
+            out.loc[rows, col] = out.loc[rows, col].to_numpy(dtype=float) * factor
+        e = out.loc[meter_rows, "energy_import_kwh"].to_numpy(dtype=float)
+        d = np.r_[0.0, np.diff(e)]
+        scale = np.ones(meter_rows.size)
+        scale[np.isin(meter_rows, rows)] = factor
+        inside = ((t > start) & (t <= end)).to_numpy()
+        d = np.where(inside, d * scale, d)
+        out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(d)

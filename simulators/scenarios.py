@@ -13,6 +13,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+#: Data-quality injections of :func:`build_scenario`: (type, (shortest, longest) [h]). Two
+#: kinds of reporting gaps (8 h, and 1-3 h), a meter offline for a day and more, an hour of
+#: duplicated readings (exact, and conflicting), a day of readings 7 minutes off the grid,
+#: an hour of text in a numeric column.
+DATA_QUALITY_PLAN: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("missing_data", (8.0, 8.0)),
+    ("missing_data", (1.0, 3.0)),
+    ("meter_offline", (26.0, 36.0)),
+    ("duplicate_exact", (1.0, 1.0)),
+    ("duplicate_conflict", (1.0, 1.0)),
+    ("off_grid", (24.0, 24.0)),
+    ("non_numeric", (1.0, 1.0)),
+)
+#: Columns that ``non_numeric`` injections write text into, in turn.
+NON_NUMERIC_COLUMNS: tuple[str, ...] = ("power_kw", "voltage_l1_v")
+
 
 @dataclass
 class Scenario:
@@ -32,13 +48,16 @@ def build_scenario(
     seed: int = 11,
     per_type: int | None = None,
     progress: Any = None,
+    data_quality: bool = True,
 ) -> Scenario:
     """Simulate ``meters`` customer meters for ``days`` and inject every catalogue type.
 
     Class mix 70 % residential, 20 % commercial, 10 % industrial, one transformer area per 50
     customers. ``per_type`` injections of each type (default ``max(2, meters // 100)``) on
     distinct meters; faults start after day 15 (history for the baselines), theft attacks run
-    from a random day after day 15 to the end. ``progress(text)`` is called between stages.
+    from a random day after day 15 to the end; the data-quality faults of
+    :data:`DATA_QUALITY_PLAN` (``per_type`` of each line; ``data_quality`` false leaves them
+    out) follow. ``progress(text)`` is called between stages.
     """
     from meterwatch.simulators.fleet import (
         BILLING_FAULT_TYPES,
@@ -165,6 +184,25 @@ def build_scenario(
         for _ in range(k):
             t0 = start + pd.Timedelta(days=int(rng.integers(15, max(16, int(days) - 10))))
             injections.append(Injection(attack, pick(anyone), t0, end_all))
+    # Data-quality faults (issue 15 item 4), each on a meter of its own, drawn after every
+    # other injection so that the labels above stay as they were.
+    hour = pd.Timedelta(hours=1)
+    for typ, hours in DATA_QUALITY_PLAN if data_quality else ():
+        for i in range(k):
+            t0 = start + pd.Timedelta(seconds=when())
+            shortest, longest = hours
+            draw = shortest if shortest == longest else rng.uniform(shortest, longest)
+            length = hour * float(draw)
+            column = NON_NUMERIC_COLUMNS[i % len(NON_NUMERIC_COLUMNS)]
+            injections.append(
+                Injection(
+                    typ,
+                    pick(anyone),
+                    t0,
+                    t0 + length,
+                    column=column if typ == "non_numeric" else None,
+                )
+            )
     note(f"injecting {len(injections)} faults and attacks")
     readings, reg, post = inject(readings, reg, injections, seed=seed)
     sim = fleet.labels().assign(injection=lambda f: f["type"])

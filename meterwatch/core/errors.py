@@ -4,6 +4,7 @@ MeterWatchError
 ├── ConfigError            bad configuration (field path, value, what is allowed)
 ├── MapError               a register map that fails its load-time checks
 ├── RegistryError          a bad meters.csv row or column
+├── DatasetError           a real data set that cannot be fetched, verified or read (carries ``dataset``)
 ├── ProtocolError          a payload or frame that cannot be decoded
 │   ├── Dlt645FrameError       a DL/T 645 frame or value that breaks the format (carries offset)
 │   └── Dlt645AbnormalReply    a DL/T 645 meter refused a read (address, control, status, di)
@@ -53,6 +54,14 @@ class MapError(MeterWatchError):
 
 class RegistryError(MeterWatchError):
     """The meter registry is invalid."""
+
+
+class DatasetError(MeterWatchError):
+    """A real consumption data set (simulators/real.py) could not be fetched, verified or read."""
+
+    def __init__(self, dataset: str, message: str):
+        self.dataset = dataset
+        super().__init__(f"data set {dataset}: {message}")
 
 
 class ProtocolError(MeterWatchError):

@@ -127,11 +127,27 @@ def test_fault_consequences_are_explained_not_judged() -> None:
     assert summary["false_by_type"] == {"energy_power_mismatch": 1}
 
 
+def test_a_day_offline_explains_its_estimation_excess() -> None:
+    labels = frame([("meter_offline", "meter_offline", "B", "TA01", h(10), h(40))], LABEL_COLS)
+    findings = frame(
+        [
+            ("estimation_excess", "B", "TA01", h(10.25), h(40)),  # the offline day: explained
+            ("estimation_excess", "B", "TA01", h(80), h(110)),  # days later: judged, false
+        ],
+        FIND_COLS,
+    )
+    table, _ = score_findings(findings, labels, REGISTRY, days=10)
+    t = table.set_index("type")
+    assert (t.loc["estimation_excess", "alerts"], t.loc["estimation_excess", "explained"]) == (1, 1)
+    assert t.loc["estimation_excess", "precision"] == 0.0
+
+
 def test_build_scenario_injects_and_labels_the_billing_faults() -> None:
     from meterwatch.simulators.fleet import BILLING_FAULT_TYPES
     from meterwatch.simulators.scenarios import build_scenario
 
-    sc = build_scenario(meters=60, days=18, interval_s=3600, seed=5, per_type=2)
+    # 80 customers: room for two of every fault, attack and data-quality injection.
+    sc = build_scenario(meters=80, days=18, interval_s=3600, seed=5, per_type=2)
     lab = sc.labels
     for typ in BILLING_FAULT_TYPES:
         sel = lab[lab["type"] == typ]

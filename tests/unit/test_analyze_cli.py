@@ -1,0 +1,116 @@
+"""`meterwatch analyze` through the CLI: the registry summary, --out always written, counts per
+alert type and category."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from meterwatch.cli import main
+from meterwatch.core.catalogue import ALERT_CATEGORIES
+from meterwatch.simulators.fleet import AnomalySpec, Fleet, generate
+
+T0 = pd.Timestamp("2026-01-05T00:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Fleet]:
+    """Four days of a small fleet with a register decrease and a phase break."""
+    fleet = Fleet(
+        start=T0.to_pydatetime(),
+        residential=4,
+        commercial=2,
+        industrial=1,
+        transformers=1,
+        seed=3,
+        anomalies=[
+            AnomalySpec("register_decrease", "R0002", 2.2 * 86400),
+            AnomalySpec("phase_break", "C0001", 2.5 * 86400, 3 * 3600),
+        ],
+    )
+    readings = generate(fleet, (T0 + pd.Timedelta(days=4)).to_pydatetime(), interval_s=900)
+    path = tmp_path_factory.mktemp("faulty") / "readings.parquet"
+    readings.to_parquet(path, index=False)
+    return path, fleet
+
+
+def analyze(readings: Path, meters: Path, out: Path) -> tuple[int, str, str]:
+    res = CliRunner().invoke(
+        main, ["analyze", "--readings", str(readings), "--meters", str(meters), "--out", str(out)]
+    )
+    return res.exit_code, res.stdout, res.stderr
+
+
+def test_a_utility_export_loads_and_the_run_reports_defaults_areas_and_counts(
+    faulty: tuple[Path, Fleet], tmp_path: Path
+) -> None:
+    readings, fleet = faulty
+    # As a utility export would be: no last_calibration, no max_current_a; the two faulty
+    # meters have no known area.
+    reg = fleet.registry.drop(columns=["last_calibration", "max_current_a"])
+    reg.loc[reg["meter_id"].isin(["R0002", "C0001"]), "transformer_id"] = ""
+    meters = tmp_path / "meters.csv"
+    reg.to_csv(meters, index=False)
+    out = tmp_path / "alerts.jsonl"
+    code, stdout, stderr = analyze(readings, meters, out)
+    assert code == 0, stdout + stderr
+    n = len(reg)
+    assert f"registry: {meters}: {n} meters" in stdout
+    assert "defaulted: max_current_a (60 A for 6, 6 A for 2)" in stdout
+    assert f"last_calibration (unknown: calibration_due not judged) for {n} meters" in stdout
+    assert "2 meters without a transformer area: judged by meter-level rules only" in stdout
+    feed = [json.loads(line) for line in out.read_text().splitlines()]
+    # Meters without an area are still judged by meter-level rules.
+    found = {(a["type"], a["meter_id"]) for a in feed}
+    assert {("register_decrease", "R0002"), ("phase_break", "C0001")} <= found
+    by_type = pd.Series([a["type"] for a in feed]).value_counts()
+    assert f"{len(feed)} alerts → {out}" in stdout
+    for typ, count in by_type.items():
+        assert re.search(rf"{typ} +{count} +\({ALERT_CATEGORIES[typ]}\)", stdout), typ
+    by_cat = pd.Series([a["category"] for a in feed]).value_counts()
+    listed = re.search(r"^alerts by category: (.+)$", stdout, re.MULTILINE)
+    assert listed is not None
+    pairs = dict(p.rsplit(" ", 1) for p in listed.group(1).split(", "))
+    assert {k: int(v) for k, v in pairs.items()} == by_cat.to_dict()
+
+
+def test_out_is_written_even_without_alerts(tmp_path: Path) -> None:
+    fleet = Fleet(
+        start=T0.to_pydatetime(), residential=2, commercial=0, industrial=0, transformers=1
+    )
+    readings = generate(fleet, (T0 + pd.Timedelta(hours=2)).to_pydatetime(), interval_s=900)
+    path = tmp_path / "readings.csv"
+    readings.assign(ts=readings["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
+    meters = tmp_path / "meters.csv"
+    fleet.registry.to_csv(meters, index=False)
+    out = tmp_path / "alerts.jsonl"
+    out.write_text('{"stale": "from an earlier run"}\n')
+    code, stdout, stderr = analyze(path, meters, out)
+    assert code == 0, stdout + stderr
+    assert out.exists() and out.read_text() == ""
+    assert f"0 alerts → {out} (empty)" in stdout
+    assert "alerts by category: none" in stdout
+
+
+def test_a_bad_registry_value_is_one_error_line_naming_file_row_and_column(
+    faulty: tuple[Path, Fleet], tmp_path: Path
+) -> None:
+    readings, fleet = faulty
+    reg = fleet.registry.copy()
+    reg.loc[2, "phases"] = 2
+    meters = tmp_path / "meters.csv"
+    reg.to_csv(meters, index=False)
+    out = tmp_path / "alerts.jsonl"
+    code, stdout, stderr = analyze(readings, meters, out)
+    assert code == 2
+    err = " ".join(stderr.split())
+    who = reg.loc[2, "meter_id"]
+    assert err.startswith(f"error: {meters}: 1 problem(s)")
+    assert f"row 4 (meter {who}), column phases: '2', expected 1 or 3" in err
+    assert "Traceback" not in stderr + stdout
+    assert not out.exists()  # nothing analysed: no feed that could pass for "no alerts"
