@@ -24,16 +24,29 @@ from meterwatch.core.catalogue import AREA_TYPES
 #: ``reverse_power`` injection rewrites only ``power_kw`` (negative) while the import
 #: register keeps counting, which is a real energy/power disagreement in the data.
 CONSEQUENCES: dict[str, tuple[str, ...]] = {
-    "meter_stuck": ("energy_power_mismatch", "consumption_drop", "zero_consumption"),
+    # A stopped register under load, or a meter billing nothing for a day, under-registers
+    # energy: the theft ranking sees the same sustained drop (and utilities investigate it the
+    # same way, on site).
+    "meter_stuck": (
+        "energy_power_mismatch",
+        "consumption_drop",
+        "zero_consumption",
+        "theft_suspected",
+    ),
+    "zero_consumption": ("theft_suspected",),
+    "consumption_drop": ("theft_suspected",),
     "meter_runaway": ("energy_power_mismatch", "consumption_spike"),
     "multiplier_mismatch": ("energy_power_mismatch",),
     "reverse_power": ("energy_power_mismatch",),
     # A Jokar attack rewrites the registered intervals; power follows only per poll.
     "theft_suspected": ("energy_power_mismatch",),
-    # A clock jumping ahead shifts the meter's last hours against the hour grid.
-    "clock_error": ("consumption_spike",),
+    # A clock jumping ahead shifts the meter's last hours against the hour grid, its read
+    # times off the interval grid, and leaves the hours it jumped over without readings.
+    "clock_error": ("consumption_spike", "off_grid_reading", "missing_data"),
     # A meter offline for more than a day leaves more than a day of intervals to estimate.
     "meter_offline": ("estimation_excess",),
+    # The estimation_excess injection is a long silence of the meter.
+    "estimation_excess": ("missing_data", "meter_offline"),
 }
 
 

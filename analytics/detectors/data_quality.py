@@ -35,27 +35,40 @@ def _check_merge(merge_hours: float) -> float:
 
 @register(cadence="interval", order=300)
 class MissingData(Detector):
-    """Gaps in a meter's readings: ``min_gap_hours`` or more between two consecutive readings.
+    """Gaps in a meter's readings: ``min_gap_hours`` or more between two consecutive readings,
+    shorter than :class:`MeterOffline`'s ``offline_hours`` (a longer silence is that meter
+    being offline: one cause, one alert).
 
     The gap is over once data resume, so ``starts_at`` is the last reading before it and
     ``ends_at`` the first after it. A silence that reaches the end of the window is
-    :class:`MeterOffline`'s (one cause, one alert).
+    :class:`MeterOffline`'s.
 
     Parameters
     ----------
     min_gap_hours : float
-        Shortest gap reported [h]. Default 3 (project choice: twelve missed 15-minute
+        Shortest gap reported [h]. Default 1 (project choice: four missed 15-minute
         intervals; the collector retries a failing meter within minutes, so a gap this long
         is lost data, not a late read).
+    max_gap_hours : float
+        Gaps this long or longer are left to :class:`MeterOffline` [h]. Default 12, its
+        ``offline_hours``.
     merge_hours : float
         Gaps of a meter at most this far apart are one finding [h]. Default 24.
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("missing_data",)
 
-    def __init__(self, min_gap_hours: float = 3.0, merge_hours: float = 24.0) -> None:
+    def __init__(
+        self, min_gap_hours: float = 1.0, max_gap_hours: float = 12.0, merge_hours: float = 24.0
+    ) -> None:
         check_positive("min_gap_hours", min_gap_hours)
+        check_positive("max_gap_hours", max_gap_hours)
+        if not float(max_gap_hours) > float(min_gap_hours):
+            raise ValueError(
+                f"max_gap_hours ({max_gap_hours}) must exceed min_gap_hours ({min_gap_hours})"
+            )
         self.min_gap_hours = min_gap_hours
+        self.max_gap_hours = max_gap_hours
         self.merge_hours = _check_merge(merge_hours)
 
     def detect_window(self, w: Window) -> pd.DataFrame:
@@ -67,7 +80,7 @@ class MissingData(Detector):
         last = np.maximum.accumulate(prev_t, axis=1)
         before = np.concatenate([np.full((w.n_meters, 1), NO_TIME), last[:, :-1]], axis=1)
         gap = np.where(pres & (before != NO_TIME), w.t - before, 0)
-        flagged = gap >= float(self.min_gap_hours) * _H
+        flagged = (gap >= float(self.min_gap_hours) * _H) & (gap < float(self.max_gap_hours) * _H)
         rows_, cols = np.nonzero(flagged)
         if rows_.size == 0:
             return empty_findings()
@@ -116,12 +129,12 @@ class MissingData(Detector):
 
 @register(cadence="interval", order=310)
 class MeterOffline(Detector):
-    """A meter silent for ``offline_hours`` or more up to the end of the data.
+    """A meter silent for ``offline_hours`` or more: between two of its readings (``ends_at``
+    is the reading that ended the silence) or up to the end of the data (``ends_at`` NaT).
 
-    The reference is the latest reading of any meter in the window (the data's end), so a file
-    or a store read is judged as of its own time; a registered meter with no reading in the
-    window at all is offline since the window's start. ``ends_at`` NaT: the meter is still
-    silent. The collector raises the same alert type as soon as a polled meter stops answering
+    The reference for the end is the latest reading of any meter in the window (the data's
+    end), so a file or a store read is judged as of its own time; a registered meter with no
+    reading in the window at all is offline since the window's start. The collector raises the same alert type as soon as a polled meter stops answering
     (``collector.modbus.offline_after``); this rule also catches meters that push (MQTT) and
     silent meters in files.
 
@@ -139,20 +152,36 @@ class MeterOffline(Detector):
         self.offline_hours = offline_hours
 
     def detect_window(self, w: Window) -> pd.DataFrame:
-        """One finding per meter silent at the end of the data."""
+        """One finding per silence of a meter (ended, or still going at the data's end)."""
         first, last, n = w.reading_span()
         if not n.any():
             return empty_findings()
+        limit = float(self.offline_hours) * _H
         end = int(last[n > 0].max())
         start = int(first[n > 0].min())
+        events: list[tuple[int, int, int | None]] = []  # (row, silent since, back at)
+        pres = w.present
+        lastseen = np.maximum.accumulate(np.where(pres, w.t, NO_TIME), axis=1)
+        before = np.concatenate([np.full((w.n_meters, 1), NO_TIME), lastseen[:, :-1]], axis=1)
+        ended = pres & (before != NO_TIME) & (w.t - before >= limit)
+        for r, c in zip(*np.nonzero(ended), strict=True):  # loop over findings only
+            events.append((int(r), int(before[r, c]), int(w.t[r, c])))
         since = np.where(n > 0, last, start)
-        silent = (end - since) >= float(self.offline_hours) * _H
+        for r in np.flatnonzero((end - since) >= limit).tolist():  # loop over findings only
+            events.append((r, int(since[r]), None))
         params = plain(self.get_params())
         out = []
-        for r in np.flatnonzero(silent).tolist():  # loop over findings only
-            t0 = utc(since[r])
-            hours = (end - since[r]) / _H
+        for r, t0_ns, back in events:
+            t0 = utc(t0_ns)
             never = n[r] == 0
+            upto = end if back is None else back
+            hours = (upto - t0_ns) / _H
+            if back is not None:
+                summary = f"Silent for {hours:.1f} h from {short_ts(t0)} to {short_ts(utc(back))}"
+            elif never:
+                summary = f"No reading in the window ({hours:.1f} h up to {short_ts(utc(end))})"
+            else:
+                summary = f"Silent since {short_ts(t0)} ({hours:.1f} h up to {short_ts(utc(end))})"
             out.append(
                 {
                     "type": "meter_offline",
@@ -160,18 +189,15 @@ class MeterOffline(Detector):
                     "meter_id": w.ids[r],
                     "transformer_id": w.meters.transformer_id[r],
                     "starts_at": t0,
-                    "ends_at": pd.NaT,
-                    "summary": (
-                        f"No reading in the window ({hours:.1f} h up to {short_ts(utc(end))})"
-                        if never
-                        else f"Silent since {short_ts(t0)} ({hours:.1f} h up to {short_ts(utc(end))})"
-                    ),
+                    "ends_at": pd.NaT if back is None else utc(back),
+                    "summary": summary,
                     "evidence": plain(
                         {
-                            "rule": "last reading >= offline_hours before the latest reading of "
-                            "any meter in the window",
+                            "rule": "no reading for >= offline_hours (between two readings, or "
+                            "up to the latest reading of any meter in the window)",
                             "thresholds": params,
                             "last_reading": None if never else t0,
+                            "back_at": None if back is None else utc(back),
                             "data_end": utc(end),
                             "silent_h": float(hours),
                             "readings_in_window": int(n[r]),

@@ -30,17 +30,19 @@ def grid(n: int, start: pd.Timestamp = T0) -> list[pd.Timestamp]:
     return [start + k * Q for k in range(n)]
 
 
-@pytest.mark.parametrize(("missing", "flagged"), [(11, True), (10, False)])
+@pytest.mark.parametrize(("missing", "flagged"), [(3, True), (2, False), (46, True), (47, False)])
 def test_missing_data_from_min_gap_hours(missing: int, flagged: bool) -> None:
-    # 11 missing 15-minute reads: 3 h between the reads around them; 10: 2.75 h.
-    times = grid(40)
+    # 3 missing 15-minute reads: 1 h between the reads around them; 2: 45 min. 47 missing:
+    # 12 h, a meter offline (MeterOffline), not missing data.
+    times = grid(100)
     times = times[:10] + times[10 + missing :]
     found = MissingData().detect(readings_from_records(reads("A", times)), registry(A={}))
     assert (len(found) == 1) is flagged
     if flagged:
         row = found.iloc[0]
         assert (row["starts_at"], row["ends_at"]) == (T0 + 9 * Q, T0 + (10 + missing) * Q)
-        assert row["type"] == "missing_data" and row["evidence"]["longest_gap_h"] == 3.0
+        assert row["type"] == "missing_data"
+        assert row["evidence"]["longest_gap_h"] == (missing + 1) / 4
 
 
 def test_gaps_on_one_day_are_one_finding_and_a_silent_end_is_offline_not_missing() -> None:
@@ -63,6 +65,16 @@ def test_meter_offline_edge(silent_reads: int, flagged: bool) -> None:
     frame = readings_from_records(reads("A", grid(100)) + reads("B", grid(100 - silent_reads)))
     found = MeterOffline().detect(frame, registry(A={}, B={}))
     assert (list(found["meter_id"]) == ["B"]) is flagged
+
+
+def test_a_silence_that_ended_is_offline_with_its_end() -> None:
+    times = grid(200)
+    keep = times[:50] + times[50 + 60 :]  # 15 h without a reading in the middle
+    found = MeterOffline().detect(readings_from_records(reads("A", keep)), registry(A={}))
+    assert len(found) == 1
+    row = found.iloc[0]
+    assert (row["starts_at"], row["ends_at"]) == (T0 + 49 * Q, T0 + 110 * Q)
+    assert MissingData().detect(readings_from_records(reads("A", keep)), registry(A={})).empty
 
 
 def test_a_registered_meter_without_any_reading_is_offline() -> None:
