@@ -240,7 +240,7 @@ class MqttSubscriber:
         last_in = last_out = time.monotonic()
         ping_at: float | None = None
         wake = self._wake_r
-        tls = isinstance(sock, ssl.SSLSocket)
+        tls = sock if isinstance(sock, ssl.SSLSocket) else None
         while True:
             if self._stop.is_set():
                 self._flush_acks(sock)
@@ -253,8 +253,9 @@ class MqttSubscriber:
             timeout = max(0.0, last_out + keepalive - now) if keepalive else 1.0
             if ping_at is not None:
                 timeout = min(timeout, max(0.0, last_in + 1.5 * keepalive - now))
-            if tls and sock.pending():
-                readable: list[object] = [sock]
+            readable: list[socket.socket]
+            if tls is not None and tls.pending():
+                readable = [sock]
             else:
                 readable, _, _ = select.select([sock, wake], [], [], min(timeout, 1.0))
             if sock in readable:
