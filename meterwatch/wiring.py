@@ -35,7 +35,7 @@ from meterwatch.collector.writer import ReadingWriter
 from meterwatch.config import Config
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import secret
-from meterwatch.core.registry import check_registry, load_registry
+from meterwatch.core.registry import REGISTRY_COLUMNS, check_registry, load_registry
 from meterwatch.core.stats import Stats
 from meterwatch.metrics import MetricsServer
 from meterwatch.simulators.fleet import Fleet
@@ -75,6 +75,11 @@ class Components:
     sources: list[Source] = field(default_factory=list)
 
     @property
+    def analytics_enabled(self) -> bool:
+        """Analytics judge meters against the registry: off without one (ingest only)."""
+        return len(self.registry) > 0
+
+    @property
     def pollers(self) -> list[PolledSource]:
         return [s for s in self.sources if isinstance(s, PolledSource)]
 
@@ -105,9 +110,13 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         if sim.registry_out is not None:
             sim.registry_out.parent.mkdir(parents=True, exist_ok=True)
             fleet.registry.to_csv(sim.registry_out, index=False)
-    else:
-        assert cfg.registry.path is not None
+    elif cfg.registry.path is not None:
         registry = load_registry(cfg.registry.path)
+    else:
+        # Ingest needs no registry: every reading is stored (and counted as from an unknown
+        # meter); analytics, which judges meters against it, stays off.
+        registry = check_registry(pd.DataFrame(columns=list(REGISTRY_COLUMNS)), "no registry")
+        log.info("no registry.path: ingest only (readings stored), analytics off")
     store = build_store(cfg.storage, registry)
     # InfluxDB always behind the durable spool; the embedded store only when configured.
     spool = (
