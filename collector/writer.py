@@ -82,6 +82,8 @@ _STORE_COUNTERS = (
     ("lines_dead_lettered", "store_lines_dead_lettered"),
     ("rows_skipped", "store_rows_skipped_empty"),
     ("rows_invalid", "store_rows_invalid"),
+    ("duplicates", "readings_duplicate"),
+    ("conflicts", "readings_conflicting"),
 )
 
 
