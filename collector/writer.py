@@ -395,7 +395,10 @@ class ReadingWriter:
                 f"spool {self.spool.file if self.spool else ''} holds encoded batches but the "
                 f"store {type(store).__name__} cannot write them"
             )
-        return sum(store.write_body(body, lines) for body, lines in batch.bodies)
+        # One POST for the whole peek (whole flushes up to drain_batch_rows), not one per flush.
+        return store.write_body(
+            b"".join(body for body, _ in batch.bodies), sum(n for _, n in batch.bodies)
+        )
 
     async def _drain_loop(self) -> None:
         await drain_forever(
