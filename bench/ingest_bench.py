@@ -486,7 +486,7 @@ def run_consumer(
             done_flag,
             cwd=d,
         )
-        r["stored"] = messages  # counted on receipt
+        r["stored"] = expect  # every message counted on receipt (readings: messages x per)
         return r
     if name == "bridge":
         influx_query(influx_url, f'CREATE DATABASE "{db}"')
