@@ -155,6 +155,86 @@ def mqtt(messages: int, per_message: int) -> None:
     update_doc("mqtt", body)
 
 
+INGEST_ROWS = (
+    ("canonical:count", "paho subscriber that only counts (floor)"),
+    ("canonical:bridge", "paho + influxdb client bridge, 5,000-point batches → InfluxDB 1.x"),
+    ("canonical:node-red", "Node-RED 4 flow → InfluxDB 1.x"),
+    ("canonical:mw-influx", "**MeterWatch → spool → InfluxDB 1.x**"),
+    ("canonical:mw-embedded", "**MeterWatch → embedded store**"),
+    ("batch:count", "batch codec: paho subscriber that only counts"),
+    ("batch:mw-influx", "batch codec: **MeterWatch → spool → InfluxDB 1.x**"),
+    ("batch:mw-embedded", "batch codec: **MeterWatch → embedded store**"),
+)
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def ingest_doc(runs: list[dict], stages: dict | None) -> None:
+    """Tables of bench.ingest_bench runs (medians, ratios within each run) and stage costs."""
+    rows = []
+    for key, label in INGEST_ROWS:
+        got = [r[key] for r in runs if key in r]
+        if not got:
+            continue
+        nodered = [r["canonical:node-red"]["messages_per_s"] for r in runs if key in r]
+        ratio = [g["messages_per_s"] / n for g, n in zip(got, nodered, strict=True)]
+        rows.append(
+            [
+                label,
+                " / ".join(f"{g['messages_per_s']:,.0f}" for g in got),
+                f"{_median([g['readings_per_s'] for g in got]):,.0f}",
+                f"{_median([g['cpu_s_per_100k_msgs'] for g in got]):.1f}",
+                f"{_median([g['peak_rss_mb'] for g in got]):,.0f}",
+                f"{_median(ratio):.2f}×" if key.startswith("canonical") else "–",
+                str(sum(g.get("keepalive_disconnects", 0) for g in got)) if "mw-" in key else "–",
+            ]
+        )
+    table = markdown_table(
+        [
+            "consumer",
+            "msgs/s (each run)",
+            "readings/s (median)",
+            "CPU s per 100 k msgs",
+            "peak RSS MiB",
+            "vs Node-RED (median of per-run ratios)",
+            "MQTT disconnects",
+        ],
+        rows,
+    )
+    update_doc("ingest", f"{len(runs)} runs of `bench/ingest_bench.py`.\n\n" + table)
+    if stages:
+        names = (
+            ("split_packets_us", "split PUBLISH packets out of the stream"),
+            ("decode_columns_us", "decode payloads into columns (orjson)"),
+            ("parse_ts_us", "parse timestamps (one `to_utc` call)"),
+            ("frame_us", "build the frame"),
+            ("line_protocol_us", "encode line protocol"),
+            ("spool_append_cpu_us", "spool append (CPU; fsync wall time apart)"),
+            ("embedded_write_us", "embedded store write with duplicate check"),
+            ("pubacks_us", "encode PUBACKs"),
+        )
+        update_doc(
+            "ingest_stages",
+            markdown_table(
+                ["stage", "µs CPU per message"],
+                [[label, f"{stages[k]:.2f}"] for k, label in names if k in stages],
+            ),
+        )
+
+
+def ingest(runs: int) -> None:
+    results = []
+    for i in range(runs):
+        with console.status(f"ingest workload, run {i + 1} of {runs}"):
+            results.append(run_child("bench.ingest_bench", timeout_s=3600))
+    stages = run_child("bench.ingest_stages")
+    console.print(f"ingest: {results}\nstages: {stages}")
+    ingest_doc(results, stages)
+
+
 def storage(meters: int, intervals: int, rounds: int) -> None:
     with console.status(f"storage, {meters * intervals:,} lines into InfluxDB 1.x"):
         r = run_child(
@@ -257,7 +337,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument(
         "--only",
-        choices=["analytics", "modbus", "mqtt", "storage", "footprint"],
+        choices=["analytics", "modbus", "mqtt", "ingest", "storage", "footprint"],
         default=None,
     )
     ap.add_argument(
@@ -268,6 +348,8 @@ def main() -> None:
         modbus(50 if args.quick else 200, 3 if args.quick else 10)
     if args.only in (None, "mqtt"):
         mqtt(200 if args.quick else 1000, 100)
+    if args.only in (None, "ingest"):
+        ingest(1 if args.quick else 3)
     if args.only in (None, "storage"):
         storage(*((200, 50, 2) if args.quick else (1000, 96, 3)))
     if args.only in (None, "footprint"):

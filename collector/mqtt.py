@@ -1,27 +1,27 @@
-"""MQTT subscription (paho-mqtt 2.x): QoS 1, persistent session, ack only after storage.
+"""MQTT subscription: QoS 1, persistent session, acknowledged only after durable storage.
 
 Several subscriptions, each with a payload codec (:mod:`protocols.mqtt_payload`); shared
 subscriptions (``$share/<group>/...``) let several collectors split one stream. Bounded in-flight:
 with MQTT 5 the client announces ``receive_maximum`` (the broker sends at most that many unacked
 QoS 1 messages); with 3.1.1 the broker's own limit applies (Mosquitto: ``max_inflight_messages``).
-TLS: CA bundle and optional client certificate, hostname verified (never ``tls_insecure``).
+TLS: CA bundle and optional client certificate, hostname verified (never insecure).
 
-Refused messages (the writer is full: spool at ``storage.spool.max_bytes`` or its memory queue
+Per batch, not per message: the network thread (:mod:`collector.mqtt_client`) hands over every
+PUBLISH of one socket read at once; they are decoded into columns with one JSON parse per
+message (:func:`~meterwatch.protocols.mqtt_payload.decode_columns`), their timestamps parsed in
+one vectorised call (the same acceptance as :func:`meterwatch.core.schema.readings_from_records`),
+made into one frame and submitted to the writer as one item; once it is durable, all their
+PUBACKs leave in one write. A message the fast path does not take exactly as its codec would
+goes through the per-message codec, which accepts it or names the reason it is dead-lettered.
+
+Refused batches (the writer is full: spool at ``storage.spool.max_bytes`` or its memory queue
 at its bound) are held here, unacknowledged, and submitted again with exponential backoff until
 the writer takes them, oldest first. MQTT has no negative acknowledgement: a broker sends an
 unacknowledged QoS 1 message again only when the client reconnects, so without this a refused
 message would wait for the next reconnect. A held message is never lost: it is not
-acknowledged, so if the process dies the broker delivers it again. The broker's flow control
-(``receive_maximum`` with MQTT 5, ``max_inflight_messages`` in Mosquitto for 3.1.1) should bound
-how many are held, but Mosquitto 2.0.11 was seen sending well past it once acknowledgements
-interleave; so at most ``max_held`` are kept, later ones are left with the broker (counted
-``mqtt_held_overflow``) and fetched by one reconnect of the same session once the held ones are
-taken (``mqtt_overflow_reconnects``).
-
-No pandas frame is built per message: the network thread parses the timestamps of a message with
-one vectorised call (:func:`parse_reading_times`, the same acceptance as
-:func:`meterwatch.core.schema.readings_from_records`) and hands the reading dicts to the writer, which
-builds one frame per flush.
+acknowledged, so if the process dies the broker delivers it again. At most ``max_held`` messages
+are kept; later ones are left with the broker (counted ``mqtt_held_overflow``) and fetched by one
+reconnect of the same session once the held ones are taken (``mqtt_overflow_reconnects``).
 """
 
 from __future__ import annotations
@@ -33,26 +33,30 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
+import numpy as np
 import pandas as pd
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import Field, field_validator, model_validator
 
+from meterwatch.collector.mqtt_client import ConnectOptions, MqttSubscriber, tls_context
 from meterwatch.collector.sources import SourceContext, SourceSpec, register_source
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import Duration, Section, secret
 from meterwatch.core.errors import ProtocolError
-from meterwatch.core.schema import to_utc, to_utc_coerce
+from meterwatch.core.schema import readings_from_records, to_utc, to_utc_coerce
 from meterwatch.core.stats import Stats
-from meterwatch.protocols.mqtt_payload import Reading, Subscription
+from meterwatch.protocols.mqtt_packets import Publish
+from meterwatch.protocols.mqtt_payload import (
+    Reading,
+    Subscription,
+    decode_columns,
+    meter_from_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ REFUSED_RETRY_INITIAL_S = 0.1
 #: Longest wait between two offers of held messages [wall s] (project choice: a drained spool is
 #: used again within 2 s, and a full one is not asked more than every 2 s).
 REFUSED_RETRY_MAX_S = 2.0
+#: Topics remembered with their subscription and meter id (cleared when full).
+TOPIC_CACHE_MAX = 200_000
 
 
 def parse_reading_times(readings: list[Reading]) -> pd.Timestamp:
@@ -93,31 +99,48 @@ def parse_reading_times(readings: list[Reading]) -> pd.Timestamp:
     return max(ts)
 
 
+def frame_of_columns(
+    meter_id: list[str],
+    ts: pd.Series,
+    device_ts: pd.Series,
+    fields: dict[str, np.ndarray],
+    collected_at: pd.Timestamp,
+) -> pd.DataFrame:
+    """The canonical frame (plus collected_at / device_ts) of decoded columns, built once."""
+    cols: dict[str, Any] = {"meter_id": pd.array(meter_id, dtype="str"), "ts": ts.array}
+    cols.update(fields)
+    frame = pd.DataFrame(cols)
+    frame["collected_at"] = collected_at.as_unit("ns")
+    frame["device_ts"] = device_ts.array
+    return frame
+
+
 @dataclass(eq=False)
 class _Received:
-    """A decoded message on its way to storage: its readings and what its PUBACK needs."""
+    """Decoded messages on their way to storage: one frame and what their PUBACKs need."""
 
-    seq: int  # arrival order
-    readings: list[Reading]  # parse_reading_times applied; the writer makes the frame
-    mid: int
-    qos: int
-    generation: int  # connection it arrived on; a PUBACK on a later connection is not sent
+    seq: int  # arrival order (of the network read)
+    frame: pd.DataFrame | None  # None: nothing to store (every message dead-lettered)
+    mids: list[int]
+    generation: int  # connection they arrived on; a PUBACK on a later connection is not sent
+    qos0: int = 0  # messages without acknowledgement (QoS 0)
     acked: bool = False
-    message: mqtt.MQTTMessage | None = None  # for the dead-letter file if it cannot be stored
+    messages: list[Publish] = field(default_factory=list)  # for the dead-letter file
 
-
-_NO_READINGS: list[Reading] = []  # a dead-lettered message has no readings
+    @property
+    def count(self) -> int:
+        return len(self.mids) + self.qos0
 
 
 class MqttCollector:
     """Subscribes to meter readings and hands them to the writer.
 
-    With ``clean_session=False`` and a fixed client id the broker keeps our subscription and
-    queues QoS 1 messages while we are away. Automatic acknowledgement is off: a PUBACK is sent
-    only from the writer's ``on_stored`` callback, after the reading is durably stored, so a
-    crash before storage makes the broker deliver the message again. A payload that cannot be
-    decoded is written to the dead-letter file with the reason (fsynced) and then acknowledged,
-    so one bad message never blocks the stream.
+    With a persistent session and a fixed client id the broker keeps our subscription and
+    queues QoS 1 messages while we are away. A PUBACK is sent only from the writer's
+    ``on_stored`` callback, after the readings are durably stored, so a crash before storage
+    makes the broker deliver the message again. A payload that cannot be decoded is written to
+    the dead-letter file with the reason (fsynced) and then acknowledged, so one bad message
+    never blocks the stream.
     """
 
     def __init__(
@@ -140,11 +163,14 @@ class MqttCollector:
         tls_key: str | Path | None = None,
         protocol: str = "3.1.1",
         session_expiry_s: float = 86400.0,
-        receive_maximum: int = 100,
+        receive_maximum: int = 10000,
+        keepalive_s: int = 60,
         refused_retry_initial_s: float = REFUSED_RETRY_INITIAL_S,
         refused_retry_max_s: float = REFUSED_RETRY_MAX_S,
         max_held: int | None = None,
         clock: Clock | None = None,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
     ):
         self.host, self.port = host, port
         # Service time for collected_at (the simulated clock in demos); None: the UTC clock.
@@ -162,17 +188,15 @@ class MqttCollector:
         self.dead_letter = Path(dead_letter)
         self.max_payload_bytes = max_payload_bytes
         self._dl_lock = threading.Lock()
-        self.connected = threading.Event()
         self._stopping = False
         self.receive_maximum = receive_maximum
         self.refused_retry_initial_s = refused_retry_initial_s
         self.refused_retry_max_s = refused_retry_max_s
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Arrival counter (network thread) and connection generation (bumped on disconnect).
-        self._seq = 0
-        self._generation = 0
-        # Refused messages, oldest first; touched on the event loop only.
+        self._seq = 0  # network thread
+        # Refused batches, oldest first; touched on the event loop only.
         self._held: list[_Received] = []
+        self._held_messages = 0
         self._retry_delay = refused_retry_initial_s
         self._retry_handle: asyncio.TimerHandle | None = None
         # Accepted by the writer, not yet acknowledged (by seq). The writer keeps what it
@@ -181,39 +205,30 @@ class MqttCollector:
         # Refused messages kept in memory at most (None: 10 x receive_maximum, at least 1000).
         self.max_held = max_held if max_held is not None else max(10 * receive_maximum, 1000)
         self._overflow = False
-        self._reconnecting = False
+        self._topics: dict[bytes, tuple[int, str | None] | None] = {}
         self.v5 = protocol == "5"
-        if self.v5:
-            self.client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
+        ssl_context = tls_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+        self.client = MqttSubscriber(
+            host,
+            port,
+            ConnectOptions(
                 client_id=client_id,
-                protocol=MQTTProtocolVersion.MQTTv5,
-                manual_ack=True,
-            )
-            self._connect_props: Properties | None = Properties(PacketTypes.CONNECT)
-            self._connect_props.SessionExpiryInterval = int(session_expiry_s)
-            self._connect_props.ReceiveMaximum = receive_maximum
-        else:
-            self.client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                clean_session=False,
-                manual_ack=True,
-            )
-            self._connect_props = None
-        if tls_ca or tls_cert:
-            self.client.tls_set(
-                ca_certs=str(tls_ca) if tls_ca else None,
-                certfile=str(tls_cert) if tls_cert else None,
-                keyfile=str(tls_key) if tls_key else None,
-            )
-            self.client.tls_insecure_set(False)
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+                subscriptions=[(sub.filter, qos) for sub in self.subscriptions],
+                v5=self.v5,
+                keepalive_s=int(keepalive_s),
+                username=username,
+                password=password,
+                session_expiry_s=int(session_expiry_s),
+                receive_maximum=receive_maximum,
+            ),
+            on_batch=self._on_batch,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            ssl_context=ssl_context,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+        )
+        self.connected = self.client.connected
 
     def start(self) -> None:
         """Connect (retrying in the background if the broker is not up yet) and subscribe.
@@ -221,26 +236,13 @@ class MqttCollector:
         Call it on the writer's event loop: received messages are handed to the writer there.
         """
         self._loop = asyncio.get_running_loop()
-        self._connect()
-
-    def _connect(self) -> None:
-        if self.v5:
-            self.client.connect_async(
-                self.host,
-                self.port,
-                keepalive=30,
-                clean_start=False,
-                properties=self._connect_props,
-            )
-        else:
-            self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
+        self._stopping = False
+        self.client.start()
 
     def stop(self) -> None:
         """Disconnect. Held messages stay unacknowledged: the broker sends them at the next start."""
         self._stopping = True
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
         if self._loop is not None and not self._loop.is_closed():
             try:
                 self._loop.call_soon_threadsafe(self._release_held)
@@ -250,105 +252,209 @@ class MqttCollector:
     @property
     def held_messages(self) -> int:
         """Messages the writer refused that wait here, unacknowledged, to be offered again."""
-        return len(self._held)
+        return self._held_messages
 
-    # -- paho callbacks (network thread) -----------------------------------------------
+    # -- network thread -------------------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        if reason_code.is_failure:
-            log.error("MQTT broker %s:%d refused connection: %s", self.host, self.port, reason_code)
-            return
-        client.subscribe([(sub.filter, self.qos) for sub in self.subscriptions])
+    def _on_connect(self, session_present: bool) -> None:
         self.stats.count("mqtt_connects")
-        self.connected.set()
         log.info(
-            "MQTT connected to %s:%d, subscribed to %s",
+            "MQTT connected to %s:%d (session %s), subscribed to %s",
             self.host,
             self.port,
+            "resumed" if session_present else "new",
             ", ".join(f"{s.filter} ({s.codec})" for s in self.subscriptions),
         )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        # Packet ids are per connection: an ack still to come for a message of this connection
-        # must not be sent on the next one, where the broker may have reused the id for another
-        # message. The unacknowledged ones come again (same session) and are acked then.
-        self._generation += 1
-        if self.connected.is_set() and not self._stopping and not self._reconnecting:
-            log.warning("MQTT disconnected from %s:%d: %s", self.host, self.port, reason_code)
-        self.connected.clear()
+    def _on_disconnect(self, reason: str) -> None:
+        if not self._stopping:
+            self.stats.count("mqtt_disconnects")
+            log.warning("MQTT disconnected from %s:%d: %s", self.host, self.port, reason)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
-        self.stats.count("mqtt_messages")
-        self._seq += 1
-        seq, generation = self._seq, self._generation
+    def _route(self, topic: bytes) -> tuple[int, str | None] | None:
+        """(subscription index, topic meter id) of a topic, or None if no subscription matches."""
         try:
-            if len(msg.payload) > self.max_payload_bytes:
-                raise ProtocolError(
-                    f"payload of {len(msg.payload)} bytes exceeds mqtt.max_payload_bytes={self.max_payload_bytes}"
+            return self._topics[topic]
+        except KeyError:
+            pass
+        text = topic.decode("utf-8", errors="replace")
+        found: tuple[int, str | None] | None = None
+        for k, sub in enumerate(self.subscriptions):
+            if sub.matches(text):
+                meter = None
+                if sub.prefix is not None and sub.suffix is not None:
+                    meter = meter_from_topic(text, sub.prefix, sub.suffix)
+                found = (k, meter)
+                break
+        if len(self._topics) >= TOPIC_CACHE_MAX:
+            self._topics.clear()
+        self._topics[topic] = found
+        return found
+
+    def _on_batch(self, publishes: list[Publish], generation: int) -> None:
+        """Every PUBLISH of one read: decode into one frame, hand it to the event loop."""
+        self.stats.count("mqtt_messages", len(publishes))
+        self._seq += 1
+        collected_at = pd.Timestamp(self.clock.now()) if self.clock else pd.Timestamp.now("UTC")
+        if collected_at.tzinfo is None:
+            collected_at = collected_at.tz_localize("UTC")
+        by_sub: dict[int, list[int]] = {}
+        meters: list[str | None] = []
+        rejected: list[tuple[int, str]] = []
+        limit = self.max_payload_bytes
+        for i, (topic, payload, _mid, _qos) in enumerate(publishes):
+            meters.append(None)
+            if len(payload) > limit:
+                rejected.append(
+                    (
+                        i,
+                        f"payload of {len(payload)} bytes exceeds mqtt.max_payload_bytes={limit}",
+                    )
                 )
-            sub = next((s for s in self.subscriptions if s.matches(msg.topic)), None)
-            if sub is None:
-                raise ProtocolError(f"topic {msg.topic!r} matches no configured subscription")
-            readings = sub.decode(msg.topic, msg.payload)
-            collected_at = pd.Timestamp(self.clock.now()) if self.clock else pd.Timestamp.now("UTC")
-            for reading in readings:
-                # Collector time next to the source's ts (see protocols.mqtt_payload).
-                reading["collected_at"] = collected_at
-                # The payload's own ts is the device's clock unless it sends device_ts apart.
-                reading.setdefault("device_ts", reading.get("ts"))
-            latest = parse_reading_times(readings)
-        except (ProtocolError, ValueError, TypeError) as exc:
-            # TypeError: e.g. a JSON boolean ts (pandas refuses the dtype); it must not escape
-            # into paho's callback, which would stop the network loop.
-            self._dead_letter(msg, str(exc))
-            self._puback(_Received(seq, _NO_READINGS, msg.mid, msg.qos, generation))
+                continue
+            route = self._route(topic)
+            if route is None:
+                rejected.append(
+                    (
+                        i,
+                        f"topic {topic.decode(errors='replace')!r} matches no configured subscription",
+                    )
+                )
+                continue
+            meters[i] = route[1]
+            by_sub.setdefault(route[0], []).append(i)
+        frames: list[pd.DataFrame] = []
+        for k, idx in by_sub.items():
+            frame = self._decode(
+                k,
+                [publishes[i] for i in idx],
+                [meters[i] for i in idx],
+                idx,
+                collected_at,
+                rejected,
+            )
+            if frame is not None and len(frame):
+                frames.append(frame)
+        for i, reason in rejected:
+            self._dead_letter(publishes[i], reason)
+        bad = {i for i, _ in rejected}
+        good = [p for i, p in enumerate(publishes) if i not in bad] if bad else publishes
+        if bad:
+            # Acknowledged now: a malformed payload fails every redelivery.
+            self.client.ack(
+                [p[2] for i, p in enumerate(publishes) if i in bad and p[3]], generation
+            )
+        if not good:
             return
-        self.stats.count("mqtt_readings", len(readings))
-        self.stats.seen([r["meter_id"] for r in readings], latest.to_pydatetime())
-        # One submit for the whole message: its PUBACK goes out when all of it is stored.
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        rows = len(frame)
+        self.stats.count("mqtt_readings", rows)
+        if rows:
+            self.stats.seen(frame["meter_id"].tolist(), frame["ts"].max().to_pydatetime())
+        received = _Received(
+            self._seq,
+            frame,
+            [p[2] for p in good if p[3]],
+            generation,
+            qos0=sum(1 for p in good if not p[3]),
+            messages=good,
+        )
         assert self._loop is not None, "MqttCollector.start() was not called"
-        received = _Received(seq, readings, msg.mid, msg.qos, generation, message=msg)
         self._loop.call_soon_threadsafe(self._offer, received)
+
+    def _decode(
+        self,
+        k: int,
+        publishes: list[Publish],
+        topic_meters: list[str | None],
+        index: list[int],
+        collected_at: pd.Timestamp,
+        rejected: list[tuple[int, str]],
+    ) -> pd.DataFrame | None:
+        """Readings of the messages of subscription ``k`` as one frame; bad ones to ``rejected``."""
+        sub = self.subscriptions[k]
+        cols = decode_columns(sub.codec, [p[1] for p in publishes], topic_meters)
+        frame: pd.DataFrame | None = None
+        slow = list(cols.slow)
+        if len(cols):
+            try:
+                ts = to_utc(pd.Series(cols.ts, dtype=object))
+                if ts.isna().any():
+                    raise ValueError("NaT")
+                if cols.device_ts is None:
+                    device = ts
+                else:
+                    raw = [
+                        d if d is not None else t
+                        for d, t in zip(cols.device_ts, cols.ts, strict=True)
+                    ]
+                    device = to_utc_coerce(pd.Series(raw, dtype=object))
+                frame = frame_of_columns(cols.meter_id, ts, device, cols.fields, collected_at)
+            except (ValueError, TypeError):
+                # Some ts is not ISO 8601: the per-message path names which.
+                slow = sorted(set(slow) | set(np.unique(cols.owner).tolist()))
+                frame = None
+        if slow:
+            records: list[Reading] = []
+            for j in slow:
+                topic, payload, _mid, _qos = publishes[j]
+                try:
+                    readings = sub.decode(topic.decode("utf-8", errors="replace"), payload)
+                    for reading in readings:
+                        reading["collected_at"] = collected_at
+                        # The payload's own ts is the device's clock unless it sends device_ts apart.
+                        reading.setdefault("device_ts", reading.get("ts"))
+                    parse_reading_times(readings)
+                except (ProtocolError, ValueError, TypeError) as exc:
+                    # TypeError: e.g. a JSON boolean ts (pandas refuses the dtype).
+                    rejected.append((index[j], str(exc)))
+                    continue
+                records.extend(readings)
+            if records:
+                extra = readings_from_records(records)
+                frame = extra if frame is None else pd.concat([frame, extra], ignore_index=True)
+        return frame
 
     # -- hand-off to the writer (event loop) ----------------------------------------------
 
     def _offer(self, msg: _Received) -> None:
-        """Submit a new message, or hold it behind older held ones (arrival order)."""
+        """Submit a new batch, or hold it behind older held ones (arrival order)."""
         self._drop_stale()
         if self._held or not self._submit(msg):
             self._hold(msg)
 
     def _submit(self, msg: _Received) -> bool:
         """One offer to the writer; False (counted) if it refused."""
+        assert msg.frame is not None
         if not self.writer.submit(
-            msg.readings, partial(self._ack, msg), partial(self._unstorable, msg)
+            msg.frame, partial(self._ack, msg), partial(self._unstorable, msg)
         ):
-            self.stats.count("mqtt_refused")
+            self.stats.count("mqtt_refused", msg.count)
             return False
         self._outstanding[msg.seq] = msg
         return True
 
     def _hold(self, msg: _Received) -> None:
-        if len(self._held) >= self.max_held:
-            if msg.qos == 0:
+        if self._held_messages + msg.count > self.max_held:
+            if not msg.mids:
                 # QoS 0 has no redelivery: past the bound it cannot be kept.
-                self.stats.count("mqtt_qos0_dropped")
-                log.error("QoS 0 MQTT message dropped: writer full, %d held", len(self._held))
+                self.stats.count("mqtt_qos0_dropped", msg.qos0)
+                log.error("QoS 0 MQTT messages dropped: writer full, %d held", self._held_messages)
                 return
-            # Not kept, not acknowledged: the broker still has it and sends it again after the
-            # reconnect that follows once the held ones are taken (see _retry).
-            self.stats.count("mqtt_held_overflow")
+            # Not kept, not acknowledged: the broker still has them and sends them again after
+            # the reconnect that follows once the held ones are taken (see _retry).
+            self.stats.count("mqtt_held_overflow", msg.count)
             if not self._overflow:
                 log.warning(
-                    "%d refused MQTT messages held (max_held): the broker sends more "
-                    "unacknowledged messages than its in-flight window; later ones are left "
-                    "with the broker and fetched again by a reconnect once the writer has room",
-                    len(self._held),
+                    "%d refused MQTT messages held (max_held): later ones are left with the "
+                    "broker and fetched again by a reconnect once the writer has room",
+                    self._held_messages,
                 )
                 self._overflow = True
             return
         bisect.insort(self._held, msg, key=lambda m: m.seq)
-        self.stats.set_gauge("mqtt_held_messages", len(self._held))
+        self._held_messages += msg.count
+        self.stats.set_gauge("mqtt_held_messages", self._held_messages)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -357,7 +463,7 @@ class MqttCollector:
             self._retry_handle = self._loop.call_later(self._retry_delay, self._retry)
 
     def _retry(self) -> None:
-        """Offer the held messages again, oldest first, until the writer refuses one."""
+        """Offer the held batches again, oldest first, until the writer refuses one."""
         self._retry_handle = None
         self._drop_stale()
         while self._held and not self._stopping:
@@ -365,11 +471,11 @@ class MqttCollector:
             if not self._submit(self._held[0]):
                 self._retry_delay = min(self._retry_delay * 2, self.refused_retry_max_s)
                 break
-            self._held.pop(0)
+            self._held_messages -= self._held.pop(0).count
         else:
             self._retry_delay = self.refused_retry_initial_s
             self._reconnect_if_settled()
-        self.stats.set_gauge("mqtt_held_messages", len(self._held))
+        self.stats.set_gauge("mqtt_held_messages", self._held_messages)
         self._schedule_retry()
 
     def _reconnect_if_settled(self) -> None:
@@ -381,27 +487,18 @@ class MqttCollector:
         """
         if self._overflow and not self._held and not self._outstanding and not self._stopping:
             self._overflow = False
-            assert self._loop is not None
-            self._loop.run_in_executor(None, self._reconnect)
-
-    def _reconnect(self) -> None:
-        """Disconnect and connect again on the same session (worker thread)."""
-        self.stats.count("mqtt_overflow_reconnects")
-        log.info("MQTT reconnecting to fetch the messages left with the broker (max_held)")
-        self._reconnecting = True
-        self.client.disconnect()
-        self.client.loop_stop()
-        self._reconnecting = False
-        if not self._stopping:
-            self._connect()
+            self.stats.count("mqtt_overflow_reconnects")
+            log.info("MQTT reconnecting to fetch the messages left with the broker (max_held)")
+            self.client.reconnect()
 
     def _drop_stale(self) -> None:
-        """Forget held messages of an earlier connection (the broker sends them again) and ones
+        """Forget held batches of an earlier connection (the broker sends them again) and ones
         a late acknowledgement settled meanwhile."""
         if self._held:
-            gen = self._generation
+            gen = self.client.generation
             self._held = [m for m in self._held if m.generation == gen and not m.acked]
-            self.stats.set_gauge("mqtt_held_messages", len(self._held))
+            self._held_messages = sum(m.count for m in self._held)
+            self.stats.set_gauge("mqtt_held_messages", self._held_messages)
 
     def _release_held(self) -> None:
         """At stop: cancel the retry; held messages stay with the broker (unacknowledged)."""
@@ -412,9 +509,10 @@ class MqttCollector:
         if self._held:
             log.info(
                 "%d refused MQTT messages left unacknowledged; the broker sends them again",
-                len(self._held),
+                self._held_messages,
             )
             self._held = []
+            self._held_messages = 0
             self.stats.set_gauge("mqtt_held_messages", 0)
 
     def _ack(self, msg: _Received) -> None:
@@ -423,41 +521,34 @@ class MqttCollector:
             return
         msg.acked = True
         self._outstanding.pop(msg.seq, None)
-        self._puback(msg)
+        if msg.mids and not self.client.ack(msg.mids, msg.generation):
+            # The broker sends them again on this connection (same session); that copy is acked.
+            self.stats.count("mqtt_stale_acks_skipped", len(msg.mids))
         if self._overflow and not self._outstanding:
             self._reconnect_if_settled()
 
     def _unstorable(self, msg: _Received, reason: str) -> None:
         """The writer could not make ``msg`` into readings (event loop): dead-letter it and
         acknowledge, like a payload that fails to decode (it would fail every redelivery)."""
-        if msg.message is not None:
-            self._dead_letter(msg.message, f"readings cannot be stored: {reason}")
+        for message in msg.messages:
+            self._dead_letter(message, f"readings cannot be stored: {reason}")
         self._ack(msg)
 
-    def _puback(self, msg: _Received) -> None:
-        """Acknowledge to the broker (any thread), unless the connection it came on is gone."""
-        if msg.qos == 0:
-            return
-        if msg.generation != self._generation:
-            # The broker sends it again on this connection (same session); that copy is acked.
-            self.stats.count("mqtt_stale_acks_skipped")
-            return
-        self.client.ack(msg.mid, msg.qos)
-
-    def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str) -> None:
+    def _dead_letter(self, msg: Publish, reason: str) -> None:
         self.stats.count("mqtt_dead_letters")
+        topic = msg[0].decode("utf-8", errors="replace")
         record = {
             "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "topic": msg.topic,
+            "topic": topic,
             "reason": reason,
-            "payload": msg.payload[:4096].decode("utf-8", errors="replace"),
+            "payload": msg[1][:4096].decode("utf-8", errors="replace"),
         }
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         with self._dl_lock, self.dead_letter.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        log.warning("MQTT message on %s dead-lettered: %s", msg.topic, reason)
+        log.warning("MQTT message on %s dead-lettered: %s", topic, reason)
 
 
 # -- config section and registration (collector.mqtt) ------------------------------------------
@@ -513,7 +604,12 @@ class MqttConfig(Section):
     tls: MqttTlsConfig | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     session_expiry: Duration = Field(86400.0, ge=0)  # MQTT 5 only; 3.1.1 sessions never expire
-    receive_maximum: int = Field(100, ge=1, le=65535)  # MQTT 5: unacked QoS 1 in flight to us
+    # MQTT 5: unacked QoS 1 messages in flight to us. Acknowledgements wait for durable storage
+    # (one spool commit per writer flush), so the window must hold at least two flushes' worth
+    # of messages, or the stream stalls between flushes (docs/benchmarks.md, broker settings).
+    receive_maximum: int = Field(10000, ge=1, le=65535)
+    # Keepalive announced at CONNECT [s]; a PINGREQ goes out when nothing was sent that long.
+    keepalive: Duration = Field(60.0, ge=5, le=65535)
 
     @field_validator("topic")
     @classmethod
@@ -558,6 +654,7 @@ def build_source(cfg: MqttConfig, ctx: SourceContext) -> list[MqttSource]:
         protocol=cfg.protocol,
         session_expiry_s=cfg.session_expiry,
         receive_maximum=cfg.receive_maximum,
+        keepalive_s=int(cfg.keepalive),
         writer=ctx.writer,
         stats=ctx.stats,
         client_id=cfg.client_id,

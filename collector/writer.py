@@ -4,7 +4,9 @@ Two modes, chosen by the service from ``storage.spool`` (see README, "Durability
 
 * **spooled** (always with InfluxDB): a flush appends the pending frames to the durable
   :class:`~storage.spool.Spool` (one fsynced SQLite commit) and then runs the ``on_stored``
-  callbacks (the MQTT acknowledgement). A separate drain task sends spooled readings to the store
+  callbacks (the MQTT acknowledgement). A store that encodes its own writes (InfluxDB: line
+  protocol, ``encode_body`` / ``write_body``) gets the batch encoded once, at the flush, off
+  the event loop; the spool keeps those bytes and the drain only posts them. A separate drain task sends spooled readings to the store
   oldest first, deletes them from the spool only after the store returned, and retries a failed
   store with exponential backoff and jitter while new readings keep being spooled. Readings that
   are in the spool when the process dies are drained after the restart.
@@ -18,6 +20,13 @@ submission order: every list goes through one :func:`~meterwatch.core.schema.rea
 call, frames pass through unchanged. Besides the canonical columns they may carry the optional
 ``collected_at`` / ``device_ts`` (:data:`meterwatch.core.schema.READING_TIME_COLUMNS`), which the spool
 keeps and both stores store (a flush mixing frames with and without them fills NaT).
+
+Listeners (streaming analytics) get every frame once it is durable (in the store, or in the
+spool when it holds encoded batches) through a bounded hand-off: a task runs them off the event
+loop on the frames that arrived meanwhile, concatenated, so a slow listener never delays a flush
+or an acknowledgement. Past ``max_listener_rows`` waiting, a frame is not handed to them; it is
+counted (``stream_rows_skipped``) and logged once per episode (the scheduled analytics still
+judge every stored reading).
 
 Nothing is dropped silently: a submit past ``max_pending_rows`` in memory, or while the spool is
 full, is refused (``submit`` returns False), counted as ``readings_refused`` (and
@@ -35,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -43,7 +52,7 @@ from meterwatch.core.errors import StorageError
 from meterwatch.core.schema import empty_readings, readings_from_records
 from meterwatch.core.stats import Stats
 from meterwatch.storage.base import ReadingStore
-from meterwatch.storage.spool import Spool, SpoolFullError, drain_forever
+from meterwatch.storage.spool import Spool, SpoolBatch, SpoolFullError, drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,17 @@ Done = Callable[[], None]
 #: Called with the reason when a submitted list cannot be made into readings at all.
 Failed = Callable[[str], None]
 StoredListener = Callable[[pd.DataFrame], None]
+
+
+@runtime_checkable
+class EncodingStore(Protocol):
+    """A store whose writes are request bodies encoded ahead (InfluxStore: line protocol)."""
+
+    def encode_body(self, df: pd.DataFrame) -> tuple[bytes, int]: ...
+
+    def write_body(self, body: bytes, lines: int) -> int: ...
+
+
 #: Reading dicts as :func:`meterwatch.core.schema.readings_from_records` takes them.
 Records = list[dict[str, Any]]
 
@@ -62,6 +82,8 @@ _STORE_COUNTERS = (
     ("lines_dead_lettered", "store_lines_dead_lettered"),
     ("rows_skipped", "store_rows_skipped_empty"),
     ("rows_invalid", "store_rows_invalid"),
+    ("duplicates", "readings_duplicate"),
+    ("conflicts", "readings_conflicting"),
 )
 
 
@@ -124,6 +146,7 @@ class ReadingWriter:
         max_pending_rows: int = 200_000,
         backoff_cap_s: float = 30.0,
         listeners: list[StoredListener] | None = None,
+        max_listener_rows: int = 200_000,
     ):
         self.store = store
         self.stats = stats
@@ -134,6 +157,13 @@ class ReadingWriter:
         self.max_pending_rows = max_pending_rows
         self.backoff_cap_s = backoff_cap_s
         self.listeners = listeners or []
+        self.max_listener_rows = max_listener_rows
+        self._listen_queue: list[pd.DataFrame] = []
+        self._listen_rows = 0
+        self._listen_wake = asyncio.Event()
+        self._listen_task: asyncio.Task[None] | None = None
+        self._listen_skip_logged = False
+        self._encoding = spool is not None and isinstance(store, EncodingStore)
         self._pending: list[_Item] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
@@ -192,6 +222,7 @@ class ReadingWriter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reading-writer")
+        self._listen_task = asyncio.create_task(self._listen_loop(), name="stored-listeners")
         if self.spool is not None:
             self._drain_task = asyncio.create_task(self._drain_loop(), name="spool-drainer")
 
@@ -217,6 +248,7 @@ class ReadingWriter:
         except StorageError:
             log.error("writer closing: %d readings could not be made durable", self._pending_rows)
         if self.spool is None:
+            await self._stop_listeners()
             return
         deadline = time.monotonic() + drain_timeout_s
         try:
@@ -242,6 +274,20 @@ class ReadingWriter:
                 self.spool.file,
             )
         self._update_gauges()
+        await self._stop_listeners()
+
+    async def _stop_listeners(self) -> None:
+        """Let the listeners see what is queued, then end their task."""
+        task, self._listen_task = self._listen_task, None
+        if task is None:
+            return
+        self._listen_wake.set()
+        await self._run_listeners()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
     # ------------------------------------------------------------------ flush
 
@@ -273,7 +319,7 @@ class ReadingWriter:
         assert self.spool is not None
         if len(frame):
             try:
-                await asyncio.to_thread(self.spool.append, frame)
+                await asyncio.to_thread(self._spool_append, frame)
             except SpoolFullError:
                 # Accepted while there was room, but an earlier flush filled the spool: keep
                 # them in memory (not acknowledged) and retry with backoff while the spool
@@ -293,6 +339,18 @@ class ReadingWriter:
         self._ack(items)
         self._update_gauges()
         self._drain_wake.set()
+        if self._encoding:
+            self._notify(frame)  # durable now; the drain posts bytes and has no frame
+
+    def _spool_append(self, frame: pd.DataFrame) -> None:
+        """Append one flush to the spool (worker thread): encoded for the store when it can."""
+        assert self.spool is not None
+        if self._encoding:
+            body, lines = self.store.encode_body(frame)  # type: ignore[attr-defined]
+            if lines:
+                self.spool.append_encoded(body, lines)
+        else:
+            self.spool.append(frame)
 
     async def _flush_to_store(self, items: list[_Item], frame: pd.DataFrame, rows: int) -> None:
         try:
@@ -304,7 +362,7 @@ class ReadingWriter:
             raise
         self._store_ok(written)
         self._ack(items)
-        await self._notify(frame)
+        self._notify(frame)
 
     # ------------------------------------------------------------------ drain
 
@@ -315,16 +373,32 @@ class ReadingWriter:
         if batch is None:
             return 0
         try:
-            written = await asyncio.to_thread(self.store.write_readings, batch.frame)
+            written = await asyncio.to_thread(self._drain_write, batch)
         except StorageError as exc:
             self._store_failed(exc, self.spool.depth_rows)
             raise
         await asyncio.to_thread(self.spool.remove_through, batch.last_seq)
-        self.stats.count("readings_drained", len(batch.frame))
+        self.stats.count("readings_drained", batch.rows)
         self._store_ok(written)
         self._update_gauges()
-        await self._notify(batch.frame)
-        return len(batch.frame)
+        if batch.frame is not None:
+            self._notify(batch.frame)
+        return batch.rows
+
+    def _drain_write(self, batch: SpoolBatch) -> int:
+        """Write one spooled batch to the store (worker thread); lines/rows written."""
+        if batch.frame is not None:
+            return self.store.write_readings(batch.frame)
+        store: Any = self.store
+        if not isinstance(store, EncodingStore):
+            raise StorageError(
+                f"spool {self.spool.file if self.spool else ''} holds encoded batches but the "
+                f"store {type(store).__name__} cannot write them"
+            )
+        # One POST for the whole peek (whole flushes up to drain_batch_rows), not one per flush.
+        return store.write_body(
+            b"".join(body for body, _ in batch.bodies), sum(n for _, n in batch.bodies)
+        )
 
     async def _drain_loop(self) -> None:
         await drain_forever(
@@ -382,7 +456,36 @@ class ReadingWriter:
             if item.on_stored is not None:
                 item.on_stored()
 
-    async def _notify(self, frame: pd.DataFrame) -> None:
+    def _notify(self, frame: pd.DataFrame) -> None:
+        """Queue a durable frame for the listeners (bounded; see the module docstring)."""
+        if not self.listeners or not len(frame):
+            return
+        if self._listen_rows + len(frame) > self.max_listener_rows:
+            self.stats.count("stream_rows_skipped", len(frame))
+            if not self._listen_skip_logged:
+                log.warning(
+                    "streaming detection is behind (%d readings waiting): later batches are "
+                    "left to the scheduled analytics (counted as stream_rows_skipped)",
+                    self._listen_rows,
+                )
+                self._listen_skip_logged = True
+            return
+        self._listen_queue.append(frame)
+        self._listen_rows += len(frame)
+        self._listen_wake.set()
+
+    async def _listen_loop(self) -> None:
+        while True:
+            await self._listen_wake.wait()
+            self._listen_wake.clear()
+            await self._run_listeners()
+
+    async def _run_listeners(self) -> None:
+        if not self._listen_queue:
+            return
+        frames, self._listen_queue, self._listen_rows = self._listen_queue, [], 0
+        self._listen_skip_logged = False
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         for listener in self.listeners:
             # Off the event loop: listeners run analytics, which must not delay polls or acks.
             try:

@@ -100,7 +100,13 @@ def config_check(file: str) -> None:
         for path, msg in exc.problems:
             err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False)
         sys.exit(1)
-    sim = "simulated fleet" if cfg.simulator.enabled else f"registry {cfg.registry.path}"
+    sim = (
+        "simulated fleet"
+        if cfg.simulator.enabled
+        else f"registry {cfg.registry.path}"
+        if cfg.registry.path is not None
+        else "no registry: ingest only, analytics off"
+    )
     console.print(
         f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False
     )

@@ -128,8 +128,6 @@ class Config(Section):
             raise ValueError(
                 "collector.modbus.gateways uses devices: simulator but simulator.enabled is false"
             )
-        if self.registry.path is None and not self.simulator.enabled:
-            raise ValueError("registry.path is required when the simulator is not enabled")
         return self
 
     @property

@@ -103,6 +103,7 @@ class Jobs:
 
     def __init__(self, c: Components):
         self.c = c
+        self._known: pd.Index | None = None
 
     def schedule(self, s: Scheduler) -> None:
         """Every job the config asks for, on ``s``."""
@@ -117,13 +118,14 @@ class Jobs:
                 every,
                 now=True,
             )
-        s.every("analytics", "analytics", self.analyze, cfg.analytics.interval)
-        s.every(
-            "analytics-daily",
-            "analytics (daily: theft, line loss)",
-            self.analyze_daily,
-            cfg.analytics.daily_interval,
-        )
+        if c.analytics_enabled:
+            s.every("analytics", "analytics", self.analyze, cfg.analytics.interval)
+            s.every(
+                "analytics-daily",
+                "analytics (daily: theft, line loss)",
+                self.analyze_daily,
+                cfg.analytics.daily_interval,
+            )
         if isinstance(c.store, EmbeddedStore) and cfg.storage.retention_days:
             s.every(
                 "retention",
@@ -132,7 +134,7 @@ class Jobs:
                 cfg.storage.retention_interval,
                 now=True,
             )
-        if c.validation is not None and cfg.analytics.validation_interval:
+        if c.validation is not None and cfg.analytics.validation_interval and c.analytics_enabled:
             s.every("validation", "validation", self.validate, cfg.analytics.validation_interval)
         if cfg.storage.health_interval and isinstance(c.store, RecordStore):
             s.every("health", "health", self.write_health, cfg.storage.health_interval)
@@ -181,6 +183,15 @@ class Jobs:
         else:
             c.stats.count("analytics_daily_runs")
 
+    def count_unknown(self, frame: pd.DataFrame) -> None:
+        """Count stored readings of meters the registry does not list (a writer listener)."""
+        known = self._known
+        if known is None:
+            known = self._known = pd.Index(self.c.registry["meter_id"].astype(str))
+        unknown = int((~frame["meter_id"].isin(known)).sum()) if len(known) else len(frame)
+        if unknown:
+            self.c.stats.count("readings_unknown_meter", unknown)
+
     def stream_detect(self, frame: pd.DataFrame) -> None:
         """Streaming detectors on every stored batch (a writer listener): a fault is alerted
         within one poll; an episode that ended within the batch is left to analytics."""
@@ -198,7 +209,7 @@ class Jobs:
         """
         c, v = self.c, self.c.validation
         store = c.store
-        if v is None or not isinstance(store, RecordStore):
+        if v is None or not isinstance(store, RecordStore) or not c.analytics_enabled:
             return 0
         now = pd.Timestamp(c.clock.now())
         since = v.read_since(now)

@@ -53,8 +53,11 @@ class Service:
         self.c = build(cfg, listeners=[self._alert_event])
         self.jobs = Jobs(self.c)
         self.scheduler = Scheduler(self.c)
-        # Streaming detectors judge every stored batch.
-        self.c.writer.listeners.append(self.jobs.stream_detect)
+        self.c.writer.listeners.append(self.jobs.count_unknown)
+        if self.c.analytics_enabled:
+            # Streaming detectors judge every stored batch (off the ingest path: the writer
+            # hands durable batches to its listeners through a bounded queue).
+            self.c.writer.listeners.append(self.jobs.stream_detect)
 
     # Short names for the components the console, the CLI and tests look at.
     @property
@@ -215,7 +218,8 @@ class Service:
         # One last pass over everything stored: an episode that ended after the last scheduled
         # run (runs are coalesced when they take longer than the interval) is still reported.
         try:
-            await self.jobs.analyze_once()
+            if c.analytics_enabled:
+                await self.jobs.analyze_once()
         except Exception:
             log.exception("final analytics run at stop failed")
         # Validated readings up to the last completed interval, a last health snapshot, and

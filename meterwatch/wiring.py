@@ -77,6 +77,11 @@ class Components:
     sources: list[Source] = field(default_factory=list)
 
     @property
+    def analytics_enabled(self) -> bool:
+        """Analytics judge meters against the registry: off without one (ingest only)."""
+        return len(self.registry) > 0
+
+    @property
     def pollers(self) -> list[PolledSource]:
         return [s for s in self.sources if isinstance(s, PolledSource)]
 
@@ -107,9 +112,13 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         if sim.registry_out is not None:
             sim.registry_out.parent.mkdir(parents=True, exist_ok=True)
             fleet.registry.to_csv(sim.registry_out, index=False)
-    else:
-        assert cfg.registry.path is not None
+    elif cfg.registry.path is not None:
         loaded = load_registry(cfg.registry.path, defaults=cfg.registry.defaults.values())
+    else:
+        # Ingest needs no registry: every reading is stored (and counted as from an unknown
+        # meter); analytics, which judges meters against it, stays off.
+        loaded = inspect_registry(pd.DataFrame({"meter_id": pd.Series(dtype=str)}), "no registry")
+        log.info("no registry.path: ingest only (readings stored), analytics off")
     registry = loaded.meters
     for line in loaded.summary.lines():
         log.info("registry: %s", line)

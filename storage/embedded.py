@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from meterwatch.core.errors import StorageError
@@ -83,10 +84,15 @@ def _naive_utc(t: datetime | pd.Timestamp) -> pd.Timestamp:
 class EmbeddedStore:
     """Readings in one DuckDB file (column store, compressed; a gateway's disk holds 10^8 rows).
 
-    Timestamps are stored as naive UTC at microsecond precision. There is no unique index (an
-    index over 10^8 keys would cost gigabytes of memory); instead reads collapse duplicate
-    (meter_id, ts) rows, so a replayed write is harmless. Every write is one committed
-    transaction: DuckDB's write-ahead log makes it durable before ``write_readings`` returns.
+    Timestamps are stored as naive UTC at microsecond precision. One reading per
+    (meter_id, ts): a write first looks up its keys among the stored readings of its own time
+    range (DuckDB's min/max zone maps skip the rest; no unique index, which over 10^8 keys would
+    cost gigabytes of memory). A reading stored already with the same quantities (an MQTT
+    redelivery, a spool replay) is skipped and counted (``duplicates``); one with different
+    quantities for the same meter and time is not stored over the first, it goes to the
+    ``reading_conflicts`` table and is counted (``conflicts``). Reads still collapse duplicate
+    keys, for files written before this check. Every write is one committed transaction:
+    DuckDB's write-ahead log makes it durable before ``write_readings`` returns.
     """
 
     def __init__(
@@ -110,8 +116,16 @@ class EmbeddedStore:
         # Migration for files written before the optional timestamps existed (no-op after).
         for col in READING_TIME_COLUMNS:
             self._con.execute(f"ALTER TABLE readings ADD COLUMN IF NOT EXISTS {col} TIMESTAMP")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS reading_conflicts AS SELECT *, "
+            "CAST(NULL AS TIMESTAMP) AS detected_at FROM readings WHERE false"
+        )
         self._con.execute(_VALIDATED_SQL)
         self._con.execute(_ALERT_EVENTS_SQL)
+        #: Readings skipped because the same reading was stored already; readings kept apart in
+        #: ``reading_conflicts`` because another value is stored for their meter and time.
+        self.duplicates = 0
+        self.conflicts = 0
         self._con.execute(_HEALTH_SQL)
 
     def write_readings(self, df: pd.DataFrame) -> int:
@@ -120,16 +134,62 @@ class EmbeddedStore:
         frame = with_time_columns(df, always=True)
         for col in ("ts", *READING_TIME_COLUMNS):
             frame[col] = frame[col].dt.tz_convert("UTC").dt.tz_localize(None)
+        # Within the batch: an exact repeat is a duplicate, another value for a key a conflict.
+        key_dup = frame.duplicated(["meter_id", "ts"], keep="first").to_numpy()
+        same_dup = frame.duplicated(["meter_id", "ts", *READING_FIELDS], keep="first").to_numpy()
+        frame["_row"] = np.arange(len(frame), dtype=np.int64)
+        lo, hi = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
+        same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM i.{c}" for c in READING_FIELDS)
         with self._lock:
             try:
+                self._con.execute("BEGIN TRANSACTION")
                 self._con.register("_incoming", frame)
-                self._con.execute(
-                    f"INSERT INTO readings ({_STORED}) SELECT {_STORED} FROM _incoming"
-                )
+                hits = self._con.execute(
+                    f"SELECT i._row, bool_and({same}) FROM _incoming i JOIN readings r "
+                    "ON r.meter_id = i.meter_id AND r.ts = i.ts "
+                    "WHERE r.ts BETWEEN ? AND ? GROUP BY i._row",
+                    [lo, hi],
+                ).fetchall()
+                stored_same = np.zeros(len(frame), dtype=bool)
+                stored_other = np.zeros(len(frame), dtype=bool)
+                for row, equal in hits:  # rows already stored: usually none
+                    (stored_same if equal else stored_other)[row] = True
+                duplicate = stored_same | same_dup
+                conflict = ~duplicate & (stored_other | key_dup)
+                frame["_keep"] = ~duplicate & ~conflict
+                frame["_conflict"] = conflict
                 self._con.unregister("_incoming")
+                self._con.register("_incoming", frame)  # a registered frame's columns are fixed
+                self._con.execute(
+                    f"INSERT INTO readings ({_STORED}) SELECT {_STORED} FROM _incoming WHERE _keep"
+                )
+                if conflict.any():
+                    self._con.execute(
+                        f"INSERT INTO reading_conflicts ({_STORED}, detected_at) "
+                        f"SELECT {_STORED}, ? FROM _incoming WHERE _conflict",
+                        [datetime.now(UTC).replace(tzinfo=None)],
+                    )
+                self._con.unregister("_incoming")
+                self._con.execute("COMMIT")
             except duckdb.Error as exc:
+                try:
+                    self._con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
                 raise StorageError(f"embedded store {self.path}: write failed: {exc}") from exc
-        return len(frame)
+            self.duplicates += int(duplicate.sum())
+            self.conflicts += int(conflict.sum())
+        return int(frame["_keep"].sum())
+
+    def read_conflicts(self) -> pd.DataFrame:
+        """Readings kept apart because another value was stored for their meter and time."""
+        with self._lock:
+            df = self._con.execute(
+                f"SELECT {_STORED}, detected_at FROM reading_conflicts ORDER BY meter_id, ts"
+            ).df()
+        for col in ("ts", *READING_TIME_COLUMNS, "detected_at"):
+            df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC").astype(TS_DTYPE)
+        return df
 
     def read_readings(
         self,

@@ -147,6 +147,7 @@ class AlertEventSink:
         if batch is None:
             return 0
         try:
+            assert batch.frame is not None  # this spool only holds frames
             await asyncio.to_thread(self.store.write_alert_events, batch.frame)
         except StorageError as exc:
             self.stats.count("alert_events_store_errors")
@@ -163,8 +164,8 @@ class AlertEventSink:
         if self._failing:
             log.info("alert events: store writes recovered")
             self._failing = False
-        self.stats.count("alert_events_stored", len(batch.frame))
-        return len(batch.frame)
+        self.stats.count("alert_events_stored", batch.rows)
+        return batch.rows
 
     async def _run(self) -> None:
         assert self._wake is not None

@@ -225,6 +225,33 @@ class InfluxStore:
         """
         return self._write_encoded(encode_readings(df, self.tags, self.measurement))
 
+    def encode_body(self, df: pd.DataFrame) -> tuple[bytes, int]:
+        """A frame as the request body ``write_body`` posts (line protocol) and its line count.
+
+        Rows with nothing to store are counted here (``rows_skipped``, ``rows_invalid``), once:
+        the spool keeps the body, so the drain never encodes again.
+        """
+        encoded = encode_readings(df, self.tags, self.measurement)
+        with self._lock:
+            self.rows_skipped += encoded.skipped_empty
+            self.rows_invalid += encoded.skipped_invalid
+        if not encoded.lines:
+            return b"", 0
+        return ("\n".join(encoded.lines) + "\n").encode("utf-8"), len(encoded.lines)
+
+    def write_body(self, body: bytes, lines: int) -> int:
+        """Post an encoded body (``encode_body``) in batches of ``batch_size`` lines; lines stored."""
+        if not lines:
+            return 0
+        with self._lock:
+            if lines <= self.batch_size:
+                return self._write_batch(None, body)
+            parts = body.decode("utf-8").split("\n")[:-1]
+            return sum(
+                self._write_batch(parts[i : i + self.batch_size])
+                for i in range(0, len(parts), self.batch_size)
+            )
+
     def _write_encoded(self, encoded: EncodedReadings) -> int:
         with self._lock:
             self.rows_skipped += encoded.skipped_empty
@@ -235,8 +262,11 @@ class InfluxStore:
                 written += self._write_batch(lines[i : i + self.batch_size])
         return written
 
-    def _write_batch(self, lines: list[str]) -> int:
-        body = ("\n".join(lines) + "\n").encode("utf-8")
+    def _write_batch(self, lines: list[str] | None, body: bytes | None = None) -> int:
+        """POST one batch, given as lines or as an encoded body (split only on a refusal)."""
+        if body is None:
+            assert lines is not None
+            body = ("\n".join(lines) + "\n").encode("utf-8")
         status, _, data = self._request(
             "write",
             "POST",
@@ -245,6 +275,12 @@ class InfluxStore:
             content_type="text/plain; charset=utf-8",
         )
         text = data.decode("utf-8", errors="replace")
+        if lines is None:
+            if status in (200, 204):
+                n = body.count(b"\n")
+                self.lines_written += n
+                return n
+            lines = body.decode("utf-8").split("\n")[:-1]
         if status in (200, 204):
             self.lines_written += len(lines)
             return len(lines)

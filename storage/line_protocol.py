@@ -109,38 +109,82 @@ def encode_readings(
 
     ``tags`` is the meter registry (contracts §2); its ``tag_columns`` become tags, joined on
     ``meter_id``. Meters absent from the registry get only the ``meter_id`` tag.
+
+    Cost per batch, not per value: the series key (measurement and escaped tags) is built once
+    per distinct meter; rows are grouped by which fields they carry, and each group is
+    formatted with one ``%``-template per row (floats by ``repr``, the shortest round-trip
+    text, as :func:`format_floats`).
     """
     frame = with_time_columns(df)
     if frame.empty:
         return EncodedReadings([], 0, 0)
 
-    has_meter = tag_text(frame["meter_id"].astype(object))[1]
-    invalid = ~has_meter | frame["ts"].isna().to_numpy()
+    meter = frame["meter_id"].astype(object)
+    has_meter = tag_text(meter)[1]
+    ts_ns, has_ts = _epoch_ns(frame["ts"])
+    invalid = ~has_meter | ~has_ts
     values = frame[list(READING_FIELDS)].to_numpy(dtype="float64")
     present = ~np.isnan(values)
     empty = ~present.any(axis=1) & ~invalid
     keep = ~(invalid | empty)
-    frame = frame.loc[keep].reset_index(drop=True)
-    values, present = values[keep], present[keep]
+    rows = np.flatnonzero(keep)
+    n = len(rows)
+    if n == 0:
+        return EncodedReadings([], int(empty.sum()), int(invalid.sum()))
 
-    n = len(frame)
-    line = _series_key(measurement, _tag_values(frame, tags, tag_columns), n)
+    codes, uniques = pd.factorize(meter.to_numpy()[rows])
+    unique_frame = pd.DataFrame({"meter_id": pd.Series(uniques, dtype=object)})
+    keys = _series_key(
+        measurement, _tag_values(unique_frame, tags, tag_columns), len(unique_frame)
+    ).to_numpy(dtype=object)[codes]
 
-    fields = pd.Series([""] * n, dtype=object)
-    for j, name in enumerate(READING_FIELDS):
-        fields = _add_field(fields, present[:, j], name + "=" + format_floats(values[:, j]))
+    # Bit pattern per row: which quantities, then which optional times it carries.
+    names = list(READING_FIELDS)
+    bits = present[rows]
+    extra: list[tuple[str, np.ndarray]] = []
     for col in READING_TIME_COLUMNS:
         if col in frame:
-            secs, has = epoch_seconds(frame[col])
-            fields = _add_field(fields, has, col + "=" + secs.astype(str) + "i")
-
-    seconds = epoch_seconds(frame["ts"])[0].astype(str)
-    line = line + " " + fields + " " + pd.Series(seconds, dtype=object)
+            t_ns, has = _epoch_ns(frame[col])
+            extra.append((col, t_ns))
+            bits = np.column_stack([bits, has[rows]])
+            names.append(col)
+    weights = (1 << np.arange(bits.shape[1], dtype=np.int64)).astype(np.int64)
+    pattern = bits.astype(np.int64) @ weights
+    seconds = (ts_ns[rows] // 1_000_000_000).tolist()
+    out: list[str] = [""] * n
+    nfields = len(READING_FIELDS)
+    for p in np.unique(pattern).tolist():
+        sel = np.flatnonzero(pattern == p)
+        cols_on = [j for j in range(len(names)) if p >> j & 1]
+        parts = [f"{names[j]}=%r" if j < nfields else f"{names[j]}=%di" for j in cols_on]
+        template = "%s " + ",".join(parts) + " %d"
+        rows_sel = rows[sel]
+        args: list[list[object]] = [keys[sel].tolist()]
+        for j in cols_on:
+            if j < nfields:
+                args.append(values[rows_sel, j].tolist())
+            else:
+                t_ns = extra[j - nfields][1]
+                args.append((t_ns[rows_sel] // 1_000_000_000).tolist())
+        args.append([seconds[i] for i in sel.tolist()])
+        for i, line in zip(
+            sel.tolist(), [template % a for a in zip(*args, strict=True)], strict=True
+        ):
+            out[i] = line
     return EncodedReadings(
-        lines=line.tolist(),
+        lines=out,
         skipped_empty=int(empty.sum()),
         skipped_invalid=int(invalid.sum()),
     )
+
+
+def _epoch_ns(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """UTC timestamps -> (epoch nanoseconds as int64, 0 where NaT; mask of non-NaT values)."""
+    ts = pd.to_datetime(values, utc=True)
+    has = ts.notna().to_numpy()
+    ns = pd.DatetimeIndex(ts).as_unit("ns").asi8.copy()
+    ns[~has] = 0
+    return ns, has
 
 
 def epoch_seconds(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,10 @@ Why SQLite (WAL, ``synchronous=FULL``) rather than hand-rolled append-only segme
 * **Standard library**, one file, inspectable with the ``sqlite3`` shell.
 
 Layout: one table ``batches(seq INTEGER PRIMARY KEY AUTOINCREMENT, created_at, rows, nbytes,
-data)``; one row per appended frame, ``data`` the frame as an Arrow IPC stream (zstd), so an
-append costs one insert and one fsync whatever the number of readings. ``AUTOINCREMENT`` keeps
+data, encoded)``; one row per append, so an append costs one insert and one fsync whatever the
+number of readings. ``data`` is either a frame as an Arrow IPC stream (zstd; ``encoded`` 0) or,
+with InfluxDB, the batch already encoded as the store writes it (line protocol; ``encoded`` 1):
+the drain then only posts those bytes, nothing is decoded or encoded again. ``AUTOINCREMENT`` keeps
 ``seq`` strictly increasing across deletes and restarts: draining by ascending ``seq`` is oldest
 first.
 
@@ -56,11 +58,19 @@ _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 @dataclass(frozen=True)
 class SpoolBatch:
-    """Oldest pending readings: ``frame`` concatenates the appended frames up to ``last_seq``."""
+    """Oldest pending readings up to ``last_seq``: ``frame`` concatenates appended frames, or
+    ``bodies`` holds encoded appends (one peek never mixes the two)."""
 
     last_seq: int
     batches: int
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
+    bodies: tuple[tuple[bytes, int], ...] = ()  # (encoded batch, readings in it)
+
+    @property
+    def rows(self) -> int:
+        if self.frame is not None:
+            return len(self.frame)
+        return sum(n for _, n in self.bodies)
 
 
 def _encode(frame: pd.DataFrame) -> bytes:
@@ -111,8 +121,13 @@ class Spool:
             self._con.execute(
                 "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "created_at REAL NOT NULL, rows INTEGER NOT NULL, nbytes INTEGER NOT NULL, "
-                "data BLOB NOT NULL)"
+                "data BLOB NOT NULL, encoded INTEGER NOT NULL DEFAULT 0)"
             )
+            cols = {r[1] for r in self._con.execute("PRAGMA table_info(batches)").fetchall()}
+            if "encoded" not in cols:  # a spool written before encoded batches existed
+                self._con.execute(
+                    "ALTER TABLE batches ADD COLUMN encoded INTEGER NOT NULL DEFAULT 0"
+                )
             row = self._con.execute(
                 "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(nbytes), 0), "
                 "min(created_at) FROM batches"
@@ -160,18 +175,30 @@ class Spool:
         """
         if self._bytes >= self.max_bytes:
             raise SpoolFullError(self.file, self._bytes, self.max_bytes)
-        data = _encode(frame)
+        return self._insert(_encode(frame), len(frame), encoded=False)
+
+    def append_encoded(self, body: bytes, rows: int) -> int:
+        """Store a batch already encoded for the store (line protocol), durably; its seq.
+
+        Raises :class:`SpoolFullError` when the spool already holds ``max_bytes``.
+        """
+        if self._bytes >= self.max_bytes:
+            raise SpoolFullError(self.file, self._bytes, self.max_bytes)
+        return self._insert(body, rows, encoded=True)
+
+    def _insert(self, data: bytes, rows: int, *, encoded: bool) -> int:
         now = time.time()
         with self._lock:
             try:
                 cur = self._con.execute(
-                    "INSERT INTO batches (created_at, rows, nbytes, data) VALUES (?, ?, ?, ?)",
-                    (now, len(frame), len(data), data),
+                    "INSERT INTO batches (created_at, rows, nbytes, data, encoded) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (now, rows, len(data), data, int(encoded)),
                 )
             except sqlite3.Error as exc:
                 raise StorageError(f"spool {self.file}: append failed: {exc}") from exc
             self._batches += 1
-            self._rows += len(frame)
+            self._rows += rows
             self._bytes += len(data)
             if self._oldest is None:
                 self._oldest = now
@@ -185,21 +212,24 @@ class Spool:
             try:
                 # Sizes first (cheap), then only the chosen blobs.
                 heads = self._con.execute(
-                    "SELECT seq, rows FROM batches ORDER BY seq LIMIT 1000"
+                    "SELECT seq, rows, encoded FROM batches ORDER BY seq LIMIT 1000"
                 ).fetchall()
                 if not heads:
                     return None
-                last, total = heads[0][0], 0
-                for seq, n in heads:
-                    if total and total + n > max_rows:
+                last, total, kind = heads[0][0], 0, heads[0][2]
+                for seq, n, enc in heads:
+                    if enc != kind or (total and total + n > max_rows):
                         break
                     last, total = seq, total + n
-                chosen: list[tuple[int, bytes]] = self._con.execute(
-                    "SELECT seq, data FROM batches WHERE seq <= ? ORDER BY seq", (last,)
+                chosen: list[tuple[int, bytes, int]] = self._con.execute(
+                    "SELECT seq, data, rows FROM batches WHERE seq <= ? ORDER BY seq", (last,)
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
-        frames = [_decode(d) for _, d in chosen]
+        if kind:
+            bodies = tuple((bytes(d), int(n)) for _, d, n in chosen)
+            return SpoolBatch(int(chosen[-1][0]), len(chosen), None, bodies)
+        frames = [_decode(d) for _, d, _ in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         return SpoolBatch(int(chosen[-1][0]), len(chosen), self._normalize(frame))
 

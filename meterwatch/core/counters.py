@@ -102,6 +102,7 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     # -- MQTT intake
     _c("mqtt_connects", "Connections (and reconnections) to the MQTT broker."),
+    _c("mqtt_disconnects", "Lost connections to the MQTT broker (reconnected with backoff)."),
     _c("mqtt_messages", "MQTT messages received."),
     _c("mqtt_readings", "Readings decoded from MQTT messages."),
     _c("mqtt_dead_letters", "MQTT payloads written to the dead-letter file (malformed, oversize)."),
@@ -128,6 +129,26 @@ METRICS: tuple[MetricDef, ...] = (
     _g("mqtt_held_messages", "MQTT messages held unacknowledged, waiting for the writer."),
     # -- writer, spool, store
     _c("readings_stored", "Readings the store confirmed written."),
+    _c(
+        "readings_duplicate",
+        "Readings the store already held with the same values (MQTT redelivery, spool replay); "
+        "stored once.",
+    ),
+    _c(
+        "readings_conflicting",
+        "Readings with other values for a meter and time the store already held; kept apart "
+        "(reading_conflicts), never written over the stored one.",
+    ),
+    _c(
+        "readings_unknown_meter",
+        "Stored readings of meters the registry does not list (ingest keeps them; analytics "
+        "ignores them).",
+    ),
+    _c(
+        "stream_rows_skipped",
+        "Stored readings the streaming detectors did not see because they fell behind (left to "
+        "the scheduled analytics run).",
+    ),
     _c("readings_spooled", "Readings appended (fsynced) to the durable spool and acknowledged."),
     _c("readings_drained", "Readings sent from the spool to the store."),
     _c(

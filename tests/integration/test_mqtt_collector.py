@@ -124,9 +124,10 @@ def collector(
         writer=writer,
         stats=stats,
         dead_letter=tmp / "dead.jsonl",
+        reconnect_min_s=1,
+        reconnect_max_s=1,
         **kw,
     )
-    c.client.reconnect_delay_set(min_delay=1, max_delay=1)
     c.start()
     assert c.connected.wait(10), "collector did not connect"
     return c
@@ -302,7 +303,7 @@ def test_batch_and_tasmota_codecs_and_dead_letters(
 
 
 def test_tls_settings_are_applied(tmp_path: Path) -> None:
-    """A CA file makes paho verify the broker's certificate and host name; a bad path fails."""
+    """A CA file makes the client verify the broker's certificate and host name; a bad path fails."""
     import ssl
 
     with pytest.raises(FileNotFoundError):
@@ -324,5 +325,5 @@ def test_tls_settings_are_applied(tmp_path: Path) -> None:
         stats=Stats(),
         tls_ca=ca,
     )
-    ctx = c.client._ssl_context
+    ctx = c.client.ssl_context
     assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname

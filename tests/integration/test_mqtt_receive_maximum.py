@@ -73,21 +73,20 @@ class InFlight:
         self._lock = threading.Lock()
 
     def wrap(self, collector: MqttCollector) -> None:
-        on_message = collector.client.on_message
+        on_batch = collector.client.on_batch
         ack = collector.client.ack
 
-        def counting_on_message(client: Any, userdata: Any, msg: Any) -> None:
+        def counting_on_batch(publishes: list[Any], generation: int) -> None:
             with self._lock:
-                self.received += 1
-            assert on_message is not None
-            on_message(client, userdata, msg)
+                self.received += len(publishes)
+            on_batch(publishes, generation)
 
-        def counting_ack(mid: int, qos: int) -> Any:
+        def counting_ack(packet_ids: Any, generation: int) -> bool:
             with self._lock:
-                self.acked += 1
-            return ack(mid, qos)
+                self.acked += len(packet_ids)
+            return ack(packet_ids, generation)
 
-        collector.client.on_message = counting_on_message
+        collector.client.on_batch = counting_on_batch
         collector.client.ack = counting_ack  # type: ignore[method-assign]
 
     def now(self) -> tuple[int, int]:
@@ -121,7 +120,7 @@ def test_broker_honours_the_announced_receive_maximum_while_the_writer_stalls(
         )
         inflight.wrap(collector)
         subscribed = threading.Event()
-        collector.client.on_subscribe = lambda *args: subscribed.set()
+        collector.client.on_subscribed = lambda *args: subscribed.set()
         collector.start()
         try:
             assert await asyncio.to_thread(subscribed.wait, 10), "collector did not subscribe"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from meterwatch.core.schema import READING_COLUMNS
+from meterwatch.core.schema import READING_COLUMNS, readings_from_records
 from meterwatch.storage.embedded import EmbeddedStore
 
 
@@ -51,8 +51,9 @@ def test_duplicate_write_is_harmless(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "s.duckdb")
     df = _frame()
     store.write_readings(df)
-    store.write_readings(df.iloc[:5])
-    assert store.count_rows() == (35, 30)
+    assert store.write_readings(df.iloc[:5]) == 0  # a replay stores nothing twice
+    assert store.count_rows() == (30, 30)
+    assert store.duplicates == 5 and store.conflicts == 0
     assert len(store.read_readings()) == 30
 
 
@@ -91,3 +92,36 @@ def test_memory_limit_is_applied_and_checked(tmp_path) -> None:
         assert "memory_limit" in str(exc)
     else:
         raise AssertionError("a bad memory_limit was accepted")
+
+
+def test_redelivered_reading_stored_once_and_a_conflict_kept_apart(tmp_path: Path) -> None:
+    """Same meter and ts again: identical values are skipped, different ones go to
+    reading_conflicts (counted), never over the stored reading."""
+    store = EmbeddedStore(tmp_path / "s.duckdb")
+    first = readings_from_records(
+        [
+            {"meter_id": "M1", "ts": "2026-01-05T00:15:00Z", "power_kw": 1.5},
+            {"meter_id": "M2", "ts": "2026-01-05T00:15:00Z", "power_kw": 2.0},
+        ]
+    )
+    assert store.write_readings(first) == 2
+    again = readings_from_records(
+        [
+            {"meter_id": "M1", "ts": "2026-01-05T00:15:00Z", "power_kw": 1.5},  # redelivery
+            {"meter_id": "M2", "ts": "2026-01-05T00:15:00Z", "power_kw": 9.9},  # conflict
+            {"meter_id": "M3", "ts": "2026-01-05T00:15:00Z", "power_kw": 3.0},  # new
+            {"meter_id": "M3", "ts": "2026-01-05T00:15:00Z", "power_kw": 3.0},  # repeat in batch
+            {"meter_id": "M3", "ts": "2026-01-05T00:15:00Z", "power_kw": 3.1},  # conflict in batch
+        ]
+    )
+    assert store.write_readings(again) == 1
+    assert store.count_rows() == (3, 3)
+    got = store.read_readings().set_index("meter_id")["power_kw"].to_dict()
+    assert got == {"M1": 1.5, "M2": 2.0, "M3": 3.0}
+    conflicts = store.read_conflicts()
+    assert sorted(zip(conflicts["meter_id"], conflicts["power_kw"], strict=True)) == [
+        ("M2", 9.9),
+        ("M3", 3.1),
+    ]
+    assert (store.duplicates, store.conflicts) == (2, 2)
+    store.close()

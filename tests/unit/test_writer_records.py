@@ -258,8 +258,6 @@ def test_one_list_that_cannot_be_built_is_taken_out_alone() -> None:
 def test_mqtt_message_the_writer_cannot_store_is_dead_lettered_and_acknowledged(
     tmp_path: Path,
 ) -> None:
-    import paho.mqtt.client as mqtt
-
     from meterwatch.collector.mqtt import MqttCollector, _Received
 
     stats = Stats()
@@ -271,9 +269,8 @@ def test_mqtt_message_the_writer_cannot_store_is_dead_lettered_and_acknowledged(
         stats=stats,
         dead_letter=tmp_path / "dead.jsonl",
     )
-    m = mqtt.MQTTMessage(mid=7, topic=b"meters/M1/reading")
-    m.payload = b'{"meter_id": "M1"}'
-    got = _Received(1, [], 7, 0, c._generation, message=m)
+    m = (b"meters/M1/reading", b'{"meter_id": "M1"}', 7, 1)
+    got = _Received(1, None, [7], c.client.generation, messages=[m])
     c._outstanding[1] = got
     c._unstorable(got, "RuntimeError: no text for this id")
     assert got.acked and not c._outstanding
