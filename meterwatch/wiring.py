@@ -141,10 +141,10 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         alert_sink = AlertEventSink(store, stats, outbox / "alert-events")
         alerts.listeners.append(alert_sink)
     params = cfg.analytics.detector_params()
-    interval = build_detectors(params, ("interval", "streaming"))
-    daily = build_detectors(params, ("daily",))
+    interval = for_clock(build_detectors(params, ("interval", "streaming")), clock.speed)
+    daily = for_clock(build_detectors(params, ("daily",)), clock.speed)
     streaming = StreamingDetection(
-        build_detectors(params, ("streaming",)),
+        for_clock(build_detectors(params, ("streaming",)), clock.speed),
         spacing_s=cfg.vee.interval * cfg.vee.max_read_spacing_intervals,
     )
     for group, name in ((interval, "interval"), (daily, "daily")):
@@ -202,6 +202,16 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
             interval_s=cfg.collector.modbus.interval,
         )
     return components
+
+
+def for_clock(detectors: list[Detector], speed: float) -> list[Detector]:
+    """Detectors with their wall-clock timing parameters (``wall_time_params``) scaled by the
+    simulated clock's speed: collection jitter is wall time, N times longer in service time."""
+    if speed != 1.0:
+        for d in detectors:
+            for name in getattr(d, "wall_time_params", ()):
+                setattr(d, name, float(getattr(d, name)) * speed)
+    return detectors
 
 
 def sink_context(cfg: Config, clock: Clock) -> SinkContext:

@@ -310,6 +310,9 @@ class OffGridReading(Detector):
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("off_grid_reading",)
+    #: Parameters measured in the collector's wall-clock timing: on a simulated clock running
+    #: N times faster, the service scales them by N (poll jitter of 50 ms is 2 min at 2400x).
+    wall_time_params: ClassVar[tuple[str, ...]] = ("tolerance_s",)
 
     def __init__(
         self, tolerance_s: float = 120.0, min_readings: int = 8, merge_hours: float = 24.0

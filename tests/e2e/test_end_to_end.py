@@ -64,7 +64,12 @@ def e2e_config(tmp_path: Path, *, broker: str, mqtt_port: int) -> Config:
                 }
             },
             "storage": {"path": str(tmp_path / "store.duckdb")},
-            "analytics": {"interval": "1h", "window": "8d"},
+            # The run has about a day of history: judge spikes against one comparable day.
+            "analytics": {
+                "interval": "1h",
+                "window": "8d",
+                "detectors": {"consumption_spike": {"min_history_days": 1}},
+            },
             "alerts": {"feed": str(tmp_path / "alerts.jsonl")},
         }
     )
