@@ -81,10 +81,19 @@ class HourProfile:
         )
 
 
-def _pooled(cube: np.ndarray, pool: int) -> np.ndarray:
+def _pooled(cube: np.ndarray, pool: int, med: np.ndarray | None = None) -> np.ndarray:
     """meters x days x 24 -> meters x (days x (2 pool + 1)) x 24: each hour with its
-    neighbours (circular within the day)."""
-    parts = [np.roll(cube, shift, axis=2) for shift in range(-pool, pool + 1)]
+    neighbours (circular within the day). With ``med`` (meters x 24, each hour's median) a
+    neighbour's samples are scaled to the hour's level (x med[h] / med[neighbour]), so the
+    steep hours of a morning ramp do not lift the hour's range."""
+    parts = []
+    for shift in range(-pool, pool + 1):
+        part = np.roll(cube, shift, axis=2)
+        if med is not None and shift:
+            nb = np.roll(med, shift, axis=1)
+            scale = np.divide(med, nb, out=np.ones_like(med), where=nb > 0)
+            part = part * np.minimum(scale, 1.0)[:, None, :]
+        parts.append(part)
     return np.concatenate(parts, axis=1)
 
 
@@ -94,7 +103,7 @@ def _stats(part: np.ndarray, pool: int, q_lo: float, q_hi: float) -> tuple[np.nd
     that shifts by an hour stays inside it)."""
     (med,) = nanquantiles(part, (0.5,), axis=1)
     (mad,) = nanquantiles(np.abs(part - med[:, None, :]), (0.5,), axis=1)
-    lo, hi = nanquantiles(_pooled(part, pool), (q_lo, q_hi), axis=1)
+    lo, hi = nanquantiles(_pooled(part, pool, med), (q_lo, q_hi), axis=1)
     known = np.sum(~np.isnan(part), axis=1)
     return med, lo, hi, (MAD_SCALE * mad).astype(np.float32), known
 
@@ -205,3 +214,20 @@ def day_cube(
     cube = padded.reshape(n_m, n_days, 24)
     complete = np.sum(~np.isnan(cube), axis=2) == 24
     return cube, pd.date_range(first, periods=n_days, freq="D"), complete
+
+
+def per_day_sum(values: np.ndarray, hours: pd.DatetimeIndex) -> np.ndarray:
+    """For every hour of ``values`` (meters x hours), the sum over its UTC day's hours (NaN
+    ignored; NaN when the day has no value)."""
+    n_m, n_h = values.shape
+    if n_h == 0:
+        return values.copy()
+    first = hours[0].floor("D")
+    offset = int((hours[0] - first) / pd.Timedelta(hours=1))
+    n_days = -(-(offset + n_h) // 24)
+    padded = np.full((n_m, n_days * 24), np.nan)
+    padded[:, offset : offset + n_h] = values
+    cube = padded.reshape(n_m, n_days, 24)
+    known = np.isfinite(cube).any(axis=2)
+    sums = np.where(known, np.nansum(np.where(np.isfinite(cube), cube, 0.0), axis=2), np.nan)
+    return np.repeat(sums, 24, axis=1)[:, offset : offset + n_h]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from meterwatch.analytics.base import Detector
-from meterwatch.analytics.suite import run_detectors
+from meterwatch.analytics.suite import concat_findings, run_detectors
 from meterwatch.core.schema import empty_findings
 
 
@@ -58,5 +59,23 @@ class StreamingDetection:
         """
         if not self.detectors:
             return empty_findings()
-        findings = run_detectors(self.detectors, self.window(frame), meters)
+        window = self.window(frame)
+        parts = [run_detectors(self.detectors, part, meters) for part in self.segments(window)]
+        findings = concat_findings(parts) if len(parts) > 1 else parts[0]
         return findings[findings["ends_at"].isna()].reset_index(drop=True)
+
+    def segments(self, window: pd.DataFrame) -> list[pd.DataFrame]:
+        """The window cut where no reading falls for longer than the kept horizon
+        (``(keep + 1) x spacing_s``): readings that far apart never form one episode, and a
+        batch mixing a backfill of last month with this minute's reads must not become one
+        dense grid of a month at the read spacing. Segments are few (one per time cluster)."""
+        if len(window) == 0:
+            return [window]
+        t = pd.to_datetime(window["ts"], utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        order = np.argsort(t, kind="stable")
+        ts = t[order]
+        horizon = int((self.keep + 1) * self.spacing_s * 1e9)
+        cuts = np.flatnonzero(np.diff(ts) > horizon) + 1
+        if cuts.size == 0:
+            return [window]
+        return [window.iloc[np.sort(idx)] for idx in np.split(order, cuts)]

@@ -451,6 +451,7 @@ class MqttCollector:
                     self._held_messages,
                 )
                 self._overflow = True
+            self._schedule_retry()
             return
         bisect.insort(self._held, msg, key=lambda m: m.seq)
         self._held_messages += msg.count
@@ -458,7 +459,10 @@ class MqttCollector:
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
-        if self._retry_handle is None and self._held and not self._stopping:
+        """Retry the held batches later -- or, after an overflow with nothing held, check
+        later whether the writer has room to reconnect for the messages left with the broker
+        (nothing else would: no acknowledgement is pending then)."""
+        if self._retry_handle is None and (self._held or self._overflow) and not self._stopping:
             assert self._loop is not None
             self._retry_handle = self._loop.call_later(self._retry_delay, self._retry)
 
@@ -486,6 +490,11 @@ class MqttCollector:
         keeps their acknowledgements on the connection they came on (no redelivery of those).
         """
         if self._overflow and not self._held and not self._outstanding and not self._stopping:
+            if not self.writer.has_room():
+                # Still refusing: the broker's redelivery would be refused again. Look later.
+                self._retry_delay = min(self._retry_delay * 2, self.refused_retry_max_s)
+                self._schedule_retry()
+                return
             self._overflow = False
             self.stats.count("mqtt_overflow_reconnects")
             log.info("MQTT reconnecting to fetch the messages left with the broker (max_held)")

@@ -194,6 +194,13 @@ class ReadingWriter:
         """Readings durable in the spool, waiting for the store."""
         return self.spool.depth_rows if self.spool is not None else 0
 
+    def has_room(self, rows: int = 1) -> bool:
+        """Whether :meth:`submit` would take ``rows`` readings now (spool not full, pending
+        rows within bound)."""
+        if self.spool is not None and self.spool.is_full:
+            return False
+        return self._pending_rows + rows <= self.max_pending_rows
+
     def submit(
         self,
         readings: pd.DataFrame | Records,

@@ -253,3 +253,88 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])
+
+
+#: Days per month when alerts are counted per meter-month (365.25 / 12).
+DAYS_PER_MONTH = 30.4375
+
+
+def real_data_figures(
+    findings: pd.DataFrame,
+    labels: pd.DataFrame,
+    registry: pd.DataFrame,
+    measured_id: str,
+    days: float,
+    tolerance_h: float = 2.0,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Figures of a real data set (issue 15 item 1): false alerts on the measured meter and
+    planted faults found on its copy.
+
+    The measured meter carries no label, so every alert on it outside the ``data_quality``
+    category is counted as false (its data's own gaps and duplicates are real), except the
+    consequences (:data:`CONSEQUENCES`) of its own data-quality findings, e.g. an
+    ``estimation_excess`` over a five-day gap of the data (``explained``). Returns
+    ``(table, summary)``: ``table`` per alert type (of the alerts and the labels) with
+    ``measured_alerts`` (false ones, and data quality), ``explained``, ``per_meter_month``
+    (false ones on the measured meter), ``planted``,
+    ``found`` (labels of the planted copy matched as in :func:`score_findings`);
+    ``summary`` has ``months``, ``alerts_outside_data_quality``, ``per_meter_month``,
+    ``planted``, ``found``.
+    """
+    from meterwatch.core.catalogue import ALERT_CATEGORIES
+
+    months = days / DAYS_PER_MONTH
+    on_measured = findings[findings["meter_id"] == measured_id].reset_index(drop=True)
+    dq = on_measured["type"].map(ALERT_CATEGORIES) == "data_quality"
+    # The data's own gaps have consequences as an injected silence has (CONSEQUENCES): an
+    # estimation_excess over a real gap of the meter is explained by that gap, not false.
+    explained = np.zeros(len(on_measured), dtype=bool)
+    tolerance = pd.Timedelta(hours=tolerance_h)
+    end_of_window = pd.Timestamp("2200-01-01T00:00:00Z")
+    for fault, consequences in CONSEQUENCES.items():  # loop over fault types (a dozen)
+        gaps = on_measured[on_measured["type"] == fault]
+        if ALERT_CATEGORIES.get(fault) != "data_quality" or gaps.empty:
+            continue
+        cand = on_measured["type"].isin(consequences).to_numpy()
+        for g in gaps.itertuples():  # loop over the meter's gaps (tens)
+            g_end = g.ends_at if pd.notna(g.ends_at) else end_of_window
+            near = (on_measured["ends_at"].fillna(end_of_window) >= g.starts_at - tolerance) & (
+                on_measured["starts_at"] <= g_end + tolerance
+            )
+            explained |= cand & near.to_numpy()
+    explained &= ~dq.to_numpy()
+    counted = on_measured[~dq & ~explained]
+    planted_ids = set(labels["meter_id"].dropna())
+    scored, _ = score_findings(
+        findings[findings["meter_id"].isin(planted_ids)], labels, registry, days, tolerance_h
+    )
+    scored = scored.set_index("type")
+    types = sorted(set(on_measured["type"]) | set(labels["type"]))
+    per_type = counted["type"].value_counts()
+    per_type_explained = on_measured[explained]["type"].value_counts()
+    per_type_dq = on_measured[dq]["type"].value_counts()
+    rows = []
+    for t in types:  # loop over alert types (a handful)
+        n = int(per_type.get(t, 0)) + int(per_type_dq.get(t, 0))
+        n_lab = int(scored.at[t, "labels"]) if t in scored.index else 0
+        rows.append(
+            {
+                "type": t,
+                "category": ALERT_CATEGORIES.get(t, ""),
+                "measured_alerts": n,
+                "explained": int(per_type_explained.get(t, 0)),
+                "per_meter_month": n / months if months else math.nan,
+                "planted": n_lab,
+                "found": int(scored.at[t, "tp_labels"]) if n_lab else 0,
+            }
+        )
+    table = pd.DataFrame(rows)
+    summary = {
+        "months": months,
+        "alerts_outside_data_quality": len(counted),
+        "explained_by_data_gaps": int(explained.sum()),
+        "per_meter_month": len(counted) / months if months else math.nan,
+        "planted": int(table["planted"].sum()),
+        "found": int(table["found"].sum()),
+    }
+    return table, summary

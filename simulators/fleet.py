@@ -23,8 +23,8 @@ Anomalies change what meters measure. ``phase_break`` removes a phase (voltage �
 current, the load on it is lost for the transformer too). ``voltage_loss`` lowers the
 *measured* voltage of a phase while the current keeps flowing, so the meter under-registers
 and the transformer area shows extra loss, as with tampering of the voltage circuit.
-``register_decrease`` drops the import register once. ``consumption_spike`` multiplies the
-customer's true load.
+``register_decrease`` drops the import register once. ``consumption_spike`` raises the
+customer's true load to ``magnitude`` x its usual (week-average) load, never lowering it.
 
 Everything is deterministic for a seed. Noise is drawn once per grid step (``k · step_s``
 after start) and interpolated between grid points, so the values at a given instant do not
@@ -175,7 +175,8 @@ class AnomalySpec:
     duration_s
         How long it lasts [s]; ignored for ``register_decrease`` (instantaneous).
     magnitude
-        ``consumption_spike``: load factor [–] (default 4.0); ``register_decrease``: energy
+        ``consumption_spike``: multiple of the meter's usual (week-average) load [–]
+        (default 4.0); ``register_decrease``: energy
         subtracted from the import register [kWh] (default 50.0); ``voltage_loss``: measured
         voltage as a fraction of nominal [–] (default 0.5); ``phase_break``: the phase number
         to break, 1..3 (default 2).
@@ -363,6 +364,8 @@ def _weekly_shape_table() -> FloatArray:
 
 _SHAPE_TABLE = _weekly_shape_table()
 _SHAPE_FLAT = _SHAPE_TABLE.ravel()
+#: Week-average of each class shape: a meter's usual load is its scale times this.
+_SHAPE_MEAN = _SHAPE_TABLE[:, :-1].mean(axis=1)
 
 
 class Fleet:
@@ -645,26 +648,37 @@ class Fleet:
 
     # ------------------------------------------------------------------ physics
 
+    def shape_at(self, s: float) -> FloatArray:
+        """Each customer's class load shape at its (shifted) position in the week at ``s``
+        [s after start], as a fraction of its scale; :data:`_SHAPE_MEAN` is its week average."""
+        pos = ((self._epoch0 + s + _EPOCH_WEEKDAY_S + self._shift_s) % _WEEK_S) / SHAPE_RESOLUTION_S
+        j = np.minimum(pos.astype(np.int64), _SHAPE_TABLE.shape[1] - 2)
+        w = pos - j
+        flat = self._shape_row + j
+        out: FloatArray = _SHAPE_FLAT[flat] * (1.0 - w) + _SHAPE_FLAT[flat + 1] * w
+        return out
+
+    def usual_shape(self) -> FloatArray:
+        """Each customer's week-average shape (its usual load is its scale times this)."""
+        out: FloatArray = _SHAPE_MEAN[self._cls]
+        return out
+
     def _evaluate(self, s: float) -> _State:
         """Measured values of every meter at ``s`` [s after start]."""
         mc, na = self._n_c, self._n_t
         un = NOMINAL_VOLTAGE_V
         x = self._noise.at(s)
 
-        # Class load shape at each meter's (shifted) position in the week, tabulated.
-        pos = ((self._epoch0 + s + _EPOCH_WEEKDAY_S + self._shift_s) % _WEEK_S) / SHAPE_RESOLUTION_S
-        j = np.minimum(pos.astype(np.int64), _SHAPE_TABLE.shape[1] - 2)
-        w = pos - j
-        flat = self._shape_row + j
-        shape = _SHAPE_FLAT[flat] * (1.0 - w) + _SHAPE_FLAT[flat + 1] * w
-        load = self._scale * shape * np.exp(x["load_slow"])  # [kW, primary]
+        load = self._scale * self.shape_at(s) * np.exp(x["load_slow"])  # [kW, primary]
 
         broken: BoolArray | None = None
         lost_fraction: FloatArray | None = None
         act = (self._an_t0 <= s) & (s < self._an_t1)
         if act.any():
             spike = act & (self._an_code == _TYPE_CODES["consumption_spike"])
-            np.multiply.at(load, self._an_cust[spike], self._an_mag[spike])
+            cust = self._an_cust[spike]
+            usual = self._scale[cust] * self.usual_shape()[cust] * np.exp(x["load_slow"][cust])
+            np.maximum.at(load, cust, self._an_mag[spike] * usual)
             pb = act & (self._an_code == _TYPE_CODES["phase_break"])
             vl = act & (self._an_code == _TYPE_CODES["voltage_loss"])
             if pb.any():
@@ -993,8 +1007,9 @@ def inject(
     (label ``ends_at`` = ``starts_at``); ``voltage_loss`` sets the measured phase-1 voltage in
     ``[start, end]`` to ``magnitude`` x ``nominal_voltage_v`` while the current keeps flowing,
     so measured power and the registered energy of those intervals fall alike (by the phase's
-    share on a three-phase meter); ``consumption_spike`` multiplies the load (interval
-    energy, power, currents) of the intervals ending in ``(start, end]`` by ``magnitude``.
+    share on a three-phase meter); ``consumption_spike`` raises the load (interval energy,
+    power, currents) of the intervals ending in ``(start, end]`` to ``magnitude`` x the
+    meter's mean interval energy over the 28 days before (never lowering it).
 
     Labels: ``type`` (alert type), ``injection``, ``meter_id`` (None for area events),
     ``transformer_id``, ``starts_at``, ``ends_at``. Returned readings are canonical, plus
@@ -1132,6 +1147,46 @@ def _scale_energy(
     out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(d)
     pw = out.loc[meter_rows, ["power_kw", "current_l1_a", "current_l2_a", "current_l3_a"]]
     out.loc[meter_rows, pw.columns] = np.where(sel[:, None], pw.to_numpy() * factor, pw.to_numpy())
+
+
+#: Days of a meter's own history that define its usual consumption for a planted spike.
+USUAL_DAYS = 28
+
+
+def _spike_over_usual(
+    out: pd.DataFrame,
+    meter_rows: npt.NDArray[np.int64],
+    ts: pd.Series,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    factor: float,
+) -> None:
+    """Raise one meter's interval energies ending in ``(start, end]`` to ``factor`` x its
+    usual rate: the mean energy per interval over the previous :data:`USUAL_DAYS` days (never
+    below what it was), rebuilding the import register and scaling power alike. "A 5x spike"
+    is five times what the meter usually draws -- not five times an hour that happened to be
+    quiet, which a household's oven or laundry exceeds every week (docs/evaluation.md, "Real
+    data"). Without history before the spike: five times what it was."""
+    e = out.loc[meter_rows, "energy_import_kwh"].to_numpy(dtype=float)
+    t = pd.DatetimeIndex(ts.iloc[meter_rows])
+    d = np.r_[np.nan, np.diff(e)]
+    inside = (t > start) & (t <= end)
+    if not inside.any():
+        return
+    # A register decrease is no consumption: left out of the usual rate.
+    past = (
+        (t <= start) & (t > start - pd.Timedelta(days=USUAL_DAYS)) & (np.nan_to_num(d, nan=-1) >= 0)
+    )
+    usual = float(np.mean(d[past])) if past.any() else np.nan
+    scaled = factor * usual if np.isfinite(usual) else factor * d
+    raised = np.where(inside & np.isfinite(d), np.fmax(d, scaled), d)
+    ratio = np.divide(raised, d, out=np.ones_like(d), where=np.isfinite(d) & (d > 0))
+    steps = np.where(np.isfinite(raised), raised, 0.0)
+    steps[0] = 0.0
+    out.loc[meter_rows, "energy_import_kwh"] = e[0] + np.cumsum(steps)
+    cols = ["power_kw", "current_l1_a", "current_l2_a", "current_l3_a"]
+    pw = out.loc[meter_rows, cols].to_numpy(dtype=float)
+    out.loc[meter_rows, cols] = pw * ratio[:, None]
 
 
 def _add_power_energy(
@@ -1397,7 +1452,7 @@ def _apply_planted(
         sel = meter_rows[(t >= start).to_numpy()]
         out.loc[sel, "energy_import_kwh"] = out.loc[sel, "energy_import_kwh"] - m
     elif inj.type == "consumption_spike":
-        _scale_energy(out, meter_rows, out["ts"], start, end, m)
+        _spike_over_usual(out, meter_rows, out["ts"], start, end, m)
     else:  # voltage_loss on phase 1
         rows = meter_rows[((t >= start) & (t <= end)).to_numpy()]
         before = out.loc[rows, "voltage_l1_v"].to_numpy(dtype=float)

@@ -65,6 +65,13 @@ class RealDataset:
     meter_id: str
     #: Registry values of the house (contracts §2); ``last_calibration`` is not known.
     registry: tuple[tuple[str, Any], ...]
+    #: Detector parameters of the site (``analytics.detectors`` config shape): the supply
+    #: standard of the house's country where it differs from the defaults.
+    site_params: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def detector_params(self) -> dict[str, dict[str, Any]]:
+        """:attr:`site_params` as the ``analytics.detectors`` mapping."""
+        return {key: dict(values) for key, values in self.site_params}
 
 
 UCI_HOUSEHOLD = RealDataset(
@@ -95,6 +102,10 @@ UCI_HOUSEHOLD = RealDataset(
         ("tariff", ""),
         ("last_calibration", ""),
         ("calibration_interval_days", 2920),
+    ),
+    # France: EN 50160 allows 230 V +-10 % (the GB/T 12325 default is +7 % / -10 %).
+    site_params=(
+        ("overvoltage", (("single_phase_fraction", 0.10), ("three_phase_fraction", 0.10))),
     ),
 )
 #: Data sets :func:`build` knows, by name.

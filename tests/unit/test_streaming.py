@@ -80,3 +80,23 @@ def test_an_episode_that_ended_within_the_batch_is_left_to_the_interval_run() ->
     rows = [reading("C1", i, 200.0) for i in range(5)] + [reading("C1", 5, 221.0)]
     found = s.detect(readings_from_records(rows), REGISTRY)
     assert "voltage_unbalance" not in set(found["type"])
+
+
+def test_a_batch_mixing_a_backfill_with_fresh_reads_is_judged_per_time_cluster() -> None:
+    """A gateway back from an outage sends last month's readings with this hour's: the batch
+    is cut into time clusters (no dense grid of a month at the read spacing), and an episode
+    of either cluster is still found."""
+    s = StreamingDetection(build_detectors(cadences=("streaming",)), spacing_s=2.0)
+    old = [{**reading("C1", i, 200.0), "ts": T0 + pd.Timedelta(seconds=2 * i)} for i in range(4)]
+    fresh = [
+        {**reading("C2", i, 200.0), "ts": T0 + pd.Timedelta(days=30, seconds=2 * i)}
+        for i in range(4)
+    ]
+    batch = readings_from_records(old + fresh)
+    parts = s.segments(s.window(batch))
+    assert [sorted(set(p["meter_id"])) for p in parts] == [["C1"], ["C2"]]
+    assert sum(len(p) for p in parts) == 8
+    found = StreamingDetection(s.detectors, spacing_s=2.0).detect(batch, REGISTRY)
+    vu = found[found["type"] == "voltage_unbalance"]
+    # Each cluster is judged up to its own end: the backfilled episode is reported too.
+    assert sorted(vu["meter_id"]) == ["C1", "C2"]
