@@ -19,7 +19,9 @@ from meterwatch.alerts.manager import CLOCK_HEARTBEAT_S, record_clock
 from meterwatch.alerts.model import Alert
 from meterwatch.collector.modbus import failing_meters
 from meterwatch.config import Config
+from meterwatch.control import ControlServer, socket_path
 from meterwatch.scheduling import Jobs, Scheduler
+from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.wiring import build, build_all_sources, embedded_broker, http_server
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,10 @@ class Service:
     async def _start(self) -> None:
         """Storage first, then the broker, subscribers, simulated meters, pollers and jobs."""
         c, cfg = self.c, self.cfg
+        if isinstance(c.store, EmbeddedStore):
+            # Backup and export while the service holds the store (DuckDB: one process).
+            c.control = ControlServer(socket_path(cfg.storage), c.store)
+            await c.control.start()
         c.writer.start()
         if c.alert_sink is not None:
             c.alert_sink.start()
@@ -243,6 +249,8 @@ class Service:
             c.spool.close()
         if c.metrics is not None:
             c.metrics.stop()
+        if c.control is not None:
+            await c.control.stop()
         c.store.close()
 
     async def _drain_simulated_mqtt(self, timeout_s: float = 10.0) -> None:

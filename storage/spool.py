@@ -63,7 +63,9 @@ class SpoolBatch:
     frame: pd.DataFrame
 
 
-def _encode(frame: pd.DataFrame) -> bytes:
+def encode_frame(frame: pd.DataFrame) -> bytes:
+    """A frame as an Arrow IPC stream (zstd): how the spool stores it (and the control socket
+    sends it)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
@@ -71,7 +73,8 @@ def _encode(frame: pd.DataFrame) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _decode(data: bytes) -> pd.DataFrame:
+def decode_frame(data: bytes) -> pd.DataFrame:
+    """The frame :func:`encode_frame` wrote."""
     with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
         return reader.read_all().to_pandas()
 
@@ -160,7 +163,7 @@ class Spool:
         """
         if self._bytes >= self.max_bytes:
             raise SpoolFullError(self.file, self._bytes, self.max_bytes)
-        data = _encode(frame)
+        data = encode_frame(frame)
         now = time.time()
         with self._lock:
             try:
@@ -199,7 +202,7 @@ class Spool:
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
-        frames = [_decode(d) for _, d in chosen]
+        frames = [decode_frame(d) for _, d in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         return SpoolBatch(int(chosen[-1][0]), len(chosen), self._normalize(frame))
 
@@ -231,6 +234,27 @@ class Spool:
                 self._con.close()
             except sqlite3.Error:
                 pass
+
+
+def read_pending(
+    file: Path, normalize: Callable[[pd.DataFrame], pd.DataFrame] = with_time_columns
+) -> pd.DataFrame | None:
+    """Everything waiting in the spool ``file``, oldest first, left in place (a backup); None
+    when there is nothing. A read-only connection in one read transaction: the process that owns
+    the spool may append and drain meanwhile."""
+    if not file.exists():
+        return None
+    try:
+        con = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            blobs = con.execute("SELECT data FROM batches ORDER BY seq").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"spool {file}: read failed: {exc}") from exc
+    if not blobs:
+        return None
+    return normalize(pd.concat([decode_frame(d) for (d,) in blobs], ignore_index=True))
 
 
 async def drain_forever(
