@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from meterwatch import __version__
+from meterwatch.cli_output import fail
 from meterwatch.config import load_config
 from meterwatch.core.errors import ConfigError, MeterWatchError
 
@@ -33,11 +34,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
-
-
 @click.group()
 @click.version_option(__version__, prog_name="meterwatch")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -50,7 +46,12 @@ def main(verbose: bool) -> None:
 @click.option(
     "--config", "config_path", default="config.yaml", show_default=True, type=click.Path()
 )
-@click.option("--duration", type=float, default=None, help="Stop after S wall-clock seconds.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after S wall-clock seconds (> 0).",
+)
 def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
     from meterwatch.console import Progress, print_summary
@@ -61,7 +62,7 @@ def run(config_path: str, duration: float | None) -> None:
         progress = Progress(console)
         service = Service(cfg, on_alert=progress.on_alert, on_tick=progress.tick)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
 
     async def _main() -> object:
@@ -78,7 +79,10 @@ def run(config_path: str, duration: float | None) -> None:
         + ("" if duration else "; Ctrl-C to stop"),
         highlight=False,
     )
-    summary = asyncio.run(_main())
+    try:
+        summary = asyncio.run(_main())
+    except MeterWatchError as exc:  # a port in use, a store that cannot be opened ...
+        fail(exc)
     print_summary(console, summary)  # type: ignore[arg-type]
 
 
@@ -95,10 +99,12 @@ def config_check(file: str) -> None:
         cfg = load_config(file)
     except ConfigError as exc:
         err_console.print(
-            f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)", highlight=False
+            f"[bold red]error:[/] {exc.source}: {len(exc.problems)} problem(s)",
+            highlight=False,
+            soft_wrap=True,
         )
         for path, msg in exc.problems:
-            err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False)
+            err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False, soft_wrap=True)
         sys.exit(1)
     sim = "simulated fleet" if cfg.simulator.enabled else f"registry {cfg.registry.path}"
     console.print(
@@ -242,6 +248,13 @@ def analyze(
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
         warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
+        if readings.empty:
+            err_console.print(
+                f"[yellow]warning:[/] {readings_path} holds no readings (a header only?): "
+                f"nothing to analyze; {out_path} is written empty",
+                highlight=False,
+                soft_wrap=True,
+            )
         detectors = default_detectors(params)
         with rich.progress.Progress(
             *rich.progress.Progress.get_default_columns(),
@@ -279,13 +292,14 @@ def analyze(
                 )
             )
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     out = Path(out_path)
     if out.exists():
         out.unlink()
     manager = AlertManager(out, auto_resolve_categories=("equipment", "consumption"))
     manager.process(findings, datetime.now(UTC))
+    out.touch()  # written even when there is nothing to report (contracts §4)
     counts = manager.counts_by_type()
     console.print(
         f"{len(manager.alerts)} alerts → {out}: "

@@ -32,6 +32,7 @@ from meterwatch.alerts.manager import AlertManager, default_state_dir, service_t
 from meterwatch.alerts.model import Alert, iso, parse_iso
 from meterwatch.alerts.report import on_time_report
 from meterwatch.alerts.silence import parse_matchers
+from meterwatch.cli_output import fail
 from meterwatch.config import AlertsConfig, load_config, parse_duration
 from meterwatch.core.errors import MeterWatchError
 
@@ -75,11 +76,6 @@ def _action_time(manager: AlertManager, at_text: str | None) -> datetime:
     return at
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(code)
-
-
 def _alerts_config(config_path: str | None, feed: str | None) -> AlertsConfig:
     """The ``alerts:`` section of ``--config`` (default config.yaml if present), ``--feed`` wins."""
     path = config_path or "config.yaml"
@@ -112,12 +108,12 @@ def _feed_options(fn: F | None = None, *, read_only: bool = False) -> Any:
                 cfg = _alerts_config(config_path, feed)
                 manager = AlertManager.from_config(cfg, read_only=read_only)
             except MeterWatchError as exc:
-                _fail(exc)
+                fail(exc)
                 return None
             try:
                 return fn(*args, manager=manager, **kw)
             except MeterWatchError as exc:
-                _fail(exc)
+                fail(exc)
                 return None
             finally:
                 manager.close()
@@ -390,7 +386,7 @@ def audit_verify(
         key = load_key(cfg.audit.key_env, key_dir, create=False)
         res = verify(path, key)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         click.echo(

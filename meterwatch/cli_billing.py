@@ -11,7 +11,6 @@ documented in ``docs/billing.md``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from meterwatch.cli_output import fail
 from meterwatch.config import Config, load_config
 from meterwatch.core.catalogue import types_in
 from meterwatch.core.errors import MeterWatchError
@@ -28,11 +28,6 @@ console = Console()
 err_console = Console(stderr=True)
 _DAY = pd.Timedelta(days=1)
 BILLING_TYPES = frozenset(types_in("billing"))
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
 
 
 # ------------------------------------------------------------------------ shared helpers
@@ -307,7 +302,7 @@ def export_billing(
         finally:
             audit.close()
     except (MeterWatchError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
         return
     q = iv["quality"].value_counts().to_dict()
     console.print(
@@ -382,7 +377,7 @@ def vee_edit(meter_id: str, ts: str, kwh: float, by: str, reason: str, config_pa
         finally:
             audit.close()
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(
         f"{meter_id} {t.strftime('%Y-%m-%dT%H:%M:%SZ')}: {before['kwh']} kWh "

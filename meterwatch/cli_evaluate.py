@@ -73,10 +73,13 @@ def evaluate(
     if meters < 20:
         raise click.BadParameter(f"--meters {meters}: at least 20", param_hint="--meters")
     t0 = time.perf_counter()
-    with console.status("building the scenario") as status:
-        scenario = build_scenario(
-            meters, days, interval, seed, per_type, progress=lambda s: status.update(s)
-        )
+    try:
+        with console.status("building the scenario") as status:
+            scenario = build_scenario(
+                meters, days, interval, seed, per_type, progress=lambda s: status.update(s)
+            )
+    except ValueError as exc:  # sizes the scenario cannot be built with, named by it
+        raise click.UsageError(str(exc)) from None
     t_sim = time.perf_counter() - t0
     detectors = default_detectors()
     parts = []

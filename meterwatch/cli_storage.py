@@ -7,21 +7,15 @@ stopped. Both refuse to overwrite existing data unless ``--force``.
 
 from __future__ import annotations
 
-import sys
-
 import click
 from rich.console import Console
 
+from meterwatch.cli_output import fail
 from meterwatch.config import load_config
 from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
 
 
 @click.command("backup")
@@ -40,7 +34,7 @@ def backup_cmd(out: str, config_path: str, force: bool) -> None:
         with console.status(f"backing up to {out}"):
             report = backup(cfg, out, force=force)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     tables = ", ".join(f"{n} {name}" for name, n in report.tables.items()) or "no records"
     pending = ", ".join(f"{n} {name}" for name, n in report.pending.items())
@@ -70,7 +64,7 @@ def restore_cmd(src: str, config_path: str, force: bool) -> None:
         with console.status(f"restoring {src}"):
             report = restore(cfg, src, force=force)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     tables = ", ".join(f"{n} {name}" for name, n in report.tables.items()) or "no records"
     console.print(

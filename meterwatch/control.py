@@ -97,10 +97,18 @@ class ControlServer:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(
-            self._serve, path=str(self.path), limit=_LINE_LIMIT
-        )
-        os.chmod(self.path, 0o660)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=_LINE_LIMIT
+            )
+            os.chmod(self.path, 0o660)
+        except OSError as exc:
+            log.warning(
+                "control socket %s: %s; backup and export while the service runs are off",
+                self.path,
+                exc,
+            )
+            return
         log.info("control socket %s: backup and export work while the service runs", self.path)
 
     async def stop(self) -> None:
