@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl
 DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl
 
-.PHONY: run test lint bench venv deb-test-packages clean
+.PHONY: run reset-demo test lint bench venv deb-test-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ venv: $(VENV)/.installed
 ## run: create the venv, install, run the service on $(CONFIG) (DURATION=seconds to stop by itself)
 run: $(VENV)/.installed
 	$(VENV)/bin/meterwatch run --config $(CONFIG) $(if $(DURATION),--duration $(DURATION),)
+
+## reset-demo: clear the demo's state under var/ (store, alerts, previous runs); keeps the venv
+reset-demo:
+	rm -rf var
 
 ## deb-test-packages: install the Debian servers the tests start, when missing
 deb-test-packages:

@@ -55,10 +55,14 @@ def main(verbose: bool) -> None:
 def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
     from meterwatch.console import Progress, print_summary
+    from meterwatch.demo import set_aside_previous_run
     from meterwatch.service import Service
 
     try:
         cfg = load_config(config_path)
+        fresh = set_aside_previous_run(cfg)  # a demo rerun: never replay times into a store
+        if fresh:
+            console.print(fresh, highlight=False)
         progress = Progress(console)
         service = Service(cfg, on_alert=progress.on_alert, on_tick=progress.tick)
     except MeterWatchError as exc:

@@ -572,10 +572,12 @@ class InfluxStore:
             frames = self._query(f"SHOW TAG VALUES FROM {source} WITH KEY = {_influxql_ident(key)}")
         return sorted({str(v) for f in frames if "value" in f for v in f["value"]})
 
-    def has_points(self, measurement: str) -> bool:
-        """Whether ``measurement`` holds any point (a restore refuses to write over data)."""
+    def has_points(self, measurement: str, since: datetime | pd.Timestamp | None = None) -> bool:
+        """Whether ``measurement`` holds any point (at or after ``since``): a restore, or a
+        rerun of a simulated clock, refuses to write over data."""
+        clauses = [] if since is None else [f"time >= {_epoch_ns(since)}"]
         with self._lock:
-            frames = self._query(self._select(measurement, [], "*") + " LIMIT 1")
+            frames = self._query(self._select(measurement, clauses, "*") + " LIMIT 1")
         return any(not f.empty for f in frames)
 
     def target_name(self) -> str:

@@ -202,3 +202,36 @@ def test_influx_backup_holds_what_the_spools_hold_and_restores_into_an_empty_dat
     after = a.read_validated_readings()
     assert (after["data_version"] == 4).sum() == len(pd.read_csv(tmp_path / "bill.validated.csv"))
     a.close()
+
+
+def test_a_demo_rerun_refuses_an_influx_database_that_holds_the_simulated_period(
+    influx: RunningServer, tmp_path: Path
+) -> None:
+    """InfluxDB cannot be set aside like the embedded store: the rerun says what to change."""
+    from meterwatch.config import parse_config
+    from meterwatch.core.errors import ConfigError
+    from meterwatch.demo import set_aside_previous_run
+
+    db = database(influx)
+    cfg = parse_config(
+        {
+            "clock": {"start": "2026-01-05T00:00:00Z", "speed": 2400},
+            "simulator": {"enabled": True},
+            "storage": {
+                "backend": "influx",
+                "influx": {"flavor": "v1", "url": influx.url, "database": db},
+                "spool": {"path": str(tmp_path / "spool")},
+            },
+            "alerts": {"feed": str(tmp_path / "alerts.jsonl")},
+        }
+    )
+    assert set_aside_previous_run(cfg) is None  # an empty database: a first run
+    s = store(influx, db)
+    s.write_readings(sample_readings(2, start=T0 - pd.Timedelta(days=1)))
+    assert set_aside_previous_run(cfg) is None  # readings before clock.start: no replay
+    s.write_readings(sample_readings(2))
+    s.close()
+    with pytest.raises(ConfigError) as info:
+        set_aside_previous_run(cfg)
+    ((setting, message),) = info.value.problems
+    assert setting == "storage.influx.database" and db in message and "2026-01-05T00:00Z" in message
