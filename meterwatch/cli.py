@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 
 from meterwatch import __version__
 from meterwatch.cli_output import fail
-from meterwatch.config import load_config
+from meterwatch.config import load_config, starter_config
 from meterwatch.core.errors import ConfigError, MeterWatchError
 
 console = Console()
@@ -113,6 +113,34 @@ def config_check(file: str) -> None:
     sim = "simulated fleet" if cfg.simulator.enabled else f"registry {cfg.registry.path}"
     console.print(
         f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False
+    )
+
+
+@config.command("init")
+@click.argument("file", default="config.yaml", type=click.Path(dir_okay=False))
+@click.option("--demo", is_flag=True, help="The simulated demo instead of real meters.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def config_init(file: str, demo: bool, force: bool) -> None:
+    """Write a commented starter config to FILE (default config.yaml).
+
+    Without --demo: real meters behind a Modbus TCP gateway, a meter registry file and the
+    embedded store, for a field gateway; edit the gateway, devices and meters.csv, then
+    `meterwatch config check FILE`. With --demo: the simulated demo `make run` runs.
+    """
+    path = Path(file)
+    if path.exists() and not force:
+        fail(MeterWatchError(f"{path} exists; use --force to overwrite it"))
+    text = starter_config("demo" if demo else "gateway")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(MeterWatchError(f"{path}: cannot write: {exc.strerror or exc}"))
+    what = (
+        "the simulated demo" if demo else "real meters: edit the gateway, its devices, meters.csv"
+    )
+    console.print(
+        f"wrote {path} ({what}); check it with `meterwatch config check {path}`", highlight=False
     )
 
 

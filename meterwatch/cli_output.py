@@ -20,7 +20,10 @@ def error_text(exc: BaseException) -> str:
     """The text after ``error:`` for ``exc``."""
     if isinstance(exc, ConfigError) and len(exc.problems) == 1:
         ((path, msg),) = exc.problems
-        where = path if path.startswith(exc.source) else f"{exc.source}: {path}"
+        if path.startswith("("):  # "(file)", "(yaml)": about the file as a whole
+            where = exc.source
+        else:
+            where = path if path.startswith(exc.source) else f"{exc.source}: {path}"
         return f"{where}: {msg}"
     return str(exc)
 
