@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config.yaml
-# Debian packages the test suite starts as real servers (see tests/servers.py).
-DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl
-DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl
+# Debian packages the test suite starts as real servers (see tests/support/servers.py), and
+# systemd for `systemd-analyze verify` of deploy/meterwatch.service.
+DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl systemd
+DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl /usr/bin/systemd-analyze
 
 .PHONY: run reset-demo test lint bench venv deb-test-packages clean
 
