@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,23 @@ def socket_path(storage: StorageConfig) -> Path:
     return Path(f"{storage.path}.sock")
 
 
-def _when(value: Any) -> str | None:
-    return None if value is None else pd.Timestamp(value).isoformat()
+#: The store methods ``export billing`` and ``vee edit`` call through :class:`RemoteStore`.
+REMOTE_METHODS = frozenset({"read_readings", "read_validated_readings", "write_validated_readings"})
 
 
-def _time(value: str | None) -> pd.Timestamp | None:
-    return None if value is None else pd.Timestamp(value)
+def _encode_arg(value: Any) -> Any:
+    """An argument as JSON: times as ``{"ts": iso}``, sequences as lists."""
+    if isinstance(value, datetime | pd.Timestamp):
+        return {"ts": pd.Timestamp(value).isoformat()}
+    if isinstance(value, list | tuple | pd.Index | pd.Series):
+        return [str(v) for v in value]
+    return value
+
+
+def _decode_arg(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"ts"}:
+        return pd.Timestamp(value["ts"])
+    return value
 
 
 def _header(data: dict[str, Any], frame: pd.DataFrame | None) -> tuple[bytes, bytes]:
@@ -162,28 +174,17 @@ class ControlServer:
                 shutil.rmtree(where, ignore_errors=True)
                 raise
             return {"ok": True, "dir": str(where.resolve()), "tables": rows}, None
-        if op == "read_readings":
-            out = store.read_readings(
-                head.get("meter_ids"),
-                _time(head.get("start")),
-                _time(head.get("end")),
-                include_times=bool(head.get("include_times")),
-            )
-            return {"ok": True}, out
-        if op == "read_validated_readings":
-            out = store.read_validated_readings(
-                head.get("meter_ids"),
-                _time(head.get("start")),
-                _time(head.get("end")),
-                version=head.get("version"),
-                all_versions=bool(head.get("all_versions")),
-            )
-            return {"ok": True}, out
-        if op == "write_validated_readings":
-            if frame is None:
-                raise StorageError("write_validated_readings needs a frame")
-            version = store.write_validated_readings(frame, _time(head.get("written_at")))
-            return {"ok": True, "version": version}, None
+        if op == "call":
+            method = str(head.get("method"))
+            if method not in REMOTE_METHODS:
+                raise StorageError(f"the control socket does not serve {method!r}")
+            kwargs = {k: _decode_arg(v) for k, v in head.get("kwargs", {}).items()}
+            if frame is not None:
+                kwargs["df"] = frame
+            result = getattr(store, method)(**kwargs)
+            if isinstance(result, pd.DataFrame):
+                return {"ok": True}, result
+            return {"ok": True, "result": result}, None
         raise StorageError(f"unknown control request {op!r}")
 
 
@@ -247,62 +248,34 @@ def service_listening(path: Path) -> bool:
 
 
 class RemoteStore:
-    """The record methods ``export billing`` and ``vee edit`` use, run by the service."""
+    """The store of the running service, for ``export billing`` and ``vee edit``: each method of
+    :data:`REMOTE_METHODS` runs there, on its own connection to the store, with the same
+    arguments and result (a frame argument, ``df``, and a frame result travel as Arrow IPC)."""
 
     def __init__(self, path: Path):
         self.path = path
 
-    def _call(self, head: dict[str, Any], frame: pd.DataFrame | None = None) -> Any:
-        got = request(self.path, head, frame)
-        if got is None:
-            raise StorageError(f"the service at {self.path} stopped; run the command again")
-        return got
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method not in REMOTE_METHODS:
+            raise AttributeError(method)
+        signature = inspect.signature(getattr(EmbeddedStore, method))
 
-    def read_readings(
-        self,
-        meter_ids: Sequence[str] | None = None,
-        start: datetime | pd.Timestamp | None = None,
-        end: datetime | pd.Timestamp | None = None,
-        *,
-        include_times: bool = False,
-    ) -> pd.DataFrame:
-        _, out = self._call(
-            {
-                "op": "read_readings",
-                "meter_ids": None if meter_ids is None else list(meter_ids),
-                "start": _when(start),
-                "end": _when(end),
-                "include_times": include_times,
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(None, *args, **kwargs).arguments
+            bound.pop("self")
+            frame = bound.pop("df", None)
+            head = {
+                "op": "call",
+                "method": method,
+                "kwargs": {k: _encode_arg(v) for k, v in bound.items()},
             }
-        )
-        return out
+            got = request(self.path, head, frame)
+            if got is None:
+                raise StorageError(f"the service at {self.path} stopped; run the command again")
+            answer, out = got
+            return out if out is not None else answer.get("result")
 
-    def read_validated_readings(
-        self,
-        meter_ids: Sequence[str] | None = None,
-        start: datetime | pd.Timestamp | None = None,
-        end: datetime | pd.Timestamp | None = None,
-        *,
-        version: int | None = None,
-        all_versions: bool = False,
-    ) -> pd.DataFrame:
-        _, out = self._call(
-            {
-                "op": "read_validated_readings",
-                "meter_ids": None if meter_ids is None else list(meter_ids),
-                "start": _when(start),
-                "end": _when(end),
-                "version": version,
-                "all_versions": all_versions,
-            }
-        )
-        return out
-
-    def write_validated_readings(self, df: pd.DataFrame, written_at: datetime | None = None) -> int:
-        answer, _ = self._call(
-            {"op": "write_validated_readings", "written_at": _when(written_at)}, df
-        )
-        return int(answer["version"])
+        return call
 
     def close(self) -> None:
         """Nothing to release: one connection per request."""

@@ -37,9 +37,8 @@ from click.testing import CliRunner, Result
 from meterwatch.cli import main
 from meterwatch.config import parse_config
 from meterwatch.service import Service
-from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.influx import InfluxStore
-from tests.support.records import assert_tables_equal, read_tables
+from tests.support.records import assert_tables_equal, embedded_tables, read_tables
 from tests.support.servers import RunningServer, free_port, influxdb, stop_process
 
 METERWATCH = Path(sys.executable).with_name("meterwatch")
@@ -94,20 +93,18 @@ def ok(res: Result) -> str:
     return " ".join(res.output.split())
 
 
+def edit(row: pd.Series, kwh: str, reason: str) -> Result:
+    """`meterwatch vee edit` of the validated interval ``row`` (from an export's file)."""
+    args = ["--meter", row["meter_id"], "--ts", row["ts"], "--kwh", kwh]
+    return cli("vee", "edit", *args, "--by", "li", "--reason", reason)
+
+
 def outbox_rows(path: Path) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(path)
     try:
         return con.execute("SELECT * FROM outbox ORDER BY seq").fetchall()
     finally:
         con.close()
-
-
-def store_tables(path: Path) -> dict[str, pd.DataFrame]:
-    store = EmbeddedStore(path)
-    try:
-        return read_tables(store)
-    finally:
-        store.close()
 
 
 def first_alert_id(feed: Path, *status: str) -> str:
@@ -144,22 +141,7 @@ def test_everything_survives_backup_and_restore_into_a_fresh_directory(
     assert "estimate run(s) audited" in out
     bill = pd.read_csv("bill.validated.csv")
     row = bill[bill["quality"] == "actual"].iloc[0]
-    ok(
-        cli(
-            "vee",
-            "edit",
-            "--meter",
-            row["meter_id"],
-            "--ts",
-            row["ts"],
-            "--kwh",
-            "1.5",
-            "--by",
-            "li",
-            "--reason",
-            "meter swap",
-        )
-    )
+    ok(edit(row, "1.5", "meter swap"))
     ok(
         cli(
             "alerts",
@@ -185,7 +167,7 @@ def test_everything_survives_backup_and_restore_into_a_fresh_directory(
     )
 
     var = site / "var"
-    before = store_tables(var / "meterwatch.duckdb")
+    before = embedded_tables(var / "meterwatch.duckdb")
     assert before["validated_readings"]["data_version"].nunique() >= 3  # service, export, edit
     assert (before["validated_readings"]["quality"] == "edited").sum() == 1
     state = var / "alerts-state"
@@ -210,7 +192,7 @@ def test_everything_survives_backup_and_restore_into_a_fresh_directory(
     res = cli("restore", str(tmp_path / "bk"))
     out = ok(res)
     assert "restored" in out and "without its key" in out
-    after = store_tables(fresh / "var" / "meterwatch.duckdb")
+    after = embedded_tables(fresh / "var" / "meterwatch.duckdb")
     assert_tables_equal(after, before)
     fvar = fresh / "var"
     fstate = fvar / "alerts-state"
@@ -259,7 +241,7 @@ def tables_of(config: dict[str, Any], root: Path) -> dict[str, pd.DataFrame]:
     """Every table of the store ``config`` names (paths relative to ``root``)."""
     storage = config["storage"]
     if storage.get("backend") != "influx":
-        return store_tables(root / storage["path"])
+        return embedded_tables(root / storage["path"])
     influx = storage["influx"]
     store = InfluxStore(flavor="v1", url=influx["url"], database=influx["database"])
     try:
@@ -316,22 +298,7 @@ def test_backup_export_and_edit_while_the_service_runs(
         version = int(out.split("data version ")[1].split(";")[0])
         bill = pd.read_csv("bill.validated.csv")
         row = bill[bill["quality"] == "actual"].iloc[0]
-        out = ok(
-            cli(
-                "vee",
-                "edit",
-                "--meter",
-                row["meter_id"],
-                "--ts",
-                row["ts"],
-                "--kwh",
-                "9.75",
-                "--by",
-                "li",
-                "--reason",
-                "test",
-            )
-        )
+        out = ok(edit(row, "9.75", "test"))
         assert f"version {version + 1}" in out or "(edited, version" in out
         assert proc.poll() is None, "the service stopped during the commands"
         assert proc.wait(timeout=90) == 0, (tmp_path / "service.log").read_text()[-3000:]

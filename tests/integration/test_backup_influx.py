@@ -38,6 +38,7 @@ from tests.support.records import (
     write_sample,
 )
 from tests.support.servers import RunningServer, influxdb
+from tests.unit.test_billing import registry as billing_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "influx-backup-test-key"
@@ -57,22 +58,7 @@ def database(server: RunningServer) -> str:
 
 
 def registry() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "meter_id": list(METERS),
-            "role": "customer",
-            "transformer_id": "TA01",
-            "customer_class": "residential",
-            "phases": 1,
-            "nominal_voltage_v": 220.0,
-            "rated_current_a": 5.0,
-            "max_current_a": 60.0,
-            "ct_ratio": 1.0,
-            "tariff": "residential-tou",
-            "last_calibration": "2025-06-01",
-            "calibration_interval_days": 3650,
-        }
-    )
+    return billing_registry(METERS, tariff="residential-tou")
 
 
 def config(root: Path, server: RunningServer, db: str) -> Path:

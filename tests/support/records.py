@@ -3,6 +3,7 @@ reader of every table, for backup tests against either backend."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,17 @@ def read_tables(store: Any, *, all_versions: bool = True) -> dict[str, pd.DataFr
         "alert_events": store.read_alert_events(),
         "collector_health": store.read_collector_health(),
     }
+
+
+def embedded_tables(path: Path) -> dict[str, pd.DataFrame]:
+    """:func:`read_tables` of the embedded store file at ``path`` (opened, read, closed)."""
+    from meterwatch.storage.embedded import EmbeddedStore
+
+    store = EmbeddedStore(path)
+    try:
+        return read_tables(store)
+    finally:
+        store.close()
 
 
 def assert_tables_equal(got: dict[str, pd.DataFrame], expected: dict[str, pd.DataFrame]) -> None:

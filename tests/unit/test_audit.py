@@ -181,11 +181,9 @@ def test_generated_key_file_is_private(tmp_path: Path, monkeypatch: pytest.Monke
         load_key("MW_AUDIT_KEY", tmp_path / "other", create=False)
 
 
-def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())
-    am = AlertManager(tmp_path / "alerts.jsonl")
-    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
-    f = pd.DataFrame(
+def register_decrease_finding() -> pd.DataFrame:
+    """One finding: an open register decrease of meter M1."""
+    return pd.DataFrame(
         [
             {
                 "type": "register_decrease",
@@ -199,7 +197,13 @@ def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.Monke
             }
         ]
     )[list(FINDING_COLUMNS)]
-    (event, alert), *_ = am.process(f, now)
+
+
+def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())
+    am = AlertManager(tmp_path / "alerts.jsonl")
+    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    (event, alert), *_ = am.process(register_decrease_finding(), now)
     am.acknowledge(alert.id, by="li", note="checking", now=now)
     am.resolve(alert.id, by="wang", now=now)
     am.close()
@@ -285,21 +289,9 @@ def test_a_signed_log_without_its_key_is_read_but_never_gets_a_new_key(
     monkeypatch.chdir(tmp_path)
     feed = tmp_path / "alerts.jsonl"
     writer = AlertManager(feed)  # no key anywhere: generates one, signs with it at close
-    f = pd.DataFrame(
-        [
-            {
-                "type": "register_decrease",
-                "severity": "major",
-                "meter_id": "M1",
-                "transformer_id": "TA01",
-                "starts_at": pd.Timestamp("2026-01-05T10:00Z"),
-                "ends_at": pd.NaT,
-                "summary": "s",
-                "evidence": {},
-            }
-        ]
-    )[list(FINDING_COLUMNS)]
-    ((_, alert),) = writer.process(f, datetime(2026, 1, 5, 12, tzinfo=UTC))
+    ((_, alert),) = writer.process(
+        register_decrease_finding(), datetime(2026, 1, 5, 12, tzinfo=UTC)
+    )
     writer.close()
     state = tmp_path / "alerts-state"
     key = (state / "audit.key").read_bytes()

@@ -23,25 +23,17 @@ from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.spool import Spool
 from tests.support.records import (
     assert_tables_equal,
-    read_tables,
+    embedded_tables,
     sample_readings,
     write_sample,
 )
-
-
-def _tables(path: Path) -> dict[str, pd.DataFrame]:
-    store = EmbeddedStore(path)
-    try:
-        return read_tables(store)
-    finally:
-        store.close()
 
 
 def test_every_table_round_trips_exactly_as_plain_parquet(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "a.duckdb")
     write_sample(store)
     store.close()
-    before = _tables(tmp_path / "a.duckdb")
+    before = embedded_tables(tmp_path / "a.duckdb")
 
     result = backup(tmp_path / "a.duckdb", tmp_path / "bk")
     assert result.tables == {name: len(df) for name, df in before.items()}
@@ -57,7 +49,7 @@ def test_every_table_round_trips_exactly_as_plain_parquet(tmp_path: Path) -> Non
     assert versions.loc[versions["data_version"] == 3, "edited_by"].tolist() == ["li"]
 
     assert restore(tmp_path / "bk", tmp_path / "b.duckdb").tables == result.tables
-    assert_tables_equal(_tables(tmp_path / "b.duckdb"), before)
+    assert_tables_equal(embedded_tables(tmp_path / "b.duckdb"), before)
 
 
 def test_restore_refuses_a_store_with_records_unless_forced(tmp_path: Path) -> None:
@@ -71,7 +63,9 @@ def test_restore_refuses_a_store_with_records_unless_forced(tmp_path: Path) -> N
     with pytest.raises(StorageError, match="already holds 9 readings.*--force"):
         restore(tmp_path / "bk", tmp_path / "b.duckdb")
     assert restore(tmp_path / "bk", tmp_path / "b.duckdb", force=True).rows == 72
-    assert_tables_equal(_tables(tmp_path / "b.duckdb"), _tables(tmp_path / "a.duckdb"))
+    assert_tables_equal(
+        embedded_tables(tmp_path / "b.duckdb"), embedded_tables(tmp_path / "a.duckdb")
+    )
     with pytest.raises(StorageError, match="not a MeterWatch backup"):
         restore(tmp_path, tmp_path / "c.duckdb")
     with pytest.raises(StorageError, match="not empty"):
@@ -196,7 +190,8 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert (tmp_path / "b" / "alerts.jsonl").read_text() == '{"id": "x"}\n'
     assert_tables_equal(
-        _tables(tmp_path / "b" / "store.duckdb"), _tables(tmp_path / "a" / "store.duckdb")
+        embedded_tables(tmp_path / "b" / "store.duckdb"),
+        embedded_tables(tmp_path / "a" / "store.duckdb"),
     )
     res = runner.invoke(main, ["restore", str(tmp_path / "bk"), "--config", str(b)])
     assert res.exit_code == 2 and "--force" in res.output
@@ -207,42 +202,20 @@ def test_service_applies_retention_on_a_schedule(tmp_path: Path) -> None:
 
     from meterwatch.config import parse_config
     from meterwatch.service import Service
-    from tests.support.servers import free_port
+    from tests.support.sites import small_site_config
 
     old = sample_readings(10)  # 2026-01-05, more than 2 days before the service clock below
     old["ts"] = old["ts"] - pd.Timedelta(days=30)
-    store = EmbeddedStore(tmp_path / "s.duckdb")
+    store = EmbeddedStore(tmp_path / "var" / "store.duckdb")
     store.write_readings(old)
     store.close()
     cfg = parse_config(
-        {
-            "clock": {"start": "2026-01-05T00:00:00Z", "speed": 3600},
-            "simulator": {
-                "enabled": True,
-                "residential": 2,
-                "commercial": 1,
-                "industrial": 0,
-                "transformers": 1,
-                "modbus": {"port": free_port()},
-            },
-            "mqtt": {"enabled": False},
-            "collector": {
-                "modbus": {
-                    "gateways": [{"name": "sim", "host": "127.0.0.1", "devices": "simulator"}]
-                }
-            },
-            "storage": {
-                "path": str(tmp_path / "s.duckdb"),
-                "retention_days": 2,
-                "retention_interval": "1h",
-            },
-            "alerts": {"feed": str(tmp_path / "alerts.jsonl")},
-        }
+        small_site_config(tmp_path, storage={"retention_days": 2, "retention_interval": "1h"})
     )
     service = Service(cfg)
     summary = asyncio.run(service.run(2.5))
     assert summary.counters["retention_deleted"] == len(old)
-    back = EmbeddedStore(tmp_path / "s.duckdb")
+    back = EmbeddedStore(tmp_path / "var" / "store.duckdb")
     try:
         kept = back.read_readings()
     finally:

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner, Result
 
 from meterwatch.cli import main
 from meterwatch.storage.embedded import EmbeddedStore
 from tests.support.records import sample_readings
 from tests.support.servers import free_port
+from tests.support.sites import small_site
 
 ERROR_LINE = re.compile(r"\berror:", re.IGNORECASE)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_error(res: Result, *expected: str) -> str:
@@ -44,35 +43,6 @@ def one_error(res: Result, *expected: str) -> str:
 
 def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
-
-
-def small_site(tmp_path: Path, **override: dict[str, object]) -> Path:
-    """A tiny simulated site (Modbus only, no broker) with free ports; sections overridable."""
-    cfg: dict[str, object] = {
-        "clock": {"start": "2026-01-05T00:00:00Z", "speed": 3600},
-        "simulator": {
-            "enabled": True,
-            "residential": 2,
-            "commercial": 1,
-            "industrial": 0,
-            "transformers": 1,
-            "modbus": {"host": "127.0.0.1", "port": free_port()},
-        },
-        "collector": {
-            "modbus": {"gateways": [{"name": "sim", "host": "127.0.0.1", "devices": "simulator"}]},
-            "mqtt": {"enabled": False},
-        },
-        "storage": {"path": str(tmp_path / "var" / "store.duckdb")},
-        "alerts": {"feed": str(tmp_path / "var" / "alerts.jsonl")},
-        "tariffs": yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["tariffs"],
-    }
-    for key, value in override.items():
-        section = cfg.setdefault(key, {})
-        assert isinstance(section, dict)
-        section.update(value)
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @contextmanager
@@ -94,21 +64,9 @@ SERVERS: dict[str, Callable[[int], dict[str, dict[str, object]]]] = {
     "metrics.port": lambda p: {"metrics": {"enabled": True, "port": p}},
     "alerts.http.port": lambda p: {"alerts": {"http": {"enabled": True, "port": p}}},
     "collector.mqtt.port": lambda p: {
-        "collector": {
-            "modbus": {"gateways": [{"name": "sim", "host": "127.0.0.1", "devices": "simulator"}]},
-            "mqtt": {"enabled": True, "broker": "embedded", "port": p},
-        }
+        "collector": {"mqtt": {"enabled": True, "broker": "embedded", "port": p}}
     },
-    "simulator.modbus.port": lambda p: {
-        "simulator": {
-            "enabled": True,
-            "residential": 2,
-            "commercial": 1,
-            "industrial": 0,
-            "transformers": 1,
-            "modbus": {"host": "127.0.0.1", "port": p},
-        }
-    },
+    "simulator.modbus.port": lambda p: {"simulator": {"modbus": {"port": p}}},
 }
 
 
