@@ -25,38 +25,42 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from meterwatch.alerts.manager import CLOCK_FILE, default_state_dir
+from meterwatch.alerts.manager import CLOCK_FILE, CLOCK_STALE_S, default_state_dir
 from meterwatch.config import Config
 from meterwatch.core.errors import ConfigError, StorageError
 
 PREVIOUS_RUNS = "previous-runs"
 
 
-def _recorded_clock(cfg: Config) -> pd.Timestamp | None:
-    """Where the previous service's clock stood (``<state_dir>/clock.json``), if recorded."""
+def _recorded_clock(cfg: Config) -> tuple[pd.Timestamp | None, bool]:
+    """Where the previous service's clock stood (``<state_dir>/clock.json``), and whether that
+    service still runs (it rewrites the record every few seconds until it stops)."""
     state = cfg.alerts.state_dir or default_state_dir(cfg.alerts.feed)
     try:
         record = json.loads((state / CLOCK_FILE).read_text(encoding="utf-8"))
-        return pd.Timestamp(record["service_time"]).tz_convert("UTC")
+        at = pd.Timestamp(record["service_time"]).tz_convert("UTC")
+        age = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(record["wall_time"])).total_seconds()
+        return at, bool(record["running"]) and age <= CLOCK_STALE_S
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, False
 
 
-def _store_end(path: Path) -> pd.Timestamp | None:
-    """The latest reading in an embedded store file (None: no file, no readings, or in use)."""
+def _store_end(path: Path) -> tuple[pd.Timestamp | None, bool]:
+    """The latest reading in an embedded store file, and whether another process holds the file
+    (a running service: then nothing is moved, and the run reports the lock)."""
     if not path.exists():
-        return None
+        return None, False
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error:
-        return None  # another process has it open: opening it for the run says so
+        return None, True
     try:
         (last,) = con.execute("SELECT max(ts) FROM readings").fetchall()[0]
     except duckdb.Error:
-        return None  # no readings table yet
+        return None, False  # no readings table yet
     finally:
         con.close()
-    return None if last is None else pd.Timestamp(last).tz_localize("UTC")
+    return (None if last is None else pd.Timestamp(last).tz_localize("UTC")), False
 
 
 def state_paths(cfg: Config) -> list[Path]:
@@ -87,11 +91,14 @@ def set_aside_previous_run(cfg: Config, now: datetime | None = None) -> str | No
         return None
     t0 = pd.Timestamp(start)
     t0 = t0.tz_localize("UTC") if t0.tzinfo is None else t0.tz_convert("UTC")
-    ended = _recorded_clock(cfg)
+    ended, running = _recorded_clock(cfg)
     if cfg.storage.backend == "embedded":
-        store_end = _store_end(cfg.storage.path)
+        store_end, held = _store_end(cfg.storage.path)
+        running = running or held
         if store_end is not None and (ended is None or store_end > ended):
             ended = store_end
+    if running:
+        return None  # never move the files of a running service; the run says it is in use
     if cfg.storage.backend == "influx":
         _refuse_replay_into_influx(cfg, t0)
     if ended is None or ended < t0:
