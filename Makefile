@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config.yaml
-# Debian packages the test suite starts as real servers (see tests/servers.py).
-DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl
-DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl
+# Debian packages the test suite starts as real servers (see tests/support/servers.py), and
+# systemd for `systemd-analyze verify` of deploy/meterwatch.service.
+DEB_TEST_PACKAGES := mosquitto influxdb prometheus-alertmanager victoria-metrics chromium openssl systemd
+DEB_TEST_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/prometheus-alertmanager /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/openssl /usr/bin/systemd-analyze
 
-.PHONY: run test lint bench venv deb-test-packages real-data clean
+.PHONY: run reset-demo test lint bench venv deb-test-packages real-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ $(FLUX_CHECK)/node_modules/.installed: $(FLUX_CHECK)/package.json $(FLUX_CHECK)/
 ## run: create the venv, install, run the service on $(CONFIG) (DURATION=seconds to stop by itself)
 run: $(VENV)/.installed
 	$(VENV)/bin/meterwatch run --config $(CONFIG) $(if $(DURATION),--duration $(DURATION),)
+
+## reset-demo: clear the demo's state under var/ (store, alerts, previous runs); keeps the venv
+reset-demo:
+	rm -rf var
 
 ## deb-test-packages: install the Debian servers the tests start, when missing
 deb-test-packages:

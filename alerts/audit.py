@@ -57,8 +57,15 @@ def sign(key: bytes, upto_seq: int, head_hash: str) -> str:
     return hmac.new(key, f"{upto_seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
 
 
-def load_key(key_env: str, state_dir: Path, *, create: bool = True) -> bytes:
-    """The checkpoint key: ``$key_env`` if set, else ``state_dir/audit.key`` (made 0600)."""
+def load_key(
+    key_env: str, state_dir: Path, *, create: bool = True, log_path: Path | None = None
+) -> bytes:
+    """The checkpoint key: ``$key_env`` if set, else ``state_dir/audit.key`` (made 0600).
+
+    A key is generated only when ``create`` and no signed log exists at ``log_path``: a log
+    restored from a backup (which leaves the key out) must be extended with the key it was
+    signed with, never with a new one that could not verify it.
+    """
     value = secret(key_env, "alerts.audit.key_env", optional=True)  # else the key file
     if value:
         return value.encode()
@@ -67,12 +74,35 @@ def load_key(key_env: str, state_dir: Path, *, create: bool = True) -> bytes:
         return path.read_bytes().strip()
     if not create:
         raise AuditError(f"no audit key: ${key_env} is not set and {path} does not exist")
+    if log_path is not None and has_checkpoint(log_path):
+        raise AuditError(
+            f"{log_path} is signed with a key that is not here: ${key_env} is not set and "
+            f"{path} does not exist (backups leave the key out). Set ${key_env}, or copy the "
+            f"original audit.key to {path}; a new key could never verify this log"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32))
     log.warning("audit: $%s not set; generated a signing key in %s (mode 0600)", key_env, path)
     return path.read_bytes().strip()
+
+
+def lock_path(log: Path) -> Path:
+    """The lock file writers of the log at ``log`` hold while they append."""
+    return Path(str(log) + ".lock")
+
+
+def has_checkpoint(path: Path) -> bool:
+    """Whether the log at ``path`` holds a signed checkpoint (canonical JSON, so a plain scan)."""
+    needle = b'"event":"' + CHECKPOINT.encode() + b'"'
+    try:
+        with path.open("rb") as fh:
+            return any(needle in line for line in fh)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc}") from exc
 
 
 @dataclass
@@ -112,7 +142,7 @@ class AuditLog:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._lock, open(str(self.path) + ".lock", "a") as lk:
+        with self._lock, lock_path(self.path).open("a") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             try:
                 self._catch_up()
@@ -231,9 +261,10 @@ def audit_log_from_config(cfg: AlertsConfig) -> AuditLog:
     """
     state_dir = cfg.state_dir or cfg.feed.parent / f"{cfg.feed.stem}-state"
     env = cfg.audit.key_env
+    path = cfg.audit.path or state_dir / "audit.jsonl"
     return AuditLog(
-        cfg.audit.path or state_dir / "audit.jsonl",
-        load_key(env, state_dir),
+        path,
+        load_key(env, state_dir, log_path=path),
         cfg.audit.checkpoint_every,
         key_source=f"${env}" if os.environ.get(env) else f"{state_dir / 'audit.key'}",
     )

@@ -22,7 +22,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from meterwatch.alerts.model import Alert, fingerprint, iso, parse_iso
 from meterwatch.alerts.silence import Silence, SilenceStore
 from meterwatch.alerts.sla import SlaPolicy, SlaRule, due_escalations, record_step
 from meterwatch.core.catalogue import CATALOGUE
-from meterwatch.core.errors import AlertNotFound, AlertStateError
+from meterwatch.core.errors import AlertError, AlertNotFound, AlertStateError
 
 if TYPE_CHECKING:
     from meterwatch.alerts.config import AlertsConfig
@@ -67,6 +67,8 @@ def default_state_dir(feed_path: str | Path) -> Path:
     return feed.parent / f"{feed.stem}-state"
 
 
+#: Lock file in the state directory every writer of the feed (and its state files) holds.
+FEED_LOCK = "feed.lock"
 #: File in the state directory where the service records its clock (see :func:`record_clock`).
 CLOCK_FILE = "clock.json"
 #: A running service rewrites the clock file this often [s of wall time]; a record older than
@@ -150,19 +152,27 @@ class AlertManager:
         sla: SlaPolicy | None = None,
         meters: pd.DataFrame | Mapping[str, str | None] | None = None,
         audit: AuditLog | None = None,
+        read_only: bool = False,
     ):
+        """``read_only`` (``alerts list/show/report``): the feed and state are only read; no
+        directory, key or audit log is created or opened, and any change raises AlertError."""
         self.feed_path = Path(feed_path)
-        self.feed_path.parent.mkdir(parents=True, exist_ok=True)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(self.feed_path)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.feed_path.parent.mkdir(parents=True, exist_ok=True)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
         self.auto_resolve = frozenset(auto_resolve_categories)
         self.listeners = list(listeners)
         self.verify_after = int(verify_after_intervals)
         self.flap_hold_s = float(flap_hold_s)
         self.sla = sla or SlaPolicy()
-        self.audit = audit or AuditLog(
-            self.state_dir / "audit.jsonl", load_key("MW_AUDIT_KEY", self.state_dir)
-        )
+        self.audit: AuditLog | None = audit
+        if audit is None and not read_only:
+            log_path = self.state_dir / "audit.jsonl"
+            self.audit = AuditLog(
+                log_path, load_key("MW_AUDIT_KEY", self.state_dir, log_path=log_path)
+            )
         self.silences = SilenceStore(self.state_dir / "silences.jsonl")
         self._silence_stat: tuple[int, int] | None = None
         self._customer_class: dict[str, str | None] = {}
@@ -188,8 +198,11 @@ class AlertManager:
         *,
         listeners: Iterable[Listener] = (),
         meters: pd.DataFrame | Mapping[str, str | None] | None = None,
+        read_only: bool = False,
     ) -> AlertManager:
-        """Build from ``alerts:`` config (state dir, hold, verification, SLA, audit log)."""
+        """Build from ``alerts:`` config (state dir, hold, verification, SLA, audit log).
+
+        ``read_only`` opens no audit log (and so never needs, or generates, its key)."""
         state_dir = cfg.state_dir or default_state_dir(cfg.feed)
         sla = SlaPolicy(
             acknowledge=cfg.sla.acknowledge,
@@ -200,7 +213,7 @@ class AlertManager:
             ),
             escalate_at_fraction=cfg.escalate_at_fraction,
         )
-        audit = audit_log_from_config(cfg)
+        audit = None if read_only else audit_log_from_config(cfg)
         return cls(
             cfg.feed,
             cfg.auto_resolve_categories,
@@ -211,6 +224,7 @@ class AlertManager:
             sla=sla,
             meters=meters,
             audit=audit,
+            read_only=read_only,
         )
 
     def set_meters(self, meters: pd.DataFrame | Mapping[str, str | None]) -> None:
@@ -350,9 +364,10 @@ class AlertManager:
         )
         at = now or starts_at
         with self._locked():
+            audit = self._writable()
             self.silences.add(s)
             self._silence_stat = self._stat(self.silences.path)
-            self.audit.append("silence.created", s.to_json())
+            audit.append("silence.created", s.to_json())
             changes = self._refresh_quiet(at)
             self._commit(changes, at)
         self._notify(changes)
@@ -400,8 +415,15 @@ class AlertManager:
         return self._notify(changes)
 
     def close(self) -> None:
-        """Sign the audit log's head (a checkpoint at close)."""
-        self.audit.close()
+        """Sign the audit log's head (a checkpoint at close); nothing when read-only."""
+        if self.audit is not None:
+            self.audit.close()
+
+    def _writable(self) -> AuditLog:
+        """The audit log, for a change; AlertError when this manager only reads."""
+        if self.audit is None:
+            raise AlertError(f"{self.feed_path}: opened read-only; no change can be made")
+        return self.audit
 
     # -- internals ----------------------------------------------------------------------
 
@@ -571,6 +593,7 @@ class AlertManager:
         """Set quiet state, then append to the feed and the audit log (under the lock)."""
         if not changes:
             return
+        audit = self._writable()
         for _, alert in changes:
             # A resolved alert keeps the quiet state it had while open, so that an alert that
             # was notified also gets its resolution notified (and a quiet one stays quiet).
@@ -591,7 +614,7 @@ class AlertManager:
             if note:
                 payload["note"] = note
             items.append((f"alert.{event}", payload))
-        self.audit.append_many(items)
+        audit.append_many(items)
 
     def _notify(self, changes: Changes) -> Changes:
         visible = [(e, a) for e, a in changes if e not in _SILENT_EVENTS]
@@ -602,14 +625,26 @@ class AlertManager:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Thread lock + cross-process file lock, with the feed re-read up to date."""
-        with self._lock, (self.state_dir / "feed.lock").open("a") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+        """Thread lock + cross-process file lock, with the feed re-read up to date.
+
+        Read-only: a shared lock when the lock file can be opened (a reader without write
+        access to the state directory reads without it: the feed is append-only and only
+        whole lines are read)."""
+        with self._lock, ExitStack() as stack:
+            try:
+                lk = stack.enter_context((self.state_dir / FEED_LOCK).open("a"))
+            except OSError:
+                if not self.read_only:
+                    raise
+                lk = None
+            if lk is not None:
+                fcntl.flock(lk, fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX)
             try:
                 self._sync()
                 yield
             finally:
-                fcntl.flock(lk, fcntl.LOCK_UN)
+                if lk is not None:
+                    fcntl.flock(lk, fcntl.LOCK_UN)
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, int] | None:

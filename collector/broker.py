@@ -31,8 +31,17 @@ class EmbeddedBroker:
         }
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self._broker = Broker(config, loop=asyncio.get_running_loop())
-        await self._broker.start()
+        broker = Broker(config, loop=asyncio.get_running_loop())
+        # amqtt logs a failed start (a port in use) with its traceback before raising it; the
+        # raised error is what the caller reports.
+        amqtt_log = logging.getLogger("amqtt.broker")
+        level = amqtt_log.level
+        amqtt_log.setLevel(logging.CRITICAL)
+        try:
+            await broker.start()
+        finally:
+            amqtt_log.setLevel(level)
+        self._broker = broker
         log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from meterwatch import __version__
-from meterwatch.config import load_config
+from meterwatch.cli_output import fail
+from meterwatch.config import load_config, starter_config
 from meterwatch.core.errors import ConfigError, MeterWatchError
 
 console = Console()
@@ -33,11 +34,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
-
-
 @click.group()
 @click.version_option(__version__, prog_name="meterwatch")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -50,18 +46,27 @@ def main(verbose: bool) -> None:
 @click.option(
     "--config", "config_path", default="config.yaml", show_default=True, type=click.Path()
 )
-@click.option("--duration", type=float, default=None, help="Stop after S wall-clock seconds.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after S wall-clock seconds (> 0).",
+)
 def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
     from meterwatch.console import Progress, print_summary
+    from meterwatch.demo import set_aside_previous_run
     from meterwatch.service import Service
 
     try:
         cfg = load_config(config_path)
+        fresh = set_aside_previous_run(cfg)  # a demo rerun: never replay times into a store
+        if fresh:
+            console.print(fresh, highlight=False)
         progress = Progress(console)
         service = Service(cfg, on_alert=progress.on_alert, on_tick=progress.tick)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
 
     async def _main() -> object:
@@ -78,7 +83,10 @@ def run(config_path: str, duration: float | None) -> None:
         + ("" if duration else "; Ctrl-C to stop"),
         highlight=False,
     )
-    summary = asyncio.run(_main())
+    try:
+        summary = asyncio.run(_main())
+    except MeterWatchError as exc:  # a port in use, a store that cannot be opened ...
+        fail(exc)
     print_summary(console, summary)  # type: ignore[arg-type]
 
 
@@ -95,10 +103,12 @@ def config_check(file: str) -> None:
         cfg = load_config(file)
     except ConfigError as exc:
         err_console.print(
-            f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)", highlight=False
+            f"[bold red]error:[/] {exc.source}: {len(exc.problems)} problem(s)",
+            highlight=False,
+            soft_wrap=True,
         )
         for path, msg in exc.problems:
-            err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False)
+            err_console.print(f"  [yellow]{path}[/]: {msg}", highlight=False, soft_wrap=True)
         sys.exit(1)
     sim = (
         "simulated fleet"
@@ -109,6 +119,34 @@ def config_check(file: str) -> None:
     )
     console.print(
         f"{file}: OK ({sim}, store {cfg.storage.backend} at {cfg.storage.path})", highlight=False
+    )
+
+
+@config.command("init")
+@click.argument("file", default="config.yaml", type=click.Path(dir_okay=False))
+@click.option("--demo", is_flag=True, help="The simulated demo instead of real meters.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def config_init(file: str, demo: bool, force: bool) -> None:
+    """Write a commented starter config to FILE (default config.yaml).
+
+    Without --demo: real meters behind a Modbus TCP gateway, a meter registry file and the
+    embedded store, for a field gateway; edit the gateway, devices and meters.csv, then
+    `meterwatch config check FILE`. With --demo: the simulated demo `make run` runs.
+    """
+    path = Path(file)
+    if path.exists() and not force:
+        fail(MeterWatchError(f"{path} exists; use --force to overwrite it"))
+    text = starter_config("demo" if demo else "gateway")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(MeterWatchError(f"{path}: cannot write: {exc.strerror or exc}"))
+    what = (
+        "the simulated demo" if demo else "real meters: edit the gateway, its devices, meters.csv"
+    )
+    console.print(
+        f"wrote {path} ({what}); check it with `meterwatch config check {path}`", highlight=False
     )
 
 
@@ -231,7 +269,7 @@ def _simulate_real(
                 seed=seed,
             )
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     path = write_simulation(out, data.readings, data.registry, data.labels, fmt)
     n = data.counts
@@ -327,6 +365,13 @@ def analyze(
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
         warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
+        if readings.empty:
+            err_console.print(
+                f"[yellow]warning:[/] {readings_path} holds no readings (a header only?): "
+                f"nothing to analyze; {out_path} is written empty",
+                highlight=False,
+                soft_wrap=True,
+            )
         detectors = default_detectors(params)
         with rich.progress.Progress(
             *rich.progress.Progress.get_default_columns(),
@@ -364,7 +409,7 @@ def analyze(
                 )
             )
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     out = Path(out_path)
     if out.exists():

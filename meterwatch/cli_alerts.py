@@ -32,6 +32,7 @@ from meterwatch.alerts.manager import AlertManager, default_state_dir, service_t
 from meterwatch.alerts.model import Alert, iso, parse_iso
 from meterwatch.alerts.report import on_time_report
 from meterwatch.alerts.silence import parse_matchers
+from meterwatch.cli_output import fail
 from meterwatch.config import AlertsConfig, load_config, parse_duration
 from meterwatch.core.errors import MeterWatchError
 
@@ -104,11 +105,6 @@ def _since(manager: AlertManager, text: str | None) -> datetime | None:
     return since
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(code)
-
-
 def _alerts_config(config_path: str | None, feed: str | None) -> AlertsConfig:
     """The ``alerts:`` section of ``--config`` (default config.yaml if present), ``--feed`` wins."""
     path = config_path or "config.yaml"
@@ -122,32 +118,38 @@ def _alerts_config(config_path: str | None, feed: str | None) -> AlertsConfig:
     return cfg
 
 
-def _feed_options(fn: F) -> F:
-    @click.option(
-        "--config",
-        "config_path",
-        default=None,
-        type=click.Path(dir_okay=False),
-        help="Config file whose alerts: section to use [default: config.yaml if present].",
-    )
-    @click.option("--feed", default=None, type=click.Path(dir_okay=False), help="Alert feed.")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, config_path: str | None, feed: str | None, **kw: Any) -> Any:
-        try:
-            cfg = _alerts_config(config_path, feed)
-            manager = AlertManager.from_config(cfg)
-        except MeterWatchError as exc:
-            _fail(exc)
-            return None
-        try:
-            return fn(*args, manager=manager, **kw)
-        except MeterWatchError as exc:
-            _fail(exc)
-            return None
-        finally:
-            manager.close()
+def _feed_options(fn: F | None = None, *, read_only: bool = False) -> Any:
+    """``--config``/``--feed`` and the AlertManager they name; ``read_only`` for commands that
+    only look (no audit log is opened, so no key is needed, and nothing is written)."""
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(fn: F) -> F:
+        @click.option(
+            "--config",
+            "config_path",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Config file whose alerts: section to use [default: config.yaml if present].",
+        )
+        @click.option("--feed", default=None, type=click.Path(dir_okay=False), help="Alert feed.")
+        @functools.wraps(fn)
+        def wrapper(*args: Any, config_path: str | None, feed: str | None, **kw: Any) -> Any:
+            try:
+                cfg = _alerts_config(config_path, feed)
+                manager = AlertManager.from_config(cfg, read_only=read_only)
+            except MeterWatchError as exc:
+                fail(exc)
+                return None
+            try:
+                return fn(*args, manager=manager, **kw)
+            except MeterWatchError as exc:
+                fail(exc)
+                return None
+            finally:
+                manager.close()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _quiet_text(a: Alert) -> str:
@@ -194,7 +196,7 @@ def _filters(fn: F) -> F:
 @alerts.command("list")
 @_filters
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@_feed_options
+@_feed_options(read_only=True)
 def list_cmd(
     manager: AlertManager,
     status: str | None,
@@ -237,7 +239,7 @@ def list_cmd(
 @alerts.command("show")
 @click.argument("alert_id")
 @click.option("--json", "as_json", is_flag=True, help="The alert as JSON.")
-@_feed_options
+@_feed_options(read_only=True)
 def show_cmd(manager: AlertManager, alert_id: str, as_json: bool) -> None:
     """Show one alert (id or a unique prefix) with its evidence and history fields."""
     alert = manager.get(alert_id)
@@ -342,7 +344,7 @@ def silence_cmd(
     help="Judge open deadlines at this ISO instant [default: as for ack --at].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Rows as a JSON array.")
-@_feed_options
+@_feed_options(read_only=True)
 def report_cmd(
     manager: AlertManager,
     status: str | None,
@@ -403,7 +405,7 @@ def audit_verify(
         key = load_key(cfg.audit.key_env, key_dir, create=False)
         res = verify(path, key)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         click.echo(

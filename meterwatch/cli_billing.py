@@ -1,6 +1,8 @@
 """`meterwatch export billing` and `meterwatch vee edit`: validated readings, determinants, edits.
 
-Both work on the embedded store named by the config (``storage.path``). Every estimate
+Both work on the store the config names (``storage``): the embedded store (through the
+running service when it holds the file, meterwatch/control.py) or InfluxDB, which keeps only the
+latest data version of an interval (earlier ones stay in the audit log). Every estimate
 written by an export and every manual edit is appended to the tamper-evident audit log of
 the alert manager (``alerts.audit``; :class:`alerts.audit.AuditLog`). Columns are
 documented in ``docs/billing.md``.
@@ -9,7 +11,6 @@ documented in ``docs/billing.md``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,15 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from meterwatch.cli_output import fail
 from meterwatch.config import Config, load_config
 from meterwatch.core.catalogue import types_in
-from meterwatch.core.errors import MeterWatchError, StorageError
+from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
 _DAY = pd.Timedelta(days=1)
 BILLING_TYPES = frozenset(types_in("billing"))
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
 
 
 # ------------------------------------------------------------------------ shared helpers
@@ -206,15 +203,12 @@ def _period(value: str, tz: str, what: str) -> pd.Timestamp:
     return t.tz_convert("UTC")
 
 
-def _store(cfg: Config) -> Any:
-    from meterwatch.storage.embedded import EmbeddedStore
+def _store(cfg: Config, meters: pd.DataFrame | None = None) -> Any:
+    """The configured store (``meters``: InfluxDB tags), through the running service if it
+    holds the embedded store (meterwatch/control.py)."""
+    from meterwatch.control import open_store
 
-    if cfg.storage.backend != "embedded":
-        raise StorageError(
-            f"billing export and VEE edits use the embedded store; storage.backend is "
-            f"{cfg.storage.backend!r}"
-        )
-    return EmbeddedStore(cfg.storage.path)
+    return open_store(cfg.storage, meters)
 
 
 #: VEE event code -> billing alert type (contracts §3).
@@ -265,9 +259,9 @@ def export_billing(
         meters = load_meters(cfg, meters_path)
         history = pd.Timedelta(days=max(cfg.vee.like_day_search_days, cfg.vee.usage_history_days))
         interval = pd.Timedelta(seconds=cfg.vee.interval)
-        store = _store(cfg)
+        store = _store(cfg, meters)
         try:
-            with console.status(f"reading {cfg.storage.path}"):
+            with console.status("reading the stored readings"):
                 readings = store.read_readings(start=start - history, end=end + interval * 2)
             now = None if cfg.clock.start is not None else pd.Timestamp.now(tz="UTC")
             with console.status(f"validating {len(readings)} readings"):
@@ -312,7 +306,7 @@ def export_billing(
         finally:
             audit.close()
     except (MeterWatchError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
         return
     q = iv["quality"].value_counts().to_dict()
     console.print(
@@ -346,7 +340,8 @@ def vee_edit(meter_id: str, ts: str, kwh: float, by: str, reason: str, config_pa
             raise MeterWatchError("--by and --reason must not be empty")
         cfg = load_config(config_path)
         t = _period(ts, "UTC", "--ts")
-        store = _store(cfg)
+        # InfluxDB tags the edit from the registry, so it replaces the interval's point.
+        store = _store(cfg, load_meters(cfg, None) if cfg.storage.backend == "influx" else None)
         try:
             prior = store.read_validated_readings([meter_id], t, t + pd.Timedelta(microseconds=1))
             if prior.empty:
@@ -386,7 +381,7 @@ def vee_edit(meter_id: str, ts: str, kwh: float, by: str, reason: str, config_pa
         finally:
             audit.close()
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(
         f"{meter_id} {t.strftime('%Y-%m-%dT%H:%M:%SZ')}: {before['kwh']} kWh "

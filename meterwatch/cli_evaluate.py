@@ -188,10 +188,13 @@ def _evaluate_simulated(
     from meterwatch.simulators.scenarios import build_scenario
 
     t0 = time.perf_counter()
-    with console.status("building the scenario") as status:
-        scenario = build_scenario(
-            meters, days, interval, seed, per_type, progress=lambda s: status.update(s)
-        )
+    try:
+        with console.status("building the scenario") as status:
+            scenario = build_scenario(
+                meters, days, interval, seed, per_type, progress=lambda s: status.update(s)
+            )
+    except ValueError as exc:  # sizes the scenario cannot be built with, named by it
+        raise click.UsageError(str(exc)) from None
     t_sim = time.perf_counter() - t0
     detectors = default_detectors()
     parts = []

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import click
 from rich.console import Console
 
+from meterwatch.cli_output import fail
 from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
 
 
 def _print(reading: Mapping[str, Any], as_json: bool) -> None:
@@ -68,9 +63,9 @@ def probe_modbus(
     from meterwatch.collector.probe import probe_modbus_once
 
     if transport != "serial" and not host:
-        _fail(click.UsageError(f"--host is required with --transport {transport}"))
+        fail(click.UsageError(f"--host is required with --transport {transport}"))
     if transport == "serial" and not serial_port:
-        _fail(click.UsageError("--serial-port is required with --transport serial"))
+        fail(click.UsageError("--serial-port is required with --transport serial"))
     try:
         reading = asyncio.run(
             probe_modbus_once(
@@ -86,7 +81,7 @@ def probe_modbus(
             )
         )
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     _print(reading, as_json)
 
@@ -137,7 +132,7 @@ def probe_dlt645(
     from meterwatch.collector.probe import probe_dlt645_once
 
     if bool(host) == bool(serial_port):
-        _fail(
+        fail(
             click.UsageError(
                 "give either --host (a serial device server) or --serial-port (a local port), "
                 + ("not both" if host else "one of them")
@@ -162,7 +157,7 @@ def probe_dlt645(
             )
         )
     except (MeterWatchError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
         return
     _print(reading, as_json)
 
@@ -210,7 +205,7 @@ def probe_mqtt(
             password=os.environ.get(password_env) if password_env else None,
         )
     except (MeterWatchError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
         return
     for i, reading in enumerate(readings):
         if i and not as_json:

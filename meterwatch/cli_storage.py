@@ -1,44 +1,21 @@
-"""`meterwatch backup` and `meterwatch restore`: the embedded store and alert state to Parquet and back.
+"""`meterwatch backup` and `meterwatch restore`: everything the service keeps, to a directory and back.
 
-Paths come from the config (``storage.path``, ``alerts.feed``, ``alerts.state_dir``); the backup
-layout is described in :mod:`storage.backup`. Both refuse to overwrite existing data unless
-``--force``. Run them while the service is stopped (DuckDB lets one process write a store file).
+Paths come from the config (``storage``, ``alerts``); what is copied and how is in
+:mod:`meterwatch.backup`. Backup works while the service runs (both backends); restore needs it
+stopped. Both refuse to overwrite existing data unless ``--force``.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import click
 from rich.console import Console
 
-from meterwatch.config import Config, load_config
+from meterwatch.cli_output import fail
+from meterwatch.config import load_config
 from meterwatch.core.errors import MeterWatchError
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _load(config_path: str) -> Config:
-    cfg = load_config(config_path)
-    if cfg.storage.backend != "embedded":
-        raise click.UsageError(
-            f"{config_path}: storage.backend is {cfg.storage.backend}; backup/restore work on the "
-            "embedded store (back up InfluxDB with its own tools: influxd backup / influx backup)"
-        )
-    return cfg
-
-
-def _state_dir(cfg: Config) -> Path:
-    from meterwatch.alerts.manager import default_state_dir
-
-    return cfg.alerts.state_dir or default_state_dir(cfg.alerts.feed)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2)
 
 
 @click.command("backup")
@@ -46,24 +23,30 @@ def _fail(exc: Exception) -> None:
 @click.option("--config", "config_path", default="config.yaml", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing non-empty backup directory.")
 def backup_cmd(out: str, config_path: str, force: bool) -> None:
-    """Write the embedded store's readings (and the alert feed and state) to Parquet in OUT."""
-    from meterwatch.storage.backup import backup
+    """Write everything the service keeps (store tables, alert feed, state, audit log) to OUT.
+
+    Works while the service runs: it takes a consistent snapshot of its store.
+    """
+    from meterwatch.backup import backup
 
     try:
-        cfg = _load(config_path)
-        result = backup(
-            cfg.storage.path,
-            out,
-            alert_feed=cfg.alerts.feed,
-            alert_state_dir=_state_dir(cfg),
-            force=force,
-        )
+        cfg = load_config(config_path)
+        with console.status(f"backing up to {out}"):
+            report = backup(cfg, out, force=force)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
+    tables = ", ".join(f"{n} {name}" for name, n in report.tables.items()) or "no records"
+    pending = ", ".join(f"{n} {name}" for name, n in report.pending.items())
     console.print(
-        f"backed up {result.rows} readings from {cfg.storage.path} and {result.alert_files} "
-        f"alert file(s) → {result.path}",
+        f"backed up {tables} from {report.how}"
+        + (f" (incl. pending in spools: {pending})" if pending else "")
+        + f", and {len(report.alert_files)} alert file(s) → {report.path}",
+        highlight=False,
+    )
+    console.print(
+        f"not in the backup: the audit key (keep ${cfg.alerts.audit.key_env} or "
+        "the original audit.key safe; restore needs it)",
         highlight=False,
     )
 
@@ -71,25 +54,29 @@ def backup_cmd(out: str, config_path: str, force: bool) -> None:
 @click.command("restore")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--config", "config_path", default="config.yaml", show_default=True)
-@click.option("--force", is_flag=True, help="Replace readings and alert feed that exist.")
+@click.option("--force", is_flag=True, help="Replace the store's records and alert files.")
 def restore_cmd(src: str, config_path: str, force: bool) -> None:
-    """Load backup SRC into the embedded store (and the alert feed and state)."""
-    from meterwatch.storage.backup import restore
+    """Load backup SRC into the store and alert files the config names (service stopped)."""
+    from meterwatch.backup import restore
 
     try:
-        cfg = _load(config_path)
-        result = restore(
-            src,
-            cfg.storage.path,
-            alert_feed=cfg.alerts.feed,
-            alert_state_dir=_state_dir(cfg),
-            force=force,
-        )
+        cfg = load_config(config_path)
+        with console.status(f"restoring {src}"):
+            report = restore(cfg, src, force=force)
     except MeterWatchError as exc:
-        _fail(exc)
+        fail(exc)
         return
+    tables = ", ".join(f"{n} {name}" for name, n in report.tables.items()) or "no records"
     console.print(
-        f"restored {result.rows} readings into {result.path} and {result.alert_files} alert "
-        f"file(s) from {src}",
+        f"restored {tables} into {report.path} and {len(report.alert_files)} alert file(s) "
+        f"from {src}",
         highlight=False,
     )
+    if report.audit.get("verified"):
+        console.print(
+            f"audit log verified: {report.audit['entries']} entries, "
+            f"{report.audit['checkpoints']} signed checkpoint(s)",
+            highlight=False,
+        )
+    for note in report.notes:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)

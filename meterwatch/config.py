@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_duration",
+    "starter_config",
 ]
 
 
@@ -200,13 +202,23 @@ def parse_config(data: Any, source: str = "config") -> Config:
         raise ConfigError(source, _problems(exc)) from None
 
 
+def starter_config(name: str) -> str:
+    """The text of a config shipped in the package: ``gateway`` (real meters, commented) or
+    ``demo`` (the simulated demo, the repository's config.yaml)."""
+    return (files("meterwatch") / "data" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file. Relative paths in it stay relative to the CWD."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(p), [("(file)", "not found")]) from None
+        hint = (
+            f"not found; `meterwatch config init {p}` writes a starter config there (real "
+            "meters), `meterwatch config init --demo` the simulated demo"
+        )
+        raise ConfigError(str(p), [("(file)", hint)]) from None
     except OSError as exc:
         raise ConfigError(str(p), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
     try:

@@ -7,8 +7,12 @@ periodically is in scheduling.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,10 +23,45 @@ from meterwatch.alerts.manager import CLOCK_HEARTBEAT_S, record_clock
 from meterwatch.alerts.model import Alert
 from meterwatch.collector.modbus import failing_meters
 from meterwatch.config import Config
+from meterwatch.control import ControlServer, socket_path
+from meterwatch.core.errors import ConfigError, MeterWatchError
 from meterwatch.scheduling import Jobs, Scheduler
+from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.wiring import build, build_all_sources, embedded_broker, http_server
 
 log = logging.getLogger(__name__)
+
+
+def _in_use(host: str, port: int) -> bool:
+    """Whether another socket listens on ``host:port`` (binding there fails with EADDRINUSE)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    finally:
+        probe.close()
+    return False
+
+
+@contextmanager
+def listening(setting: str, host: str, port: int) -> Iterator[None]:
+    """A server that cannot start listening is a ConfigError naming ``setting`` and the address
+    (libraries raise anything from OSError to RuntimeError, some without the port)."""
+    try:
+        yield
+    except MeterWatchError:
+        raise
+    except Exception as exc:
+        why = (
+            "the address is already in use (another program, or another meterwatch, listens "
+            "there); stop it or choose another port"
+            if port and _in_use(host, port)
+            else str(exc)
+        )
+        section = setting.rsplit(".", 1)[0]
+        raise ConfigError(section, [(setting, f"cannot listen on {host}:{port}: {why}")]) from None
 
 
 @dataclass
@@ -53,6 +92,7 @@ class Service:
         self.c = build(cfg, listeners=[self._alert_event])
         self.jobs = Jobs(self.c)
         self.scheduler = Scheduler(self.c)
+        self._started = False  # every component started (the stop then runs the final jobs)
         self.c.writer.listeners.append(self.jobs.count_unknown)
         if self.c.analytics_enabled:
             # Streaming detectors judge every stored batch (off the ingest path: the writer
@@ -100,7 +140,11 @@ class Service:
         stop = stop or asyncio.Event()
         wall0 = time.monotonic()
         start = self.c.clock.now()
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop_after_failed_start()
+            raise
         try:
             deadline = None if duration_s is None else wall0 + duration_s
             last_clock = -CLOCK_HEARTBEAT_S
@@ -163,16 +207,23 @@ class Service:
     async def _start(self) -> None:
         """Storage first, then the broker, subscribers, simulated meters, pollers and jobs."""
         c, cfg = self.c, self.cfg
+        if isinstance(c.store, EmbeddedStore):
+            # Backup and export while the service holds the store (DuckDB: one process).
+            c.control = ControlServer(socket_path(cfg.storage), c.store)
+            await c.control.start()
         c.writer.start()
         if c.alert_sink is not None:
             c.alert_sink.start()
         c.broker = embedded_broker(cfg)
         if c.broker is not None:
-            await c.broker.start()
+            with listening("collector.mqtt.port", cfg.collector.mqtt.host, cfg.collector.mqtt.port):
+                await c.broker.start()
         if c.simulator is not None:
             # The Modbus simulator listens first (pollers need its port); MQTT meters publish
             # only once the simulator runs, after the subscriptions below.
-            await c.simulator.listen()
+            sim = cfg.simulator.modbus
+            with listening("simulator.modbus.port", sim.host, sim.port):
+                await c.simulator.listen()
         c.sources = build_all_sources(c, self._report_findings)
         for source in c.service_sources:
             await source.start()  # subscribe before simulated meters publish: nothing lost
@@ -198,6 +249,7 @@ class Service:
             c.alerts.listeners.append(c.http)
             c.http.start()
         self.scheduler.start()
+        self._started = True
         log.info(
             "running: %d meters, %d sources, analytics every %.0f s",
             len(c.registry),
@@ -215,18 +267,8 @@ class Service:
             await c.simulator.stop()
             await self._drain_simulated_mqtt()
         await c.writer.close()
-        # One last pass over everything stored: an episode that ended after the last scheduled
-        # run (runs are coalesced when they take longer than the interval) is still reported.
-        try:
-            if c.analytics_enabled:
-                await self.jobs.analyze_once()
-        except Exception:
-            log.exception("final analytics run at stop failed")
-        # Validated readings up to the last completed interval, a last health snapshot, and
-        # the alert events of this run, before the store closes.
-        await self.jobs.validate()
-        if self.cfg.storage.health_interval:
-            await self.jobs.write_health()
+        if self._started:
+            await self._final_jobs()
         if c.alert_sink is not None:
             await c.alert_sink.close()
         for source in c.service_sources:
@@ -247,7 +289,32 @@ class Service:
             c.spool.close()
         if c.metrics is not None:
             c.metrics.stop()
+        if c.control is not None:
+            await c.control.stop()
         c.store.close()
+
+    async def _final_jobs(self) -> None:
+        """Last analytics, validation and health of a run, before the store closes."""
+        # One last pass over everything stored: an episode that ended after the last scheduled
+        # run (runs are coalesced when they take longer than the interval) is still reported.
+        try:
+            if self.c.analytics_enabled:
+                await self.jobs.analyze_once()
+        except Exception:
+            log.exception("final analytics run at stop failed")
+        # Validated readings up to the last completed interval, a last health snapshot, and
+        # the alert events of this run, before the store closes.
+        await self.jobs.validate()
+        if self.cfg.storage.health_interval:
+            await self.jobs.write_health()
+
+    async def _stop_after_failed_start(self) -> None:
+        """Release what a start that failed (a port in use ...) had opened; its error is the
+        one reported, so a failure here is only logged."""
+        try:
+            await self._stop()
+        except Exception as exc:
+            log.warning("cleanup after the failed start: %s", exc)
 
     async def _drain_simulated_mqtt(self, timeout_s: float = 10.0) -> None:
         """Wait until the collector has received every message the broker acknowledged."""

@@ -33,6 +33,7 @@ from meterwatch.collector.sources import (
 )
 from meterwatch.collector.writer import ReadingWriter
 from meterwatch.config import Config
+from meterwatch.control import ControlServer
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import secret
 from meterwatch.core.registry import RegistrySummary, inspect_registry, load_registry
@@ -74,6 +75,7 @@ class Components:
     broker: EmbeddedBroker | None = None
     metrics: MetricsServer | None = None
     http: AlertHttpServer | None = None
+    control: ControlServer | None = None
     sources: list[Source] = field(default_factory=list)
 
     @property
@@ -137,8 +139,7 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
     # next to the spool when there is one, else next to the embedded store file.
     alert_sink = None
     if isinstance(store, RecordStore):
-        outbox = cfg.storage.spool.path if cfg.storage.uses_spool else cfg.storage.path.parent
-        alert_sink = AlertEventSink(store, stats, outbox / "alert-events")
+        alert_sink = AlertEventSink(store, stats, cfg.storage.alert_events_dir)
         alerts.listeners.append(alert_sink)
     params = cfg.analytics.detector_params()
     interval = for_clock(build_detectors(params, ("interval", "streaming")), clock.speed)

@@ -73,6 +73,12 @@ class StorageConfig(Section):
         return self
 
     @property
+    def alert_events_dir(self) -> Path:
+        """The alert-event outbox (storage/event_sink.py): next to the spool when there is one,
+        else next to the embedded store file."""
+        return (self.spool.path if self.uses_spool else self.path.parent) / "alert-events"
+
+    @property
     def uses_spool(self) -> bool:
         """Whether readings go through the spool (always for influx; opt-in for embedded)."""
         if self.spool.enabled is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -389,6 +390,17 @@ class EmbeddedStore:
                 return self._con.execute(sql, params).df()
             except duckdb.Error as exc:
                 raise StorageError(f"embedded store {self.path}: read failed: {exc}") from exc
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A second connection to this store for a long read (a backup) that must not hold up
+        writes: in a transaction of its own it sees one consistent snapshot (DuckDB MVCC)."""
+        with self._lock:
+            con = self._con.cursor()
+        try:
+            yield con
+        finally:
+            con.close()
 
     def close(self) -> None:
         with self._lock:

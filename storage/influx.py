@@ -599,6 +599,27 @@ class InfluxStore:
         out = normalize_health(raw if raw is not None else pd.DataFrame())
         return out.sort_values(["ts", "gateway"], kind="stable").reset_index(drop=True)
 
+    def tag_values(self, measurement: str, key: str) -> list[str]:
+        """Sorted values of tag ``key`` in ``measurement`` (e.g. every meter id), for chunked reads."""
+        source = _influxql_ident(measurement)
+        if self.retention_policy:
+            source = f"{_influxql_ident(self.retention_policy)}.{source}"
+        with self._lock:
+            frames = self._query(f"SHOW TAG VALUES FROM {source} WITH KEY = {_influxql_ident(key)}")
+        return sorted({str(v) for f in frames if "value" in f for v in f["value"]})
+
+    def has_points(self, measurement: str, since: datetime | pd.Timestamp | None = None) -> bool:
+        """Whether ``measurement`` holds any point (at or after ``since``): a restore, or a
+        rerun of a simulated clock, refuses to write over data."""
+        clauses = [] if since is None else [f"time >= {_epoch_ns(since)}"]
+        with self._lock:
+            frames = self._query(self._select(measurement, clauses, "*") + " LIMIT 1")
+        return any(not f.empty for f in frames)
+
+    def target_name(self) -> str:
+        """The database (v1) or bucket (v2) and server, for messages."""
+        return self._target_name()
+
     def _query(self, q: str) -> list[pd.DataFrame]:
         db = self.database if self.flavor == "v1" else self.bucket
         params: dict[str, str] = {

@@ -30,6 +30,7 @@ instead of silently dropping the quantity here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -176,6 +177,41 @@ def encode_readings(
         skipped_empty=int(empty.sum()),
         skipped_invalid=int(invalid.sum()),
     )
+
+
+#: Separators of line protocol not preceded by a backslash (escaped ones belong to the text).
+_UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+_ESCAPED = re.compile(r"\\([,= ])")
+
+
+def decode_readings(body: bytes) -> pd.DataFrame:
+    """The readings of a line-protocol batch :func:`encode_readings` wrote, as a canonical
+    frame (``meter_id``, ``ts`` and the quantities and times the lines carry; other tags are
+    the registry's and left out).
+
+    For reading back what the spool holds for InfluxDB (a backup of pending rows): Python per
+    line, not a hot path.
+    """
+    records: list[dict[str, object]] = []
+    for line in body.decode("utf-8").splitlines():  # loop over lines (backup only)
+        if not line:
+            continue
+        key, fields, ts = _UNESCAPED_SPACE.split(line)
+        record: dict[str, object] = {"ts": int(ts)}
+        for tag in _UNESCAPED_COMMA.split(key)[1:]:
+            name, _, value = tag.partition("=")
+            if name == "meter_id":
+                record["meter_id"] = _ESCAPED.sub(r"\1", value)
+        for field in fields.split(","):
+            name, _, value = field.partition("=")
+            record[name] = int(value[:-1]) if value.endswith("i") else float(value)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    for col in ("ts", *READING_TIME_COLUMNS):
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    return with_time_columns(frame)
 
 
 def _epoch_ns(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

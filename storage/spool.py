@@ -51,6 +51,7 @@ import pyarrow as pa
 
 from meterwatch.core.errors import SpoolFullError, StorageError
 from meterwatch.core.schema import with_time_columns
+from meterwatch.storage.line_protocol import decode_readings
 
 SPOOL_FILE = "spool.sqlite3"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -73,7 +74,9 @@ class SpoolBatch:
         return sum(n for _, n in self.bodies)
 
 
-def _encode(frame: pd.DataFrame) -> bytes:
+def encode_frame(frame: pd.DataFrame) -> bytes:
+    """A frame as an Arrow IPC stream (zstd): how the spool stores it (and the control socket
+    sends it)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
@@ -81,7 +84,8 @@ def _encode(frame: pd.DataFrame) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _decode(data: bytes) -> pd.DataFrame:
+def decode_frame(data: bytes) -> pd.DataFrame:
+    """The frame :func:`encode_frame` wrote."""
     with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
         return reader.read_all().to_pandas()
 
@@ -175,7 +179,7 @@ class Spool:
         """
         if self._bytes >= self.max_bytes:
             raise SpoolFullError(self.file, self._bytes, self.max_bytes)
-        return self._insert(_encode(frame), len(frame), encoded=False)
+        return self._insert(encode_frame(frame), len(frame), encoded=False)
 
     def append_encoded(self, body: bytes, rows: int) -> int:
         """Store a batch already encoded for the store (line protocol), durably; its seq.
@@ -229,7 +233,7 @@ class Spool:
         if kind:
             bodies = tuple((bytes(d), int(n)) for _, d, n in chosen)
             return SpoolBatch(int(chosen[-1][0]), len(chosen), None, bodies)
-        frames = [_decode(d) for _, d, _ in chosen]
+        frames = [decode_frame(d) for _, d, _ in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         return SpoolBatch(int(chosen[-1][0]), len(chosen), self._normalize(frame))
 
@@ -261,6 +265,31 @@ class Spool:
                 self._con.close()
             except sqlite3.Error:
                 pass
+
+
+def read_pending(
+    file: Path, normalize: Callable[[pd.DataFrame], pd.DataFrame] = with_time_columns
+) -> pd.DataFrame | None:
+    """Everything waiting in the spool ``file``, oldest first, left in place (a backup); None
+    when there is nothing. A read-only connection in one read transaction: the process that owns
+    the spool may append and drain meanwhile."""
+    if not file.exists():
+        return None
+    try:
+        con = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            cols = {r[1] for r in con.execute("PRAGMA table_info(batches)").fetchall()}
+            kind = "encoded" if "encoded" in cols else "0"
+            blobs = con.execute(f"SELECT data, {kind} FROM batches ORDER BY seq").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"spool {file}: read failed: {exc}") from exc
+    if not blobs:
+        return None
+    # Batches spooled for InfluxDB are line protocol already (storage.line_protocol).
+    frames = [decode_readings(bytes(d)) if enc else decode_frame(d) for d, enc in blobs]
+    return normalize(pd.concat(frames, ignore_index=True))
 
 
 async def drain_forever(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from meterwatch.alerts.delivery.outbox import Notification, Outbox
+from meterwatch.alerts.delivery.outbox import OUTBOX_FILE, Notification, Outbox
 from meterwatch.alerts.delivery.sinks import Sink
 from meterwatch.alerts.model import Alert
 from meterwatch.core.errors import DeliveryError
@@ -52,7 +52,7 @@ class Dispatcher:
             if sink.name in self.sinks:
                 raise ValueError(f"two delivery sinks named {sink.name!r}")
             self.sinks[sink.name] = sink
-        self.outbox = Outbox(Path(state_dir) / "outbox.sqlite")
+        self.outbox = Outbox(Path(state_dir) / OUTBOX_FILE)
         self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
         self.give_up_after_s = give_up_after_s
         self.poll_s = poll_s

@@ -80,6 +80,10 @@ def notification_key(alert: dict[str, Any], event: str) -> str:
     return f"{alert['id']}:{event}:{alert.get('updated_at') or ''}"
 
 
+#: The outbox file in ``alerts.delivery.state_dir``.
+OUTBOX_FILE = "outbox.sqlite"
+
+
 class Outbox:
     """The durable queue of notifications, shared by the dispatcher thread and listeners."""
 

@@ -37,6 +37,11 @@ def test_the_wheel_holds_only_the_meterwatch_namespace(tmp_path: Path) -> None:
         assert f"meterwatch/{pkg}/__init__.py" in names
     assert "meterwatch/protocols/maps/eastron-sdm630.yaml" in names  # package data
     assert "meterwatch/alerts/static/index.html" in names
+    # the starter configs: `config init` (real meters) and the demo, whose file is the
+    # repository's config.yaml (a symlink in the source tree, a plain file in the wheel)
+    wheel_zip = zipfile.ZipFile(wheel)
+    assert wheel_zip.read("meterwatch/data/demo.yaml") == (ROOT / "config.yaml").read_bytes()
+    assert b"gateways:" in wheel_zip.read("meterwatch/data/gateway.yaml")
     assert not any(n.startswith(("meterwatch/tests", "meterwatch/bench")) for n in names)
 
 
@@ -63,3 +68,17 @@ def test_plain_pytest_collects_from_the_root() -> None:
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "tests collected" in out.stdout
+
+
+def test_config_init_works_outside_the_repository(tmp_path: Path) -> None:
+    meterwatch = Path(sys.executable).with_name("meterwatch")
+    run = subprocess.run(
+        [str(meterwatch), "run"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "meterwatch config init" in " ".join(run.stderr.split())
+    for args in (["config", "init"], ["config", "check"]):
+        out = subprocess.run(
+            [str(meterwatch), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout

@@ -181,11 +181,9 @@ def test_generated_key_file_is_private(tmp_path: Path, monkeypatch: pytest.Monke
         load_key("MW_AUDIT_KEY", tmp_path / "other", create=False)
 
 
-def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())
-    am = AlertManager(tmp_path / "alerts.jsonl")
-    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
-    f = pd.DataFrame(
+def register_decrease_finding() -> pd.DataFrame:
+    """One finding: an open register decrease of meter M1."""
+    return pd.DataFrame(
         [
             {
                 "type": "register_decrease",
@@ -199,7 +197,13 @@ def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.Monke
             }
         ]
     )[list(FINDING_COLUMNS)]
-    (event, alert), *_ = am.process(f, now)
+
+
+def test_every_alert_change_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MW_AUDIT_KEY", KEY.decode())
+    am = AlertManager(tmp_path / "alerts.jsonl")
+    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    (event, alert), *_ = am.process(register_decrease_finding(), now)
     am.acknowledge(alert.id, by="li", note="checking", now=now)
     am.resolve(alert.id, by="wang", now=now)
     am.close()
@@ -273,3 +277,46 @@ def test_refuses_to_extend_a_chain_signed_with_another_key(tmp_path: Path) -> No
     assert verify(p, KEY).ok  # nothing was written
     AuditLog(p, KEY).append("x", {})  # the right key continues the chain
     assert verify(p, KEY).ok
+
+
+def test_a_signed_log_without_its_key_is_read_but_never_gets_a_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a restore into a fresh directory looks like (backups leave the key out): reading
+    the feed works and creates nothing; a change refuses, naming where the key must come from,
+    instead of generating a key that could never verify the log."""
+    monkeypatch.delenv("MW_AUDIT_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    feed = tmp_path / "alerts.jsonl"
+    writer = AlertManager(feed)  # no key anywhere: generates one, signs with it at close
+    ((_, alert),) = writer.process(
+        register_decrease_finding(), datetime(2026, 1, 5, 12, tzinfo=UTC)
+    )
+    writer.close()
+    state = tmp_path / "alerts-state"
+    key = (state / "audit.key").read_bytes()
+    (state / "audit.key").unlink()  # as restored from a backup
+    log_before = (state / "audit.jsonl").read_bytes()
+
+    runner = CliRunner()
+    for args in (["list"], ["show", alert.id], ["report", "--at", "2026-01-05T13:00Z"]):
+        res = runner.invoke(main, ["alerts", *args, "--feed", str(feed)])
+        assert res.exit_code == 0, res.output
+        assert "register_decrease" in res.output or "TA01" in res.output
+    ack = runner.invoke(
+        main, ["alerts", "ack", alert.id, "--feed", str(feed), "--at", "2026-01-05T13:00Z"]
+    )
+    assert ack.exit_code == 2
+    assert "$MW_AUDIT_KEY is not set" in " ".join(ack.output.split())
+    assert "Traceback" not in ack.output
+    with pytest.raises(AuditError, match="a new key could never verify"):
+        load_key("MW_AUDIT_KEY", state, log_path=state / "audit.jsonl")
+    assert not (state / "audit.key").exists()
+    assert (state / "audit.jsonl").read_bytes() == log_before  # not even a checkpoint
+
+    (state / "audit.key").write_bytes(key)  # the original key back: work resumes
+    ok = runner.invoke(
+        main, ["alerts", "ack", alert.id, "--feed", str(feed), "--at", "2026-01-05T13:00Z"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert verify(state / "audit.jsonl", key.strip()).ok

@@ -161,3 +161,39 @@ def test_top_level_mqtt_is_read_as_collector_mqtt() -> None:
     assert cfg.collector.mqtt.port == 1999
     with pytest.raises(ConfigError, match="moved to collector.mqtt"):
         parse_config({"mqtt": {}, "collector": {"mqtt": {}}, "simulator": {"enabled": True}})
+
+
+def test_config_init_writes_a_commented_config_for_real_meters_that_check_accepts(
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    path = tmp_path / "etc" / "config.yaml"
+    res = runner.invoke(main, ["config", "init", str(path)])
+    assert res.exit_code == 0, res.output
+    text = path.read_text(encoding="utf-8")
+    assert text.count("#") > 40  # commented
+    cfg = load_config(path)
+    assert not cfg.simulator.enabled and cfg.clock.start is None  # real meters, wall clock
+    (gateway,) = cfg.collector.modbus.gateways
+    assert gateway.transport == "tcp" and gateway.port == 502 and gateway.devices != "simulator"
+    assert cfg.registry.path == Path("meters.csv") and cfg.storage.backend == "embedded"
+    check = runner.invoke(main, ["config", "check", str(path)])
+    assert check.exit_code == 0 and "OK" in check.output, check.output
+
+    path.write_text("site: {name: mine}\n")
+    again = runner.invoke(main, ["config", "init", str(path)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert path.read_text() == "site: {name: mine}\n"  # not overwritten
+    demo = runner.invoke(main, ["config", "init", "--demo", "--force", str(path)])
+    assert demo.exit_code == 0, demo.output
+    assert path.read_text(encoding="utf-8") == (ROOT / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_run_without_a_config_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    said = " ".join(res.output.split())
+    assert "config.yaml: not found" in said and "meterwatch config init" in said

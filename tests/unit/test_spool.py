@@ -275,3 +275,29 @@ def test_writer_keeps_accepted_rows_when_the_spool_fills_at_flush(tmp_path: Path
     stats, acked, spool = asyncio.run(scenario())
     assert spool.depth_rows == 200
     assert stats.snapshot()["spool_full_retries"] == 1
+
+
+def test_a_backup_reads_pending_frames_and_line_protocol_alike(tmp_path: Path) -> None:
+    """The spool of an InfluxDB backend holds line protocol (encoded once at the flush): a
+    backup reads it back as readings, in order with frames spooled before."""
+    from meterwatch.storage.line_protocol import decode_readings, encode_readings
+    from meterwatch.storage.spool import read_pending
+
+    spool = Spool(tmp_path / "spool")
+    first = frame(0, 5)
+    odd = frame(5, 4, meter="meter 2,=x")  # a meter id line protocol must escape
+    odd["device_ts"] = odd["ts"] - pd.Timedelta(seconds=3)
+    body = "\n".join(encode_readings(odd).lines).encode()
+    spool.append(first)
+    spool.append_encoded(body, len(odd))
+    spool.close()
+    back = read_pending(spool.file)
+    assert back is not None and len(back) == 9
+    assert list(back["meter_id"]) == ["M1"] * 5 + ["meter 2,=x"] * 4
+    pd.testing.assert_series_equal(
+        back["ts"], pd.concat([first["ts"], odd["ts"]], ignore_index=True)
+    )
+    decoded = decode_readings(body)
+    for col in ("energy_import_kwh", "power_kw"):
+        np.testing.assert_array_equal(decoded[col].to_numpy(), odd[col].to_numpy())
+    assert (decoded["device_ts"] == odd["device_ts"].reset_index(drop=True)).all()
