@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, ClassVar
 
@@ -53,6 +54,35 @@ REL_TOL32 = 1e-5
 def _tol(values: np.ndarray, thr: np.ndarray) -> np.ndarray:
     rel = REL_TOL32 if getattr(values, "dtype", None) == np.float32 else REL_TOL
     return rel * np.abs(thr)
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """What a detector learned from history: per-meter arrays (first axis = ``ids``) and
+    arrays shared by every meter (e.g. the days a kept series covers)."""
+
+    ids: np.ndarray
+    per_meter: dict[str, np.ndarray]
+    shared: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def rows_for(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each of ``ids`` in this state (-1: the meter was not fitted)."""
+        out: np.ndarray = pd.Index(self.ids).get_indexer(pd.Index(ids))
+        return out
+
+    def take(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-meter arrays for ``ids`` in that order; NaN (0 for integers) for meters
+        that were not fitted."""
+        rows = self.rows_for(ids)
+        ok = rows >= 0
+        r = np.where(ok, rows, 0)
+        out = {}
+        for name, a in self.per_meter.items():
+            picked = a[r] if len(a) else np.zeros((len(ids), *a.shape[1:]), dtype=a.dtype)
+            picked = picked.copy()
+            picked[~ok] = np.nan if np.issubdtype(a.dtype, np.floating) else 0
+            out[name] = picked
+        return out
 
 
 class Detector:
@@ -85,8 +115,23 @@ class Detector:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def fit(self, readings: pd.DataFrame, meters: pd.DataFrame) -> Detector:
-        """Learn state from history; the rule-based detectors learn nothing."""
+        """Learn state from history (a canonical frame and the registry)."""
+        from meterwatch.analytics.window import build_window
+
+        return self.fit_window(build_window(readings, meters))
+
+    def fit_window(self, w: Any) -> Detector:
+        """Learn state from a history window; the rule-based detectors learn nothing."""
         return self
+
+    def state(self) -> FittedState | None:
+        """What ``fit`` learned, to keep (:mod:`meterwatch.analytics.baselines`); None when
+        nothing is learned (or not fitted yet)."""
+        return None
+
+    def load_state(self, state: FittedState) -> Detector:
+        """Take a kept :meth:`state` back (the inverse of :meth:`state`)."""
+        raise TypeError(f"{type(self).__name__} learns nothing from history")
 
     def detect(self, readings: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
         """Findings (one row per episode) with exactly ``FINDING_COLUMNS``.

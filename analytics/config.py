@@ -98,6 +98,8 @@ class AnalyticsConfig(Section):
     # at stop; null: off (billing export still validates on demand)
     validation_interval: Duration | None = Field(86400.0, gt=0)
     detectors: DetectorsConfig = DetectorsConfig()
+    # Where fitted baselines are kept, one file per version (meterwatch baselines fit)
+    baselines_dir: str = "var/baselines"
 
     def detector_params(self) -> dict[str, dict[str, Any]]:
         """The parameters set in the config, by detector key (defaults left out)."""

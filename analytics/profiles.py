@@ -47,6 +47,10 @@ def nanquantiles(a: np.ndarray, qs: tuple[float, ...], axis: int) -> list[np.nda
     return out
 
 
+#: The arrays of a :class:`HourProfile`, as kept in fitted baselines.
+PROFILE_FIELDS: tuple[str, ...] = ("median", "q_lo", "q_hi", "spread", "days")
+
+
 @dataclass(frozen=True)
 class HourProfile:
     """Per meter (row), day type (0 weekday, 1 weekend) and UTC hour: statistics of hourly

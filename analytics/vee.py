@@ -78,6 +78,7 @@ from meterwatch.analytics.window import (
     build_window,
     prev_present,
     register_reads,
+    take_prev,
 )
 from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS
 
@@ -554,6 +555,12 @@ class _Sub:
 
     def __init__(self, w: Window, rows: np.ndarray, i0: int, i1: int, present: np.ndarray):
         self.w, self.rows, self.i0, self.i1 = w, rows, i0, i1
+        #: ``rows`` as a slice when every meter is judged (a view instead of a copy).
+        self.sel: slice | np.ndarray = (
+            slice(None)
+            if rows.size == w.n_meters and np.array_equal(rows, np.arange(rows.size))
+            else rows
+        )
         m = w.meters
         self.ids = m.ids[rows]
         self.ct = m.ct_ratio[rows]
@@ -573,7 +580,7 @@ class _Sub:
         """The register's usable reads in time order: ``(values, t, usable)`` over positions
         (two per cell when cells hold several reads, :func:`~meterwatch.analytics.window.register_reads`)."""
         v, t, k = register_reads(self.w)
-        v, t = v[self.rows], t[self.rows]
+        v, t = v[self.sel], t[self.sel]
         usable = t != NO_TIME
         if now_ns is not None:
             usable &= t <= now_ns + int(p.future_tolerance_s * _NS)
@@ -583,8 +590,12 @@ class _Sub:
 
     def cells(self, name: str) -> np.ndarray:
         """A quantity over the judged intervals, NaN where no usable read."""
-        v = self.w.q(name)[self.rows, self.i0 : self.i1]
-        return np.where(self.present_all[:, self.i0 : self.i1], v, np.nan)
+        return np.where(self.present_all[:, self.i0 : self.i1], self.raw(name), np.nan)
+
+    def raw(self, name: str) -> np.ndarray:
+        """A quantity over the judged meters and intervals as the window holds it (a view
+        when every meter is judged)."""
+        return self.w.q(name)[self.sel, self.i0 : self.i1]
 
 
 @dataclass
@@ -600,6 +611,8 @@ class _Track:
     has: np.ndarray
     prev_col: np.ndarray
     t: np.ndarray
+    #: Meters read in every position (their previous read is the previous position).
+    full: np.ndarray
 
 
 def register_track(energy: np.ndarray, t: np.ndarray, present: np.ndarray, p: VeeParams) -> _Track:
@@ -613,6 +626,7 @@ def register_track(energy: np.ndarray, t: np.ndarray, present: np.ndarray, p: Ve
     [OR-NEG] (docs/billing.md).
     """
     has = present & ~np.isnan(energy)
+    full = has.all(axis=1)  # read in every position: previous read = previous position
     prev_col, prev = prev_present(energy, has)
     same_prev = has & (prev_col >= 0)
     top = float(p.register_max_kwh)
@@ -623,22 +637,33 @@ def register_track(energy: np.ndarray, t: np.ndarray, present: np.ndarray, p: Ve
             & (energy < (1 - p.rollover_fraction) * top)
         )
     modulus = top + float(p.register_resolution_kwh)
-    wraps = np.cumsum(rollover, axis=1)
-    unwrapped = np.where(has, energy + wraps * modulus, np.nan)
-    rows = np.arange(energy.shape[0])[:, None]
-    prev_u = np.where(prev_col >= 0, unwrapped[rows, np.maximum(prev_col, 0)], np.nan)
+    # Rollovers and decreases are rare: their bookkeeping is paid only when there are some.
+    if rollover.any():
+        wraps = np.cumsum(rollover, axis=1)
+        unwrapped = np.where(has, energy + wraps * modulus, np.nan)
+        prev_u = take_prev(unwrapped, prev_col, full)
+    else:
+        wraps = np.zeros(energy.shape, dtype=np.int64)
+        unwrapped = energy if has.all() else np.where(has, energy, np.nan)
+        prev_u = prev
     delta = np.where(same_prev, unwrapped - prev_u, 0.0)
     decrease = same_prev & strictly_greater(-np.round(delta, 6), float(p.decrease_tolerance_kwh))
-    runmax = np.fmax.accumulate(unwrapped, axis=1) if unwrapped.shape[1] else unwrapped
-    runmax_prev = np.where(prev_col >= 0, runmax[rows, np.maximum(prev_col, 0)], np.nan)
-    tol = float(p.decrease_tolerance_kwh)
-    with np.errstate(invalid="ignore"):
-        in_dip_before = same_prev & (prev_u < runmax_prev - tol)
-        recovery = in_dip_before & (unwrapped >= runmax_prev - tol) & ~decrease
-    bad = decrease | recovery
-    clean = np.cumsum(np.where(bad | ~same_prev, 0.0, delta), axis=1)
-    n_bad = np.cumsum(bad, axis=1)
-    return _Track(unwrapped, clean, n_bad, wraps, bad, has, prev_col, t)
+    if decrease.any():
+        # A recovery (back to the earlier maximum) can only follow a decrease.
+        runmax = np.fmax.accumulate(unwrapped, axis=1)
+        runmax_prev = take_prev(runmax, prev_col, full)
+        tol = float(p.decrease_tolerance_kwh)
+        with np.errstate(invalid="ignore"):
+            in_dip_before = same_prev & (prev_u < runmax_prev - tol)
+            recovery = in_dip_before & (unwrapped >= runmax_prev - tol) & ~decrease
+        bad = decrease | recovery
+        clean = np.cumsum(np.where(bad | ~same_prev, 0.0, delta), axis=1)
+        n_bad = np.cumsum(bad, axis=1)
+    else:
+        bad = decrease
+        clean = np.cumsum(delta, axis=1)  # delta is 0 where there is no previous read
+        n_bad = np.zeros(energy.shape, dtype=np.int64)
+    return _Track(unwrapped, clean, n_bad, wraps, bad, has, prev_col, t, full)
 
 
 @dataclass
@@ -661,19 +686,75 @@ def boundary_values(sub: _Sub, tr: _Track, p: VeeParams) -> _Boundaries:
     is used as is); else the boundary is unknown (``gap``). Boundaries more than
     ``alignment_tolerance_s`` [s] from the nearest read are ``misaligned``. Source: interval
     energy from register reads, California interval VEE [CA-130], docs/billing.md.
+
+    Meters read exactly at every boundary (one read per cell, at its end: the usual case)
+    take the read itself; only the others are interpolated.
     """
-    has, t, kk = tr.has, tr.t, sub.k
-    n_m, n_c = has.shape  # positions: kk per cell
-    cols = np.arange(n_c)
-    last_idx = np.maximum.accumulate(np.where(has, cols[None, :], -1), axis=1)
-    next_idx = np.minimum.accumulate(np.where(has, cols[None, :], n_c)[:, ::-1], axis=1)[:, ::-1]
+    t, kk = tr.t, sub.k
+    n_m, n_c = tr.has.shape  # positions: kk per cell
     k = np.arange(sub.i0, sub.i1 + 1)  # boundary k is the end of cell k - 1
     b = sub.bounds
     j = k * kk - 1  # the position of cell k - 1's last read
+    known = j >= 0
+    direct = tr.full.copy() if kk == 1 else np.zeros(n_m, dtype=bool)
+    if direct.any() and known.any():
+        direct &= (t[:, j[known]] == b[known][None, :]).all(axis=1)
+    n_b = k.size
+    value = np.full((n_m, n_b), np.nan)
+    ok = np.zeros((n_m, n_b), dtype=bool)
+    misaligned = np.zeros((n_m, n_b), dtype=bool)
+    nb_b = np.full((n_m, n_b), -1, dtype=np.int64)
+    nb_a = np.full((n_m, n_b), -2, dtype=np.int64)
+    nr_b = np.full((n_m, n_b), -1, dtype=np.int64)
+    nr_a = np.full((n_m, n_b), -2, dtype=np.int64)
+    d = np.flatnonzero(direct)
+    if d.size and known.any():
+        # Boundaries with a read before them are a suffix; their reads are consecutive
+        # positions (one per cell): slices, and a row slice when every meter is direct.
+        kc = slice(int(np.argmax(known)), None)
+        jk = slice(int(j[known][0]), int(j[known][-1]) + 1)
+        rs: slice | np.ndarray = slice(None) if d.size == n_m else d
+        value[rs, kc] = tr.clean[rs, jk]
+        ok[rs, kc] = True
+        nb = tr.n_bad[rs, jk]
+        nr = tr.n_roll[rs, jk]
+        nb_b[rs, kc], nb_a[rs, kc] = nb, nb
+        nr_b[rs, kc], nr_a[rs, kc] = nr, nr
+    g = np.flatnonzero(~direct)
+    if g.size:
+        parts = _interpolated(
+            tr.has[g], t[g], tr.clean[g], tr.n_bad[g], tr.n_roll[g], j, b, float(sub.w.step), p
+        )
+        for target, part in zip(
+            (value, ok, misaligned, nb_b, nb_a, nr_b, nr_a), parts, strict=True
+        ):
+            target[g] = part
+    valid = ok[:, :-1] & ok[:, 1:]
+    rolled = valid & (nr_a[:, 1:] != nr_b[:, :-1])
+    return _Boundaries(value, ok, nb_b, nb_a, nr_b, nr_a, misaligned, rolled)
+
+
+def _interpolated(
+    has: np.ndarray,
+    t: np.ndarray,
+    clean: np.ndarray,
+    n_bad: np.ndarray,
+    n_roll: np.ndarray,
+    j: np.ndarray,
+    b: np.ndarray,
+    step: float,
+    p: VeeParams,
+) -> tuple[np.ndarray, ...]:
+    """:func:`boundary_values` for meters not read exactly at every boundary: ``(value, ok,
+    misaligned, n_bad before, n_bad after, n_roll before, n_roll after)`` per boundary."""
+    n_m, n_c = has.shape
+    cols = np.arange(n_c)
+    last_idx = np.maximum.accumulate(np.where(has, cols[None, :], -1), axis=1)
+    next_idx = np.minimum.accumulate(np.where(has, cols[None, :], n_c)[:, ::-1], axis=1)[:, ::-1]
     jc = np.clip(j, 0, n_c - 1)
     before = np.where(j[None, :] >= 0, last_idx[:, jc], -1)
     on_b = (j[None, :] >= 0) & has[:, jc] & (t[:, jc] == b[None, :])
-    first_after = k * kk  # the first position of cell k
+    first_after = j + 1  # the first position of cell k
     nxt = np.where(first_after < n_c, next_idx[:, np.minimum(first_after, n_c - 1)], n_c)
     after = np.where(on_b, j[None, :], nxt)
     rows = np.arange(n_m)[:, None]
@@ -682,7 +763,6 @@ def boundary_values(sub: _Sub, tr: _Track, p: VeeParams) -> _Boundaries:
     t_b = np.where(ok_idx, t[rows, bc], 0).astype(float)
     t_a = np.where(ok_idx, t[rows, ac], 0).astype(float)
     spacing = np.where(ok_idx, t_a - t_b, np.inf)
-    step = float(sub.w.step)
     b_ok = np.isfinite(spacing) & (spacing <= p.max_read_spacing_intervals * step * (1 + REL_TOL))
     frac = np.divide(
         b[None, :] - t_b,
@@ -690,17 +770,15 @@ def boundary_values(sub: _Sub, tr: _Track, p: VeeParams) -> _Boundaries:
         out=np.zeros(spacing.shape),
         where=np.isfinite(spacing) & (spacing > 0),
     )
-    c_b, c_a = tr.clean[rows, bc], tr.clean[rows, ac]
+    c_b, c_a = clean[rows, bc], clean[rows, ac]
     value = np.where(b_ok, c_b + (c_a - c_b) * frac, np.nan)
     nearest = np.fmin(np.abs(b[None, :] - t_b), np.abs(t_a - b[None, :]))
     misaligned = b_ok & (nearest > p.alignment_tolerance_s * _NS)
-    nb_b = np.where(ok_idx, tr.n_bad[rows, bc], -1)
-    nb_a = np.where(ok_idx, tr.n_bad[rows, ac], -2)
-    nr_b = np.where(ok_idx, tr.n_roll[rows, bc], -1)
-    nr_a = np.where(ok_idx, tr.n_roll[rows, ac], -2)
-    valid = b_ok[:, :-1] & b_ok[:, 1:]
-    rolled = valid & (nr_a[:, 1:] != nr_b[:, :-1])
-    return _Boundaries(value, b_ok, nb_b, nb_a, nr_b, nr_a, misaligned, rolled)
+    nb_b = np.where(ok_idx, n_bad[rows, bc], -1)
+    nb_a = np.where(ok_idx, n_bad[rows, ac], -2)
+    nr_b = np.where(ok_idx, n_roll[rows, bc], -1)
+    nr_a = np.where(ok_idx, n_roll[rows, ac], -2)
+    return value, b_ok, misaligned, nb_b, nb_a, nr_b, nr_a
 
 
 def interval_energy(
@@ -728,25 +806,35 @@ class _Context:
 def electrical_context(sub: _Sub) -> _Context:
     """Per interval: the highest phase current [A] and voltage [V] of its read (present
     phases only), and the highest ``power_kw`` read in the interval or at its start [kW]."""
-    pres = sub.w.meters.present[sub.rows]
-    cur = np.stack([sub.cells(c) for c in CURRENT_COLUMNS], axis=2)
-    volt = np.stack([sub.cells(c) for c in VOLTAGE_COLUMNS], axis=2)
-    cur = np.where(pres[:, None, :], cur, np.nan)
-    volt = np.where(pres[:, None, :], volt, np.nan)
-    # fmax ignores NaN and gives NaN for rows without phase values, without warnings.
-    i_read = np.fmax.reduce(cur, axis=2).astype(float)
-    v_read = np.fmax.reduce(volt, axis=2).astype(float)
-    p_read = sub.cells("power_kw").astype(float)
+    pres = sub.w.meters.present[sub.sel]
+    used = sub.present_all[:, sub.i0 : sub.i1]
+
+    def phase_max(cols: tuple[str, ...]) -> np.ndarray:
+        # fmax ignores NaN: NaN only where no present phase has a value; no warnings.
+        out: np.ndarray | None = None
+        for ph, col in enumerate(cols):  # the three phases
+            v = sub.raw(col)
+            if not pres[:, ph].all():
+                v = np.where(pres[:, ph, None], v, np.float32(np.nan))
+            out = v if out is None else np.fmax(out, v)
+        assert out is not None
+        return np.where(used, out.astype(float), np.nan)
+
+    i_read = phase_max(CURRENT_COLUMNS)
+    v_read = phase_max(VOLTAGE_COLUMNS)
+    p_read = np.where(used, sub.raw("power_kw").astype(float), np.nan)
     n_m = p_read.shape[0]
     w = sub.w
     if sub.i0 > 0:  # the read at the start of the first interval
         prev = np.where(
-            sub.present_all[:, sub.i0 - 1], w.q("power_kw")[sub.rows, sub.i0 - 1], np.nan
+            sub.present_all[:, sub.i0 - 1], w.q("power_kw")[sub.sel, sub.i0 - 1], np.nan
         )
     else:
         prev = np.full(n_m, np.nan)
-    p_before = np.c_[prev.astype(float), p_read[:, :-1]] if p_read.shape[1] else p_read
-    p_max = np.fmax(p_read, p_before)
+    p_max = p_read.copy()
+    if p_read.shape[1]:
+        p_max[:, 0] = np.fmax(p_read[:, 0], prev)
+        np.fmax(p_read[:, 1:], p_read[:, :-1], out=p_max[:, 1:])
     return _Context(i_read, v_read, p_max)
 
 
@@ -909,7 +997,7 @@ def power_check(
     energy/power mismatch. Sets the bits of the windows' intervals and appends events.
     """
     w = sub.w
-    cell_power = w.q("power_kw")[sub.rows].astype(float)
+    cell_power = w.q("power_kw")[sub.sel].astype(float)
     power: np.ndarray
     if sub.k == 2:  # power is kept for a cell's last read only
         power = np.full(tr.has.shape, np.nan)
@@ -917,13 +1005,12 @@ def power_check(
     else:
         power = cell_power
     power = np.where(tr.has, power, np.nan)
-    rows = np.arange(power.shape[0])[:, None]
-    pc = np.maximum(tr.prev_col, 0)
-    p_prev = np.where(tr.prev_col >= 0, power[rows, pc], np.nan)
+    p_prev = take_prev(power, tr.prev_col, tr.full)
     t = tr.t
-    t_prev = np.where(tr.prev_col >= 0, t[rows, pc], 0)
-    dt = (t - t_prev).astype(float)
+    # Times as float seconds-since-g0 are exact enough for spacing (ns since the grid start).
     g0 = int(sub.bounds[0])
+    t_rel = np.where(tr.has, t - g0, 0).astype(float)
+    dt = t_rel - np.nan_to_num(take_prev(t_rel, tr.prev_col, tr.full), nan=-float(g0))
     pair = (
         tr.has
         & (tr.prev_col >= 0)
@@ -935,21 +1022,47 @@ def power_check(
     )
     if not pair.any():
         return
-    u_prev = np.where(tr.prev_col >= 0, tr.unwrapped[rows, pc], np.nan)
-    m_idx, c_idx = np.nonzero(pair)
-    e_pair = (tr.unwrapped - u_prev)[pair]
-    p_pair = ((np.maximum(power, 0) + np.maximum(p_prev, 0)) / 2 * dt / (3600.0 * _NS))[pair]
-    w_len = int(p.mismatch_window_hours * 3600 * _NS)
-    win = (t[pair] - 1 - g0) // w_len
-    g = (
-        pd.DataFrame({"m": m_idx, "w": win, "e": e_pair, "p": p_pair, "dt": dt[pair], "n": 1})
-        .groupby(["m", "w"])
-        .sum()
+    u_prev = take_prev(tr.unwrapped, tr.prev_col, tr.full)
+    e_pos = np.where(pair, tr.unwrapped - u_prev, 0.0)
+    p_pos = np.where(
+        pair, (np.maximum(power, 0) + np.maximum(p_prev, 0)) / 2 * dt / (3600.0 * _NS), 0.0
     )
-    g = g[at_least(g["dt"].to_numpy() / w_len, p.mismatch_min_coverage)]
-    m_arr = g.index.get_level_values(0).to_numpy()
-    w_arr = g.index.get_level_values(1).to_numpy()
-    e_w, p_w = g["e"].to_numpy(), g["p"].to_numpy()
+    dt_pos = np.where(pair, dt, 0.0)
+    w_len = int(p.mismatch_window_hours * 3600 * _NS)
+    n_m = power.shape[0]
+    kk = sub.k
+    if w_len % step == 0:
+        # Windows are whole cells: a read's window is its cell's, so sums per (meter,
+        # window) are sums over blocks of columns (a reshape, no sort or gather).
+        per = (w_len // step) * kk
+        first = sub.i0 * kk  # positions before it are at or before the grid start
+        n_pos = tr.has.shape[1] - first
+        n_win = max(-(-n_pos // per), 1)
+
+        def block_sum(a: np.ndarray) -> np.ndarray:
+            x = np.zeros((n_m, n_win * per), dtype=float)
+            x[:, :n_pos] = a[:, first:]
+            out: np.ndarray = x.reshape(n_m, n_win, per).sum(axis=2)
+            return out
+
+        e_all, p_all, dt_all = block_sum(e_pos), block_sum(p_pos), block_sum(dt_pos)
+        n_all = block_sum(pair.astype(float)).astype(np.int64)
+    else:
+        m_idx, c_idx = np.nonzero(pair)
+        win = (t[pair] - 1 - g0) // w_len
+        n_win = int(win.max()) + 1
+        key = m_idx.astype(np.int64) * n_win + win
+        size = n_m * n_win
+
+        def key_sum(a: np.ndarray) -> np.ndarray:
+            out: np.ndarray = np.bincount(key, weights=a[pair], minlength=size)
+            return out.reshape(n_m, n_win)
+
+        e_all, p_all, dt_all = key_sum(e_pos), key_sum(p_pos), key_sum(dt_pos)
+        n_all = np.bincount(key, minlength=size).reshape(n_m, n_win)
+    m_arr, w_arr = np.nonzero((n_all > 0) & at_least(dt_all / w_len, p.mismatch_min_coverage))
+    e_w, p_w = e_all[m_arr, w_arr], p_all[m_arr, w_arr]
+    dt_w, n_pairs = dt_all[m_arr, w_arr], n_all[m_arr, w_arr]
     ctm = sub.ct[m_arr]
     with np.errstate(divide="ignore", invalid="ignore"):
         r = e_w / p_w
@@ -993,8 +1106,8 @@ def power_check(
                         "integrated_power_kwh": float(p_w[k]),
                         "ratio": float(r[k]) if np.isfinite(r[k]) else None,
                         "ct_ratio": float(ctm[k]),
-                        "read_pairs": int(g["n"].to_numpy()[k]),
-                        "coverage": float(g["dt"].to_numpy()[k] / w_len),
+                        "read_pairs": int(n_pairs[k]),
+                        "coverage": float(dt_w[k] / w_len),
                     },
                 }
             )
@@ -1028,12 +1141,12 @@ def clock_check(
         bits[r[ok], col[ok]] |= BIT["clock_error"]
 
     if "collected_at" in w.times:
-        col_at = w.times["collected_at"][sub.rows]
+        col_at = w.times["collected_at"][sub.sel]
         known = present & (col_at != NO_TIME)
         judged = known.any(axis=1)
         own = t_all
         if "device_ts" in w.times:
-            dev = w.times["device_ts"][sub.rows]
+            dev = w.times["device_ts"][sub.sel]
             own = np.where(dev != NO_TIME, dev, t_all)
         lead = np.where(known, own - col_at, 0)
         fast = known & strictly_greater(lead.astype(float), p.clock_tolerance_s * _NS)

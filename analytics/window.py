@@ -422,7 +422,14 @@ def build_window(
             raw_ids.cat.codes.to_numpy() >= 0, lookup[raw_ids.cat.codes.to_numpy()], -1
         )
     else:
-        codes = pd.Index(ids).get_indexer(raw_ids.astype(str).to_numpy())
+        # Factorize first (a few thousand distinct ids), then look the distinct ones up.
+        fcodes, uniques = pd.factorize(raw_ids, use_na_sentinel=True)
+        lookup = pd.Index(ids).get_indexer(pd.Index(uniques).astype(str))
+        codes = (
+            np.where(fcodes >= 0, lookup[np.maximum(fcodes, 0)], -1)
+            if len(ids)
+            else (np.full(len(raw_ids), -1, dtype=np.int64))
+        )
     t = ts_ns(canon["ts"]) if len(canon) else np.zeros(0, dtype=np.int64)
     no_ts = t == NO_TIME
     dq = DataQuality(
@@ -443,11 +450,16 @@ def build_window(
         ok = (codes[pos] >= 0) & ~no_ts[pos] if pos.size else np.zeros(0, bool)
         dq.non_numeric = (codes[pos][ok].astype(np.int64), t[pos][ok], col_idx[ok].astype(np.int64))
     keep = (codes >= 0) & ~no_ts
-    rows = np.flatnonzero(keep)
-    codes, t = codes[rows].astype(np.int64), t[rows]
-    values = {c: canon[c].to_numpy(dtype=float)[rows] for c in READING_FIELDS}
     time_cols = [c for c in ("collected_at", "device_ts") if c in canon.columns]
-    extra = {c: ts_ns(canon[c])[rows] for c in time_cols}
+    if keep.all():  # the usual case: no copy of the columns
+        codes = codes.astype(np.int64, copy=False)
+        values = {c: canon[c].to_numpy(dtype=float) for c in READING_FIELDS}
+        extra = {c: ts_ns(canon[c]) for c in time_cols}
+    else:
+        rows = np.flatnonzero(keep)
+        codes, t = codes[rows].astype(np.int64), t[rows]
+        values = {c: canon[c].to_numpy(dtype=float)[rows] for c in READING_FIELDS}
+        extra = {c: ts_ns(canon[c])[rows] for c in time_cols}
 
     # Sort by meter then time (a sorted store read skips the sort).
     if codes.size > 1 and not (
@@ -508,24 +520,32 @@ def build_window(
                 a[fflat] = values[c][multi]
                 first[c] = a.reshape(n_m, n_cells)
     flat = codes * n_cells + col
-    t_arr = np.full(n_m * n_cells, NO_TIME, dtype=np.int64)
-    t_arr[flat] = t
-    arrays: dict[str, np.ndarray] = {}
-    for c, v in values.items():
-        dtype = np.float64 if c in REGISTERS else np.float32
-        a = np.full(n_m * n_cells, np.nan, dtype=dtype)
+    # A sorted read of a regular grid (every meter read once per cell, e.g. a store query of
+    # yesterday) fills every cell in order: the columns are the arrays already.
+    dense = flat.size == n_m * n_cells and bool(
+        flat.size == 0 or (flat[0] == 0 and np.all(np.diff(flat) == 1))
+    )
+
+    def scatter(v: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
+        if dense:
+            out = np.asarray(v, dtype=dtype).reshape(n_m, n_cells)
+            out.setflags(write=False)  # may be a view of the caller's frame
+            return out
+        a = np.full(n_m * n_cells, fill, dtype=dtype)
         a[flat] = v
-        arrays[c] = a.reshape(n_m, n_cells)
-    times = {}
-    for c, v in extra.items():
-        a = np.full(n_m * n_cells, NO_TIME, dtype=np.int64)
-        a[flat] = v
-        times[c] = a.reshape(n_m, n_cells)
+        return a.reshape(n_m, n_cells)
+
+    t_arr = scatter(t, NO_TIME, np.int64)
+    arrays = {
+        c: scatter(v, np.nan, np.float64 if c in REGISTERS else np.float32)
+        for c, v in values.items()
+    }
+    times = {c: scatter(v, NO_TIME, np.int64) for c, v in extra.items()}
     return Window(
         meters=MeterTable.from_registry(meters, ids),
         g0=int(g0),
         step=int(step),
-        t=t_arr.reshape(n_m, n_cells),
+        t=t_arr,
         values=arrays,
         times=times,
         dq=dq,
@@ -720,17 +740,38 @@ def prev_present(
     """Per cell: the column of the meter's previous reading (-1: none) and its value.
 
     ``present`` defaults to the cells where ``values`` is not NaN (a reading without that
-    quantity is skipped, so a gap cannot hide a step).
+    quantity is skipped, so a gap cannot hide a step). Meters read in every cell (the usual
+    case) take the previous cell by a shift; only the others pay for the search.
     """
     if present is None:
         present = ~np.isnan(values)
     n_m, n_c = values.shape
-    idx = np.where(present, np.arange(n_c)[None, :], -1)
-    last = np.maximum.accumulate(idx, axis=1) if n_c else idx
-    prev_idx = np.concatenate([np.full((n_m, 1), -1), last[:, :-1]], axis=1) if n_c else last
-    rows = np.arange(n_m)[:, None]
-    prev = np.where(prev_idx >= 0, values[rows, np.maximum(prev_idx, 0)], np.nan)
-    return prev_idx, prev
+    prev_idx = np.empty((n_m, n_c), dtype=np.int64)
+    prev_idx[:] = np.arange(-1, n_c - 1)
+    full: np.ndarray = np.asarray(present.all(axis=1))
+    gaps = np.flatnonzero(~full)
+    if gaps.size and n_c:
+        idx = np.where(present[gaps], np.arange(n_c)[None, :], -1)
+        last = np.maximum.accumulate(idx, axis=1)
+        prev_idx[gaps, 0] = -1
+        prev_idx[gaps, 1:] = last[:, :-1]
+    return prev_idx, take_prev(values, prev_idx, full)
+
+
+def take_prev(values: np.ndarray, prev_idx: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """``values`` at each cell's previous reading (:func:`prev_present`'s ``prev_idx``; NaN
+    where none), float; rows where ``full`` (read in every cell) by a shift."""
+    n_m, n_c = values.shape
+    out = np.empty((n_m, n_c), dtype=float)
+    if n_c == 0:
+        return out
+    out[:, 0] = np.nan
+    out[:, 1:] = values[:, :-1]
+    gaps = np.flatnonzero(~full)
+    if gaps.size:
+        pc = prev_idx[gaps]
+        out[gaps] = np.where(pc >= 0, values[gaps[:, None], np.maximum(pc, 0)], np.nan)
+    return out
 
 
 def register_reads(

@@ -332,6 +332,13 @@ def _simulate_real(
     type=click.IntRange(min=1),
     help="Meters per partition (whole transformer areas); bounds memory per worker.",
 )
+@click.option(
+    "--baselines",
+    "baselines_path",
+    default=None,
+    help="Judge the readings against fitted baselines (meterwatch baselines fit): a file, or "
+    "'latest' for the newest version in analytics.baselines_dir of --config.",
+)
 def analyze(
     readings_path: str,
     meters_path: str,
@@ -341,6 +348,7 @@ def analyze(
     suspects_path: str | None = None,
     workers: int = 1,
     partition_meters: int = 20_000,
+    baselines_path: str | None = None,
 ) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
     from datetime import UTC, datetime
@@ -373,6 +381,16 @@ def analyze(
                 soft_wrap=True,
             )
         detectors = default_detectors(params)
+        if baselines_path:
+            from meterwatch.analytics.baselines import BaselineArchive, Baselines
+
+            fitted = (
+                BaselineArchive(cfg.analytics.baselines_dir if cfg else "var/baselines").load()
+                if baselines_path == "latest"
+                else Baselines.load(baselines_path)
+            )
+            fitted.apply(detectors)
+            console.print(fitted.describe(), highlight=False, soft_wrap=True)
         with rich.progress.Progress(
             *rich.progress.Progress.get_default_columns(),
             rich.progress.TextColumn("{task.completed:,.0f}/{task.total:,.0f} meters"),
@@ -446,9 +464,11 @@ from meterwatch.cli_billing import vee as _vee_group  # noqa: E402
 main.add_command(_export_group)
 main.add_command(_vee_group)
 
+from meterwatch.cli_baselines import baselines as _baselines_group  # noqa: E402
 from meterwatch.cli_evaluate import evaluate as _evaluate_cmd  # noqa: E402
 
 main.add_command(_evaluate_cmd)
+main.add_command(_baselines_group)
 
 
 from meterwatch.cli_probe import probe as _probe_group  # noqa: E402

@@ -18,7 +18,7 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         if p.suffix.lower() == ".parquet":
             df = pd.read_parquet(p)
         elif p.suffix.lower() == ".csv":
-            df = pd.read_csv(p, dtype={"meter_id": str})
+            df = pd.read_csv(p, dtype={"meter_id": str}, low_memory=False)
         else:
             raise MeterWatchError(
                 f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet"

@@ -9,6 +9,7 @@ import pandas as pd
 
 from meterwatch.analytics.base import (
     Detector,
+    FittedState,
     check_count,
     check_fraction,
     check_positive,
@@ -20,7 +21,9 @@ from meterwatch.analytics.base import (
     strictly_less,
 )
 from meterwatch.analytics.profiles import (
+    PROFILE_FIELDS,
     HourlyBaseline,
+    HourProfile,
     day_cube,
     fit_profile,
     over_hours,
@@ -28,7 +31,7 @@ from meterwatch.analytics.profiles import (
     rolling_profile,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import Window, build_window, prev_present, register_reads
+from meterwatch.analytics.window import Window, prev_present, register_reads
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
@@ -148,18 +151,26 @@ class _ProfileRule(Detector):
     #: The habitual high: the maximum of the comparable hours (quantile 1).
     _q_hi: ClassVar[float] = 1.0
 
-    def fit(self, readings: pd.DataFrame, meters: pd.DataFrame) -> Detector:
+    def fit_window(self, w: Window) -> Detector:
         """Learn each meter's profile from the whole history given (the last
         ``history_days`` days of it): ``profile_`` and ``profile_ids_``."""
-        return self.fit_window(build_window(readings, meters))
-
-    def fit_window(self, w: Window) -> Detector:
         kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
         cube, days, _ = day_cube(kwh, hours)
         keep = slice(max(cube.shape[1] - int(self.history_days), 0), None)
         weekend = np.asarray(days.day_of_week >= 5)[keep]
         self.profile_ = fit_profile(cube[:, keep], weekend, q_lo=self._q_lo, q_hi=self._q_hi)
         self.profile_ids_ = np.asarray(w.ids, dtype=object)
+        return self
+
+    def state(self) -> FittedState | None:
+        profile = getattr(self, "profile_", None)
+        if profile is None:
+            return None
+        return FittedState(self.profile_ids_, {f: getattr(profile, f) for f in PROFILE_FIELDS})
+
+    def load_state(self, state: FittedState) -> Detector:
+        self.profile_ = HourProfile(**{f: state.per_meter[f] for f in PROFILE_FIELDS})
+        self.profile_ids_ = np.asarray(state.ids, dtype=object)
         return self
 
     def baseline(self, w: Window, kwh: np.ndarray, hours: pd.DatetimeIndex) -> HourlyBaseline:

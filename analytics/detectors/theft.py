@@ -40,6 +40,7 @@ import pandas as pd
 
 from meterwatch.analytics.base import (
     Detector,
+    FittedState,
     check_count,
     check_fraction,
     check_positive,
@@ -181,21 +182,59 @@ def _area_loss(w: Window, max_gap_minutes: float = 75.0) -> tuple[pd.DataFrame, 
     return table, data
 
 
-def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
-    """Per customer meter, the raw :data:`FEATURES` (see module docstring), NaN if unknown."""
-    cube, complete, daily = data["cube"], data["complete"], data["daily"]
-    cust = data["role"] != "transformer"
+#: Per-meter references of the theft features (fitted from history, or the window's own).
+REFERENCE_FIELDS: tuple[str, ...] = ("profile", "cv_med", "zeros_med", "level_med")
+#: Daily values the features are drawn from, per meter and day (:func:`daily_values`).
+DAILY_FIELDS: tuple[str, ...] = ("level", "shape", "cv", "zeros", "energy", "area_loss")
+
+
+def references(data: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Each meter's usual, from the complete days of ``data`` (:func:`area_loss`): the median
+    hourly profile of every weekday (``profile``, meters x 7 x 24 [kWh]), and the medians of
+    the intraday variation (``cv_med``), zero hours (``zeros_med``) and daily level
+    (``level_med``) over those days."""
+    refs, _ = _references_and_days(data, _weekday_profiles(data))
+    return refs
+
+
+def _weekday_profiles(data: dict[str, Any]) -> np.ndarray:
+    """meters x 7 x 24: the median hourly energy of each weekday over complete days."""
+    cube, complete = data["cube"], data["complete"]
     n_m, n_d, _ = cube.shape
-    days = data["days"]
-    wd = np.asarray(days.day_of_week) if n_d else np.zeros(0, int)
+    wd = np.asarray(data["days"].day_of_week) if n_d else np.zeros(0, int)
     good = np.where(complete[:, :, None], cube, np.nan)
-    prof = np.full((n_m, n_d, 24), np.nan)
+    profile = np.full((n_m, 7, 24), np.nan)
+    for w in range(7):  # loop over the 7 weekdays, vectorized over meters
+        sel = wd == w
+        if sel.any():
+            profile[:, w, :] = nanmedian(good[:, sel, :], axis=1)
+    return profile
+
+
+def _references_and_days(
+    data: dict[str, Any], profile: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    refs = {"profile": profile}
+    days = daily_values(data, refs)
+    refs["cv_med"] = nanmedian(days["cv"], axis=1)
+    refs["zeros_med"] = nanmedian(days["zeros"], axis=1)
+    refs["level_med"] = nanmedian(days["level"], axis=1)
+    return refs, days
+
+
+def daily_values(data: dict[str, Any], refs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per meter and day of ``data``, against the weekday profiles of ``refs``: the day's
+    energy over its expected energy (``level``), 1 - the correlation of its hourly profile
+    with the expected one (``shape``; 0 for a flat day), its coefficient of variation
+    (``cv``), zero hours (``zeros``), energy [kWh] and its area's loss energy [kWh]; NaN on
+    incomplete days."""
+    cube, complete, daily = data["cube"], data["complete"], data["daily"]
+    n_m, n_d, _ = cube.shape
+    wd = np.asarray(data["days"].day_of_week) if n_d else np.zeros(0, int)
+    good = np.where(complete[:, :, None], cube, np.nan)
+    prof = refs["profile"][:, wd, :] if n_d else np.zeros((n_m, 0, 24))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for w in range(7):  # loop over the 7 weekdays, vectorized over meters
-            sel = wd == w
-            if sel.any():
-                prof[:, sel, :] = nanmedian(good[:, sel, :], axis=1, keepdims=True)
         expected = np.nansum(prof, axis=2)
         level = np.where(
             complete & (expected > 0), daily / np.where(expected > 0, expected, 1), np.nan
@@ -204,34 +243,74 @@ def meter_features(data: dict[str, Any], window_days: int = 7) -> pd.DataFrame:
         corr = np.where(complete & np.isnan(corr), 0.0, corr)  # a flat day has no shape
         mean_h = np.nanmean(good, axis=2)
         cv = np.where(mean_h > 0, np.nanstd(good, axis=2) / np.where(mean_h > 0, mean_h, 1), np.nan)
-        cv_med = nanmedian(cv, axis=1, keepdims=True)
-        zeros = np.where(complete, np.sum(good <= 1e-9, axis=2), np.nan).astype(float)
-        zeros_med = nanmedian(zeros, axis=1, keepdims=True)
-        lvl_med = nanmedian(level, axis=1)
+    zeros = np.where(complete, np.sum(good <= 1e-9, axis=2), np.nan).astype(float)
+    return {
+        "level": level,
+        "shape": 1.0 - corr,
+        "cv": cv,
+        "zeros": zeros,
+        "energy": daily,
+        "area_loss": data["meter_loss_kwh"],
+    }
+
+
+def features_of(
+    series: dict[str, np.ndarray], refs: dict[str, np.ndarray], window_days: int = 7
+) -> dict[str, np.ndarray]:
+    """The raw :data:`FEATURES` per meter from daily values (meters x days) and references."""
+    level, cv = series["level"], series["cv"]
+    cv_med = refs["cv_med"][:, None]
+    n_m, n_d = level.shape
     f = {
         "level": _worst_week(1.0 - level, window_days),
-        "shape": _worst_week(1.0 - corr, window_days),
+        "shape": _worst_week(series["shape"], window_days),
         "flat": _worst_week(
             np.divide(cv_med - cv, cv_med, out=np.full(cv.shape, np.nan), where=cv_med > 0),
             window_days,
         ),
-        "zero_hours": _worst_week(zeros - zeros_med, window_days),
+        "zero_hours": _worst_week(series["zeros"] - refs["zeros_med"][:, None], window_days),
         "cusum": np.nanmax(
-            np.c_[cusum_drop((level - np.fmin(lvl_med, 1.0)[:, None]) / 0.1, k=1.0), np.zeros(n_m)],
+            np.c_[
+                cusum_drop((level - np.fmin(refs["level_med"], 1.0)[:, None]) / 0.1, k=1.0),
+                np.zeros(n_m),
+            ],
             axis=1,
         )
         if n_d
         else np.full(n_m, np.nan),
     }
-    area_loss_kwh = data["meter_loss_kwh"]
-    both = ~np.isnan(daily) & ~np.isnan(area_loss_kwh)
-    f["loss_corr"] = -_rowwise_corr(
-        np.where(both, daily, np.nan), np.where(both, area_loss_kwh, np.nan)
-    )
+    daily, loss = series["energy"], series["area_loss"]
+    both = ~np.isnan(daily) & ~np.isnan(loss)
+    f["loss_corr"] = -_rowwise_corr(np.where(both, daily, np.nan), np.where(both, loss, np.nan))
+    return f
+
+
+def meter_features(
+    data: dict[str, Any],
+    window_days: int = 7,
+    refs: dict[str, np.ndarray] | None = None,
+    history: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Per customer meter, the raw :data:`FEATURES` (see module docstring), NaN if unknown.
+
+    Without ``refs`` the meters' usual comes from the window itself; with fitted ``refs``
+    (and the daily values of the fitted history, ``history``, meters x days, placed before
+    the window's days) the window's days are judged against them.
+    """
+    if refs is None:
+        refs, series = _references_and_days(data, _weekday_profiles(data))
+    else:
+        series = daily_values(data, refs)
+    known = data["complete"]
+    if history is not None:
+        series = {k: np.concatenate([history[k], series[k]], axis=1) for k in DAILY_FIELDS}
+        known = np.concatenate([~np.isnan(history["energy"]), known], axis=1)
+    f = features_of(series, refs, window_days)
+    cust = data["role"] != "transformer"
     out = pd.DataFrame(f, index=pd.Index(data["meter_ids"], name="meter_id"))[list(FEATURES)]
     out["customer_class"] = data["cls"]
     out["transformer_id"] = data["area"]
-    out["days"] = complete.sum(axis=1)
+    out["days"] = known.sum(axis=1)
     return out[cust & data["has_readings"]]
 
 
@@ -288,14 +367,16 @@ def score_meters(
     out["isolation"] = iso
     out["score"] = np.clip(score, 0.0, 1.0)
     names = np.array(FEATURES)
-    reasons = []
-    for k in range(n):  # formatting only: one string per meter
-        if not enough[k]:
-            reasons.append(f"insufficient history ({int(out['days'].iat[k])} complete days)")
-            continue
+    days = out["days"].to_numpy()
+    reasons = np.where(
+        enough,
+        "no rule evidence",
+        "insufficient history (" + days.astype(int).astype(str).astype(object) + " complete days)",
+    ).astype(object)
+    for k in np.flatnonzero(enough & (evidence > 0)).tolist():  # the meters with evidence
         hit = names[ev[k] > 0]
         order = np.argsort(-ev[k][ev[k] > 0])
-        reasons.append("; ".join(REASONS[h] for h in hit[order]) or "no rule evidence")
+        reasons[k] = "; ".join(REASONS[h] for h in hit[order])
     out["reasons"] = reasons
     return out
 
@@ -460,6 +541,15 @@ class TheftSuspected(Detector):
         Weight of the Isolation Forest percentile in the score [-]. Default 0.25.
     min_days : int
         Complete days a meter needs to be judged [d]. Default 14 (two of each weekday).
+    history_days : int
+        Days of daily values kept by ``fit`` to judge later days with [d]. Default 28 (the
+        window the features look back over when a run judges one day).
+
+    Fitted (``fit``), each meter's references (weekday profiles, usual variation, zero hours
+    and level) and its daily values over the last ``history_days`` days of the history are
+    kept; a run then judges the days of its window against those references, with the kept
+    days before them, instead of reading weeks again. Unfitted, the window is its own
+    reference.
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ("theft_suspected",)
@@ -470,24 +560,66 @@ class TheftSuspected(Detector):
         z_full: float = 12.0,
         isolation_weight: float = 0.25,
         min_days: int = 14,
+        history_days: int = 28,
     ) -> None:
         check_fraction("min_score", min_score, upper_inclusive=True)
         if not float(z_full) > 3.0:
             raise ValueError(f"z_full must be > 3, got {z_full!r}")
         check_fraction("isolation_weight", isolation_weight)
         check_count("min_days", min_days)
+        check_count("history_days", history_days)
         self.min_score = min_score
         self.z_full = z_full
         self.isolation_weight = isolation_weight
         self.min_days = min_days
+        self.history_days = history_days
+
+    def fit_window(self, w: Window) -> Detector:
+        """Learn references and keep the last ``history_days`` days of daily values."""
+        _, data = area_loss(w)
+        refs, days = _references_and_days(data, _weekday_profiles(data))
+        keep = slice(max(len(data["days"]) - int(self.history_days), 0), None)
+        # float32: ratios and kWh to 7 digits are plenty for features judged in z-scores, and
+        # the kept state of a million meters halves.
+        per_meter = {f"ref_{k}": v.astype(np.float32) for k, v in refs.items()}
+        per_meter.update({f"day_{k}": days[k][:, keep].astype(np.float32) for k in DAILY_FIELDS})
+        day_ns = np.asarray(data["days"][keep].asi8, dtype=np.int64)
+        self.fitted_ = FittedState(
+            np.asarray(data["meter_ids"], dtype=object), per_meter, {"day_ns": day_ns}
+        )
+        return self
+
+    def state(self) -> FittedState | None:
+        return getattr(self, "fitted_", None)
+
+    def load_state(self, state: FittedState) -> Detector:
+        self.fitted_ = state
+        return self
+
+    def _fitted_inputs(
+        self, w: Window, data: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+        """The fitted references and kept daily values for the window's meters, the kept
+        days limited to those before the window's first day."""
+        fitted: FittedState | None = getattr(self, "fitted_", None)
+        if fitted is None:
+            return None, None
+        arrays = fitted.take(np.asarray(w.ids, dtype=object))
+        refs = {k: arrays[f"ref_{k}"] for k in REFERENCE_FIELDS}
+        day_ns = fitted.shared["day_ns"]
+        first = int(data["days"][0].value) if len(data["days"]) else np.iinfo(np.int64).max
+        before = day_ns < first
+        history = {k: arrays[f"day_{k}"][:, before] for k in DAILY_FIELDS}
+        return refs, history
 
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter with ``score >= min_score``."""
         if not w.present.any():
             return empty_findings()
         _, data = area_loss(w)
+        refs, history = self._fitted_inputs(w, data)
         scored = score_meters(
-            meter_features(data),
+            meter_features(data, refs=refs, history=history),
             z_full=float(self.z_full),
             isolation_weight=float(self.isolation_weight),
             min_days=int(self.min_days),

@@ -5,6 +5,7 @@ MeterWatchError
 ├── MapError               a register map that fails its load-time checks
 ├── RegistryError          a bad meters.csv row or column
 ├── DatasetError           a real data set that cannot be fetched, verified or read (carries ``dataset``)
+├── BaselineError          fitted baselines that cannot be read or do not fit the detectors given
 ├── ProtocolError          a payload or frame that cannot be decoded
 │   ├── Dlt645FrameError       a DL/T 645 frame or value that breaks the format (carries offset)
 │   └── Dlt645AbnormalReply    a DL/T 645 meter refused a read (address, control, status, di)
@@ -62,6 +63,10 @@ class DatasetError(MeterWatchError):
     def __init__(self, dataset: str, message: str):
         self.dataset = dataset
         super().__init__(f"data set {dataset}: {message}")
+
+
+class BaselineError(MeterWatchError):
+    """Fitted baselines that cannot be read, or that do not fit the detectors given them."""
 
 
 class ProtocolError(MeterWatchError):
