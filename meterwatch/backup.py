@@ -97,7 +97,7 @@ def _registry(cfg: Config) -> pd.DataFrame | None:
     from meterwatch.core.registry import load_registry
 
     path = cfg.registry.path or cfg.simulator.registry_out
-    return load_registry(path) if path is not None and Path(path).is_file() else None
+    return load_registry(path).meters if path is not None and Path(path).is_file() else None
 
 
 def backup(cfg: Config, out: str | Path, *, force: bool = False) -> Report:
