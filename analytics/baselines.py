@@ -29,6 +29,9 @@ from meterwatch.core.errors import BaselineError
 
 #: Format of the serialized blob (bumped when its layout changes).
 FORMAT = 1
+#: The quantities the learning detectors read: a history window for a fit needs only these
+#: (``build_window(fields=LEARN_FIELDS)``), a fraction of the memory of every quantity.
+LEARN_FIELDS: tuple[str, ...] = ("energy_import_kwh",)
 
 
 @dataclass

@@ -28,6 +28,7 @@ as are readings of unregistered meters, readings without a time and non-numeric 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,16 +274,32 @@ class Window:
         return self._cache[key]
 
     def q(self, name: str) -> np.ndarray:
-        """A quantity (meters x cells)."""
-        return self.values[name]
+        """A quantity (meters x cells); all NaN (read-only, no memory) when the window was
+        built without it (``build_window(fields=...)``)."""
+        v = self.values.get(name)
+        if v is not None:
+            return v
+        if name not in READING_FIELDS:
+            raise KeyError(name)
+        return self.memo(
+            ("absent", name),
+            lambda: np.broadcast_to(np.float32(np.nan), (self.n_meters, self.n_cells)),
+        )
 
     def phase_values(self, kind: str) -> np.ndarray:
-        """meters x cells x 3 voltages (``"u"``) or currents (``"i"``), NaN on absent phases."""
+        """3 x meters x cells voltages (``"u"``) or currents (``"i"``), NaN on absent phases.
+
+        Phase-major: each phase is one contiguous meters x cells plane, so a rule across the
+        phases (any, min, mean) is an element-wise operation over three planes (a reduction
+        over a last axis of length 3 is an order of magnitude slower)."""
 
         def build() -> np.ndarray:
             cols = VOLTAGE_COLUMNS if kind == "u" else CURRENT_COLUMNS
-            out = np.stack([self.values[c] for c in cols], axis=2)
-            return np.where(self.meters.present[:, None, :], out, np.float32(np.nan))
+            out = np.stack([self.q(c) for c in cols], axis=0)
+            present = self.meters.present
+            if not present.all():
+                out[~present.T] = np.float32(np.nan)
+            return out
 
         return self.memo(("phase", kind), build)
 
@@ -339,13 +356,13 @@ def utc(ns: int | np.integer) -> pd.Timestamp:
     return pd.Timestamp(int(ns), tz="UTC")
 
 
-def _canonical(readings: pd.DataFrame) -> pd.DataFrame:
-    """``readings`` with canonical dtypes (a column selection when it already is canonical)."""
-    cols = ["meter_id", "ts", *READING_FIELDS]
+def _canonical(readings: pd.DataFrame, fields: Sequence[str] = READING_FIELDS) -> pd.DataFrame:
+    """``readings`` with canonical dtypes (as is when it already has them: ``meter_id``, a UTC
+    ``ts`` and float64 quantities among ``fields``; absent ones are read as NaN)."""
     if (
-        set(cols) <= set(readings.columns)
+        {"meter_id", "ts"} <= set(readings.columns)
         and str(readings["ts"].dtype) == TS_DTYPE
-        and all(readings[c].dtype == np.float64 for c in READING_FIELDS)
+        and all(readings[c].dtype == np.float64 for c in fields if c in readings.columns)
     ):
         return readings
     out = normalize_readings(readings)
@@ -390,14 +407,19 @@ def build_window(
     start: Any = None,
     end: Any = None,
     all_registered: bool = True,
+    fields: Sequence[str] | None = None,
 ) -> Window:
     """The dense window of ``readings`` for the registered ``meters`` (module docstring).
+
+    ``fields`` limits the quantities made into arrays (the others read as all NaN, without
+    memory): fitting baselines on weeks of history needs the registers only.
 
     ``step_s`` fixes the cell length (else chosen by :func:`choose_step`); the grid covers the
     readings and, when given, at least ``start`` to ``end`` (floored/ceiled to the step). Every registered meter
     gets a row (``all_registered``), those without readings all NaN.
     """
-    canon = _canonical(readings)
+    wanted = READING_FIELDS if fields is None else tuple(c for c in READING_FIELDS if c in fields)
+    canon = _canonical(readings, wanted)
     coerced = dict(canon.attrs.get("coerced", {}) or {})
     examples = dict(canon.attrs.get("coerced_examples", {}) or {})
     reg_ids = (
@@ -451,14 +473,21 @@ def build_window(
         dq.non_numeric = (codes[pos][ok].astype(np.int64), t[pos][ok], col_idx[ok].astype(np.int64))
     keep = (codes >= 0) & ~no_ts
     time_cols = [c for c in ("collected_at", "device_ts") if c in canon.columns]
+
+    def column(c: str) -> np.ndarray:
+        if c in canon.columns:
+            out: np.ndarray = canon[c].to_numpy(dtype=float)
+            return out
+        return np.full(len(canon), np.nan)
+
     if keep.all():  # the usual case: no copy of the columns
         codes = codes.astype(np.int64, copy=False)
-        values = {c: canon[c].to_numpy(dtype=float) for c in READING_FIELDS}
+        values = {c: column(c) for c in wanted}
         extra = {c: ts_ns(canon[c]) for c in time_cols}
     else:
         rows = np.flatnonzero(keep)
         codes, t = codes[rows].astype(np.int64), t[rows]
-        values = {c: canon[c].to_numpy(dtype=float)[rows] for c in READING_FIELDS}
+        values = {c: column(c)[rows] for c in wanted}
         extra = {c: ts_ns(canon[c])[rows] for c in time_cols}
 
     # Sort by meter then time (a sorted store read skips the sort).
@@ -515,7 +544,7 @@ def build_window(
             ft = np.full(n_m * n_cells, NO_TIME, dtype=np.int64)
             ft[fflat] = t[multi]
             first["t"] = ft.reshape(n_m, n_cells)
-            for c in REGISTERS:
+            for c in REGISTERS & set(values):
                 a = np.full(n_m * n_cells, np.nan)
                 a[fflat] = values[c][multi]
                 first[c] = a.reshape(n_m, n_cells)
@@ -788,6 +817,8 @@ def register_reads(
     v2 = np.full((n_m, 2 * n_c), np.nan)
     t2 = np.full((n_m, 2 * n_c), NO_TIME, dtype=np.int64)
     v2[:, 1::2], t2[:, 1::2] = v, np.where(np.isnan(v), NO_TIME, t)
-    fv = w.first[name]
+    fv = w.first.get(name)
+    if fv is None:  # a window built without this register
+        fv = np.full(v.shape, np.nan)
     v2[:, 0::2], t2[:, 0::2] = fv, np.where(np.isnan(fv), NO_TIME, w.first["t"])
     return v2, t2, 2

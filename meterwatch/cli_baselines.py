@@ -46,7 +46,7 @@ def fit_cmd(
     readings_path: str, meters_path: str, config_path: str | None, out_path: str | None
 ) -> None:
     """Fit every learning detector on the history in READINGS (e.g. the last 4 weeks)."""
-    from meterwatch.analytics.baselines import BaselineArchive, fit_baselines
+    from meterwatch.analytics.baselines import LEARN_FIELDS, BaselineArchive, fit_baselines
     from meterwatch.analytics.suite import default_detectors
     from meterwatch.analytics.window import build_window
     from meterwatch.core.registry import load_registry
@@ -62,7 +62,9 @@ def fit_cmd(
         with console.status(f"reading {readings_path}"):
             readings = read_readings_file(readings_path)
         with console.status(f"fitting on {len(readings):,} readings"):
-            fitted = fit_baselines(build_window(readings, loaded.meters), default_detectors(params))
+            # Cells up to an hour: hourly reads make hourly cells (what the learners use).
+            window = build_window(readings, loaded.meters, fields=LEARN_FIELDS, max_step_s=3600)
+            fitted = fit_baselines(window, default_detectors(params))
         if out_path:
             fitted.save(out_path)
             where = out_path

@@ -31,7 +31,7 @@ from meterwatch.analytics.profiles import (
     rolling_profile,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import Window, prev_present, register_reads
+from meterwatch.analytics.window import Window, prev_present, register_reads, take_prev
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
@@ -70,45 +70,48 @@ def register_steps(w: Window) -> dict[str, np.ndarray]:
     def build() -> dict[str, np.ndarray]:
         energy, t, k = register_reads(w)
         has = ~np.isnan(energy)
+        full = np.asarray(has.all(axis=1))  # read in every position: shifts, not gathers
         prev_col, prev = prev_present(energy, has)
         ok_prev = has & (prev_col >= 0)
         delta = np.where(ok_prev, energy - prev, 0.0)
-        run_max = np.fmax.accumulate(energy, axis=1) if w.n_cells else energy
-        rows = np.arange(w.n_meters)[:, None]
-        max_prev = np.where(prev_col >= 0, run_max[rows, np.maximum(prev_col, 0)], np.nan)
-        with np.errstate(invalid="ignore"):
-            bad = ok_prev & ((delta < 0) | (prev < max_prev))
+        fell = ok_prev & (delta < 0)
+        if fell.any():
+            # A step from below the running maximum follows a fall: only then look for it.
+            run_max = np.fmax.accumulate(energy, axis=1)
+            max_prev = take_prev(run_max, prev_col, full)
+            with np.errstate(invalid="ignore"):
+                bad = fell | (ok_prev & (prev < max_prev))
+            n_bad = np.cumsum(bad, axis=1)
+            delta = np.where(bad, 0.0, delta)
+        else:
+            n_bad = np.zeros(energy.shape, dtype=np.int64)
         ct = w.meters.ct_ratio[:, None]
-        clean = np.cumsum(np.where(bad, 0.0, delta) * ct, axis=1)
-        n_bad = np.cumsum(bad, axis=1)
-        return {"has": has, "clean": clean, "n_bad": n_bad, "t": t, "k": np.array(k)}
+        clean = np.cumsum(delta * ct, axis=1)
+        return {"has": has, "clean": clean, "n_bad": n_bad, "t": t, "k": np.array(k), "full": full}
 
     out: dict[str, np.ndarray] = w.memo("register_steps", build)
     return out
 
 
-def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.DatetimeIndex]:
-    empty = (np.zeros((w.n_meters, 0)), pd.DatetimeIndex([], tz="UTC"))
-    if w.n_cells == 0 or w.step > HOUR_NS or HOUR_NS % w.step:
-        return empty
-    steps = register_steps(w)
-    has, clean, n_bad, t_reg = steps["has"], steps["clean"], steps["n_bad"], steps["t"]
-    kk = int(steps["k"])
-    n_c = has.shape[1]  # positions: kk per cell
+def _hour_values(
+    has: np.ndarray,
+    clean: np.ndarray,
+    n_bad: np.ndarray,
+    t_reg: np.ndarray,
+    b: np.ndarray,
+    j: np.ndarray,
+    cell: np.ndarray,
+    kk: int,
+    max_gap_minutes: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The register at hour boundaries ``b`` for meters not read exactly on them: linear
+    between the reads around each (at most ``max_gap_minutes`` apart), with the decrease
+    counts before and after it."""
+    n_m, n_c = has.shape  # positions: kk per cell
     cols = np.arange(n_c)
     last_idx = np.maximum.accumulate(np.where(has, cols[None, :], -1), axis=1)
     next_idx = np.minimum.accumulate(np.where(has, cols[None, :], n_c)[:, ::-1], axis=1)[:, ::-1]
-    # Hour boundaries that are cell ends inside the window.
-    ends = w.ends
-    first_b = -(-(w.g0 + w.step) // HOUR_NS) * HOUR_NS
-    last_b = ends[-1] // HOUR_NS * HOUR_NS
-    n_b = int((last_b - first_b) // HOUR_NS) + 1
-    if n_b < 2:
-        return empty
-    b = first_b + np.arange(n_b, dtype=np.int64) * HOUR_NS
-    cell = ((b - w.g0) // w.step - 1).astype(np.int64)  # the cell ending at each boundary
-    j = cell * kk + kk - 1  # its last read's position
-    rows = np.arange(w.n_meters)[:, None]
+    rows = np.arange(n_m)[:, None]
     before = last_idx[:, j]
     on_b = has[:, j] & (t_reg[:, j] == b[None, :])
     first_after = (cell + 1) * kk
@@ -122,8 +125,45 @@ def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.Da
     frac = np.divide(b[None, :] - t_b, gap, out=np.zeros(gap.shape), where=gap > 0)
     c_b, c_a = clean[rows, bc], clean[rows, ac]
     value = np.where(ok & (gap <= max_gap_minutes * 60e9), c_b + (c_a - c_b) * frac, np.nan)
+    return value, n_bad[rows, bc], n_bad[rows, ac]
+
+
+def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    empty = (np.zeros((w.n_meters, 0)), pd.DatetimeIndex([], tz="UTC"))
+    if w.n_cells == 0 or w.step > HOUR_NS or HOUR_NS % w.step:
+        return empty
+    steps = register_steps(w)
+    has, clean, n_bad, t_reg = steps["has"], steps["clean"], steps["n_bad"], steps["t"]
+    kk = int(steps["k"])
+    # Hour boundaries that are cell ends inside the window.
+    ends = w.ends
+    first_b = -(-(w.g0 + w.step) // HOUR_NS) * HOUR_NS
+    last_b = ends[-1] // HOUR_NS * HOUR_NS
+    n_b = int((last_b - first_b) // HOUR_NS) + 1
+    if n_b < 2:
+        return empty
+    b = first_b + np.arange(n_b, dtype=np.int64) * HOUR_NS
+    cell = ((b - w.g0) // w.step - 1).astype(np.int64)  # the cell ending at each boundary
+    j = cell * kk + kk - 1  # its last read's position
+    # Meters read exactly at every hour boundary (the usual case) take the read itself.
+    direct = steps["full"] & (kk == 1)
+    if direct.any():
+        direct &= (t_reg[:, j] == b[None, :]).all(axis=1)
+    value = np.full((w.n_meters, n_b), np.nan)
+    n_bad_b = np.zeros((w.n_meters, n_b), dtype=np.int64)
+    n_bad_a = np.zeros((w.n_meters, n_b), dtype=np.int64)
+    d = np.flatnonzero(direct)
+    if d.size:
+        rs: slice | np.ndarray = slice(None) if d.size == w.n_meters else d
+        value[rs] = clean[rs][:, j]
+        n_bad_b[rs] = n_bad_a[rs] = n_bad[rs][:, j]
+    g = np.flatnonzero(~direct)
+    if g.size:
+        value[g], n_bad_b[g], n_bad_a[g] = _hour_values(
+            has[g], clean[g], n_bad[g], t_reg[g], b, j, cell, kk, max_gap_minutes
+        )
     kwh = value[:, 1:] - value[:, :-1]
-    decreased = n_bad[rows, ac][:, 1:] != n_bad[rows, bc][:, :-1]
+    decreased = n_bad_a[:, 1:] != n_bad_b[:, :-1]
     kwh = np.where(decreased, np.nan, kwh)
     hours = pd.DatetimeIndex(pd.to_datetime(b[:-1], utc=True))
     return kwh, hours
@@ -154,11 +194,18 @@ class _ProfileRule(Detector):
     def fit_window(self, w: Window) -> Detector:
         """Learn each meter's profile from the whole history given (the last
         ``history_days`` days of it): ``profile_`` and ``profile_ids_``."""
-        kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
-        cube, days, _ = day_cube(kwh, hours)
-        keep = slice(max(cube.shape[1] - int(self.history_days), 0), None)
-        weekend = np.asarray(days.day_of_week >= 5)[keep]
-        self.profile_ = fit_profile(cube[:, keep], weekend, q_lo=self._q_lo, q_hi=self._q_hi)
+        gap, days_kept = float(self.max_gap_minutes), int(self.history_days)
+        q_lo, q_hi = self._q_lo, self._q_hi
+
+        def fit() -> HourProfile:
+            kwh, hours = hourly_energy(w, gap)
+            cube, days, _ = day_cube(kwh, hours)
+            keep = slice(max(cube.shape[1] - days_kept, 0), None)
+            weekend = np.asarray(days.day_of_week >= 5)[keep]
+            return fit_profile(cube[:, keep], weekend, q_lo=q_lo, q_hi=q_hi)
+
+        # Spike and drop rules with the same settings share one fit of the window.
+        self.profile_ = w.memo(("profile", gap, days_kept, q_lo, q_hi), fit)
         self.profile_ids_ = np.asarray(w.ids, dtype=object)
         return self
 

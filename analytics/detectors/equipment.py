@@ -60,8 +60,8 @@ OUTAGE_BUCKET_MINUTES = 15.0
 
 
 class Phases:
-    """The window's phase arrays for the rules: voltages and currents (meters x cells x 3),
-    Un, Ib, CT ratio, phase presence, and where every present phase is live."""
+    """The window's phase arrays for the rules: voltages and currents (3 x meters x cells,
+    phase-major), Un, Ib, CT ratio, phase presence, and where every present phase is live."""
 
     def __init__(self, w: Window) -> None:
         m = w.meters
@@ -74,8 +74,10 @@ class Phases:
         self.three = m.three
         self.present: np.ndarray = np.asarray(m.present)
         # Every present phase at or above the voltage-loss trigger (NaN is not live).
-        live = at_least(self.u, LIVE_FRACTION * self.un[:, None, None]) | ~self.present[:, None, :]
-        self.all_live = live.all(axis=2) & np.asarray(self.present.any(axis=1))[:, None]
+        #: Phase presence as 3 x meters x 1, to broadcast over the phase planes.
+        self.present_p = self.present.T[:, :, None]
+        live = at_least(self.u, LIVE_FRACTION * self.un[None, :, None]) | ~self.present_p
+        self.all_live = live.all(axis=0) & np.asarray(self.present.any(axis=1))[:, None]
 
 
 def phases(w: Window) -> Phases:
@@ -127,8 +129,8 @@ def _outage_rows(
 ) -> AreaOutages:
     m = w.meters
     ph = phases(w)
-    low = strictly_less(ph.u, voltage_fraction * ph.un[:, None, None]) | ~ph.present[:, None, :]
-    dead = low.all(axis=2) & np.asarray(ph.present.any(axis=1))[:, None] & w.present
+    low = strictly_less(ph.u, voltage_fraction * ph.un[None, :, None]) | ~ph.present_p
+    dead = low.all(axis=0) & np.asarray(ph.present.any(axis=1))[:, None] & w.present
     n_a = int(m.areas.size)
     in_area = (m.area >= 0)[:, None] & w.present
     # Buckets are floored read times (not cells): polls spread a few minutes into an interval
@@ -324,12 +326,12 @@ class CurrentLoss(_OutageAware):
         self.merge_hours = merge_hours
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ib = ph.ib[:, None, None]
+        ib = ph.ib[None, :, None]
         none = strictly_less(ph.i, self.current_fraction * ib)
         load = strictly_greater(ph.i, self.load_fraction * ib)
         three = ph.three[:, None]
-        hit = three & ph.all_live & none.any(axis=2) & load.any(axis=2) & ~self._outage(w)
-        low = np.where(ph.present[:, None, :], ph.i, np.inf).min(axis=2)
+        hit = three & ph.all_live & none.any(axis=0) & load.any(axis=0) & ~self._outage(w)
+        low = np.where(ph.present_p, ph.i, np.inf).min(axis=0)
         value = np.where(three & np.isfinite(low), low, np.float32(np.nan))
         return hit, value, self.current_fraction * ph.ib
 
@@ -394,11 +396,9 @@ class Overvoltage(_VoltageBand):
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, +1.0)
-        over = strictly_greater(ph.u, limit[:, None, None]) & ph.present[:, None, :]
-        hit = over.any(axis=2) & ~self._outage(w)
-        value = np.where(ph.present[:, None, :], np.nan_to_num(ph.u, nan=-np.inf), -np.inf).max(
-            axis=2
-        )
+        over = strictly_greater(ph.u, limit[None, :, None]) & ph.present_p
+        hit = over.any(axis=0) & ~self._outage(w)
+        value = np.where(ph.present_p, np.nan_to_num(ph.u, nan=-np.inf), -np.inf).max(axis=0)
         return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
 
 
@@ -451,23 +451,22 @@ class Undervoltage(_VoltageBand):
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self._limits(ph, -1.0)
-        under = strictly_less(ph.u, limit[:, None, None]) & ph.present[:, None, :]
-        hit = under.any(axis=2) & ph.all_live & ~self._outage(w)
-        value = np.where(ph.present[:, None, :], np.nan_to_num(ph.u, nan=np.inf), np.inf).min(
-            axis=2
-        )
+        under = strictly_less(ph.u, limit[None, :, None]) & ph.present_p
+        hit = under.any(axis=0) & ph.all_live & ~self._outage(w)
+        value = np.where(ph.present_p, np.nan_to_num(ph.u, nan=np.inf), np.inf).min(axis=0)
         return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
 
 
 def unbalance(x: np.ndarray) -> np.ndarray:
-    """Largest deviation from the mean over the mean, per row of ``x`` (rows x 3) [-].
+    """Largest deviation from the mean over the mean across the phases of ``x`` (3 x ...,
+    phase-major) [-].
 
     The phase-voltage unbalance rate of IEEE Std 112 / NEMA MG-1 (PVUR), a magnitude-only
     stand-in for the negative-sequence ratio of GB/T 15543 (meters report no phase angles).
     NaN where the mean is not > 0 or a value is NaN.
     """
-    mean = x.mean(axis=-1)
-    dev = np.abs(x - mean[..., None]).max(axis=-1)
+    mean = (x[0] + x[1] + x[2]) / 3
+    dev = np.maximum(np.maximum(np.abs(x[0] - mean), np.abs(x[1] - mean)), np.abs(x[2] - mean))
     out: np.ndarray = np.divide(
         dev, mean, out=np.full(mean.shape, np.nan, dtype=dev.dtype), where=mean > 0
     )
@@ -583,8 +582,9 @@ class CurrentUnbalance(_OutageAware):
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         three = ph.three[:, None]
         value = np.where(three, unbalance(ph.i), np.float32(np.nan))
-        no_current = strictly_less(ph.i, 0.005 * ph.ib[:, None, None]).any(axis=2)
-        loaded = strictly_greater(ph.i.mean(axis=2), self.min_load_fraction * ph.ib[:, None])
+        no_current = strictly_less(ph.i, 0.005 * ph.ib[None, :, None]).any(axis=0)
+        i_mean = (ph.i[0] + ph.i[1] + ph.i[2]) / 3
+        loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
         judged = np.ones(w.n_meters, dtype=bool) if self.include_supply_meters else ~w.meters.supply
         hit = (
             judged[:, None]
@@ -722,8 +722,8 @@ class LowPowerFactor(_OutageAware):
         # Mean of the present phases (NaN without any): no warnings machinery, which is not
         # thread-safe (streaming detection runs in a worker thread).
         known = ~np.isnan(ph.i)
-        n = known.sum(axis=2)
-        i_mean = np.where(n > 0, np.where(known, ph.i, 0).sum(axis=2) / np.maximum(n, 1), np.nan)
+        n = known.sum(axis=0)
+        i_mean = np.where(n > 0, np.where(known, ph.i, 0).sum(axis=0) / np.maximum(n, 1), np.nan)
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
         hit = (limit > 0)[:, None] & loaded & strictly_less(pf, limit[:, None]) & ~self._outage(w)
         return hit, pf, limit

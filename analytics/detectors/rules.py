@@ -170,7 +170,8 @@ class _PhaseRule(Detector):
     def _flags(
         self, u: np.ndarray, i: np.ndarray, un: np.ndarray, ib: np.ndarray, three: np.ndarray
     ) -> np.ndarray:
-        """Boolean (readings x 3) array: rule holds on that phase (phase presence aside)."""
+        """Boolean 3 x meters x cells array (phase-major): rule holds on that phase (phase
+        presence aside)."""
         raise NotImplementedError
 
     def _thresholds(self, un: float, ib: float) -> dict[str, Any]:
@@ -186,11 +187,11 @@ class _PhaseRule(Detector):
         """One finding per episode per meter, listing the phases involved."""
         m = w.meters
         u, i = w.phase_values("u"), w.phase_values("i")
-        un = m.nominal_voltage_v[:, None, None]
-        ib = m.rated_current_a[:, None, None]
-        flags = self._flags(u, i, un, ib, m.three[:, None, None]) & m.present[:, None, :]
-        flags &= w.present[:, :, None]
-        mask = flags.any(axis=2)
+        un = m.nominal_voltage_v[None, :, None]
+        ib = m.rated_current_a[None, :, None]
+        flags = self._flags(u, i, un, ib, m.three[None, :, None]) & m.present.T[:, :, None]
+        flags &= w.present[None]
+        mask = flags.any(axis=0)
         r = runs(mask, w.present, w.last_col())
         r = r.select(r.n >= int(self.min_readings))
         r = merge_runs(r, w.t, float(self.merge_hours) * 3600e9)
@@ -199,18 +200,18 @@ class _PhaseRule(Detector):
         cols = np.broadcast_to(np.arange(w.n_cells, dtype=float)[None, :], mask.shape)
         per_phase = []
         for p in range(3):  # at most three phases
-            fp = flags[:, :, p]
+            fp = flags[p]
             first_col = run_reduce(cols, r, "min", where=fp)
             known = np.isfinite(first_col)
             fc = np.where(known, first_col, 0).astype(np.int64)
             per_phase.append(
                 {
-                    "u_start": np.where(known, u[r.row, fc, p], np.nan),
-                    "i_start": np.where(known, i[r.row, fc, p], np.nan),
-                    "u_min": run_reduce(u[:, :, p], r, "min", where=fp),
-                    "u_max": run_reduce(u[:, :, p], r, "max", where=fp),
-                    "i_min": run_reduce(i[:, :, p], r, "min", where=fp),
-                    "i_max": run_reduce(i[:, :, p], r, "max", where=fp),
+                    "u_start": np.where(known, u[p][r.row, fc], np.nan),
+                    "i_start": np.where(known, i[p][r.row, fc], np.nan),
+                    "u_min": run_reduce(u[p], r, "min", where=fp),
+                    "u_max": run_reduce(u[p], r, "max", where=fp),
+                    "i_min": run_reduce(i[p], r, "min", where=fp),
+                    "i_max": run_reduce(i[p], r, "max", where=fp),
                     "n": run_reduce(fp.astype(float), r, "sum").astype(np.int64),
                 }
             )
@@ -399,7 +400,7 @@ class PhaseBreak(_PhaseRule):
     ) -> np.ndarray:
         # Live: U >= live fraction (the complement of the strict "<"); NaN is not live.
         live = at_least(u, self.live_voltage_fraction * un)
-        live_count = live.sum(axis=-1, keepdims=True)
+        live_count = live.sum(axis=0, keepdims=True)
         other_live = (live_count - live) > 0
         return (
             three

@@ -173,3 +173,19 @@ def test_fit_keep_and_analyze_one_day_through_the_cli(scenario, tmp_path: Path) 
         ],
     )
     assert res.exit_code == 2 and "error: cannot read baselines" in res.stderr
+
+
+def test_a_fit_needs_the_register_only(scenario) -> None:  # noqa: ANN001
+    """A history window of the import register alone (a fraction of the memory) fits the
+    same baselines as one of every quantity."""
+    from meterwatch.analytics.baselines import LEARN_FIELDS
+
+    history, _ = split(scenario)
+    lean = build_window(history, scenario.registry, fields=LEARN_FIELDS)
+    assert set(lean.values) == {"energy_import_kwh"}
+    assert np.isnan(lean.q("voltage_l1_v")).all() and lean.q("voltage_l1_v").shape == lean.t.shape
+    full = fit_baselines(build_window(history, scenario.registry), learners())
+    thin = fit_baselines(lean, learners())
+    for key, st in full.states.items():
+        for name, a in st.per_meter.items():
+            np.testing.assert_array_equal(thin.states[key].per_meter[name], a)

@@ -197,7 +197,8 @@ def test_min_readings_is_a_minimum_duration(det: Detector) -> None:
 
 
 def test_unbalance_formula() -> None:
-    x = np.array([[230.0, 220.0, 210.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    # Phase-major (3 x readings), as the window keeps phases.
+    x = np.array([[230.0, 220.0, 210.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]).T
     np.testing.assert_allclose(unbalance(x)[:2], [10 / 220, 0.0])
     assert np.isnan(unbalance(x)[2])
     assert unbalance(x)[3] == pytest.approx(2.0)
