@@ -41,6 +41,13 @@ class Partition:
     def meters(self) -> int:
         return int(self.power.shape[0])
 
+    @property
+    def hist_interval_kwh(self) -> np.ndarray:
+        """meters x 7 x 96: the last 7 history days at 15 minutes (each hour split in four)."""
+        last = self.hist_kwh[:, -7:, :]
+        out: np.ndarray = np.repeat(last, 4, axis=2) / np.float32(4)
+        return out
+
     def day_frame(self) -> pd.DataFrame:
         """The judged day as a sorted long canonical frame (meter, then time; categorical
         meter ids), as a columnar store read returns it."""
@@ -109,7 +116,9 @@ def make_partition(
     )
     # Load shape per hour and day type; per-meter scale and noise.
     h = np.arange(24)
-    shape = 0.4 + 0.5 * np.exp(-0.5 * ((h - 8) / 1.5) ** 2) + 0.9 * np.exp(-0.5 * ((h - 19) / 2) ** 2)
+    shape = (
+        0.4 + 0.5 * np.exp(-0.5 * ((h - 8) / 1.5) ** 2) + 0.9 * np.exp(-0.5 * ((h - 19) / 2) ** 2)
+    )
     scale = rng.uniform(0.3, 1.5, n).astype(np.float32)
     days = pd.date_range(DAY - pd.Timedelta(days=history_days), periods=history_days + 1, freq="D")
     level = np.where(days.day_of_week >= 5, 1.25, 1.0).astype(np.float32)
@@ -143,5 +152,14 @@ def make_partition(
     freq = (50 + rng.normal(0, 0.02, (n, INTERVALS))).astype(np.float32)
     present = rng.random((n, INTERVALS)) >= 0.001
     return Partition(
-        registry, power, energy, volt, curr, pf, freq, present, hist.astype(np.float32), hist_register
+        registry,
+        power,
+        energy,
+        volt,
+        curr,
+        pf,
+        freq,
+        present,
+        hist.astype(np.float32),
+        hist_register,
     )

@@ -392,15 +392,22 @@ def rank_suspects(
     return rank_window(build_window(readings, meters), **score_params)
 
 
-def rank_window(w: Window, **score_params: Any) -> pd.DataFrame:
-    """:func:`rank_suspects` over a window."""
+def rank_window(
+    w: Window, theft: TheftSuspected | None = None, **score_params: Any
+) -> pd.DataFrame:
+    """:func:`rank_suspects` over a window; with ``theft`` (a :class:`TheftSuspected`,
+    fitted or not), its scores -- the same the detector judged, computed once per window --
+    and its parameters."""
     cols = ["meter_id", "score", "rank", "reasons"]
     if not w.present.any():
         return pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("meter_id", "reasons") else float) for c in cols}
         )
-    _, data = area_loss(w)
-    scored = score_meters(meter_features(data), **score_params).reset_index()
+    if theft is not None:
+        scored = theft.scores(w).reset_index()
+    else:
+        _, data = area_loss(w)
+        scored = score_meters(meter_features(data), **score_params).reset_index()
     scored = scored.sort_values(["score", "meter_id"], ascending=[False, True], kind="mergesort")
     scored["rank"] = np.arange(1, len(scored) + 1)
     return scored[cols].reset_index(drop=True)
@@ -612,18 +619,31 @@ class TheftSuspected(Detector):
         history = {k: arrays[f"day_{k}"][:, before] for k in DAILY_FIELDS}
         return refs, history
 
+    def scores(self, w: Window) -> pd.DataFrame:
+        """:func:`score_meters` of the window's customer meters (with the fitted references
+        when fitted); once per window and fit, shared with :func:`rank_window`."""
+        fitted = getattr(self, "fitted_", None)
+        key = ("theft_scores", id(fitted), self.z_full, self.isolation_weight, self.min_days)
+
+        def compute() -> pd.DataFrame:
+            _, data = area_loss(w)
+            refs, history = self._fitted_inputs(w, data)
+            return score_meters(
+                meter_features(data, refs=refs, history=history),
+                z_full=float(self.z_full),
+                isolation_weight=float(self.isolation_weight),
+                min_days=int(self.min_days),
+            )
+
+        out: pd.DataFrame = w.memo(key, compute)
+        return out
+
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter with ``score >= min_score``."""
         if not w.present.any():
             return empty_findings()
         _, data = area_loss(w)
-        refs, history = self._fitted_inputs(w, data)
-        scored = score_meters(
-            meter_features(data, refs=refs, history=history),
-            z_full=float(self.z_full),
-            isolation_weight=float(self.isolation_weight),
-            min_days=int(self.min_days),
-        )
+        scored = self.scores(w)
         hit = scored[scored["score"] >= float(self.min_score) - 1e-12]
         if hit.empty:
             return empty_findings()
