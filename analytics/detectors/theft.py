@@ -33,6 +33,7 @@ w x isolation percentile`` is in 0..1; higher means more suspicious.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -313,13 +314,58 @@ def rank_suspects(
 
 def rank_window(w: Window, **score_params: Any) -> pd.DataFrame:
     """:func:`rank_suspects` over a window."""
-    cols = ["meter_id", "score", "rank", "reasons"]
+    return rank_features(theft_features(w), **score_params)
+
+
+def theft_features(w: Window) -> pd.DataFrame:
+    """What the peer-relative theft score needs from one partition: per customer meter with
+    readings, the raw :data:`FEATURES` (:func:`meter_features`, which need whole areas) and
+    ``first_day``, the meter's first complete day (the first day of the window without one).
+
+    The score itself compares each meter with its class peers over the *whole fleet* (medians,
+    MAD, an Isolation Forest), so partitions send these rows to one place, which joins them
+    with :func:`gather_features` and scores them once (``analytics.partition``).
+    """
     if not w.present.any():
+        return _no_features()
+    _, data = area_loss(w)
+    out = meter_features(data)
+    complete, days = data["complete"], data["days"]
+    if complete.shape[1]:
+        first = pd.Series(days[np.argmax(complete, axis=1)], index=data["meter_ids"])
+        out["first_day"] = first.reindex(out.index).array
+    else:
+        out["first_day"] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
+    return out
+
+
+def _no_features() -> pd.DataFrame:
+    cols = {f: pd.Series(dtype=float) for f in FEATURES}
+    cols.update(customer_class=pd.Series(dtype=object), transformer_id=pd.Series(dtype=object))
+    cols.update(days=pd.Series(dtype=np.int64), first_day=pd.Series(dtype="datetime64[ns, UTC]"))
+    return pd.DataFrame(cols, index=pd.Index([], dtype=object, name="meter_id"))
+
+
+def gather_features(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """:func:`theft_features` of several partitions as the rows one window over all their
+    meters would give: in meter-id order (the Isolation Forest's sampling depends on it)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _no_features()
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts).sort_index(kind="mergesort")
+
+
+def rank_features(features: pd.DataFrame, **score_params: Any) -> pd.DataFrame:
+    """Every meter of :func:`theft_features` (or :func:`gather_features`) ranked by theft
+    score, as :func:`rank_suspects` returns it."""
+    cols = ["meter_id", "score", "rank", "reasons"]
+    if features.empty:
         return pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("meter_id", "reasons") else float) for c in cols}
         )
-    _, data = area_loss(w)
-    scored = score_meters(meter_features(data), **score_params).reset_index()
+    scored = score_meters(features, **score_params).reset_index()
     scored = scored.sort_values(["score", "meter_id"], ascending=[False, True], kind="mergesort")
     scored["rank"] = np.arange(1, len(scored) + 1)
     return scored[cols].reset_index(drop=True)
@@ -481,13 +527,26 @@ class TheftSuspected(Detector):
         self.isolation_weight = isolation_weight
         self.min_days = min_days
 
+    #: The score is relative to the whole fleet: each partition contributes
+    #: :meth:`partial_window`, and :meth:`combine` judges them together
+    #: (``analytics.partition.CrossPartition``).
+    partial_key: ClassVar[str] = "theft_features"
+
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter with ``score >= min_score``."""
-        if not w.present.any():
+        return self.combine([theft_features(w)])
+
+    def partial_window(self, w: Window) -> pd.DataFrame:
+        """This partition's share of the judgement: :func:`theft_features`."""
+        return theft_features(w)
+
+    def combine(self, partials: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Findings over the meters of every partial, scored against each other."""
+        features = gather_features(partials)
+        if features.empty:
             return empty_findings()
-        _, data = area_loss(w)
         scored = score_meters(
-            meter_features(data),
+            features,
             z_full=float(self.z_full),
             isolation_weight=float(self.isolation_weight),
             min_days=int(self.min_days),
@@ -495,12 +554,6 @@ class TheftSuspected(Detector):
         hit = scored[scored["score"] >= float(self.min_score) - 1e-12]
         if hit.empty:
             return empty_findings()
-        complete = data["complete"]
-        first_idx = np.argmax(complete, axis=1) if complete.shape[1] else np.zeros(0, int)
-        first_day = pd.Series(
-            data["days"][first_idx] if complete.shape[1] else pd.DatetimeIndex([], tz="UTC"),
-            index=data["meter_ids"][: first_idx.size],
-        )
         params = plain(self.get_params())
         rows = []
         for meter, r in hit.iterrows():  # loop over findings only
@@ -510,7 +563,7 @@ class TheftSuspected(Detector):
                     "severity": self.severity,
                     "meter_id": meter,
                     "transformer_id": r["transformer_id"],
-                    "starts_at": first_day[meter],
+                    "starts_at": r["first_day"],
                     "ends_at": pd.NaT,
                     "summary": (
                         f"Theft suspected (score {r['score']:.2f}, {int(r['days'])} days): "

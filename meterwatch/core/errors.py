@@ -5,6 +5,7 @@ MeterWatchError
 ├── MapError               a register map that fails its load-time checks
 ├── RegistryError          a bad meters.csv row or column
 ├── DatasetError           a real data set that cannot be fetched, verified or read (carries ``dataset``)
+├── ClusterError           the Dask cluster for analytics partitions is unreachable or failed (``address``, ``setting``)
 ├── ProtocolError          a payload or frame that cannot be decoded
 │   ├── Dlt645FrameError       a DL/T 645 frame or value that breaks the format (carries offset)
 │   └── Dlt645AbnormalReply    a DL/T 645 meter refused a read (address, control, status, di)
@@ -62,6 +63,18 @@ class DatasetError(MeterWatchError):
     def __init__(self, dataset: str, message: str):
         self.dataset = dataset
         super().__init__(f"data set {dataset}: {message}")
+
+
+class ClusterError(MeterWatchError):
+    """The Dask cluster that runs analytics partitions cannot be used: its scheduler does not
+    answer, has no workers, its workers lack this version of MeterWatch, or a partition keeps
+    losing its worker. ``address`` is the scheduler's, ``setting`` what named it (e.g.
+    ``--scheduler`` or ``analytics.scheduler``)."""
+
+    def __init__(self, address: str, setting: str, message: str):
+        self.address = address
+        self.setting = setting
+        super().__init__(f"{setting} {address}: {message}")
 
 
 class ProtocolError(MeterWatchError):
