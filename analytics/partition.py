@@ -138,7 +138,9 @@ class Partition:
     def __getstate__(self) -> dict[str, Any]:
         import pyarrow as pa
 
-        table = pa.Table.from_pandas(self.readings, preserve_index=False)
+        frame = self.readings.copy(deep=False)
+        frame.attrs = {}  # travel beside the table (Arrow keeps only JSON attributes)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
         return {
             "index": self.index,
             "meters": self.meters,
