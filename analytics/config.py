@@ -9,9 +9,10 @@ path and the known names, a bad value the detector's own message.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, get_type_hints
+import re
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
-from pydantic import Field, create_model, model_validator
+from pydantic import AfterValidator, Field, create_model, model_validator
 
 from meterwatch.analytics.params import (
     RULE_SET_VERSION,
@@ -86,6 +87,24 @@ else:
     DetectorsConfig = _compose_detectors()
 
 
+_ADDRESS = re.compile(
+    r"^(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$"
+)
+
+
+def scheduler_address(value: str) -> str:
+    """A Dask scheduler address ``tcp://HOST:PORT`` (or ``tls://``; ``HOST:PORT`` means tcp),
+    normalized; ValueError naming the value and the expected form otherwise."""
+    m = _ADDRESS.match(value.strip()) if isinstance(value, str) else None
+    scheme = (m.group("scheme") or "tcp") if m else ""
+    if m is None or scheme not in ("tcp", "tls") or not 0 < int(m.group("port")) < 65536:
+        raise ValueError(
+            f"{value!r} is not a Dask scheduler address; use tcp://HOST:PORT (a scheduler "
+            "listens on port 8786 by default) or tls://HOST:PORT"
+        )
+    return f"{scheme}://{m.group('host')}:{int(m.group('port'))}"
+
+
 class AnalyticsConfig(Section):
     """``analytics``: when detectors and validation run, how much history they see, and
     per-detector parameters (``detectors: {consumption_spike: {ratio: 3.0}}``; defaults and
@@ -97,6 +116,11 @@ class AnalyticsConfig(Section):
     # VEE over the completed window into validated_readings, every this much service time and
     # at stop; null: off (billing export still validates on demand)
     validation_interval: Duration | None = Field(86400.0, gt=0)
+    # Dask scheduler on which `meterwatch analyze` runs its partitions (docs/dask.md); null:
+    # in this process. The service does not use it (its analytics run in the service).
+    scheduler: Annotated[str, AfterValidator(scheduler_address)] | None = None
+    # How long to wait for the scheduler to answer and for its first worker
+    scheduler_timeout: Duration = Field(10.0, gt=0)
     detectors: DetectorsConfig = DetectorsConfig()
     # Where fitted baselines are kept, one file per version (meterwatch baselines fit)
     baselines_dir: str = "var/baselines"

@@ -74,6 +74,7 @@ from meterwatch.analytics.base import (
 from meterwatch.analytics.params import RULE_SET_VERSION, VeeParams
 from meterwatch.analytics.window import (
     NO_TIME,
+    Extent,
     Window,
     build_window,
     prev_present,
@@ -325,7 +326,7 @@ def validate_window(
     now_ns = None if now is None else _to_ns(pd.Timestamp(now))
     reads = usable_reads(w, now_ns, p, counts)
     # --- the interval grid: columns [i0, i1) of the window --------------------------------
-    i0, i1, rows = interval_range(w, reads, start, end)
+    i0, i1, rows = interval_range(w, reads, start, end, fleet=w.fleet if now_ns is None else None)
     n_m, n_int = rows.size, max(i1 - i0, 0)
     if n_int <= 0 or n_m == 0:
         return _result(
@@ -521,11 +522,14 @@ def _mark(w: Window, bits: np.ndarray, codes: np.ndarray, t: np.ndarray, bit: in
     bits[codes[ok], col[ok]] |= bit
 
 
-def interval_range(w: Window, reads: _Reads, start: Any, end: Any) -> tuple[int, int, np.ndarray]:
+def interval_range(
+    w: Window, reads: _Reads, start: Any, end: Any, fleet: Extent | None = None
+) -> tuple[int, int, np.ndarray]:
     """Window columns ``[i0, i1)`` that are the VEE intervals, and the meter rows judged.
 
     With ``start``/``end``: that period, every registered meter. Else: from the first boundary
-    after the earliest usable read to the last boundary before the latest, meters with reads.
+    after the earliest usable read to the last boundary before the latest (of the whole fleet
+    when ``fleet`` is given: the window is one partition of it), meters with reads.
     """
     if start is not None and end is not None:
         i0 = int((_to_ns(pd.Timestamp(start)) // w.step * w.step - w.g0) // w.step)
@@ -538,6 +542,8 @@ def interval_range(w: Window, reads: _Reads, start: Any, end: Any) -> tuple[int,
     t = np.where(has_any, w.t, NO_TIME)
     t_max = int(t.max())
     t_min = int(np.where(has_any, w.t, np.iinfo(np.int64).max).min())
+    if fleet is not None:
+        t_min, t_max = fleet.first, fleet.last
     b_first = -(-t_min // w.step) * w.step
     b_last = t_max // w.step * w.step
     if start is not None:
@@ -1181,9 +1187,12 @@ def clock_check(
     if now_ns is not None:
         ref = np.full(n_m, float(now_ns))
     else:
-        order = np.sort(last[has]) if has.any() else np.zeros(0, np.int64)
-        top1 = order[-1] if order.size else 0
-        top2 = order[-2] if order.size >= 2 else NO_TIME
+        if w.fleet is not None:  # one partition of a fleet: the other meters are the fleet's
+            top1, top2 = w.fleet.latest
+        else:
+            order = np.sort(last[has]) if has.any() else np.zeros(0, np.int64)
+            top1 = order[-1] if order.size else 0
+            top2 = order[-2] if order.size >= 2 else NO_TIME
         ref = np.where(last == top1, top2, top1).astype(float)
         ref[ref <= NO_TIME + 1] = np.nan
     lead = last - ref
@@ -1333,9 +1342,15 @@ def regrid(w: Window, step_s: int, *, start: Any = None, end: Any = None) -> Win
     for name in w.times:
         frame.loc[w.times[name][r, c] == NO_TIME, name] = pd.NaT
     reg = pd.DataFrame({"meter_id": w.meters.ids})
+    if w.fleet is not None and start is None and end is None:
+        # One partition of a fleet: cover the fleet's data span (from the cell before its
+        # first read, where the fleet's window starts), as the fleet's window would.
+        start = pd.Timestamp(w.fleet.first - int(step_s) * _NS, tz="UTC")
+        end = pd.Timestamp(w.fleet.last, tz="UTC")
     out = build_window(frame, reg, step_s=step_s, start=start, end=end)
     out.meters = w.meters
     out.dq = w.dq
+    out.fleet = w.fleet
     return out
 
 

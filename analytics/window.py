@@ -221,6 +221,17 @@ class DataQuality:
     coerced_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Extent:
+    """Reference instants of the data [ns]: the first and the last read of any meter (as the
+    window keeps them), and the two latest per-meter last reads (``NO_TIME`` for the second
+    when only one meter has reads)."""
+
+    first: int
+    last: int
+    latest: tuple[int, int]
+
+
 @dataclass
 class Window:
     """A partition's readings on a regular grid (see the module docstring)."""
@@ -238,6 +249,9 @@ class Window:
     #: Cells with several reads also keep their first read of the registers (``"t"`` and the
     #: register names; NO_TIME / NaN elsewhere); empty when every cell has one read at most.
     first: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The whole fleet's :class:`Extent` when this window is one partition of it
+    #: (``analytics.partition``): rules whose reference is "the data" use the fleet's.
+    fleet: Extent | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- shape ---------------------------------------------------------------------------
@@ -321,6 +335,24 @@ class Window:
             return first, last, n
 
         return self.memo("span", build)
+
+    def extent(self) -> Extent | None:
+        """The data's reference instants: the fleet's when this window is one partition of it
+        (:attr:`fleet`), else this window's own; None without any read."""
+        if self.fleet is not None:
+            return self.fleet
+
+        def build() -> Extent | None:
+            first, last, n = self.reading_span()
+            has = n > 0
+            if not has.any():
+                return None
+            lasts = np.sort(last[has])
+            second = int(lasts[-2]) if lasts.size >= 2 else int(NO_TIME)
+            return Extent(int(first[has].min()), int(lasts[-1]), (int(lasts[-1]), second))
+
+        result: Extent | None = self.memo("extent", build)
+        return result
 
     def meter_window(self, m: int) -> dict[str, Any]:
         """Evidence ``window`` of meter row ``m``: first/last reading and count."""

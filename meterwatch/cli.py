@@ -319,11 +319,19 @@ def _simulate_real(
     help="Write every customer meter's theft score, ranked (meter_id,score,rank,reasons) as CSV.",
 )
 @click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="Run the partitions on this Dask cluster (default: analytics.scheduler of --config; "
+    "without either, in this process). docs/dask.md",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Processes running partitions in parallel (one per core is a good choice).",
+    help="Without a scheduler: N > 1 runs the partitions on a local Dask cluster of N worker "
+    "processes (one per core is a good choice).",
 )
 @click.option(
     "--partition-meters",
@@ -346,74 +354,116 @@ def analyze(
     config_path: str | None,
     validated_path: str | None = None,
     suspects_path: str | None = None,
+    scheduler: str | None = None,
     workers: int = 1,
     partition_meters: int = 20_000,
     baselines_path: str | None = None,
 ) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
+    from contextlib import ExitStack
     from datetime import UTC, datetime
 
     import rich.progress
 
     from meterwatch.alerts.manager import AlertManager
+    from meterwatch.analytics.config import scheduler_address
+    from meterwatch.analytics.detectors.theft import (
+        gather_features,
+        rank_features,
+        theft_features,
+    )
     from meterwatch.analytics.partition import analyze_partitioned
     from meterwatch.analytics.suite import default_detectors
+    from meterwatch.cluster import partition_runner
     from meterwatch.console import alert_counts_lines, print_registry_summary, warn_coerced
     from meterwatch.core.registry import load_registry
     from meterwatch.io import read_readings_file
 
     try:
         cfg = load_config(config_path) if config_path else None
+        setting = "--scheduler"
+        if scheduler is not None:
+            try:
+                scheduler = scheduler_address(scheduler)
+            except ValueError as exc:
+                raise MeterWatchError(f"--scheduler: {exc}") from None
+        elif cfg is not None and cfg.analytics.scheduler:
+            scheduler, setting = cfg.analytics.scheduler, f"analytics.scheduler ({config_path})"
+        if scheduler and workers > 1:
+            raise MeterWatchError(
+                f"--workers {workers} starts a local Dask cluster, {setting} names one: "
+                "give one of them"
+            )
+        timeout_s = cfg.analytics.scheduler_timeout if cfg else 10.0
         params = cfg.analytics.detector_params() if cfg else {}
         loaded = load_registry(
             meters_path, defaults=cfg.registry.defaults.values() if cfg else None
         )
         meters = loaded.meters
         print_registry_summary(console, loaded.summary)
-        with console.status(f"reading {readings_path}"):
-            readings = read_readings_file(readings_path)
-        warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
-        if readings.empty:
-            err_console.print(
-                f"[yellow]warning:[/] {readings_path} holds no readings (a header only?): "
-                f"nothing to analyze; {out_path} is written empty",
-                highlight=False,
-                soft_wrap=True,
-            )
-        detectors = default_detectors(params)
-        if baselines_path:
-            from meterwatch.analytics.baselines import BaselineArchive, Baselines
 
-            fitted = (
-                BaselineArchive(cfg.analytics.baselines_dir if cfg else "var/baselines").load()
-                if baselines_path == "latest"
-                else Baselines.load(baselines_path)
+        def retried(text: str) -> None:
+            err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+        with ExitStack() as stack:
+            # The cluster first: an unreachable scheduler fails before a long file read.
+            with console.status(f"reaching {scheduler}" if scheduler else "starting workers"):
+                runner, where = stack.enter_context(
+                    partition_runner(
+                        scheduler, workers, timeout_s=timeout_s, setting=setting, on_retry=retried
+                    )
+                )
+            with console.status(f"reading {readings_path}"):
+                readings = read_readings_file(readings_path)
+            warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
+            if readings.empty:
+                err_console.print(
+                    f"[yellow]warning:[/] {readings_path} holds no readings (a header only?): "
+                    f"nothing to analyze; {out_path} is written empty",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            detectors = default_detectors(params)
+            if baselines_path:
+                from meterwatch.analytics.baselines import BaselineArchive, Baselines
+
+                fitted = (
+                    BaselineArchive(cfg.analytics.baselines_dir if cfg else "var/baselines").load()
+                    if baselines_path == "latest"
+                    else Baselines.load(baselines_path)
+                )
+                fitted.apply(detectors)
+                console.print(fitted.describe(), highlight=False, soft_wrap=True)
+            bar = stack.enter_context(
+                rich.progress.Progress(
+                    *rich.progress.Progress.get_default_columns(),
+                    rich.progress.TextColumn("{task.completed:,.0f}/{task.total:,.0f} meters"),
+                    console=console,
+                    transient=True,
+                )
             )
-            fitted.apply(detectors)
-            console.print(fitted.describe(), highlight=False, soft_wrap=True)
-        with rich.progress.Progress(
-            *rich.progress.Progress.get_default_columns(),
-            rich.progress.TextColumn("{task.completed:,.0f}/{task.total:,.0f} meters"),
-            console=console,
-            transient=True,
-        ) as bar:
             task = bar.add_task(
-                f"detectors over {len(readings):,} readings ({workers} worker(s))",
-                total=len(meters),
+                f"detectors over {len(readings):,} readings {where}", total=len(meters)
             )
-            findings = analyze_partitioned(
+            result = analyze_partitioned(
                 detectors,
                 readings,
                 meters,
                 max_meters=partition_meters,
-                workers=workers,
+                runner=runner,
                 progress=lambda done, _total: bar.update(task, completed=done),
+                # The suspects list ranks the theft features every partition gives back.
+                extra={"theft_features": theft_features} if suspects_path else None,
             )
+        findings = result.findings
+        console.print(
+            f"partitions (whole transformer areas, at most {partition_meters:,} meters) ran "
+            f"{where}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if suspects_path:
-            from meterwatch.analytics.detectors.theft import rank_suspects
-
-            with console.status("ranking theft suspects (line loss, features, Isolation Forest)"):
-                suspects = rank_suspects(readings, meters)
+            suspects = rank_features(gather_features(result.partials.get("theft_features", [])))
             suspects.to_csv(suspects_path, index=False)
             console.print(f"{len(suspects)} customer meters ranked → {suspects_path}")
         if validated_path:

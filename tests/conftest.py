@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from tests.support.partitions import several_areas_fleet
 from tests.support.servers import Mosquitto, mosquitto
 
 _GROUPS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
@@ -35,3 +37,10 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     workdir.mkdir()
     with mosquitto(workdir) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def several_areas() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Readings, registry and the meters without an area of a simulated fleet of three areas
+    with every alert type (tests.support.partitions)."""
+    return several_areas_fleet()

@@ -154,11 +154,11 @@ class MeterOffline(Detector):
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per silence of a meter (ended, or still going at the data's end)."""
         first, last, n = w.reading_span()
-        if not n.any():
+        ext = w.extent()  # the fleet's when the window is one partition of it
+        if ext is None:
             return empty_findings()
         limit = float(self.offline_hours) * _H
-        end = int(last[n > 0].max())
-        start = int(first[n > 0].min())
+        end, start = ext.last, ext.first
         events: list[tuple[int, int, int | None]] = []  # (row, silent since, back at)
         pres = w.present
         lastseen = np.maximum.accumulate(np.where(pres, w.t, NO_TIME), axis=1)

@@ -33,6 +33,7 @@ w x isolation percentile`` is in 0..1; higher means more suspicious.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -396,18 +397,69 @@ def rank_window(
     w: Window, theft: TheftSuspected | None = None, **score_params: Any
 ) -> pd.DataFrame:
     """:func:`rank_suspects` over a window; with ``theft`` (a :class:`TheftSuspected`,
-    fitted or not), its scores -- the same the detector judged, computed once per window --
+    fitted or not), its features and scores -- the ones the detector judged, computed once --
     and its parameters."""
-    cols = ["meter_id", "score", "rank", "reasons"]
+    if theft is not None:
+        return _ranked(theft.score(theft.partial_window(w)))
+    return rank_features(theft_features(w), **score_params)
+
+
+def theft_features(w: Window, theft: TheftSuspected | None = None) -> pd.DataFrame:
+    """What the peer-relative theft score needs from one partition: per customer meter with
+    readings, the raw :data:`FEATURES` (:func:`meter_features`, which need whole areas) and
+    ``first_day``, the meter's first complete day (the first day of the window without one).
+    With a fitted ``theft`` detector, the window's days are judged against its references.
+
+    The score itself compares each meter with its class peers over the *whole fleet* (medians,
+    MAD, an Isolation Forest), so partitions send these rows to one place, which joins them
+    with :func:`gather_features` and scores them once (``analytics.partition``).
+    """
     if not w.present.any():
+        return _no_features()
+    _, data = area_loss(w)
+    refs, history = theft._fitted_inputs(w, data) if theft is not None else (None, None)
+    out = meter_features(data, refs=refs, history=history)
+    complete, days = data["complete"], data["days"]
+    if complete.shape[1]:
+        first = pd.Series(days[np.argmax(complete, axis=1)], index=data["meter_ids"])
+        out["first_day"] = first.reindex(out.index).array
+    else:
+        out["first_day"] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
+    return out
+
+
+def _no_features() -> pd.DataFrame:
+    cols = {f: pd.Series(dtype=float) for f in FEATURES}
+    cols.update(customer_class=pd.Series(dtype=object), transformer_id=pd.Series(dtype=object))
+    cols.update(days=pd.Series(dtype=np.int64), first_day=pd.Series(dtype="datetime64[ns, UTC]"))
+    return pd.DataFrame(cols, index=pd.Index([], dtype=object, name="meter_id"))
+
+
+def gather_features(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """:func:`theft_features` of several partitions as the rows one window over all their
+    meters would give: in meter-id order (the Isolation Forest's sampling depends on it)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _no_features()
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts).sort_index(kind="mergesort")
+
+
+def rank_features(features: pd.DataFrame, **score_params: Any) -> pd.DataFrame:
+    """Every meter of :func:`theft_features` (or :func:`gather_features`) ranked by theft
+    score, as :func:`rank_suspects` returns it."""
+    return _ranked(score_meters(features, **score_params))
+
+
+def _ranked(scored: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score_meters` output as the ranked suspects list."""
+    cols = ["meter_id", "score", "rank", "reasons"]
+    if scored.empty:
         return pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("meter_id", "reasons") else float) for c in cols}
         )
-    if theft is not None:
-        scored = theft.scores(w).reset_index()
-    else:
-        _, data = area_loss(w)
-        scored = score_meters(meter_features(data), **score_params).reset_index()
+    scored = scored.reset_index()
     scored = scored.sort_values(["score", "meter_id"], ascending=[False, True], kind="mergesort")
     scored["rank"] = np.arange(1, len(scored) + 1)
     return scored[cols].reset_index(drop=True)
@@ -619,40 +671,47 @@ class TheftSuspected(Detector):
         history = {k: arrays[f"day_{k}"][:, before] for k in DAILY_FIELDS}
         return refs, history
 
-    def scores(self, w: Window) -> pd.DataFrame:
-        """:func:`score_meters` of the window's customer meters (with the fitted references
-        when fitted); once per window and fit, shared with :func:`rank_window`."""
-        fitted = getattr(self, "fitted_", None)
-        key = ("theft_scores", id(fitted), self.z_full, self.isolation_weight, self.min_days)
-
-        def compute() -> pd.DataFrame:
-            _, data = area_loss(w)
-            refs, history = self._fitted_inputs(w, data)
-            return score_meters(
-                meter_features(data, refs=refs, history=history),
-                z_full=float(self.z_full),
-                isolation_weight=float(self.isolation_weight),
-                min_days=int(self.min_days),
-            )
-
-        out: pd.DataFrame = w.memo(key, compute)
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """:func:`score_meters` of ``features`` with this detector's parameters; the last
+        result is kept, so detection and ranking of the same features score them once."""
+        cached = getattr(self, "_scored", None)
+        if cached is not None and cached[0] is features:
+            out: pd.DataFrame = cached[1]
+            return out
+        out = score_meters(
+            features,
+            z_full=float(self.z_full),
+            isolation_weight=float(self.isolation_weight),
+            min_days=int(self.min_days),
+        )
+        self._scored = (features, out)
         return out
+
+    #: The score is relative to the whole fleet: each partition contributes
+    #: :meth:`partial_window`, and :meth:`combine` judges them together
+    #: (``analytics.partition.CrossPartition``).
+    partial_key: ClassVar[str] = "theft_features"
 
     def detect_window(self, w: Window) -> pd.DataFrame:
         """One finding per meter with ``score >= min_score``."""
-        if not w.present.any():
+        return self.combine([self.partial_window(w)])
+
+    def partial_window(self, w: Window) -> pd.DataFrame:
+        """This partition's share of the judgement: :func:`theft_features` (against the
+        fitted references when fitted); once per window and fit."""
+        key = ("theft_features", id(getattr(self, "fitted_", None)))
+        out: pd.DataFrame = w.memo(key, lambda: theft_features(w, self))
+        return out
+
+    def combine(self, partials: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Findings over the meters of every partial, scored against each other."""
+        features = gather_features(partials)
+        if features.empty:
             return empty_findings()
-        _, data = area_loss(w)
-        scored = self.scores(w)
+        scored = self.score(features)
         hit = scored[scored["score"] >= float(self.min_score) - 1e-12]
         if hit.empty:
             return empty_findings()
-        complete = data["complete"]
-        first_idx = np.argmax(complete, axis=1) if complete.shape[1] else np.zeros(0, int)
-        first_day = pd.Series(
-            data["days"][first_idx] if complete.shape[1] else pd.DatetimeIndex([], tz="UTC"),
-            index=data["meter_ids"][: first_idx.size],
-        )
         params = plain(self.get_params())
         rows = []
         for meter, r in hit.iterrows():  # loop over findings only
@@ -662,7 +721,7 @@ class TheftSuspected(Detector):
                     "severity": self.severity,
                     "meter_id": meter,
                     "transformer_id": r["transformer_id"],
-                    "starts_at": first_day[meter],
+                    "starts_at": r["first_day"],
                     "ends_at": pd.NaT,
                     "summary": (
                         f"Theft suspected (score {r['score']:.2f}, {int(r['days'])} days): "

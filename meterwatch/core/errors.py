@@ -6,6 +6,7 @@ MeterWatchError
 ├── RegistryError          a bad meters.csv row or column
 ├── DatasetError           a real data set that cannot be fetched, verified or read (carries ``dataset``)
 ├── BaselineError          fitted baselines that cannot be read or do not fit the detectors given
+├── ClusterError           the Dask cluster for analytics partitions is unreachable or failed (``address``, ``setting``)
 ├── ProtocolError          a payload or frame that cannot be decoded
 │   ├── Dlt645FrameError       a DL/T 645 frame or value that breaks the format (carries offset)
 │   └── Dlt645AbnormalReply    a DL/T 645 meter refused a read (address, control, status, di)
@@ -67,6 +68,18 @@ class DatasetError(MeterWatchError):
 
 class BaselineError(MeterWatchError):
     """Fitted baselines that cannot be read, or that do not fit the detectors given them."""
+
+
+class ClusterError(MeterWatchError):
+    """The Dask cluster that runs analytics partitions cannot be used: its scheduler does not
+    answer, has no workers, its workers lack this version of MeterWatch, or a partition keeps
+    losing its worker. ``address`` is the scheduler's, ``setting`` what named it (e.g.
+    ``--scheduler`` or ``analytics.scheduler``)."""
+
+    def __init__(self, address: str, setting: str, message: str):
+        self.address = address
+        self.setting = setting
+        super().__init__(f"{setting} {address}: {message}")
 
 
 class ProtocolError(MeterWatchError):

@@ -400,3 +400,14 @@ def mosquitto(workdir: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@contextmanager
+def dask_cluster(workers: int = 2) -> Iterator[str]:
+    """A real Dask ``distributed.LocalCluster`` (``meterwatch.cluster.local_cluster``): a
+    scheduler and ``workers`` worker processes, one thread each, each under a nanny that
+    restarts it when it dies, on 127.0.0.1 only, no dashboard. Yields the scheduler address."""
+    from meterwatch.cluster import local_cluster
+
+    with local_cluster(workers) as client:
+        yield str(client.scheduler.address)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from meterwatch.cli import main
 from meterwatch.core.catalogue import ALERT_CATEGORIES
 from meterwatch.simulators.fleet import AnomalySpec, Fleet, generate
+from tests.support.servers import free_port
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 
@@ -114,3 +115,72 @@ def test_a_bad_registry_value_is_one_error_line_naming_file_row_and_column(
     assert f"row 4 (meter {who}), column phases: '2', expected 1 or 3" in err
     assert "Traceback" not in stderr + stdout
     assert not out.exists()  # nothing analysed: no feed that could pass for "no alerts"
+
+
+def test_an_unreachable_scheduler_is_one_error_line_after_the_timeout(
+    faulty: tuple[Path, Fleet], tmp_path: Path
+) -> None:
+    """analytics.scheduler names a port where no Dask scheduler listens: after
+    scheduler_timeout, one error line naming the setting, the address and the timeout."""
+    readings, fleet = faulty
+    meters = tmp_path / "meters.csv"
+    fleet.registry.to_csv(meters, index=False)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "analyze.yaml"
+    config.write_text(f"analytics:\n  scheduler: {address}\n  scheduler_timeout: 1s\n")
+    out = tmp_path / "alerts.jsonl"
+    res = CliRunner().invoke(
+        main,
+        ["analyze", "--readings", str(readings), "--meters", str(meters), "--out", str(out)]
+        + ["--config", str(config)],
+    )
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(
+        f"error: analytics.scheduler ({config}) {address}: no Dask scheduler answered within 1 s"
+    )
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--scheduler", "dask-scheduler"],
+            "error: --scheduler: 'dask-scheduler' is not a Dask scheduler address; "
+            "use tcp://HOST:PORT",
+        ),
+        (
+            ["--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"],
+            "error: --workers 2 starts a local Dask cluster, --scheduler names one: "
+            "give one of them",
+        ),
+    ],
+)
+def test_scheduler_mistakes_are_one_error_line(
+    faulty: tuple[Path, Fleet], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    readings, fleet = faulty
+    meters = tmp_path / "meters.csv"
+    fleet.registry.to_csv(meters, index=False)
+    out = tmp_path / "alerts.jsonl"
+    res = CliRunner().invoke(
+        main,
+        ["analyze", "--readings", str(readings), "--meters", str(meters), "--out", str(out)]
+        + extra,
+    )
+    assert res.exit_code == 2
+    assert " ".join(res.stderr.split()).startswith(message), res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_config_check_names_a_bad_scheduler_address(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("analytics:\n  scheduler: udp://10.0.0.5:8786\n")
+    res = CliRunner().invoke(main, ["config", "check", str(config)])
+    assert res.exit_code != 0
+    text = " ".join(res.output.split())
+    assert "analytics.scheduler" in text
+    assert "'udp://10.0.0.5:8786' is not a Dask scheduler address" in text

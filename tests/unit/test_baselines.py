@@ -126,9 +126,7 @@ def test_fit_keep_and_analyze_one_day_through_the_cli(scenario, tmp_path: Path) 
     cfg.write_text(yaml.safe_dump({"analytics": {"baselines_dir": str(tmp_path / "kept")}}))
     run = CliRunner()
     args = ["--registry", str(tmp_path / "meters.csv"), "--config", str(cfg)]
-    res = run.invoke(
-        main, ["baselines", "fit", "--readings", str(tmp_path / "history.csv"), *args]
-    )
+    res = run.invoke(main, ["baselines", "fit", "--readings", str(tmp_path / "history.csv"), *args])
     assert res.exit_code == 0, res.output
     assert "baselines v1 fitted" in res.output and (tmp_path / "kept" / "v000001.npz").is_file()
     res = run.invoke(main, ["baselines", "list", "--config", str(cfg)])

@@ -293,9 +293,10 @@ def test_analyze_writes_ranked_suspects(theft_fleet, tmp_path) -> None:
     assert set(alerts.loc[alerts["type"] == "theft_suspected", "meter_id"]) == set(victims)
 
 
-def test_analyze_in_partitions_on_two_workers_gives_the_same_alerts(theft_fleet, tmp_path) -> None:
-    """`--workers 2 --partition-meters N` splits by whole areas and runs in two processes; the
-    alert feed equals the one-process run (areas are never split, so area rules still hold)."""
+def test_analyze_in_partitions_gives_the_same_alerts(theft_fleet, tmp_path) -> None:
+    """`--partition-meters 1` runs every area on its own; the alert feed equals the one-partition
+    run (areas are never split, and theft suspects are scored against their peers in every
+    partition). On a Dask cluster: tests/integration/test_dask_cluster.py."""
     from click.testing import CliRunner
 
     from meterwatch.cli import main
@@ -304,7 +305,7 @@ def test_analyze_in_partitions_on_two_workers_gives_the_same_alerts(theft_fleet,
     readings.to_parquet(tmp_path / "r.parquet", index=False)
     reg.to_csv(tmp_path / "meters.csv", index=False)
     feeds = {}
-    for label, extra in (("one", []), ("two", ["--workers", "2", "--partition-meters", "1"])):
+    for label, extra in (("one", []), ("two", ["--partition-meters", "1"])):
         out = tmp_path / f"{label}.jsonl"
         args = ["analyze", "--readings", str(tmp_path / "r.parquet")]
         args += ["--meters", str(tmp_path / "meters.csv"), "--out", str(out), *extra]

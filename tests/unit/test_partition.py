@@ -1,19 +1,35 @@
-"""Partitioned analytics: whole areas per partition; same findings as one big run."""
+"""Partitioned analytics (analytics.partition): whole areas per partition, meters without an
+area in partitions of their own, and findings identical to one window over the whole fleet."""
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
+import pytest
 
+from meterwatch.analytics.detectors.theft import (
+    gather_features,
+    rank_features,
+    rank_suspects,
+    theft_features,
+)
 from meterwatch.analytics.partition import (
     analyze_partitioned,
     iter_partitions,
+    plan,
     run_partitioned,
-    split_readings,
 )
 from meterwatch.analytics.suite import default_detectors, run_detectors
+from meterwatch.core.schema import with_time_columns
 from meterwatch.simulators.fleet import AnomalySpec, Fleet, generate
+from tests.support.partitions import WITHOUT_AREA, canonical_findings
+
+
+def areas_of(parts: list[pd.DataFrame]) -> list[list[str]]:
+    return [sorted(p["transformer_id"].unique()) for p in parts]
 
 
 def test_partitions_keep_areas_whole_and_bounded() -> None:
@@ -24,13 +40,104 @@ def test_partitions_keep_areas_whole_and_bounded() -> None:
         }
     )
     parts = list(iter_partitions(meters, 6))
-    assert [sorted(p["transformer_id"].unique()) for p in parts] == [["A", "B"], ["C"]]
+    assert areas_of(parts) == [["A", "B"], ["C"]]
     assert sum(len(p) for p in parts) == 10
     big = list(iter_partitions(meters, 2))  # an area larger than the bound is its own partition
-    assert [sorted(p["transformer_id"].unique()) for p in big] == [["A"], ["B"], ["C"]]
+    assert areas_of(big) == [["A"], ["B"], ["C"]]
+    # An area that would take a partition past the bound starts the next one.
+    uneven = pd.DataFrame({"meter_id": [f"M{i}" for i in range(12)]})
+    uneven["transformer_id"] = ["A"] * 5 + ["B"] * 2 + ["C"] * 5
+    assert [len(p) for p in iter_partitions(uneven, 6)] == [5, 2, 5]
 
 
-def test_partitioned_run_equals_single_run() -> None:
+def test_meters_without_an_area_get_partitions_of_their_own() -> None:
+    meters = pd.DataFrame(
+        {
+            "meter_id": ["M0", "M1", "M2", "M3", "M4", "M5", "M6", "M1"],
+            "transformer_id": ["A", "", None, "A", np.nan, "B", "", "B"],
+        }
+    )
+    parts = list(iter_partitions(meters, 2))
+    # Areas A and B (2 and 1 meters: A fills one partition), then the four meters without an
+    # area, two at a time; the duplicated M1 counts once (its first row, area "").
+    assert areas_of(parts) == [["A"], ["B"], [""], [""]]
+    assert [sorted(p["meter_id"]) for p in parts] == [
+        ["M0", "M3"],
+        ["M5"],
+        ["M1", "M2"],
+        ["M4", "M6"],
+    ]
+
+
+def test_partitioned_run_equals_one_window_over_the_fleet(
+    several_areas: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    """Same rows and values (evidence, scores) as one window over the whole fleet, whatever the
+    partition size: areas stay whole, the grid and data extent are the fleet's, and the theft
+    score compares every meter with its class peers across partitions. Meters without an area
+    are judged by the meter-level rules in partitions of their own."""
+    readings, reg, without_area = several_areas
+    dets = default_detectors()
+    whole = canonical_findings(run_detectors(dets, readings, reg))
+    types = set(whole["type"])
+    assert {"theft_suspected", "transformer_loss", "outage", "meter_offline"} <= types
+    assert len(without_area) == WITHOUT_AREA
+    assert set(without_area) <= set(whole["meter_id"])  # judged although in no area
+    ranked = rank_suspects(readings, reg)
+    for max_meters in (51, 7, 1):
+        seen: list[int] = []
+        result = analyze_partitioned(
+            dets,
+            readings,
+            reg,
+            max_meters=max_meters,
+            progress=lambda done, _total: seen.append(done),  # noqa: B023
+            extra={"theft_features": theft_features},
+        )
+        pd.testing.assert_frame_equal(whole, canonical_findings(result.findings))
+        assert seen[-1] == len(reg) and len(seen) > 1
+        suspects = rank_features(gather_features(result.partials["theft_features"]))
+        pd.testing.assert_frame_equal(ranked, suspects)
+
+
+def test_a_partition_travels_as_arrow_with_its_non_numeric_cells() -> None:
+    """A partition pickles its readings as an Arrow table (meter ids dictionary-encoded) and
+    comes back equal; non-numeric cells of a file keep pointing at their own rows."""
+    raw = pd.DataFrame(
+        {
+            "meter_id": ["B1", "A1", "B1", "A1"],
+            "ts": pd.date_range("2026-01-05", periods=4, freq="15min", tz="UTC"),
+            "energy_import_kwh": ["1.0", "2.0", "err", "2.5"],
+            "voltage_l1_v": ["230", "#VALUE!", "231", "229"],
+        }
+    )
+    readings = with_time_columns(raw)  # as read from a CSV: rows 1 and 2 hold text
+    reg = pd.DataFrame({"meter_id": ["A1", "B1"], "transformer_id": ["TA", "TB"]})
+    parts = list(plan(readings, reg, max_meters=1).parts)
+    assert [p.meters["meter_id"].tolist() for p in parts] == [["A1"], ["B1"]]
+    a, b = parts
+    assert a.readings["meter_id"].tolist() == ["A1", "A1"]
+    assert isinstance(a.readings["meter_id"].dtype, pd.CategoricalDtype)
+    # Row 1 (A1, voltage) is A's first row; row 2 (B1, energy) is B's second.
+    assert {c: r.tolist() for c, r in a.readings.attrs["coerced_rows"].items()} == {
+        "voltage_l1_v": [0]
+    }
+    assert {c: r.tolist() for c, r in b.readings.attrs["coerced_rows"].items()} == {
+        "energy_import_kwh": [1]
+    }
+    wire = pickle.dumps(b, protocol=5)
+    assert b"pyarrow" in wire  # the readings went as an Arrow table, not pickled rows
+    back = pickle.loads(wire)
+    pd.testing.assert_frame_equal(back.readings, b.readings)
+    assert back.readings.attrs["coerced_rows"]["energy_import_kwh"].tolist() == [1]
+    whole = run_detectors(default_detectors(), readings, reg)
+    split = analyze_partitioned(default_detectors(), readings, reg, max_meters=1).findings
+    hits = whole[whole["type"] == "non_numeric_value"]
+    assert sorted(hits["meter_id"]) == ["A1", "B1"]
+    pd.testing.assert_frame_equal(canonical_findings(whole), canonical_findings(split))
+
+
+def test_run_partitioned_loads_each_partition() -> None:
     start = datetime(2026, 1, 5, tzinfo=UTC)
     fleet = Fleet(
         start=start,
@@ -49,12 +156,14 @@ def test_partitioned_run_equals_single_run() -> None:
     dets = default_detectors()
     whole = run_detectors(dets, readings, reg)
     seen: list[int] = []
+    asked: list[list[str]] = []
+
+    def load(ids: list[str]) -> pd.DataFrame:
+        asked.append(ids)
+        return readings[readings["meter_id"].isin(ids)]
+
     parts = run_partitioned(
-        dets,
-        lambda ids: readings[readings["meter_id"].isin(ids)],
-        reg,
-        max_meters=8,
-        progress=lambda done, total: seen.append(done),
+        dets, load, reg, max_meters=8, progress=lambda done, total: seen.append(done)
     )
     key = ["type", "meter_id", "starts_at"]
     assert len(whole) >= 2
@@ -62,41 +171,27 @@ def test_partitioned_run_equals_single_run() -> None:
         whole.sort_values(key).reset_index(drop=True)[key],
         parts.sort_values(key).reset_index(drop=True)[key],
     )
-    assert seen[-1] == len(reg) and len(seen) > 1
+    assert seen[-1] == len(reg) and len(seen) == len(asked) > 1
+    assert sorted(m for ids in asked for m in ids) == sorted(reg["meter_id"])
 
 
-def test_analyze_partitioned_on_two_workers_equals_single_run() -> None:
-    start = datetime(2026, 1, 5, tzinfo=UTC)
-    fleet = Fleet(
-        start=start,
-        residential=12,
-        commercial=4,
-        industrial=3,
-        transformers=3,
-        seed=5,
-        anomalies=[
-            AnomalySpec("voltage_loss", None, 3600 * 4, 3600 * 2),
-            AnomalySpec("register_decrease", None, 3600 * 9),
-        ],
-    )
-    readings = generate(fleet, start + pd.Timedelta(days=1))
-    reg = fleet.registry
+def test_max_meters_must_be_positive() -> None:
+    reg = pd.DataFrame({"meter_id": ["M"]})
+    with pytest.raises(ValueError, match="max_meters must be >= 1"):
+        list(iter_partitions(reg, 0))
+
+
+def test_partitions_judge_clocks_against_the_whole_fleet(
+    several_areas: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    """Without receipt times a meter's clock is judged against the latest read of the other
+    meters of the fleet, wherever they are partitioned (the window's fleet extent)."""
+    readings, reg, _ = several_areas
+    files = readings.drop(columns=["collected_at"])
     dets = default_detectors()
-    whole = run_detectors(dets, readings, reg)
-    seen: list[int] = []
-    key = ["type", "meter_id", "starts_at"]
-    for workers in (1, 2):
-        parts = analyze_partitioned(
-            dets, readings, reg, max_meters=8, workers=workers, progress=lambda d, t: seen.append(d)
-        )
-        assert len(whole) >= 2
-        pd.testing.assert_frame_equal(
-            whole.sort_values(key).reset_index(drop=True)[key],
-            parts.sort_values(key).reset_index(drop=True)[key],
-        )
-        assert seen[-1] == len(reg)
-    # Every registered reading lands in exactly one partition.
-    split = list(split_readings(readings, reg, 8))
-    assert sum(len(r) for _, r in split) == int(readings["meter_id"].isin(reg["meter_id"]).sum())
-    for chunk, rows in split:
-        assert set(rows["meter_id"]) <= set(chunk["meter_id"])
+    whole = canonical_findings(run_detectors(dets, files, reg))
+    clocks = whole[whole["type"] == "clock_error"]
+    assert len(clocks) >= 1
+    assert {e["reference_kind"] for e in clocks["evidence"]} == {"latest read of the other meters"}
+    split = analyze_partitioned(dets, files, reg, max_meters=7).findings
+    pd.testing.assert_frame_equal(whole, canonical_findings(split))
