@@ -16,9 +16,11 @@ import numpy as np
 from bench.analytics_fleet import Partition
 
 
-def floor_pass(p: Partition, history: np.ndarray) -> int:
+def floor_pass(p: Partition, history: np.ndarray, nan_aware: bool = False) -> int:
     """Flagged cells over every rule (a checksum that the work was done); ``history`` is
-    meters x 7 x 96 interval energy of the previous 7 days."""
+    meters x 7 x 96 interval energy of the previous 7 days. ``nan_aware``: the medians skip
+    missing values (``np.nanmedian``), as real data with gaps needs; else ``np.median``,
+    correct only for a history without gaps."""
     reg = p.registry
     un = reg["nominal_voltage_v"].to_numpy(dtype=np.float32)[None, :, None]
     ib2 = reg["rated_current_a"].to_numpy(dtype=np.float32)[:, None]
@@ -45,7 +47,7 @@ def floor_pass(p: Partition, history: np.ndarray) -> int:
     flags += int(((de == 0) & loaded[:, 1:]).sum())  # stuck register
     # Each interval's energy vs the same interval's median over the previous 7 days.
     kwh = np.diff(p.energy, axis=1, prepend=p.hist_register[:, -1, -1:]).astype(np.float32)
-    med = np.median(history, axis=1)
+    med = np.nanmedian(history, axis=1) if nan_aware else np.median(history, axis=1)
     flags += int((kwh > 2.5 * med).sum())  # spike
     flags += int((kwh < 0.3 * med).sum())  # drop
     flags += int((kwh.sum(axis=1) == 0).sum())  # zero day
