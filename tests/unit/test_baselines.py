@@ -63,6 +63,9 @@ def test_baselines_survive_bytes_and_files(scenario, tmp_path: Path) -> None:  #
         assert list(other.ids) == list(st.ids)
         for name, a in st.per_meter.items():
             np.testing.assert_array_equal(other.per_meter[name], a)
+    # The spike and drop rules fit one profile: it is kept (and loaded) once.
+    spike, drop = back.states["consumption_spike"], back.states["consumption_drop"]
+    assert drop.per_meter["median"] is spike.per_meter["median"]
     assert back.describe().startswith("baselines v3 fitted")
     assert f"{kept.meters} meters, consumption_drop, consumption_spike, theft_suspected" in (
         back.describe()
