@@ -1242,7 +1242,6 @@ def estimate(
     ct = sub.ct
     hard_mask = sum(BIT[c] for c in HARD_REASONS)
     need = ~actual
-    like = _like_days(days.A, days.qualifies, days.weekend, p)[:, days.day_idx, days.slot]
     est = np.full((n_m, n_int), np.nan)
     method = np.zeros((n_m, n_int), dtype=np.int8)  # 0 none, 1 linear, 2 like day, 3 prorate
     rows, c0, c1 = _runs(need)
@@ -1268,7 +1267,10 @@ def estimate(
             & np.isfinite(k_r)
         )
         lin = k_l[run_id] + (k_r[run_id] - k_l[run_id]) * (pos + 1) / (lengths[run_id] + 1)
-        ld = like[r, c]
+        # Like-day values only for the meters with something to estimate (a few).
+        mrows = np.unique(rows)
+        like = _like_days(days.A[mrows], days.qualifies[mrows], days.weekend, p)
+        ld = like[np.searchsorted(mrows, r), days.day_idx[c], days.slot[c]]
         ld_ok_run = pd.Series(np.isfinite(ld)).groupby(run_id).all().to_numpy()
         # Register delta across a pure data gap with actual boundary reads.
         pure = (

@@ -36,8 +36,12 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc
 
 
+#: Bytes of CSV Arrow parses at a time (and types columns from: the first block).
+CSV_BLOCK_BYTES = 32 << 20
+
+
 def _read_csv(p: Path) -> pd.DataFrame:
-    """A CSV of readings with Arrow's multithreaded reader (several times pandas' own).
+    """A CSV of readings with Arrow's reader (several times pandas' own).
 
     Arrow types a column from its first block: a column that turns out to hold text further
     down (``"err"`` in a number column, a malformed time) is read again as text, and the
@@ -48,14 +52,33 @@ def _read_csv(p: Path) -> pd.DataFrame:
     text: dict[str, pa.DataType] = {"meter_id": pa.string()}
     for _ in range(64):  # at most once per column (a handful)
         try:
-            table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types=text))
+            # Streamed in large blocks: as fast here as the one-shot reader, at half its peak
+            # memory (that one holds the whole file and its parsed columns at once).
+            reader = pacsv.open_csv(
+                p,
+                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=pacsv.ConvertOptions(column_types=text),
+            )
+            table = pa.Table.from_batches(list(reader), schema=reader.schema)
         except pa.ArrowInvalid as exc:
             col = _failed_column(str(exc), p)
             if col is None or col in text:
                 raise ValueError(str(exc)) from None
             text[col] = pa.string()
             continue
-        df = table.to_pandas()
+        # Each meter id once (a dictionary: categorical in pandas) and times in ns: the
+        # frame is a fraction of the size, and the window takes both as they are.
+        names = table.column_names
+        if "meter_id" in names:
+            k = names.index("meter_id")
+            table = table.set_column(k, "meter_id", table.column(k).dictionary_encode())
+        for col in ("ts", "collected_at", "device_ts"):
+            if col in names and pa.types.is_timestamp(table.schema.field(col).type):
+                k = names.index(col)
+                table = table.set_column(k, col, table.column(k).cast(pa.timestamp("ns", "UTC")))
+        # Arrow buffers are freed as they are converted: the table and the frame never both
+        # hold every column.
+        df = table.to_pandas(split_blocks=True, self_destruct=True)
         del table
         pa.default_memory_pool().release_unused()
         return df

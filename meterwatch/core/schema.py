@@ -117,10 +117,18 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
     coerced: dict[str, int] = {}
     bad_rows: dict[str, np.ndarray] = {}
     all_bad: dict[str, np.ndarray] = {}
-    cols["meter_id"] = (
+    if "meter_id" not in df:
+        cols["meter_id"] = np.array([], dtype=str)
+    elif isinstance(df["meter_id"].dtype, pd.CategoricalDtype):
+        # Categorical ids (a file read keeps them so: each id once) stay categorical, with
+        # text categories; missing ids become the text "nan", as astype(str) makes them.
+        ids = df["meter_id"].cat.rename_categories(lambda c: str(c))
+        if ids.isna().any():
+            ids = ids.cat.add_categories(["nan"]).fillna("nan")
+        cols["meter_id"] = ids.array
+    else:
         # .array keeps pandas' string storage (no round trip through Python objects).
-        df["meter_id"].astype(str).array if "meter_id" in df else np.array([], dtype=str)
-    )
+        cols["meter_id"] = df["meter_id"].astype(str).array
     # .array keeps tz-aware timestamps vectorized (.to_numpy() would box them as objects).
     cols["ts"] = to_utc(df["ts"]).array if "ts" in df else pd.Series(dtype=TS_DTYPE)
     for col in READING_FIELDS:
