@@ -22,7 +22,9 @@ Broker (``BROKER_SETTINGS``): the operator settings README.md gives (``max_queue
 above the backlog, ``max_inflight_messages 10000`` for 3.1.1 clients, persistence on), the same
 for every consumer; all connect with MQTT 3.1.1. CPU is user + system time of the consumer's
 whole process tree between connect and done (/proc via psutil); RSS is the peak of the tree's sum,
-sampled every 0.2 s. Node-RED is installed from npm into ``var/bench/node-red`` (not committed).
+sampled every 0.2 s, between connect and done (``peak_rss_mb``) and over the consumer's whole life,
+start-up included (``life_peak_rss_mb``: for ``meterwatch run`` the config validation before the
+lean ingest process takes over). Node-RED is installed from npm into ``var/bench/node-red`` (not committed).
 Prints one JSON object.
 """
 
@@ -162,11 +164,13 @@ def publish(port: int, msgs: list[tuple[str, bytes]]) -> float:
 
 
 class Watch:
-    """CPU seconds and peak RSS of a process tree, sampled in a thread."""
+    """CPU seconds and peak RSS of a process tree, sampled in a thread: ``peak_rss`` over its
+    whole life, ``span_peak_rss`` since :meth:`mark` (the drain)."""
 
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
         self.peak_rss = 0
+        self.span_peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -196,7 +200,12 @@ class Watch:
                 except psutil.NoSuchProcess:
                     pass
             self.peak_rss = max(self.peak_rss, rss)
+            self.span_peak_rss = max(self.span_peak_rss, rss)
             self._stop.wait(0.2)
+
+    def mark(self) -> None:
+        """Start the span: ``span_peak_rss`` counts from now."""
+        self.span_peak_rss = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -233,6 +242,7 @@ def measure(
     try:
         watch = Watch(proc.pid)
         _wait_line(log, connected, proc, 120)
+        watch.mark()
         t0, cpu0 = time.perf_counter(), watch.cpu()
         deadline = time.monotonic() + timeout_s
         while not done():
@@ -253,7 +263,12 @@ def measure(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": watch.peak_rss / 2**20}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "peak_rss_mb": watch.span_peak_rss / 2**20,
+        "life_peak_rss_mb": watch.peak_rss / 2**20,
+    }
 
 
 # -- InfluxDB helpers -----------------------------------------------------------------------------

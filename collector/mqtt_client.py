@@ -81,8 +81,14 @@ class MqttSubscriber:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        max_unacked: int | None = None,
     ):
         self.host, self.port = host, port
+        #: Stop reading the socket while this many QoS 1 messages wait for their PUBACK: TCP
+        #: flow control then holds the rest at the broker (MQTT 3.1.1 has no receive maximum,
+        #: and Mosquitto's max_inflight_messages does not bound a resumed session's backlog).
+        self.max_unacked = max_unacked
+        self._unacked = 0  # network thread
         self.options = options
         self.on_batch = on_batch
         self.on_connect = on_connect
@@ -231,12 +237,14 @@ class MqttSubscriber:
             generation = self.generation
         if self.on_connect is not None:
             self.on_connect(session)
+        self._unacked = sum(1 for p in pending if p[3])
         if pending:
             self.on_batch(pending, generation)
         self._loop(sock, reader, generation)
 
     def _loop(self, sock: socket.socket, reader: mp.PacketReader, generation: int) -> None:
         keepalive = float(self.options.keepalive_s)
+        cap = self.max_unacked
         last_in = last_out = time.monotonic()
         ping_at: float | None = None
         wake = self._wake_r
@@ -254,10 +262,12 @@ class MqttSubscriber:
             if ping_at is not None:
                 timeout = min(timeout, max(0.0, last_in + 1.5 * keepalive - now))
             readable: list[socket.socket]
-            if tls is not None and tls.pending():
+            paused = cap is not None and self._unacked >= cap
+            if tls is not None and tls.pending() and not paused:
                 readable = [sock]
             else:
-                readable, _, _ = select.select([sock, wake], [], [], min(timeout, 1.0))
+                watch = [wake] if paused else [sock, wake]
+                readable, _, _ = select.select(watch, [], [], min(timeout, 1.0))
             if sock in readable:
                 data = sock.recv(READ_SIZE)
                 if not data:
@@ -272,6 +282,7 @@ class MqttSubscriber:
                         code = body[0] if body else 0
                         raise MqttConnectionError(f"broker sent DISCONNECT (reason 0x{code:02x})")
                 if pubs:
+                    self._unacked += sum(1 for p in pubs if p[3])
                     self.on_batch(pubs, generation)
             if wake in readable:
                 try:
@@ -300,6 +311,7 @@ class MqttSubscriber:
         if not acks:
             return False
         sock.sendall(mp.encode_pubacks(acks))
+        self._unacked = max(0, self._unacked - len(acks))
         return True
 
 

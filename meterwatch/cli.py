@@ -56,10 +56,20 @@ def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
     from meterwatch.console import Progress, print_summary
     from meterwatch.demo import set_aside_previous_run
+    from meterwatch.ingest import exec_lean, lean_plan
     from meterwatch.service import Service
 
     try:
         cfg = load_config(config_path)
+        lean = lean_plan(cfg, duration)
+        if lean is not None:  # MQTT-only into InfluxDB: a process without the frame stack
+            console.print(
+                f"MeterWatch {__version__}: MQTT-only ingest into InfluxDB "
+                f"{cfg.storage.influx.url if cfg.storage.influx else ''}: lean ingest process"
+                + ("" if duration else "; Ctrl-C to stop"),
+                highlight=False,
+            )
+            exec_lean(lean)
         fresh = set_aside_previous_run(cfg)  # a demo rerun: never replay times into a store
         if fresh:
             console.print(fresh, highlight=False)

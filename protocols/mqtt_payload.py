@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
 from meterwatch.core.errors import ProtocolError
-from meterwatch.core.schema import READING_FIELDS
+from meterwatch.core.quantities import READING_FIELDS
 
 Reading = dict[str, Any]
 Codec = Callable[[bytes | bytearray, str | None], list[Reading]]
@@ -387,3 +389,44 @@ def decode_columns(
     except OverflowError:  # an integer beyond float range: let the codec say which
         return Columns([], [], None, {}, np.zeros(0, dtype=np.int64), list(range(len(payloads))))
     return Columns(meters, ts, device if has_device else None, fields, owners, sorted(set(slow)))
+
+
+# -- timestamps without pandas (the lean ingest path) ------------------------------------------
+
+_ISO_SECONDS = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(Z|[+-]\d\d:?\d\d)?"
+)
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+
+
+def iso_epoch_seconds(values: Sequence[Any]) -> list[int] | None:
+    """Whole epoch seconds (floored, UTC) of ISO 8601 date-times, or None if one is not of
+    the common form ``YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]`` (no offset: UTC).
+
+    The common case of :func:`meterwatch.core.schema.to_utc` without pandas: for these texts
+    both give the same instant. None means "ask the full parser", which accepts every other
+    ISO 8601 spelling it accepts and names what it refuses; it never means invalid.
+    """
+    cache: dict[str, int] = {}
+    out: list[int] = []
+    for v in values:
+        if type(v) is not str:
+            return None
+        sec = cache.get(v)
+        if sec is None:
+            m = _ISO_SECONDS.fullmatch(v)
+            if m is None:
+                return None
+            y, mo, d, h, mi, s, tz = m.groups()
+            try:
+                local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
+            except ValueError:  # out of range: the full parser names it
+                return None
+            sec = (local - _EPOCH) // _SECOND
+            if tz and tz != "Z":
+                off = int(tz[1:3]) * 3600 + int(tz[-2:]) * 60
+                sec -= off if tz[0] == "+" else -off
+            cache[v] = sec
+        out.append(sec)
+    return out
