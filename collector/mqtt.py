@@ -56,7 +56,7 @@ from meterwatch.protocols.mqtt_payload import (
     Reading,
     Subscription,
     decode_columns,
-    iso_epoch_seconds,
+    iso_epoch_ns,
     meter_from_topic,
 )
 from meterwatch.storage.lp_encode import NO_TIME, ColumnBatch
@@ -77,6 +77,11 @@ REFUSED_RETRY_INITIAL_S = 0.1
 #: Longest wait between two offers of held messages [wall s] (project choice: a drained spool is
 #: used again within 2 s, and a full one is not asked more than every 2 s).
 REFUSED_RETRY_MAX_S = 2.0
+#: Payload bytes received and not yet acknowledged at most; past it the network loop stops
+#: reading and TCP holds the rest at the broker [bytes]. Project choice: 10,000 single-reading
+#: messages are ~2 MB, 400 batch messages of 100 readings ~9 MB; memory stays bounded
+#: whatever the payload size (docs/benchmarks.md, memory).
+MAX_UNACKED_BYTES = 8 << 20
 #: Topics remembered with their subscription and meter id (cleared when full).
 TOPIC_CACHE_MAX = 200_000
 
@@ -133,26 +138,32 @@ def frame_of_columns(
 
 def _column_batch(cols: Columns, collected_at: int) -> ColumnBatch | None:
     """Decoded columns as a ColumnBatch, or None if a ts needs the full parser."""
-    secs = iso_epoch_seconds(cols.ts)
-    if secs is None:
+    times = _fast_times(cols)
+    if times is None:
         return None
-    if cols.device_ts is None:
-        device = secs
-    else:
-        raw = [d if d is not None else t for d, t in zip(cols.device_ts, cols.ts, strict=True)]
-        parsed = iso_epoch_seconds(raw)
-        if parsed is None:
-            return None
-        device = parsed
+    secs, device = (np.asarray(t, dtype=np.int64) // 1_000_000_000 for t in times)
     n = len(secs)
     values = np.column_stack([cols.fields[f] for f in READING_FIELDS]) if n else np.zeros((0, 12))
     return ColumnBatch(
         cols.meter_id,
-        np.asarray(secs, dtype=np.int64),
-        np.asarray(device, dtype=np.int64),
+        secs,
+        device,
         values,
         np.full(n, collected_at, dtype=np.int64),
     )
+
+
+def _fast_times(cols: Columns) -> tuple[list[int], list[int]] | None:
+    """(ts, device_ts) of decoded columns in epoch nanoseconds, or None if one needs the full
+    parser (:func:`iso_epoch_ns`)."""
+    ts = iso_epoch_ns(cols.ts)
+    if ts is None:
+        return None
+    if cols.device_ts is None:
+        return ts, ts
+    raw = [d if d is not None else t for d, t in zip(cols.device_ts, cols.ts, strict=True)]
+    device = iso_epoch_ns(raw)
+    return None if device is None else (ts, device)
 
 
 def _records_batch(records: list[Reading], collected_at: int) -> ColumnBatch:
@@ -296,6 +307,7 @@ class MqttCollector:
             reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s,
             max_unacked=receive_maximum,
+            max_unacked_bytes=MAX_UNACKED_BYTES,
         )
         self.connected = self.client.connected
 
@@ -456,14 +468,28 @@ class MqttCollector:
         """Readings of the messages of subscription ``k`` as one frame; bad ones to ``rejected``."""
         import pandas as pd
 
-        from meterwatch.core.schema import readings_from_records, to_utc, to_utc_coerce
+        from meterwatch.core.schema import to_utc, to_utc_coerce
 
         sub = self.subscriptions[k]
         cols = decode_columns(sub.codec, [p[1] for p in publishes], topic_meters)
         frame: pd.DataFrame | None = None
         slow = list(cols.slow)
         if len(cols):
+            fast = _fast_times(cols)
             try:
+                if fast is not None:  # the common ISO 8601 form: no pandas parser needed
+                    ts, device = (
+                        pd.Series(
+                            pd.to_datetime(np.asarray(t, dtype=np.int64), unit="ns", utc=True)
+                        )
+                        for t in fast
+                    )
+                    if fast[1] is fast[0]:
+                        device = ts
+                    frame = frame_of_columns(cols.meter_id, ts, device, cols.fields, collected_at)
+                    return self._with_slow(
+                        sub, publishes, frame, cols.slow, index, collected_at, rejected
+                    )
                 ts = to_utc(pd.Series(cols.ts, dtype=object))
                 if ts.isna().any():
                     raise ValueError("NaT")
@@ -480,11 +506,29 @@ class MqttCollector:
                 # Some ts is not ISO 8601: the per-message path names which.
                 slow = sorted(set(slow) | set(np.unique(cols.owner).tolist()))
                 frame = None
-        if slow:
-            records = self._slow_records(sub, publishes, slow, index, collected_at, rejected)
-            if records:
-                extra = readings_from_records(records)
-                frame = extra if frame is None else pd.concat([frame, extra], ignore_index=True)
+        return self._with_slow(sub, publishes, frame, slow, index, collected_at, rejected)
+
+    def _with_slow(
+        self,
+        sub: Subscription,
+        publishes: list[Publish],
+        frame: pd.DataFrame | None,
+        slow: list[int],
+        index: list[int],
+        collected_at: Any,
+        rejected: list[tuple[int, str]],
+    ) -> pd.DataFrame | None:
+        """``frame`` plus the readings of the messages ``slow`` (per-message codec)."""
+        if not slow:
+            return frame
+        import pandas as pd
+
+        from meterwatch.core.schema import readings_from_records
+
+        records = self._slow_records(sub, publishes, slow, index, collected_at, rejected)
+        if records:
+            extra = readings_from_records(records)
+            frame = extra if frame is None else pd.concat([frame, extra], ignore_index=True)
         return frame
 
     def _slow_records(
@@ -525,7 +569,7 @@ class MqttCollector:
         rejected: list[tuple[int, str]],
     ) -> ColumnBatch | None:
         """:meth:`_decode` into a ColumnBatch: the same acceptance, without pandas when every
-        ``ts`` is of the common ISO 8601 form (:func:`iso_epoch_seconds`)."""
+        ``ts`` is of the common ISO 8601 form (:func:`iso_epoch_ns`)."""
         sub = self.subscriptions[k]
         cols = decode_columns(sub.codec, [p[1] for p in publishes], topic_meters)
         stamp = int(collected_at.timestamp())

@@ -393,16 +393,16 @@ def decode_columns(
 
 # -- timestamps without pandas (the lean ingest path) ------------------------------------------
 
-_ISO_SECONDS = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(Z|[+-]\d\d:?\d\d)?"
+_ISO_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?"
 )
 _EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
 
 
-def iso_epoch_seconds(values: Sequence[Any]) -> list[int] | None:
-    """Whole epoch seconds (floored, UTC) of ISO 8601 date-times, or None if one is not of
-    the common form ``YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]`` (no offset: UTC).
+def iso_epoch_ns(values: Sequence[Any]) -> list[int] | None:
+    """Epoch nanoseconds (UTC) of ISO 8601 date-times, or None if one is not of the common
+    form ``YYYY-MM-DDTHH:MM:SS[.fffffffff][Z|+HH:MM]`` (no offset: UTC).
 
     The common case of :func:`meterwatch.core.schema.to_utc` without pandas: for these texts
     both give the same instant. None means "ask the full parser", which accepts every other
@@ -413,12 +413,12 @@ def iso_epoch_seconds(values: Sequence[Any]) -> list[int] | None:
     for v in values:
         if type(v) is not str:
             return None
-        sec = cache.get(v)
-        if sec is None:
-            m = _ISO_SECONDS.fullmatch(v)
+        ns = cache.get(v)
+        if ns is None:
+            m = _ISO_TIME.fullmatch(v)
             if m is None:
                 return None
-            y, mo, d, h, mi, s, tz = m.groups()
+            y, mo, d, h, mi, s, frac, tz = m.groups()
             try:
                 local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
             except ValueError:  # out of range: the full parser names it
@@ -427,6 +427,7 @@ def iso_epoch_seconds(values: Sequence[Any]) -> list[int] | None:
             if tz and tz != "Z":
                 off = int(tz[1:3]) * 3600 + int(tz[-2:]) * 60
                 sec -= off if tz[0] == "+" else -off
-            cache[v] = sec
-        out.append(sec)
+            ns = sec * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+            cache[v] = ns
+        out.append(ns)
     return out
