@@ -366,9 +366,14 @@ def decode_columns(
         bad = [k for k, t in enumerate(ts) if t is None]
     else:
         return Columns([], [], None, {}, np.zeros(0, dtype=np.int64), list(range(len(payloads))))
-    raw_fields = {name: [d.get(name) for d in docs] for name in READING_FIELDS}
-    for col in raw_fields.values():
-        if not set(map(type, col)) <= _NUMBER_TYPES:
+    # Only the quantities some reading carries are read out; the others are all NaN.
+    present = set().union(*map(dict.keys, docs)) if docs else set()
+    absent = [None] * len(docs)
+    raw_fields = {
+        name: [d.get(name) for d in docs] if name in present else absent for name in READING_FIELDS
+    }
+    for name, col in raw_fields.items():
+        if name in present and not set(map(type, col)) <= _NUMBER_TYPES:
             bad.extend(_bad_number_rows(col))
     device = [d.get("device_ts") for d in docs]
     has_device = any(v is not None for v in device)
@@ -385,7 +390,11 @@ def decode_columns(
         raw_fields = {name: [col[k] for k in idx] for name, col in raw_fields.items()}
         owners = owners[keep]
     try:
-        fields = {name: np.array(col, dtype=np.float64) for name, col in raw_fields.items()}
+        nan = np.full(len(meters), np.nan)
+        fields = {
+            name: np.array(col, dtype=np.float64) if name in present else nan.copy()
+            for name, col in raw_fields.items()
+        }
     except OverflowError:  # an integer beyond float range: let the codec say which
         return Columns([], [], None, {}, np.zeros(0, dtype=np.int64), list(range(len(payloads))))
     return Columns(meters, ts, device if has_device else None, fields, owners, sorted(set(slow)))

@@ -19,7 +19,6 @@ broker's in-flight window plus what the collector holds, a few times over).
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -34,21 +33,52 @@ def _h64(data: bytes) -> int:
 
 
 class RecentReadings:
-    """The last ``capacity`` readings written: key (meter, epoch second) -> value fingerprint."""
+    """The last ``capacity`` readings written: key (meter, epoch second) -> value fingerprint.
+
+    Kept compact, 16 bytes a reading: generations of sorted key and fingerprint arrays (one per
+    batch remembered, the small ones merged), looked up with a binary search per generation;
+    the oldest generation is dropped once the window holds more than ``capacity``.
+    """
+
+    #: Generations kept before the oldest ones are merged (bounds the lookups per batch).
+    MAX_GENERATIONS = 12
 
     def __init__(self, capacity: int = 200_000):
         self.capacity = capacity
-        self._seen: OrderedDict[int, int] = OrderedDict()
+        self._gens: list[tuple[np.ndarray, np.ndarray]] = []  # oldest first, keys sorted
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return sum(len(k) for k, _ in self._gens)
 
     def load(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Remember ``(key, fingerprint)`` pairs, oldest first (what the spool file kept)."""
-        for key, fp in pairs:
-            self._seen[key] = fp
-            self._seen.move_to_end(key)
-        self._trim()
+        pairs = list(pairs)
+        if not pairs or not self.capacity:
+            return
+        arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)[-self.capacity :]
+        order = np.argsort(arr[:, 0], kind="stable")
+        self._gens.append((arr[order, 0].copy(), arr[order, 1].copy()))
+        while len(self) - len(self._gens[0][0]) >= self.capacity:
+            self._gens.pop(0)  # the window without the oldest generation is still full
+        if len(self._gens) > self.MAX_GENERATIONS:
+            (k1, f1), (k2, f2) = self._gens[0], self._gens[1]
+            keys, fps = np.concatenate([k1, k2]), np.concatenate([f1, f2])
+            order = np.argsort(keys, kind="stable")
+            self._gens[:2] = [(keys[order], fps[order])]
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Fingerprint remembered for each key, newest generation first; 0 where none."""
+        found = np.zeros(len(keys), dtype=np.int64)
+        missing = np.ones(len(keys), dtype=bool)
+        for gen_keys, gen_fps in reversed(self._gens):
+            if not missing.any():
+                break
+            pos = np.searchsorted(gen_keys, keys)
+            pos[pos >= len(gen_keys)] = 0
+            hit = missing & (gen_keys[pos] == keys) if len(gen_keys) else missing & False
+            found[hit] = gen_fps[pos[hit]]
+            missing &= ~hit
+        return found
 
     def judge(
         self, meters: Sequence[str], seconds: np.ndarray, values: np.ndarray
@@ -65,16 +95,16 @@ class RecentReadings:
         canon = np.where(np.isnan(values), np.nan, values + 0.0)  # + 0.0: -0.0 -> 0.0
         rows = canon.tobytes()
         width = canon.shape[1] * 8
-        seen = self._seen
+        keys = [_h64(f"{m}\x00{s}".encode()) for m, s in zip(meters, seconds.tolist(), strict=True)]
+        fps = [_h64(rows[i * width : (i + 1) * width]) for i in range(n)]
+        stored = self._lookup(np.array(keys, dtype=np.int64)).tolist() if self._gens else [0] * n
         batch: dict[int, int] = {}
         new: list[tuple[int, int]] = []
-        for i, (meter, sec) in enumerate(zip(meters, seconds.tolist(), strict=True)):
-            key = _h64(f"{meter}\x00{sec}".encode())
-            fp = _h64(rows[i * width : (i + 1) * width])
-            old = batch.get(key)
-            if old is None:
-                old = seen.get(key)
-            if old is None:
+        for i, (key, fp, old) in enumerate(zip(keys, fps, stored, strict=True)):
+            first = batch.get(key)
+            if first is not None:
+                old = first
+            if not old:  # 0: never seen (a real fingerprint of 0 is one in 2**64)
                 batch[key] = fp
                 new.append((key, fp))
             elif old == fp:
@@ -82,7 +112,3 @@ class RecentReadings:
             else:
                 verdict[i] = CONFLICT
         return verdict, new
-
-    def _trim(self) -> None:
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
