@@ -9,8 +9,8 @@ default 5,000) to ``/write?precision=s`` of one ``influxd`` started here on a fr
 - ``drain``: what the service does since the spool keeps batches encoded (issue #13): the
   frame encoded at the flush (``InfluxStore.encode_body``, before the clock starts, as the
   collector's flush does it off the drain's path) and appended to a spool; timed: the drain,
-  ``Spool.peek`` + ``InfluxStore.write_body`` + ``Spool.remove_through`` (fsynced delete) per
-  ``batch`` lines;
+  ``Spool.peek`` + ``InfluxStore.write_body`` + ``Spool.remove_through`` per ``batch`` lines
+  (the delete not fsynced on its own, as the writer's drain does it: a replay is harmless);
 - ``raw``: the ceiling — the same line-protocol bytes, encoded before the clock starts, posted on
   one keep-alive ``http.client`` connection, checking only for 204.
 
@@ -113,7 +113,7 @@ def write_drain(url: str, db: str, frame: pd.DataFrame, tags: pd.DataFrame, rows
             written += store.write_body(
                 b"".join(b for b, _ in peeked.bodies), sum(n for _, n in peeked.bodies)
             )
-            spool.remove_through(peeked.last_seq)
+            spool.remove_through(peeked.last_seq, durable=False)  # as the writer's drain
         seconds = time.perf_counter() - t0
         spool.close()
     store.close()

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from meterwatch.core.schema import READING_FIELDS, READING_TIME_COLUMNS, with_time_columns
-from meterwatch.storage.lp_encode import MEASUREMENT, encode_rows
+from meterwatch.storage.lp_encode import CONFLICTS_MEASUREMENT, MEASUREMENT, encode_rows
 
 #: Registry columns written as tags, besides ``meter_id``.
 REGISTRY_TAGS: tuple[str, ...] = ("transformer_id", "customer_class", "phases")
@@ -163,13 +163,15 @@ def decode_readings(body: bytes) -> pd.DataFrame:
     the registry's and left out).
 
     For reading back what the spool holds for InfluxDB (a backup of pending rows): Python per
-    line, not a hot path.
+    line, not a hot path. Lines of the ``reading_conflicts`` measurement are left out.
     """
     records: list[dict[str, object]] = []
     for line in body.decode("utf-8").splitlines():  # loop over lines (backup only)
         if not line:
             continue
         key, fields, ts = _UNESCAPED_SPACE.split(line)
+        if key.startswith(CONFLICTS_MEASUREMENT + ","):
+            continue  # kept apart on purpose (storage/recent.py): not a reading to restore
         record: dict[str, object] = {"ts": int(ts)}
         for tag in _UNESCAPED_COMMA.split(key)[1:]:
             name, _, value = tag.partition("=")

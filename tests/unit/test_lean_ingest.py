@@ -16,7 +16,7 @@ from meterwatch.core.stats import Stats
 from meterwatch.ingest import lean_plan
 from meterwatch.protocols.mqtt_payload import iso_epoch_ns
 from meterwatch.storage.influx import InfluxStore
-from meterwatch.storage.line_protocol import encode_readings
+from meterwatch.storage.line_protocol import decode_readings, encode_readings
 from meterwatch.storage.lp_encode import NO_TIME, ColumnBatch, ColumnEncoder
 from meterwatch.storage.recent import CONFLICT, DUPLICATE, NEW, RecentReadings
 from meterwatch.storage.spool import Spool
@@ -132,6 +132,9 @@ def test_the_influx_spool_path_skips_repeats_and_keeps_conflicts_apart(tmp_path:
     assert "power_kw=99.0" in lines[2] and "detected_at=" in lines[2]
     assert stats.snapshot()["readings_duplicate"] == 3  # the repeated frame, the unchanged row
     assert stats.snapshot()["readings_conflicting"] == 1
+    # A backup of the pending spool restores the readings, not the conflicting value.
+    pending = decode_readings(b"".join(b for b, _ in bodies))
+    assert len(pending) == 2 and 99.0 not in pending["power_kw"].tolist()
 
 
 def test_only_an_mqtt_only_ingest_into_influxdb_runs_lean() -> None:
