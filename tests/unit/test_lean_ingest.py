@@ -158,3 +158,37 @@ def test_only_an_mqtt_only_ingest_into_influxdb_runs_lean() -> None:
         },
     ):
         assert lean_plan(parse_config({**base, **change}), None) is None, change
+
+
+def test_lean_decode_takes_every_ts_spelling_the_full_path_takes(tmp_path: Path) -> None:
+    """A ts the fast parser leaves alone goes through the per-message codec, same instant;
+    one nobody accepts is dead-lettered with the reason, the others still stored."""
+    from datetime import UTC, datetime
+
+    from meterwatch.collector.mqtt import MqttCollector
+
+    stats = Stats()
+    writer = ReadingWriter(InfluxStore(flavor="v1", url="http://127.0.0.1:9", database="mw"), stats)
+    collector = MqttCollector(
+        host="127.0.0.1",
+        port=1,
+        topic_template="meters/{meter_id}/reading",
+        writer=writer,
+        stats=stats,
+        dead_letter=tmp_path / "dead.jsonl",
+        columnar=True,
+    )
+    payloads = [
+        b'{"ts": "2026-01-05T00:00:00Z", "power_kw": 1.5}',
+        b'{"ts": "2026-01-05T01:00:00+01", "power_kw": 2.5}',  # the full parser's spelling
+        b'{"ts": "yesterday", "power_kw": 3.5}',
+    ]
+    pubs = [(b"meters/M%d/reading" % i, p, i + 1, 1) for i, p in enumerate(payloads)]
+    rejected: list[tuple[int, str]] = []
+    batch = collector._decode_columnar(
+        0, pubs, ["M0", "M1", "M2"], [0, 1, 2], datetime(2026, 1, 5, tzinfo=UTC), rejected
+    )
+    assert batch is not None
+    got = dict(zip(batch.meter_id, batch.seconds.tolist(), strict=True))
+    assert got == {"M0": 1767571200, "M1": 1767571200}
+    assert [i for i, _ in rejected] == [2] and "yesterday" in rejected[0][1]
