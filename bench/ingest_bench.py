@@ -22,7 +22,9 @@ Broker (``BROKER_SETTINGS``): the operator settings README.md gives (``max_queue
 above the backlog, ``max_inflight_messages 10000`` for 3.1.1 clients, persistence on), the same
 for every consumer; all connect with MQTT 3.1.1. CPU is user + system time of the consumer's
 whole process tree between connect and done (/proc via psutil); RSS is the peak of the tree's sum,
-sampled every 0.2 s. Node-RED is installed from npm into ``var/bench/node-red`` (not committed).
+sampled every 0.2 s, between connect and done (``peak_rss_mb``) and over the consumer's whole life,
+start-up included (``life_peak_rss_mb``: for ``meterwatch run`` the config validation before the
+lean ingest process takes over). Node-RED is installed from npm into ``var/bench/node-red`` (not committed).
 Prints one JSON object.
 """
 
@@ -162,11 +164,13 @@ def publish(port: int, msgs: list[tuple[str, bytes]]) -> float:
 
 
 class Watch:
-    """CPU seconds and peak RSS of a process tree, sampled in a thread."""
+    """CPU seconds and peak RSS of a process tree, sampled in a thread: ``peak_rss`` over its
+    whole life, ``span_peak_rss`` since :meth:`mark` (the drain)."""
 
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
         self.peak_rss = 0
+        self.span_peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -196,7 +200,12 @@ class Watch:
                 except psutil.NoSuchProcess:
                     pass
             self.peak_rss = max(self.peak_rss, rss)
+            self.span_peak_rss = max(self.span_peak_rss, rss)
             self._stop.wait(0.2)
+
+    def mark(self) -> None:
+        """Start the span: ``span_peak_rss`` counts from now."""
+        self.span_peak_rss = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -233,6 +242,7 @@ def measure(
     try:
         watch = Watch(proc.pid)
         _wait_line(log, connected, proc, 120)
+        watch.mark()
         t0, cpu0 = time.perf_counter(), watch.cpu()
         deadline = time.monotonic() + timeout_s
         while not done():
@@ -253,7 +263,12 @@ def measure(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": watch.peak_rss / 2**20}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "peak_rss_mb": watch.span_peak_rss / 2**20,
+        "life_peak_rss_mb": watch.peak_rss / 2**20,
+    }
 
 
 # -- InfluxDB helpers -----------------------------------------------------------------------------
@@ -282,6 +297,46 @@ def metrics_counter(port: int, name: str) -> int:
         if line.startswith(f"meterwatch_{name}_total "):
             return int(float(line.split()[1]))
     return 0
+
+
+def raw_influx_ceiling(url: str, msgs: list[tuple[str, bytes]], batch: int = 5000) -> dict:
+    """InfluxDB's own ceiling on this machine for these readings: the same lines MeterWatch
+    writes (meter_id tag, the quantities, collected_at / device_ts), encoded before the clock
+    starts and posted in ``batch``-line requests over one keep-alive connection (no MQTT, no
+    spool): what no consumer writing to this server can beat."""
+    import http.client
+
+    now = int(time.time())
+    lines = []
+    for topic, body in msgs:
+        r = json.loads(body)
+        ts = int(time.mktime(time.strptime(r.pop("ts"), "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
+        fields = ",".join(f"{k}={float(v)!r}" for k, v in r.items())
+        lines.append(
+            f"readings,meter_id={topic.split('/')[1]} {fields},collected_at={now}i,"
+            f"device_ts={ts}i {ts}"
+        )
+    bodies = [
+        ("\n".join(lines[i : i + batch]) + "\n").encode() for i in range(0, len(lines), batch)
+    ]
+    db = "bench_raw_ceiling"
+    influx_query(url, f'CREATE DATABASE "{db}"')
+    host, port = url.split("//", 1)[1].split(":")
+    con = http.client.HTTPConnection(host, int(port), timeout=120)
+    t0 = time.perf_counter()
+    for body in bodies:
+        con.request("POST", f"/write?db={db}&precision=s", body)
+        resp = con.getresponse()
+        resp.read()
+        if resp.status != 204:
+            raise RuntimeError(f"raw post: HTTP {resp.status}")
+    seconds = time.perf_counter() - t0
+    con.close()
+    stored = influx_count(url, db)
+    influx_query(url, f'DROP DATABASE "{db}"')
+    if stored != len(lines):
+        raise RuntimeError(f"raw post: stored {stored} of {len(lines)}")
+    return {"seconds": seconds, "readings_per_s": len(lines) / seconds, "batch": batch}
 
 
 # -- consumers ---------------------------------------------------------------------------------
@@ -556,7 +611,13 @@ def run_consumer(
     return r
 
 
-def bench(messages: int, meters: int, per: int, consumers: list[str]) -> dict[str, object]:
+def bench(
+    messages: int,
+    meters: int,
+    per: int,
+    consumers: list[str],
+    codecs: tuple[str, ...] = ("canonical", "batch"),
+) -> dict[str, object]:
     from tests.support.servers import influxdb
 
     out: dict[str, object] = {"messages": messages, "meters": meters, "per_message": per}
@@ -564,10 +625,15 @@ def bench(messages: int, meters: int, per: int, consumers: list[str]) -> dict[st
         "canonical": (single_messages(messages, meters), [c for c in SINGLE if c in consumers]),
         "batch": (batch_messages(messages, per, meters), [c for c in BATCH if c in consumers]),
     }
+    streams = {k: v for k, v in streams.items() if k in codecs}
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp, influxdb() as influx:
         work = Path(tmp)
         broker, port = start_broker(work)
         try:
+            out["influx_raw_ceiling"] = raw_influx_ceiling(
+                influx.url, single_messages(messages, meters)
+            )
+            print(f"raw InfluxDB ceiling: {out['influx_raw_ceiling']}", file=sys.stderr, flush=True)
             for codec, (msgs, names) in streams.items():
                 topic = "meters/+/reading" if codec == "canonical" else "gateways/+/batch"
                 for name in names:
@@ -595,10 +661,16 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=20_000)
     ap.add_argument("--per-message", type=int, default=100)
     ap.add_argument("--consumers", default=",".join(SINGLE))
+    ap.add_argument("--codecs", default="canonical,batch", help="which streams to run")
     args = ap.parse_args()
-    print(
-        json.dumps(bench(args.messages, args.meters, args.per_message, args.consumers.split(",")))
+    result = bench(
+        args.messages,
+        args.meters,
+        args.per_message,
+        args.consumers.split(","),
+        tuple(args.codecs.split(",")),
     )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """What one single-reading MQTT message costs per ingest stage [µs of CPU per message].
 
+Both paths: the full service's (pandas: ``to_utc``, a frame, ``encode_readings``) and the lean
+ingest process's (``iso_epoch_ns``, a ColumnBatch, the repeat check, ``ColumnEncoder``).
+
 Each stage of the collector's path is timed apart on the issue #13 payloads (``ts`` + 7
 quantities), in one process, best of ``--repeat``: splitting PUBLISH packets out of the byte
 stream, decoding payloads into columns, parsing the timestamps, building the frame, encoding
@@ -16,15 +19,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.ingest_bench import single_messages
-from meterwatch.collector.mqtt import frame_of_columns
+from meterwatch.collector.mqtt import _column_batch, frame_of_columns
 from meterwatch.core.schema import to_utc
 from meterwatch.protocols import mqtt_packets as mp
-from meterwatch.protocols.mqtt_payload import decode_columns
+from meterwatch.protocols.mqtt_payload import decode_columns, iso_epoch_ns
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.line_protocol import encode_readings
+from meterwatch.storage.lp_encode import ColumnEncoder
+from meterwatch.storage.recent import RecentReadings
 from meterwatch.storage.spool import Spool
 
 
@@ -62,6 +68,27 @@ def stages(n: int, batch: int, repeat: int) -> dict[str, float]:
     )
     cols = decode_columns("canonical", payloads, meters)
     out["parse_ts_us"] = best(lambda: to_utc(pd.Series(cols.ts, dtype=object)), repeat) / n * 1e6
+    out["parse_ts_fast_us"] = best(lambda: iso_epoch_ns(cols.ts), repeat) / n * 1e6
+    # The lean process: columns -> ColumnBatch -> repeats judged -> line protocol, no pandas.
+    out["column_batch_us"] = best(lambda: _column_batch(cols, 0), repeat) / n * 1e6
+    cb = _column_batch(cols, 0)
+    assert cb is not None
+    pieces = [np.arange(i, min(i + batch, n)) for i in range(0, n, batch)]
+    out["judge_repeats_us"] = (
+        best(
+            lambda: [
+                RecentReadings().judge([cb.meter_id[i] for i in r], cb.seconds[r], cb.values[r])
+                for r in pieces
+            ],
+            repeat,
+        )
+        / n
+        * 1e6
+    )
+    enc = ColumnEncoder()
+    out["line_protocol_lean_us"] = (
+        best(lambda: [enc.encode(cb, r) for r in pieces], repeat) / n * 1e6
+    )
     ts = to_utc(pd.Series(cols.ts, dtype=object))
     now = pd.Timestamp.now("UTC")
     out["frame_us"] = (

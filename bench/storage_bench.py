@@ -6,6 +6,11 @@ default 5,000) to ``/write?precision=s`` of one ``influxd`` started here on a fr
 - ``meterwatch``: :class:`storage.influx.InfluxStore` as the writer's spool drain calls it, one
   ``write_readings`` per ``drain_batch_rows`` rows: encoding the canonical frame to line protocol
   (registry tags joined), the POST, the status check and the retry/dead-letter policy;
+- ``drain``: what the service does since the spool keeps batches encoded (issue #13): the
+  frame encoded at the flush (``InfluxStore.encode_body``, before the clock starts, as the
+  collector's flush does it off the drain's path) and appended to a spool; timed: the drain,
+  ``Spool.peek`` + ``InfluxStore.write_body`` + ``Spool.remove_through`` per ``batch`` lines
+  (the delete not fsynced on its own, as the writer's drain does it: a replay is harmless);
 - ``raw``: the ceiling — the same line-protocol bytes, encoded before the clock starts, posted on
   one keep-alive ``http.client`` connection, checking only for 204.
 
@@ -91,6 +96,32 @@ def write_meterwatch(
     return seconds
 
 
+def write_drain(url: str, db: str, frame: pd.DataFrame, tags: pd.DataFrame, rows: int) -> float:
+    """The service's drain of a spool of encoded batches; return seconds (drain only)."""
+    import tempfile
+
+    from meterwatch.storage.spool import Spool
+
+    store = InfluxStore(flavor="v1", url=url, database=db, tags=tags, batch_size=rows)
+    with tempfile.TemporaryDirectory(prefix="drain-bench-") as tmp:
+        spool = Spool(tmp)
+        for i in range(0, len(frame), rows):
+            spool.append_encoded(*store.encode_body(frame.iloc[i : i + rows]))
+        t0 = time.perf_counter()
+        written = 0
+        while (peeked := spool.peek(rows)) is not None:
+            written += store.write_body(
+                b"".join(b for b, _ in peeked.bodies), sum(n for _, n in peeked.bodies)
+            )
+            spool.remove_through(peeked.last_seq, durable=False)  # as the writer's drain
+        seconds = time.perf_counter() - t0
+        spool.close()
+    store.close()
+    if written != len(frame) or store.lines_dead_lettered or store.retries:
+        raise RuntimeError(f"drain wrote {written} of {len(frame)} lines")
+    return seconds
+
+
 def bench(meters: int, intervals: int, batch: int, rounds: int) -> dict[str, float]:
     # tests/support/servers.py starts influxd (temp dir, free loopback ports) and stops it after.
     from tests.support.servers import influxdb
@@ -110,24 +141,29 @@ def bench(meters: int, intervals: int, batch: int, rounds: int) -> dict[str, flo
     }
     raw_s: list[float] = []
     mw_s: list[float] = []
+    drain_s: list[float] = []
     with influxdb() as server:
         host, port = server.host, server.port
         for r in range(rounds):
-            for name in (f"raw{r}", f"mw{r}"):
+            for name in (f"raw{r}", f"mw{r}", f"drain{r}"):
                 _query(server.url, f'CREATE DATABASE "{name}"')
             if r % 2 == 0:
                 raw_s.append(write_raw(host, port, f"raw{r}", bodies))
+                drain_s.append(write_drain(server.url, f"drain{r}", frame, tags, batch))
                 mw_s.append(write_meterwatch(server.url, f"mw{r}", frame, tags, batch))
             else:
                 mw_s.append(write_meterwatch(server.url, f"mw{r}", frame, tags, batch))
+                drain_s.append(write_drain(server.url, f"drain{r}", frame, tags, batch))
                 raw_s.append(write_raw(host, port, f"raw{r}", bodies))
         for r in range(rounds):
-            for name in (f"raw{r}", f"mw{r}"):
+            for name in (f"raw{r}", f"mw{r}", f"drain{r}"):
                 got = _count(server.url, name)
                 if got != len(lines):
                     raise RuntimeError(f"database {name} holds {got} of {len(lines)} points")
     out["raw"] = len(lines) / min(raw_s)
     out["meterwatch"] = len(lines) / min(mw_s)
+    out["drain"] = len(lines) / min(drain_s)
+    out["drain_all"] = [len(lines) / s for s in drain_s]  # type: ignore[assignment]
     out["raw_all"] = [len(lines) / s for s in raw_s]  # type: ignore[assignment]
     out["meterwatch_all"] = [len(lines) / s for s in mw_s]  # type: ignore[assignment]
     # Share of MeterWatch's time spent encoding (measured apart, same frame and batches).

@@ -34,12 +34,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from meterwatch.collector.mqtt_client import ConnectOptions, MqttSubscriber, tls_context
@@ -48,15 +48,25 @@ from meterwatch.collector.writer import ReadingWriter
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import Duration, Section, secret
 from meterwatch.core.errors import ProtocolError
-from meterwatch.core.schema import readings_from_records, to_utc, to_utc_coerce
+from meterwatch.core.quantities import READING_FIELDS
 from meterwatch.core.stats import Stats
 from meterwatch.protocols.mqtt_packets import Publish
 from meterwatch.protocols.mqtt_payload import (
+    Columns,
     Reading,
     Subscription,
     decode_columns,
+    iso_epoch_ns,
     meter_from_topic,
 )
+from meterwatch.storage.lp_encode import NO_TIME, ColumnBatch
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where frames are built: the lean ingest process (``columnar=True``, see
+# meterwatch/ingest.py) decodes into ColumnBatch and never loads it, unless a payload's ts
+# needs the full ISO 8601 parser.
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,11 @@ REFUSED_RETRY_INITIAL_S = 0.1
 #: Longest wait between two offers of held messages [wall s] (project choice: a drained spool is
 #: used again within 2 s, and a full one is not asked more than every 2 s).
 REFUSED_RETRY_MAX_S = 2.0
+#: Payload bytes received and not yet acknowledged at most; past it the network loop stops
+#: reading and TCP holds the rest at the broker [bytes]. Project choice: 10,000 single-reading
+#: messages are ~2 MB, 400 batch messages of 100 readings ~9 MB; memory stays bounded
+#: whatever the payload size (docs/benchmarks.md, memory).
+MAX_UNACKED_BYTES = 8 << 20
 #: Topics remembered with their subscription and meter id (cleared when full).
 TOPIC_CACHE_MAX = 200_000
 
@@ -82,6 +97,10 @@ def parse_reading_times(readings: list[Reading]) -> pd.Timestamp:
     are replaced by the parsed UTC timestamps, so a flush mixing many messages parses nothing
     differently (and ``"now"`` keeps the instant it was received). Returns the latest ``ts``.
     """
+    import pandas as pd
+
+    from meterwatch.core.schema import to_utc, to_utc_coerce
+
     raw_ts = [r["ts"] for r in readings]
     ts = to_utc(pd.Series(raw_ts)).tolist()
     raw_device = [r.get("device_ts") for r in readings]
@@ -107,12 +126,70 @@ def frame_of_columns(
     collected_at: pd.Timestamp,
 ) -> pd.DataFrame:
     """The canonical frame (plus collected_at / device_ts) of decoded columns, built once."""
+    import pandas as pd
+
     cols: dict[str, Any] = {"meter_id": pd.array(meter_id, dtype="str"), "ts": ts.array}
     cols.update(fields)
-    frame = pd.DataFrame(cols)
-    frame["collected_at"] = collected_at.as_unit("ns")
-    frame["device_ts"] = device_ts.array
-    return frame
+    # In the constructor, not set afterwards: one block build instead of two insertions.
+    stamp = np.full(len(meter_id), collected_at.as_unit("ns").value, dtype="datetime64[ns]")
+    cols["collected_at"] = pd.DatetimeIndex(stamp, tz="UTC")
+    cols["device_ts"] = device_ts.array
+    return pd.DataFrame(cols)
+
+
+def _column_batch(cols: Columns, collected_at: int) -> ColumnBatch | None:
+    """Decoded columns as a ColumnBatch, or None if a ts needs the full parser."""
+    times = _fast_times(cols)
+    if times is None:
+        return None
+    secs, device = (np.asarray(t, dtype=np.int64) // 1_000_000_000 for t in times)
+    n = len(secs)
+    values = np.column_stack([cols.fields[f] for f in READING_FIELDS]) if n else np.zeros((0, 12))
+    return ColumnBatch(
+        cols.meter_id,
+        secs,
+        device,
+        values,
+        np.full(n, collected_at, dtype=np.int64),
+    )
+
+
+def _fast_times(cols: Columns) -> tuple[list[int], list[int]] | None:
+    """(ts, device_ts) of decoded columns in epoch nanoseconds, or None if one needs the full
+    parser (:func:`iso_epoch_ns`)."""
+    ts = iso_epoch_ns(cols.ts)
+    if ts is None:
+        return None
+    if cols.device_ts is None:
+        return ts, ts
+    raw = [d if d is not None else t for d, t in zip(cols.device_ts, cols.ts, strict=True)]
+    device = iso_epoch_ns(raw)
+    return None if device is None else (ts, device)
+
+
+def _records_batch(records: list[Reading], collected_at: int) -> ColumnBatch:
+    """Readings of the per-message codec (times parsed) as a ColumnBatch."""
+    secs = [int(r["ts"].value // 1_000_000_000) for r in records]
+    device = [
+        NO_TIME
+        if r["device_ts"] is None or r["device_ts"] != r["device_ts"]
+        else int(r["device_ts"].value // 1_000_000_000)
+        for r in records
+    ]
+    values = np.array(
+        [
+            [float(r.get(f, np.nan)) if r.get(f) is not None else np.nan for f in READING_FIELDS]
+            for r in records
+        ],
+        dtype=np.float64,
+    ).reshape(len(records), len(READING_FIELDS))
+    return ColumnBatch(
+        [str(r["meter_id"]) for r in records],
+        np.asarray(secs, dtype=np.int64),
+        np.asarray(device, dtype=np.int64),
+        values,
+        np.full(len(records), collected_at, dtype=np.int64),
+    )
 
 
 @dataclass(eq=False)
@@ -120,7 +197,7 @@ class _Received:
     """Decoded messages on their way to storage: one frame and what their PUBACKs need."""
 
     seq: int  # arrival order (of the network read)
-    frame: pd.DataFrame | None  # None: nothing to store (every message dead-lettered)
+    frame: pd.DataFrame | ColumnBatch | None  # None: nothing to store (all dead-lettered)
     mids: list[int]
     generation: int  # connection they arrived on; a PUBACK on a later connection is not sent
     qos0: int = 0  # messages without acknowledgement (QoS 0)
@@ -171,8 +248,11 @@ class MqttCollector:
         clock: Clock | None = None,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
+        columnar: bool = False,
     ):
         self.host, self.port = host, port
+        #: Decode into ColumnBatch (line protocol ahead, no pandas) instead of frames.
+        self.columnar = columnar
         # Service time for collected_at (the simulated clock in demos); None: the UTC clock.
         self.clock = clock
         pairs = list(subscriptions or [])
@@ -227,6 +307,8 @@ class MqttCollector:
             ssl_context=ssl_context,
             reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s,
+            max_unacked=receive_maximum,
+            max_unacked_bytes=MAX_UNACKED_BYTES,
         )
         self.connected = self.client.connected
 
@@ -295,9 +377,14 @@ class MqttCollector:
         """Every PUBLISH of one read: decode into one frame, hand it to the event loop."""
         self.stats.count("mqtt_messages", len(publishes))
         self._seq += 1
-        collected_at = pd.Timestamp(self.clock.now()) if self.clock else pd.Timestamp.now("UTC")
-        if collected_at.tzinfo is None:
-            collected_at = collected_at.tz_localize("UTC")
+        now = self.clock.now() if self.clock else datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        collected_at: Any = now
+        if not self.columnar:
+            import pandas as pd
+
+            collected_at = pd.Timestamp(now)
         by_sub: dict[int, list[int]] = {}
         meters: list[str | None] = []
         rejected: list[tuple[int, str]] = []
@@ -323,9 +410,10 @@ class MqttCollector:
                 continue
             meters[i] = route[1]
             by_sub.setdefault(route[0], []).append(i)
-        frames: list[pd.DataFrame] = []
+        frames: list[Any] = []
+        decode = self._decode_columnar if self.columnar else self._decode
         for k, idx in by_sub.items():
-            frame = self._decode(
+            frame = decode(
                 k,
                 [publishes[i] for i in idx],
                 [meters[i] for i in idx],
@@ -346,11 +434,18 @@ class MqttCollector:
             )
         if not good:
             return
-        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        rows = len(frame)
-        self.stats.count("mqtt_readings", rows)
-        if rows:
-            self.stats.seen(frame["meter_id"].tolist(), frame["ts"].max().to_pydatetime())
+        if self.columnar:
+            frame = ColumnBatch.concat(frames)
+            if len(frame):
+                latest = datetime.fromtimestamp(int(frame.seconds.max()), UTC)
+                self.stats.seen(frame.meter_id, latest)
+        else:
+            import pandas as pd
+
+            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            if len(frame):
+                self.stats.seen(frame["meter_id"].tolist(), frame["ts"].max().to_pydatetime())
+        self.stats.count("mqtt_readings", len(frame))
         received = _Received(
             self._seq,
             frame,
@@ -372,12 +467,30 @@ class MqttCollector:
         rejected: list[tuple[int, str]],
     ) -> pd.DataFrame | None:
         """Readings of the messages of subscription ``k`` as one frame; bad ones to ``rejected``."""
+        import pandas as pd
+
+        from meterwatch.core.schema import to_utc, to_utc_coerce
+
         sub = self.subscriptions[k]
         cols = decode_columns(sub.codec, [p[1] for p in publishes], topic_meters)
         frame: pd.DataFrame | None = None
         slow = list(cols.slow)
         if len(cols):
+            fast = _fast_times(cols)
             try:
+                if fast is not None:  # the common ISO 8601 form: no pandas parser needed
+                    ts, device = (
+                        pd.Series(
+                            pd.to_datetime(np.asarray(t, dtype=np.int64), unit="ns", utc=True)
+                        )
+                        for t in fast
+                    )
+                    if fast[1] is fast[0]:
+                        device = ts
+                    frame = frame_of_columns(cols.meter_id, ts, device, cols.fields, collected_at)
+                    return self._with_slow(
+                        sub, publishes, frame, cols.slow, index, collected_at, rejected
+                    )
                 ts = to_utc(pd.Series(cols.ts, dtype=object))
                 if ts.isna().any():
                     raise ValueError("NaT")
@@ -394,26 +507,89 @@ class MqttCollector:
                 # Some ts is not ISO 8601: the per-message path names which.
                 slow = sorted(set(slow) | set(np.unique(cols.owner).tolist()))
                 frame = None
-        if slow:
-            records: list[Reading] = []
-            for j in slow:
-                topic, payload, _mid, _qos = publishes[j]
-                try:
-                    readings = sub.decode(topic.decode("utf-8", errors="replace"), payload)
-                    for reading in readings:
-                        reading["collected_at"] = collected_at
-                        # The payload's own ts is the device's clock unless it sends device_ts apart.
-                        reading.setdefault("device_ts", reading.get("ts"))
-                    parse_reading_times(readings)
-                except (ProtocolError, ValueError, TypeError) as exc:
-                    # TypeError: e.g. a JSON boolean ts (pandas refuses the dtype).
-                    rejected.append((index[j], str(exc)))
-                    continue
-                records.extend(readings)
-            if records:
-                extra = readings_from_records(records)
-                frame = extra if frame is None else pd.concat([frame, extra], ignore_index=True)
+        return self._with_slow(sub, publishes, frame, slow, index, collected_at, rejected)
+
+    def _with_slow(
+        self,
+        sub: Subscription,
+        publishes: list[Publish],
+        frame: pd.DataFrame | None,
+        slow: list[int],
+        index: list[int],
+        collected_at: Any,
+        rejected: list[tuple[int, str]],
+    ) -> pd.DataFrame | None:
+        """``frame`` plus the readings of the messages ``slow`` (per-message codec)."""
+        if not slow:
+            return frame
+        import pandas as pd
+
+        from meterwatch.core.schema import readings_from_records
+
+        records = self._slow_records(sub, publishes, slow, index, collected_at, rejected)
+        if records:
+            extra = readings_from_records(records)
+            frame = extra if frame is None else pd.concat([frame, extra], ignore_index=True)
         return frame
+
+    def _slow_records(
+        self,
+        sub: Subscription,
+        publishes: list[Publish],
+        slow: list[int],
+        index: list[int],
+        collected_at: Any,
+        rejected: list[tuple[int, str]],
+    ) -> list[Reading]:
+        """The per-message codec on the messages ``slow``: their readings, times parsed; the
+        ones it refuses go to ``rejected`` with its reason."""
+        records: list[Reading] = []
+        for j in slow:
+            topic, payload, _mid, _qos = publishes[j]
+            try:
+                readings = sub.decode(topic.decode("utf-8", errors="replace"), payload)
+                for reading in readings:
+                    reading["collected_at"] = collected_at
+                    # The payload's own ts is the device's clock unless it sends device_ts apart.
+                    reading.setdefault("device_ts", reading.get("ts"))
+                parse_reading_times(readings)
+            except (ProtocolError, ValueError, TypeError) as exc:
+                # TypeError: e.g. a JSON boolean ts (pandas refuses the dtype).
+                rejected.append((index[j], str(exc)))
+                continue
+            records.extend(readings)
+        return records
+
+    def _decode_columnar(
+        self,
+        k: int,
+        publishes: list[Publish],
+        topic_meters: list[str | None],
+        index: list[int],
+        collected_at: datetime,
+        rejected: list[tuple[int, str]],
+    ) -> ColumnBatch | None:
+        """:meth:`_decode` into a ColumnBatch: the same acceptance, without pandas when every
+        ``ts`` is of the common ISO 8601 form (:func:`iso_epoch_ns`)."""
+        sub = self.subscriptions[k]
+        cols = decode_columns(sub.codec, [p[1] for p in publishes], topic_meters)
+        stamp = int(collected_at.timestamp())
+        batches: list[ColumnBatch] = []
+        slow = list(cols.slow)
+        if len(cols):
+            fast = _column_batch(cols, stamp)
+            if fast is None:  # another ts spelling: the per-message path parses (or names) it
+                slow = sorted(set(slow) | set(np.unique(cols.owner).tolist()))
+            else:
+                batches.append(fast)
+        if slow:
+            import pandas as pd
+
+            at = pd.Timestamp(collected_at)
+            records = self._slow_records(sub, publishes, slow, index, at, rejected)
+            if records:
+                batches.append(_records_batch(records, stamp))
+        return ColumnBatch.concat(batches) if batches else None
 
     # -- hand-off to the writer (event loop) ----------------------------------------------
 
@@ -619,6 +795,9 @@ class MqttConfig(Section):
     receive_maximum: int = Field(10000, ge=1, le=65535)
     # Keepalive announced at CONNECT [s]; a PINGREQ goes out when nothing was sent that long.
     keepalive: Duration = Field(60.0, ge=5, le=65535)
+    # An MQTT-only ingest service into InfluxDB (no registry, no other source, no simulator)
+    # runs as a lean process without pandas, pyarrow or DuckDB (meterwatch/ingest.py).
+    lean_ingest: bool = True
 
     @field_validator("topic")
     @classmethod
@@ -673,6 +852,7 @@ def build_source(cfg: MqttConfig, ctx: SourceContext) -> list[MqttSource]:
         dead_letter=cfg.dead_letter,
         max_payload_bytes=cfg.max_payload_bytes,
         clock=ctx.clock,
+        columnar=ctx.columnar,
     )
     return [MqttSource(collector)]
 

@@ -81,8 +81,20 @@ class MqttSubscriber:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        max_unacked: int | None = None,
+        max_unacked_bytes: int | None = None,
     ):
         self.host, self.port = host, port
+        #: Stop reading the socket while this many QoS 1 messages wait for their PUBACK: TCP
+        #: flow control then holds the rest at the broker (MQTT 3.1.1 has no receive maximum,
+        #: and Mosquitto's max_inflight_messages does not bound a resumed session's backlog).
+        self.max_unacked = max_unacked
+        #: The same bound in payload bytes (batch payloads carry 100 readings or more each).
+        self.max_unacked_bytes = max_unacked_bytes
+        self._unacked = 0  # network thread
+        self._unacked_bytes: dict[int, int] = {}  # packet id -> payload bytes (network thread)
+        self._unacked_total = 0
+        self._reconnect_requested = False
         self.options = options
         self.on_batch = on_batch
         self.on_connect = on_connect
@@ -126,10 +138,12 @@ class MqttSubscriber:
         """Close the connection now; the loop connects again (same session) right away."""
         sock = self._sock
         if sock is not None:
+            self._reconnect_requested = True
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            self._wake()  # the loop may not be reading the socket (too many unacknowledged)
 
     def ack(self, packet_ids: Sequence[int], generation: int) -> bool:
         """Queue PUBACKs (one write per batch); False if their connection is gone."""
@@ -231,12 +245,18 @@ class MqttSubscriber:
             generation = self.generation
         if self.on_connect is not None:
             self.on_connect(session)
+        self._unacked = sum(1 for p in pending if p[3])
+        self._unacked_bytes = {p[2]: len(p[1]) for p in pending if p[3]}
+        self._unacked_total = sum(self._unacked_bytes.values())
+        self._reconnect_requested = False
         if pending:
             self.on_batch(pending, generation)
         self._loop(sock, reader, generation)
 
     def _loop(self, sock: socket.socket, reader: mp.PacketReader, generation: int) -> None:
         keepalive = float(self.options.keepalive_s)
+        cap = self.max_unacked
+        cap_bytes = self.max_unacked_bytes
         last_in = last_out = time.monotonic()
         ping_at: float | None = None
         wake = self._wake_r
@@ -249,15 +269,22 @@ class MqttSubscriber:
                 except OSError:
                     pass
                 return
+            if self._reconnect_requested:
+                self._reconnect_requested = False
+                raise MqttConnectionError("reconnecting to fetch messages left with the broker")
             now = time.monotonic()
             timeout = max(0.0, last_out + keepalive - now) if keepalive else 1.0
             if ping_at is not None:
                 timeout = min(timeout, max(0.0, last_in + 1.5 * keepalive - now))
             readable: list[socket.socket]
-            if tls is not None and tls.pending():
+            paused = (cap is not None and self._unacked >= cap) or (
+                cap_bytes is not None and self._unacked_total >= cap_bytes
+            )
+            if tls is not None and tls.pending() and not paused:
                 readable = [sock]
             else:
-                readable, _, _ = select.select([sock, wake], [], [], min(timeout, 1.0))
+                watch = [wake] if paused else [sock, wake]
+                readable, _, _ = select.select(watch, [], [], min(timeout, 1.0))
             if sock in readable:
                 data = sock.recv(READ_SIZE)
                 if not data:
@@ -272,6 +299,11 @@ class MqttSubscriber:
                         code = body[0] if body else 0
                         raise MqttConnectionError(f"broker sent DISCONNECT (reason 0x{code:02x})")
                 if pubs:
+                    self._unacked += sum(1 for p in pubs if p[3])
+                    if cap_bytes is not None:
+                        sizes = {p[2]: len(p[1]) for p in pubs if p[3]}
+                        self._unacked_bytes.update(sizes)
+                        self._unacked_total += sum(sizes.values())
                     self.on_batch(pubs, generation)
             if wake in readable:
                 try:
@@ -300,6 +332,10 @@ class MqttSubscriber:
         if not acks:
             return False
         sock.sendall(mp.encode_pubacks(acks))
+        self._unacked = max(0, self._unacked - len(acks))
+        if self._unacked_bytes:
+            pop = self._unacked_bytes.pop
+            self._unacked_total -= sum(pop(pid, 0) for pid in acks)
         return True
 
 

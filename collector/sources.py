@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pandas as pd
-
 from meterwatch.core.clock import Clock
 from meterwatch.core.config import Section
 from meterwatch.core.stats import Stats
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from meterwatch.collector.writer import ReadingWriter
 
 
@@ -56,6 +56,8 @@ class SourceContext:
     maps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Simulated meters by source name (``devices: simulator`` in the demo).
     simulated: Mapping[str, SimulatedEndpoint] = field(default_factory=dict)
+    #: Hand readings to the writer as ColumnBatch, encoded ahead (the lean ingest process).
+    columnar: bool = False
 
 
 @runtime_checkable

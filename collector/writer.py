@@ -43,23 +43,33 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pandas as pd
+import numpy as np
 
 from meterwatch.core.errors import StorageError
-from meterwatch.core.schema import empty_readings, readings_from_records
+from meterwatch.core.quantities import READING_FIELDS
 from meterwatch.core.stats import Stats
-from meterwatch.storage.base import ReadingStore
+from meterwatch.storage.lp_encode import CONFLICTS_MEASUREMENT, ColumnBatch, ColumnEncoder
+from meterwatch.storage.recent import CONFLICT, NEW, RecentReadings
 from meterwatch.storage.spool import Spool, SpoolBatch, SpoolFullError, drain_forever
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from meterwatch.storage.base import ReadingStore
+
+# pandas is imported where frames are handled: a writer that only gets ColumnBatch items (the
+# lean MQTT ingest process) never loads it.
 
 log = logging.getLogger(__name__)
 
 Done = Callable[[], None]
 #: Called with the reason when a submitted list cannot be made into readings at all.
 Failed = Callable[[str], None]
-StoredListener = Callable[[pd.DataFrame], None]
+StoredListener = Callable[["pd.DataFrame"], None]
 
 
 @runtime_checkable
@@ -67,6 +77,13 @@ class EncodingStore(Protocol):
     """A store whose writes are request bodies encoded ahead (InfluxStore: line protocol)."""
 
     def encode_body(self, df: pd.DataFrame) -> tuple[bytes, int]: ...
+
+    def write_body(self, body: bytes, lines: int) -> int: ...
+
+
+@runtime_checkable
+class BodyWriter(Protocol):
+    """What the drain of encoded batches needs of a store (InfluxWriter, InfluxStore)."""
 
     def write_body(self, body: bytes, lines: int) -> int: ...
 
@@ -89,17 +106,24 @@ _STORE_COUNTERS = (
 
 @dataclass
 class _Item:
-    readings: pd.DataFrame | Records
+    readings: pd.DataFrame | Records | ColumnBatch
     on_stored: Done | None
     on_failed: Failed | None = None
 
 
-def _frame_of(items: list[_Item]) -> pd.DataFrame:
-    """One frame of the items' readings, in submission order.
+def _frame_of(items: list[_Item]) -> pd.DataFrame | ColumnBatch:
+    """One frame of the items' readings, in submission order (one ColumnBatch of ColumnBatch
+    items: a writer gets either kind, never both).
 
     All record lists go through one ``readings_from_records`` call; consecutive record items
     become one slice of it, so there are at most about twice as many pieces as frame items.
     """
+    if isinstance(items[0].readings, ColumnBatch):
+        return ColumnBatch.concat([i.readings for i in items])  # type: ignore[misc]
+    import pandas as pd
+
+    from meterwatch.core.schema import empty_readings, readings_from_records
+
     lists = [i.readings for i in items if isinstance(i.readings, list)]
     records = readings_from_records(chain.from_iterable(lists)) if lists else None
     pieces: list[pd.DataFrame] = []
@@ -163,7 +187,15 @@ class ReadingWriter:
         self._listen_wake = asyncio.Event()
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_skip_logged = False
-        self._encoding = spool is not None and isinstance(store, EncodingStore)
+        # With a store that posts encoded bodies the spool keeps batches encoded (line protocol).
+        self._encoding = spool is not None and isinstance(store, BodyWriter)
+        #: What was spooled for InfluxDB lately (storage/recent.py): repeats and conflicts.
+        self.recent: RecentReadings | None = None
+        if self._encoding and spool is not None and spool.recent_capacity:
+            self.recent = RecentReadings(spool.recent_capacity)
+            self.recent.load(spool.recent_keys())
+        self._columns = ColumnEncoder(getattr(store, "measurement", "readings"))
+        self._conflicts_logged_at = -1e9
         self._pending: list[_Item] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
@@ -203,7 +235,7 @@ class ReadingWriter:
 
     def submit(
         self,
-        readings: pd.DataFrame | Records,
+        readings: pd.DataFrame | Records | ColumnBatch,
         on_stored: Done | None = None,
         on_failed: Failed | None = None,
     ) -> bool:
@@ -320,9 +352,12 @@ class ReadingWriter:
         if self.spool is not None:
             await self._flush_to_spool(items, frame, rows)
         else:
+            assert not isinstance(frame, ColumnBatch), "column batches go through the spool"
             await self._flush_to_store(items, frame, rows)
 
-    async def _flush_to_spool(self, items: list[_Item], frame: pd.DataFrame, rows: int) -> None:
+    async def _flush_to_spool(
+        self, items: list[_Item], frame: pd.DataFrame | ColumnBatch, rows: int
+    ) -> None:
         assert self.spool is not None
         if len(frame):
             try:
@@ -346,18 +381,114 @@ class ReadingWriter:
         self._ack(items)
         self._update_gauges()
         self._drain_wake.set()
-        if self._encoding:
+        if self._encoding and not isinstance(frame, ColumnBatch):
             self._notify(frame)  # durable now; the drain posts bytes and has no frame
 
-    def _spool_append(self, frame: pd.DataFrame) -> None:
-        """Append one flush to the spool (worker thread): encoded for the store when it can."""
+    def _spool_append(self, frame: pd.DataFrame | ColumnBatch) -> None:
+        """Append one flush to the spool (worker thread): encoded for the store when it can,
+        repeats of what was spooled lately left out and conflicts kept apart."""
         assert self.spool is not None
-        if self._encoding:
-            body, lines = self.store.encode_body(frame)  # type: ignore[attr-defined]
-            if lines:
-                self.spool.append_encoded(body, lines)
-        else:
+        if not self._encoding:
+            assert not isinstance(frame, ColumnBatch)
             self.spool.append(frame)
+            return
+        if isinstance(frame, ColumnBatch):
+            body, lines, keys, conflicts = self._encode_columns(frame)
+        else:
+            body, lines, keys, conflicts = self._encode_frame(frame)
+        if lines:
+            self.spool.append_encoded(body, lines, keys)
+        if self.recent is not None:
+            self.recent.load(keys)  # durable now
+        if conflicts:
+            self._report_conflicts(conflicts)
+
+    def _judge(
+        self, meters: list[str], seconds: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Verdict per row against what was spooled lately (all new without a window)."""
+        if self.recent is None:
+            return np.zeros(len(meters), dtype=np.int8), []
+        verdict, keys = self.recent.judge(meters, seconds, values)
+        dup = int((verdict == 1).sum())
+        if dup:
+            self.stats.count("readings_duplicate", dup)
+        return verdict, keys
+
+    def _encode_columns(self, batch: ColumnBatch) -> tuple[bytes, int, list[tuple[int, int]], int]:
+        """Line protocol of a ColumnBatch: (body, lines, new keys, conflicts)."""
+        empty = np.isnan(batch.values).all(axis=1)
+        if empty.any():
+            self._count_store("rows_skipped", int(empty.sum()))
+        valid = np.flatnonzero(~empty)
+        verdict, keys = self._judge(
+            [batch.meter_id[i] for i in valid.tolist()], batch.seconds[valid], batch.values[valid]
+        )
+        lines = self._columns.encode(batch, valid[verdict == NEW])
+        conflict_rows = valid[verdict == CONFLICT]
+        if len(conflict_rows):
+            lines += self._columns.encode(
+                batch, conflict_rows, CONFLICTS_MEASUREMENT, detected_at=int(time.time())
+            )
+        body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+        return body, len(lines), keys, len(conflict_rows)
+
+    def _encode_frame(self, frame: pd.DataFrame) -> tuple[bytes, int, list[tuple[int, int]], int]:
+        """Line protocol of a canonical frame (registry tags): (body, lines, new keys, conflicts)."""
+        store: Any = self.store
+        if self.recent is None:
+            body, lines = store.encode_body(frame)
+            return body, lines, [], 0
+        from meterwatch.storage.line_protocol import epoch_seconds
+
+        frame = frame.reset_index(drop=True)
+        secs, has_ts = epoch_seconds(frame["ts"])
+        meters = frame["meter_id"].astype(object)
+        values = frame[list(READING_FIELDS)].to_numpy(dtype="float64", na_value=np.nan)
+        # Rows the encoder skips (no meter or ts, nothing measured) are not judged.
+        judged = np.flatnonzero(has_ts & meters.notna().to_numpy() & ~np.isnan(values).all(1))
+        verdict, keys = self._judge(
+            [str(m) for m in meters.to_numpy()[judged]], secs[judged], values[judged]
+        )
+        drop = np.zeros(len(frame), dtype=bool)
+        drop[judged[verdict != NEW]] = True
+        body, lines = store.encode_body(frame[~drop]) if not drop.all() else (b"", 0)
+        conflict_rows = judged[verdict == CONFLICT]
+        if len(conflict_rows):
+            now = int(time.time())
+            times = {}
+            for col in ("collected_at", "device_ts"):
+                t, has = epoch_seconds(frame[col]) if col in frame else (secs, has_ts)
+                times[col] = np.where(has, t, now if col == "collected_at" else secs)
+            batch = ColumnBatch(
+                [str(m) for m in meters.to_numpy()],
+                secs,
+                times["device_ts"],
+                values,
+                times["collected_at"],
+            )
+            extra = self._columns.encode(batch, conflict_rows, CONFLICTS_MEASUREMENT, now)
+            body += ("\n".join(extra) + "\n").encode("utf-8")
+            lines += len(extra)
+        return body, lines, keys, len(conflict_rows)
+
+    def _count_store(self, attr: str, n: int) -> None:
+        """Add to a store counter that the gauges mirror (rows_skipped ...)."""
+        if isinstance(getattr(self.store, attr, None), int):
+            setattr(self.store, attr, getattr(self.store, attr) + n)
+
+    def _report_conflicts(self, n: int) -> None:
+        """Count conflicts; log them at most once a minute (they are in reading_conflicts)."""
+        self.stats.count("readings_conflicting", n)
+        now = time.monotonic()
+        if now - self._conflicts_logged_at >= 60.0:
+            self._conflicts_logged_at = now
+            log.warning(
+                "%d readings disagree with ones already written for the same meter and time: "
+                "kept apart in the %s measurement (counted readings_conflicting)",
+                n,
+                CONFLICTS_MEASUREMENT,
+            )
 
     async def _flush_to_store(self, items: list[_Item], frame: pd.DataFrame, rows: int) -> None:
         try:
@@ -384,7 +515,9 @@ class ReadingWriter:
         except StorageError as exc:
             self._store_failed(exc, self.spool.depth_rows)
             raise
-        await asyncio.to_thread(self.spool.remove_through, batch.last_seq)
+        # Not fsynced on its own (the next append's fsync covers it): a crash right after a
+        # drain may write the batch again, which both stores take as a repeat.
+        await asyncio.to_thread(partial(self.spool.remove_through, batch.last_seq, durable=False))
         self.stats.count("readings_drained", batch.rows)
         self._store_ok(written)
         self._update_gauges()
@@ -397,7 +530,7 @@ class ReadingWriter:
         if batch.frame is not None:
             return self.store.write_readings(batch.frame)
         store: Any = self.store
-        if not isinstance(store, EncodingStore):
+        if not isinstance(store, BodyWriter):
             raise StorageError(
                 f"spool {self.spool.file if self.spool else ''} holds encoded batches but the "
                 f"store {type(store).__name__} cannot write them"
@@ -492,6 +625,8 @@ class ReadingWriter:
             return
         frames, self._listen_queue, self._listen_rows = self._listen_queue, [], 0
         self._listen_skip_logged = False
+        import pandas as pd
+
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         for listener in self.listeners:
             # Off the event loop: listeners run analytics, which must not delay polls or acks.

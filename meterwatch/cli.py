@@ -54,12 +54,25 @@ def main(verbose: bool) -> None:
 )
 def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
-    from meterwatch.console import Progress, print_summary
-    from meterwatch.demo import set_aside_previous_run
-    from meterwatch.service import Service
+    # The service's modules only after the lean-ingest check: the process that replaces
+    # itself with the lean one should not have grown by them first (docs/benchmarks.md).
+    from meterwatch.ingest import exec_lean, lean_plan
 
     try:
         cfg = load_config(config_path)
+        lean = lean_plan(cfg, duration)
+        if lean is not None:  # MQTT-only into InfluxDB: a process without the frame stack
+            console.print(
+                f"MeterWatch {__version__}: MQTT-only ingest into InfluxDB "
+                f"{cfg.storage.influx.url if cfg.storage.influx else ''}: lean ingest process"
+                + ("" if duration else "; Ctrl-C to stop"),
+                highlight=False,
+            )
+            exec_lean(lean)
+        from meterwatch.console import Progress, print_summary
+        from meterwatch.demo import set_aside_previous_run
+        from meterwatch.service import Service
+
         fresh = set_aside_previous_run(cfg)  # a demo rerun: never replay times into a store
         if fresh:
             console.print(fresh, highlight=False)

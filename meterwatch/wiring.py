@@ -126,11 +126,7 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         log.info("registry: %s", line)
     store = build_store(cfg.storage, registry)
     # InfluxDB always behind the durable spool; the embedded store only when configured.
-    spool = (
-        Spool(cfg.storage.spool.path, cfg.storage.spool.max_bytes)
-        if cfg.storage.uses_spool
-        else None
-    )
+    spool = Spool.from_config(cfg.storage.spool) if cfg.storage.uses_spool else None
     alerts = AlertManager.from_config(cfg.alerts, listeners=list(listeners), meters=registry)
     delivery = build_dispatcher(cfg.alerts.delivery, sink_context(cfg, clock))
     if delivery is not None:

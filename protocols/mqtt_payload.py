@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
 from meterwatch.core.errors import ProtocolError
-from meterwatch.core.schema import READING_FIELDS
+from meterwatch.core.quantities import READING_FIELDS
 
 Reading = dict[str, Any]
 Codec = Callable[[bytes | bytearray, str | None], list[Reading]]
@@ -364,9 +366,14 @@ def decode_columns(
         bad = [k for k, t in enumerate(ts) if t is None]
     else:
         return Columns([], [], None, {}, np.zeros(0, dtype=np.int64), list(range(len(payloads))))
-    raw_fields = {name: [d.get(name) for d in docs] for name in READING_FIELDS}
-    for col in raw_fields.values():
-        if not set(map(type, col)) <= _NUMBER_TYPES:
+    # Only the quantities some reading carries are read out; the others are all NaN.
+    present = set().union(*map(dict.keys, docs)) if docs else set()
+    absent = [None] * len(docs)
+    raw_fields = {
+        name: [d.get(name) for d in docs] if name in present else absent for name in READING_FIELDS
+    }
+    for name, col in raw_fields.items():
+        if name in present and not set(map(type, col)) <= _NUMBER_TYPES:
             bad.extend(_bad_number_rows(col))
     device = [d.get("device_ts") for d in docs]
     has_device = any(v is not None for v in device)
@@ -383,7 +390,53 @@ def decode_columns(
         raw_fields = {name: [col[k] for k in idx] for name, col in raw_fields.items()}
         owners = owners[keep]
     try:
-        fields = {name: np.array(col, dtype=np.float64) for name, col in raw_fields.items()}
+        nan = np.full(len(meters), np.nan)
+        fields = {
+            name: np.array(col, dtype=np.float64) if name in present else nan.copy()
+            for name, col in raw_fields.items()
+        }
     except OverflowError:  # an integer beyond float range: let the codec say which
         return Columns([], [], None, {}, np.zeros(0, dtype=np.int64), list(range(len(payloads))))
     return Columns(meters, ts, device if has_device else None, fields, owners, sorted(set(slow)))
+
+
+# -- timestamps without pandas (the lean ingest path) ------------------------------------------
+
+_ISO_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?"
+)
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+
+
+def iso_epoch_ns(values: Sequence[Any]) -> list[int] | None:
+    """Epoch nanoseconds (UTC) of ISO 8601 date-times, or None if one is not of the common
+    form ``YYYY-MM-DDTHH:MM:SS[.fffffffff][Z|+HH:MM]`` (no offset: UTC).
+
+    The common case of :func:`meterwatch.core.schema.to_utc` without pandas: for these texts
+    both give the same instant. None means "ask the full parser", which accepts every other
+    ISO 8601 spelling it accepts and names what it refuses; it never means invalid.
+    """
+    cache: dict[str, int] = {}
+    out: list[int] = []
+    for v in values:
+        if type(v) is not str:
+            return None
+        ns = cache.get(v)
+        if ns is None:
+            m = _ISO_TIME.fullmatch(v)
+            if m is None:
+                return None
+            y, mo, d, h, mi, s, frac, tz = m.groups()
+            try:
+                local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
+            except ValueError:  # out of range: the full parser names it
+                return None
+            sec = (local - _EPOCH) // _SECOND
+            if tz and tz != "Z":
+                off = int(tz[1:3]) * 3600 + int(tz[-2:]) * 60
+                sec -= off if tz[0] == "+" else -off
+            ns = sec * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+            cache[v] = ns
+        out.append(ns)
+    return out

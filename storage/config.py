@@ -45,6 +45,9 @@ class SpoolConfig(Section):
     path: Path = Path("var/spool")
     max_bytes: int = Field(1 << 30, ge=1 << 16)
     drain_batch_rows: int = Field(5000, ge=1)
+    # Readings remembered (with InfluxDB) to skip repeats and keep conflicting values apart
+    # (storage/recent.py); kept in the spool file, so they survive a restart. 0: off.
+    dedup_window: int = Field(200_000, ge=0)
 
 
 class StorageConfig(Section):

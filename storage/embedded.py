@@ -137,7 +137,12 @@ class EmbeddedStore:
             frame[col] = frame[col].dt.tz_convert("UTC").dt.tz_localize(None)
         # Within the batch: an exact repeat is a duplicate, another value for a key a conflict.
         key_dup = frame.duplicated(["meter_id", "ts"], keep="first").to_numpy()
-        same_dup = frame.duplicated(["meter_id", "ts", *READING_FIELDS], keep="first").to_numpy()
+        if key_dup.any():
+            same_dup = frame.duplicated(
+                ["meter_id", "ts", *READING_FIELDS], keep="first"
+            ).to_numpy()
+        else:  # the usual batch: no key twice, so no exact repeat either (one hashing pass)
+            same_dup = key_dup
         frame["_row"] = np.arange(len(frame), dtype=np.int64)
         lo, hi = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
         same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM i.{c}" for c in READING_FIELDS)
@@ -157,19 +162,29 @@ class EmbeddedStore:
                     (stored_same if equal else stored_other)[row] = True
                 duplicate = stored_same | same_dup
                 conflict = ~duplicate & (stored_other | key_dup)
-                frame["_keep"] = ~duplicate & ~conflict
-                frame["_conflict"] = conflict
-                self._con.unregister("_incoming")
-                self._con.register("_incoming", frame)  # a registered frame's columns are fixed
-                self._con.execute(
-                    f"INSERT INTO readings ({_STORED}) SELECT {_STORED} FROM _incoming WHERE _keep"
-                )
-                if conflict.any():
+                keep = ~duplicate & ~conflict
+                if keep.all():  # the usual batch: everything new, no second registration
                     self._con.execute(
-                        f"INSERT INTO reading_conflicts ({_STORED}, detected_at) "
-                        f"SELECT {_STORED}, ? FROM _incoming WHERE _conflict",
-                        [datetime.now(UTC).replace(tzinfo=None)],
+                        f"INSERT INTO readings ({_STORED}) SELECT {_STORED} FROM _incoming"
                     )
+                else:
+                    # Which rows go where, as a small numeric table joined on _row.
+                    flags = pd.DataFrame(
+                        {"_row": frame["_row"].to_numpy(), "_keep": keep, "_conflict": conflict}
+                    )
+                    self._con.register("_flags", flags)
+                    chosen = f"SELECT {_STORED} FROM _incoming JOIN _flags USING (_row)"
+                    self._con.execute(
+                        f"INSERT INTO readings ({_STORED}) {chosen} WHERE _flags._keep"
+                    )
+                    if conflict.any():
+                        self._con.execute(
+                            f"INSERT INTO reading_conflicts ({_STORED}, detected_at) "
+                            f"SELECT {_STORED}, ? FROM _incoming JOIN _flags USING (_row) "
+                            "WHERE _flags._conflict",
+                            [datetime.now(UTC).replace(tzinfo=None)],
+                        )
+                    self._con.unregister("_flags")
                 self._con.unregister("_incoming")
                 self._con.execute("COMMIT")
             except duckdb.Error as exc:
@@ -180,7 +195,7 @@ class EmbeddedStore:
                 raise StorageError(f"embedded store {self.path}: write failed: {exc}") from exc
             self.duplicates += int(duplicate.sum())
             self.conflicts += int(conflict.sum())
-        return int(frame["_keep"].sum())
+        return int(keep.sum())
 
     def read_conflicts(self) -> pd.DataFrame:
         """Readings kept apart because another value was stored for their meter and time."""

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from meterwatch.core.config import secret
 from meterwatch.core.errors import ConfigError
 from meterwatch.storage.base import ReadingStore
 from meterwatch.storage.config import StorageConfig
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.influx_http import connection_settings
 
 
 def build_store(
@@ -30,27 +30,4 @@ def build_store(
     influx = cfg.influx
     if influx is None:  # the config validator already refuses this
         raise ConfigError("storage", [("storage.influx", "required when backend is influx")])
-    token = (
-        secret(influx.token_env, "storage.influx.token_env", env=env)
-        if influx.flavor == "v2"
-        else None
-    )
-    username = secret(influx.username_env, "storage.influx.username_env", env=env)
-    password = secret(influx.password_env, "storage.influx.password_env", env=env)
-    return InfluxStore(
-        flavor=influx.flavor,
-        url=influx.url,
-        database=influx.database,
-        retention_policy=influx.retention_policy,
-        org=influx.org,
-        bucket=influx.bucket,
-        token=token,
-        username=username,
-        password=password,
-        tags=registry,
-        batch_size=influx.batch_size,
-        timeout_s=influx.timeout_s,
-        max_retries=influx.max_retries,
-        retry_budget_s=influx.retry_budget_s,
-        dead_letter_path=influx.dead_letter,
-    )
+    return InfluxStore(tags=registry, **connection_settings(influx, env))

@@ -38,9 +38,8 @@ import numpy as np
 import pandas as pd
 
 from meterwatch.core.schema import READING_FIELDS, READING_TIME_COLUMNS, with_time_columns
+from meterwatch.storage.lp_encode import CONFLICTS_MEASUREMENT, MEASUREMENT, encode_rows
 
-#: Default measurement for canonical readings (docs/storage-schema.md).
-MEASUREMENT = "readings"
 #: Registry columns written as tags, besides ``meter_id``.
 REGISTRY_TAGS: tuple[str, ...] = ("transformer_id", "customer_class", "phases")
 
@@ -139,39 +138,12 @@ def encode_readings(
         measurement, _tag_values(unique_frame, tags, tag_columns), len(unique_frame)
     ).to_numpy(dtype=object)[codes]
 
-    # Bit pattern per row: which quantities, then which optional times it carries.
-    names = list(READING_FIELDS)
-    bits = present[rows]
-    extra: list[tuple[str, np.ndarray]] = []
+    extra: list[tuple[str, np.ndarray, np.ndarray]] = []
     for col in READING_TIME_COLUMNS:
         if col in frame:
             t_ns, has = _epoch_ns(frame[col])
-            extra.append((col, t_ns))
-            bits = np.column_stack([bits, has[rows]])
-            names.append(col)
-    weights = (1 << np.arange(bits.shape[1], dtype=np.int64)).astype(np.int64)
-    pattern = bits.astype(np.int64) @ weights
-    seconds = (ts_ns[rows] // 1_000_000_000).tolist()
-    out: list[str] = [""] * n
-    nfields = len(READING_FIELDS)
-    for p in np.unique(pattern).tolist():
-        sel = np.flatnonzero(pattern == p)
-        cols_on = [j for j in range(len(names)) if p >> j & 1]
-        parts = [f"{names[j]}=%r" if j < nfields else f"{names[j]}=%di" for j in cols_on]
-        template = "%s " + ",".join(parts) + " %d"
-        rows_sel = rows[sel]
-        args: list[list[object]] = [keys[sel].tolist()]
-        for j in cols_on:
-            if j < nfields:
-                args.append(values[rows_sel, j].tolist())
-            else:
-                t_ns = extra[j - nfields][1]
-                args.append((t_ns[rows_sel] // 1_000_000_000).tolist())
-        args.append([seconds[i] for i in sel.tolist()])
-        for i, line in zip(
-            sel.tolist(), [template % a for a in zip(*args, strict=True)], strict=True
-        ):
-            out[i] = line
+            extra.append((col, t_ns[rows] // 1_000_000_000, has[rows]))
+    out = encode_rows(keys, values[rows], ts_ns[rows] // 1_000_000_000, extra)
     return EncodedReadings(
         lines=out,
         skipped_empty=int(empty.sum()),
@@ -191,13 +163,15 @@ def decode_readings(body: bytes) -> pd.DataFrame:
     the registry's and left out).
 
     For reading back what the spool holds for InfluxDB (a backup of pending rows): Python per
-    line, not a hot path.
+    line, not a hot path. Lines of the ``reading_conflicts`` measurement are left out.
     """
     records: list[dict[str, object]] = []
     for line in body.decode("utf-8").splitlines():  # loop over lines (backup only)
         if not line:
             continue
         key, fields, ts = _UNESCAPED_SPACE.split(line)
+        if key.startswith(CONFLICTS_MEASUREMENT + ","):
+            continue  # kept apart on purpose (storage/recent.py): not a reading to restore
         record: dict[str, object] = {"ts": int(ts)}
         for tag in _UNESCAPED_COMMA.split(key)[1:]:
             name, _, value = tag.partition("=")

@@ -33,6 +33,9 @@ a batch that has them gives them back from :meth:`Spool.peek`; one that lacks th
 
 Replays are harmless: a batch whose store write succeeded but whose delete was lost (crash in
 between) is written again at the next drain; both stores keep one reading per (meter_id, ts).
+That is why the readings drain deletes without an fsync of its own (``durable=False``; the next
+append's fsync makes it durable): an fsync per drained batch cost the drain ~10 % of InfluxDB's
+raw write rate, for a guarantee a replay already gives.
 """
 
 from __future__ import annotations
@@ -42,19 +45,22 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from meterwatch.core.errors import SpoolFullError, StorageError
-from meterwatch.core.schema import with_time_columns
-from meterwatch.storage.line_protocol import decode_readings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from meterwatch.storage.config import SpoolConfig
+
+# pandas and pyarrow are imported where frames are handled, not here: the lean MQTT ingest
+# process (encoded batches only) never loads them (docs/benchmarks.md, memory).
 
 SPOOL_FILE = "spool.sqlite3"
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,20 @@ class SpoolBatch:
 def encode_frame(frame: pd.DataFrame) -> bytes:
     """A frame as an Arrow IPC stream (zstd): how the spool stores it (and the control socket
     sends it)."""
+    import pyarrow as pa
+
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 
 
 def decode_frame(data: bytes) -> pd.DataFrame:
     """The frame :func:`encode_frame` wrote."""
+    import pyarrow as pa
+
     with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
         return reader.read_all().to_pandas()
 
@@ -104,14 +115,18 @@ class Spool:
         max_bytes: int = 1 << 30,
         *,
         file_name: str = SPOOL_FILE,
-        normalize: Callable[[pd.DataFrame], pd.DataFrame] = with_time_columns,
+        normalize: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        recent_capacity: int = 0,
     ):
-        """``file_name`` and ``normalize`` (applied to frames read back) let other record kinds
-        use the same durable queue (the alert-event outbox, :mod:`storage.event_sink`)."""
+        """``file_name`` and ``normalize`` (applied to frames read back; default
+        :func:`~meterwatch.core.schema.with_time_columns`) let other record kinds use the same
+        durable queue (the alert-event outbox, :mod:`storage.event_sink`). ``recent_capacity``:
+        how many reading keys :meth:`append_encoded` keeps for :mod:`storage.recent`."""
         self.dir = Path(path)
         self.max_bytes = max_bytes
         self.file = self.dir / file_name
         self._normalize = normalize
+        self.recent_capacity = recent_capacity
         self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +141,11 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "created_at REAL NOT NULL, rows INTEGER NOT NULL, nbytes INTEGER NOT NULL, "
                 "data BLOB NOT NULL, encoded INTEGER NOT NULL DEFAULT 0)"
+            )
+            # Keys of the readings appended last (storage/recent.py), oldest first.
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS recent (n INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "key INTEGER NOT NULL, fp INTEGER NOT NULL)"
             )
             cols = {r[1] for r in self._con.execute("PRAGMA table_info(batches)").fetchall()}
             if "encoded" not in cols:  # a spool written before encoded batches existed
@@ -143,6 +163,11 @@ class Spool:
         self._bytes = int(row[2])
         self._oldest: float | None = float(row[3]) if row[3] is not None else None
         self.recovered_rows = self._rows
+
+    @classmethod
+    def from_config(cls, cfg: SpoolConfig) -> Spool:
+        """The readings spool ``storage.spool`` describes."""
+        return cls(cfg.path, cfg.max_bytes, recent_capacity=cfg.dedup_window)
 
     # ----------------------------------------------------------------- state
 
@@ -181,25 +206,48 @@ class Spool:
             raise SpoolFullError(self.file, self._bytes, self.max_bytes)
         return self._insert(encode_frame(frame), len(frame), encoded=False)
 
-    def append_encoded(self, body: bytes, rows: int) -> int:
+    def append_encoded(self, body: bytes, rows: int, keys: Sequence[tuple[int, int]] = ()) -> int:
         """Store a batch already encoded for the store (line protocol), durably; its seq.
 
-        Raises :class:`SpoolFullError` when the spool already holds ``max_bytes``.
+        ``keys`` (:mod:`storage.recent`) are kept in the same transaction, the last
+        ``recent_capacity`` of them. Raises :class:`SpoolFullError` when the spool already
+        holds ``max_bytes``.
         """
         if self._bytes >= self.max_bytes:
             raise SpoolFullError(self.file, self._bytes, self.max_bytes)
-        return self._insert(body, rows, encoded=True)
+        return self._insert(body, rows, encoded=True, keys=keys)
 
-    def _insert(self, data: bytes, rows: int, *, encoded: bool) -> int:
+    def recent_keys(self) -> list[tuple[int, int]]:
+        """The reading keys :meth:`append_encoded` kept, oldest first."""
+        with self._lock:
+            try:
+                rows = self._con.execute("SELECT key, fp FROM recent ORDER BY n").fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool {self.file}: read failed: {exc}") from exc
+        return [(int(k), int(f)) for k, f in rows]
+
+    def _insert(
+        self, data: bytes, rows: int, *, encoded: bool, keys: Sequence[tuple[int, int]] = ()
+    ) -> int:
         now = time.time()
         with self._lock:
             try:
+                self._con.execute("BEGIN IMMEDIATE")
                 cur = self._con.execute(
                     "INSERT INTO batches (created_at, rows, nbytes, data, encoded) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (now, rows, len(data), data, int(encoded)),
                 )
+                if keys and self.recent_capacity:
+                    self._con.executemany("INSERT INTO recent (key, fp) VALUES (?, ?)", keys)
+                    last = self._con.execute("SELECT max(n) FROM recent").fetchone()[0]
+                    self._con.execute(
+                        "DELETE FROM recent WHERE n <= ?", (int(last) - self.recent_capacity,)
+                    )
+                self._con.execute("COMMIT")
             except sqlite3.Error as exc:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
                 raise StorageError(f"spool {self.file}: append failed: {exc}") from exc
             self._batches += 1
             self._rows += rows
@@ -233,14 +281,27 @@ class Spool:
         if kind:
             bodies = tuple((bytes(d), int(n)) for _, d, n in chosen)
             return SpoolBatch(int(chosen[-1][0]), len(chosen), None, bodies)
+        import pandas as pd
+
+        from meterwatch.core.schema import with_time_columns
+
         frames = [decode_frame(d) for _, d, _ in chosen]
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        return SpoolBatch(int(chosen[-1][0]), len(chosen), self._normalize(frame))
+        normalize = self._normalize or with_time_columns
+        return SpoolBatch(int(chosen[-1][0]), len(chosen), normalize(frame))
 
-    def remove_through(self, last_seq: int) -> None:
-        """Delete every batch with ``seq <= last_seq`` (after the store stored them), durably."""
+    def remove_through(self, last_seq: int, *, durable: bool = True) -> None:
+        """Delete every batch with ``seq <= last_seq`` (after the store stored them).
+
+        ``durable=False`` skips this commit's own fsync (WAL, ``synchronous=NORMAL`` for it;
+        the next append's fsync covers it): a crash right after may bring the deleted batches
+        back, to be written again. Only for records whose replay is harmless (readings: InfluxDB
+        overwrites the same point, the embedded store skips a repeat).
+        """
         with self._lock:
             try:
+                if not durable:
+                    self._con.execute("PRAGMA synchronous=NORMAL")
                 self._con.execute("BEGIN IMMEDIATE")
                 gone = self._con.execute(
                     "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(nbytes), 0) "
@@ -254,6 +315,9 @@ class Spool:
                 if self._con.in_transaction:
                     self._con.execute("ROLLBACK")
                 raise StorageError(f"spool {self.file}: delete failed: {exc}") from exc
+            finally:
+                if not durable:
+                    self._con.execute("PRAGMA synchronous=FULL")  # appends stay fsynced
             self._batches -= int(gone[0])
             self._rows -= int(gone[1])
             self._bytes -= int(gone[2])
@@ -268,7 +332,7 @@ class Spool:
 
 
 def read_pending(
-    file: Path, normalize: Callable[[pd.DataFrame], pd.DataFrame] = with_time_columns
+    file: Path, normalize: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 ) -> pd.DataFrame | None:
     """Everything waiting in the spool ``file``, oldest first, left in place (a backup); None
     when there is nothing. A read-only connection in one read transaction: the process that owns
@@ -287,6 +351,12 @@ def read_pending(
         raise StorageError(f"spool {file}: read failed: {exc}") from exc
     if not blobs:
         return None
+    import pandas as pd
+
+    from meterwatch.core.schema import with_time_columns
+    from meterwatch.storage.line_protocol import decode_readings
+
+    normalize = normalize or with_time_columns
     # Batches spooled for InfluxDB are line protocol already (storage.line_protocol).
     frames = [decode_readings(bytes(d)) if enc else decode_frame(d) for d, enc in blobs]
     return normalize(pd.concat(frames, ignore_index=True))

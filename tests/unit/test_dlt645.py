@@ -796,18 +796,16 @@ def test_read_meter_clock_across_midnight_rereads_the_date() -> None:
 
 
 def spy_records(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The reading dicts the poll cycle hands to readings_from_records (then to the writer)."""
-    import meterwatch.collector.modbus as modbus
-
+    """The reading dicts the poll cycle hands to the writer (which makes them a frame)."""
     seen: list[dict[str, Any]] = []
-    real = modbus.readings_from_records
+    real = ListWriter.submit
 
-    def spy(records: Any) -> pd.DataFrame:
-        records = list(records)
-        seen.extend(records)
-        return real(records)
+    def spy(self: ListWriter, readings: Any, on_stored: Any = None) -> bool:
+        assert isinstance(readings, list), "pollers hand reading dicts to the writer"
+        seen.extend(readings)
+        return real(self, readings, on_stored)
 
-    monkeypatch.setattr(modbus, "readings_from_records", spy)
+    monkeypatch.setattr(ListWriter, "submit", spy)
     return seen
 
 

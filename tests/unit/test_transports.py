@@ -27,6 +27,7 @@ from meterwatch.collector.modbus import (
     make_client,
 )
 from meterwatch.core.clock import Clock
+from meterwatch.core.schema import readings_from_records
 from meterwatch.core.stats import Stats
 from meterwatch.protocols.register_map import load_map
 from meterwatch.simulators.modbus_server import MeterModbusServer
@@ -50,8 +51,11 @@ class ListWriter:
     def __init__(self) -> None:
         self.frames: list[pd.DataFrame] = []
 
-    def submit(self, frame: pd.DataFrame, on_stored: Any = None) -> bool:
-        self.frames.append(frame)
+    def submit(self, frame: pd.DataFrame | list[dict[str, Any]], on_stored: Any = None) -> bool:
+        # Pollers submit reading dicts; the writer makes them a frame as it does here.
+        self.frames.append(
+            frame if isinstance(frame, pd.DataFrame) else readings_from_records(frame)
+        )
         return True
 
     def rows(self) -> pd.DataFrame:
