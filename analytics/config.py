@@ -87,9 +87,9 @@ else:
 
 
 class AnalyticsConfig(Section):
-    """``analytics``: when detectors and validation run, how much history they see, and
-    per-detector parameters (``detectors: {consumption_spike: {ratio: 3.0}}``; defaults and
-    meanings in README's detector table)."""
+    """``analytics``: when detectors and validation run, how much history they see, in how
+    many worker processes, and per-detector parameters (``detectors: {consumption_spike:
+    {ratio: 3.0}}``; defaults and meanings in README's detector table)."""
 
     interval: Duration = 3600.0
     daily_interval: Duration = 86400.0
@@ -97,6 +97,11 @@ class AnalyticsConfig(Section):
     # VEE over the completed window into validated_readings, every this much service time and
     # at stop; null: off (billing export still validates on demand)
     validation_interval: Duration | None = Field(86400.0, gt=0)
+    # Worker processes of the service's analytics (detector runs, validation, streaming
+    # detection), off the collector's event loop; 0: in the service process (threads), the
+    # smallest footprint, but analytics then delays polls. Project choice: one process, enough
+    # to keep polls on time (docs/benchmarks.md) at ~150 MiB more memory.
+    workers: int = Field(1, ge=0)
     detectors: DetectorsConfig = DetectorsConfig()
 
     def detector_params(self) -> dict[str, dict[str, Any]]:
