@@ -23,24 +23,7 @@ from meterwatch.core.errors import AnalyticsWorkerError
 from meterwatch.core.schema import readings_from_records
 from meterwatch.core.stats import Stats
 from meterwatch.service import Service
-
-T0 = pd.Timestamp("2026-02-02T08:00:00Z")
-METERS = pd.DataFrame(
-    {
-        "meter_id": ["C1", "C2"],
-        "role": ["customer", "customer"],
-        "transformer_id": ["T1", "T1"],
-        "customer_class": ["commercial", "commercial"],
-        "phases": [3, 3],
-        "nominal_voltage_v": [220.0, 220.0],
-        "rated_current_a": [10.0, 10.0],
-        "max_current_a": [60.0, 60.0],
-        "ct_ratio": [1.0, 1.0],
-        "tariff": ["", ""],
-        "last_calibration": ["2025-06-01", "2025-06-01"],
-        "calibration_interval_days": [3650, 3650],
-    }
-)
+from tests.support.three_phase import METERS, T0, reading
 
 
 class FixedClock:
@@ -51,24 +34,6 @@ class FixedClock:
 
     def now(self) -> Any:
         return self.t
-
-
-def reading(meter: str, i: int, *, u3: float = 221.0, kwh: float | None = None) -> dict[str, Any]:
-    """A three-phase reading every 15 minutes from T0; ``u3`` < 216 V is unbalanced (> 2 %)."""
-    return {
-        "meter_id": meter,
-        "ts": T0 + pd.Timedelta(minutes=15 * i),
-        "energy_import_kwh": 100.0 + i if kwh is None else kwh,
-        "power_kw": 4.0,
-        "voltage_l1_v": 221.0,
-        "voltage_l2_v": 220.0,
-        "voltage_l3_v": u3,
-        "current_l1_a": 6.0,
-        "current_l2_a": 6.0,
-        "current_l3_a": 6.0,
-        "power_factor": 0.95,
-        "frequency_hz": 50.0,
-    }
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from meterwatch.analytics.registry import build_detectors
 from meterwatch.config import parse_config
 from meterwatch.core.schema import readings_from_records
 from meterwatch.service import Service
+from tests.support.three_phase import METERS, reading
 
 
 @pytest.fixture(params=[0, 1], ids=["in-process", "worker"])
@@ -25,22 +25,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
 
 
 def _service(tmp_path: Path, workers: int) -> Service:
-    pd.DataFrame(
-        {
-            "meter_id": ["C1"],
-            "role": ["customer"],
-            "transformer_id": ["T1"],
-            "customer_class": ["commercial"],
-            "phases": [3],
-            "nominal_voltage_v": [220.0],
-            "rated_current_a": [10.0],
-            "max_current_a": [60.0],
-            "ct_ratio": [1.0],
-            "tariff": [""],
-            "last_calibration": ["2025-06-01"],
-            "calibration_interval_days": [3650],
-        }
-    ).to_csv(tmp_path / "meters.csv", index=False)
+    METERS[METERS["meter_id"] == "C1"].to_csv(tmp_path / "meters.csv", index=False)
     cfg = parse_config(
         {
             "registry": {"path": str(tmp_path / "meters.csv")},
@@ -54,21 +39,7 @@ def _service(tmp_path: Path, workers: int) -> Service:
 
 
 def _reading(i: int, unbalanced: bool) -> dict[str, object]:
-    u3 = 200.0 if unbalanced else 221.0  # 200 V on L3: voltage unbalance well past 2 %
-    return {
-        "meter_id": "C1",
-        "ts": pd.Timestamp("2026-02-02T08:00:00Z") + pd.Timedelta(minutes=15 * i),
-        "energy_import_kwh": 100.0 + i,
-        "power_kw": 4.0,
-        "voltage_l1_v": 221.0,
-        "voltage_l2_v": 220.0,
-        "voltage_l3_v": u3,
-        "current_l1_a": 6.0,
-        "current_l2_a": 6.0,
-        "current_l3_a": 6.0,
-        "power_factor": 0.95,
-        "frequency_hz": 50.0,
-    }
+    return reading("C1", i, 200.0 if unbalanced else 221.0)  # 200 V on L3: unbalance > 2 %
 
 
 def _open_types(service: Service) -> set[str]:
