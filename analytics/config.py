@@ -106,9 +106,9 @@ def scheduler_address(value: str) -> str:
 
 
 class AnalyticsConfig(Section):
-    """``analytics``: when detectors and validation run, how much history they see, and
-    per-detector parameters (``detectors: {consumption_spike: {ratio: 3.0}}``; defaults and
-    meanings in README's detector table)."""
+    """``analytics``: when detectors and validation run, how much history they see, in how
+    many worker processes, and per-detector parameters (``detectors: {consumption_spike:
+    {ratio: 3.0}}``; defaults and meanings in README's detector table)."""
 
     interval: Duration = 3600.0
     daily_interval: Duration = 86400.0
@@ -117,10 +117,15 @@ class AnalyticsConfig(Section):
     # at stop; null: off (billing export still validates on demand)
     validation_interval: Duration | None = Field(86400.0, gt=0)
     # Dask scheduler on which `meterwatch analyze` runs its partitions (docs/dask.md); null:
-    # in this process. The service does not use it (its analytics run in the service).
+    # in this process. The service does not use it (analytics.workers).
     scheduler: Annotated[str, AfterValidator(scheduler_address)] | None = None
     # How long to wait for the scheduler to answer and for its first worker
     scheduler_timeout: Duration = Field(10.0, gt=0)
+    # Worker processes of the service's analytics (detector runs, validation, streaming
+    # detection), off the collector's event loop; 0: in the service process (threads), the
+    # smallest footprint, but analytics then delays polls. Project choice: one process, enough
+    # to keep polls on time (docs/benchmarks.md) at ~150 MiB more memory.
+    workers: int = Field(1, ge=0)
     detectors: DetectorsConfig = DetectorsConfig()
     # Where fitted baselines are kept, one file per version (meterwatch baselines fit)
     baselines_dir: str = "var/baselines"

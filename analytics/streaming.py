@@ -33,11 +33,17 @@ class StreamingDetection:
         self.keep = max((int(getattr(d, "min_readings", 1)) for d in self.detectors), default=1) - 1
         self.tail: pd.DataFrame | None = None
 
+    @property
+    def horizon_s(self) -> float:
+        """How far back before a batch kept readings still count [s]: ``(keep + 1)`` read
+        spacings; older ones never form one episode with the batch."""
+        return (self.keep + 1) * self.spacing_s
+
     def window(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The batch with the kept tail in front of it; updates the tail."""
         tail = self.tail
         if self.keep > 0 and tail is not None and len(tail) and len(frame):
-            horizon = pd.Timedelta(seconds=(self.keep + 1) * self.spacing_s)
+            horizon = pd.Timedelta(seconds=self.horizon_s)
             newest = pd.to_datetime(frame["ts"], utc=True).max()
             tail = tail[pd.to_datetime(tail["ts"], utc=True) >= newest - horizon]
             window = pd.concat([tail, frame], ignore_index=True)
@@ -74,7 +80,7 @@ class StreamingDetection:
         t = pd.to_datetime(window["ts"], utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64)
         order = np.argsort(t, kind="stable")
         ts = t[order]
-        horizon = int((self.keep + 1) * self.spacing_s * 1e9)
+        horizon = int(self.horizon_s * 1e9)
         cuts = np.flatnonzero(np.diff(ts) > horizon) + 1
         if cuts.size == 0:
             return [window]

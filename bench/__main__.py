@@ -442,15 +442,21 @@ def footprint(warmup_s: float, window_s: float) -> None:
     rows: list[list[object]] = []
     for run in r["runs"]:
         stop = run["stop_s"]
+        workers = int(run.get("workers", 1))
         rows.append(
             [
                 f"{run['speed']:g}× ({900 / run['speed']:.0f} s wall per 15 min)",
+                f"{workers}" + (" (in the service)" if workers == 0 else ""),
                 f"{run['window_s']:.0f}",
                 f"{run['cpu_share']:.1%}",
                 f"{run['rss_mean_mb']:,.0f}",
                 f"{run['rss_max_mb']:,.0f}",
+                f"{run['workers_cpu_share']:.1%}",
+                f"{run['workers_rss_mean_mb']:,.0f}",
+                f"{run['workers_rss_max_mb']:,.0f}",
                 f"{run['threads']:.0f}",
                 f"{run['readings_stored']:,.0f}",
+                f"{run['poll_cycles_overrun']:,.0f}",
                 f"{stop:.1f}" if stop == stop else "> 30 (killed)",
             ]
         )
@@ -459,22 +465,25 @@ def footprint(warmup_s: float, window_s: float) -> None:
             "reference: Python importing `meterwatch.service`",
             "–",
             "–",
+            "–",
             f"{r['import_rss_mb']:,.0f}",
-            "–",
-            "–",
-            "–",
-            "–",
+            *(["–"] * 8),
         ]
     )
     table = markdown_table(
         [
             "clock speed",
+            "analytics.workers",
             "window s",
-            "CPU (share of one core)",
-            "RSS mean MiB",
-            "RSS max MiB",
-            "threads",
+            "service CPU (share of one core)",
+            "service RSS mean MiB",
+            "service RSS max MiB",
+            "workers CPU",
+            "workers RSS mean MiB",
+            "workers RSS max MiB",
+            "service threads",
             "readings stored in window",
+            "poll cycles overrun",
             "clean stop s",
         ],
         rows,
@@ -484,8 +493,10 @@ def footprint(warmup_s: float, window_s: float) -> None:
         "15-minute interval (650 residential, 200 commercial, 130 industrial, 20 transformer "
         "meters; 784 publish over MQTT to the embedded broker, 216 are polled over Modbus TCP), "
         f"the simulator inside the same process. After {warmup_s:.0f} s of warm-up the service "
-        "process is sampled every second (psutil, else /proc): CPU time of all its threads over "
-        "wall time, and RSS (`bench/footprint.py`).\n\n" + table
+        "process and its child processes (the analytics worker and multiprocessing's resource "
+        "tracker) are sampled every second (psutil, else /proc): CPU time over wall time, and "
+        "RSS (`bench/footprint.py`). The last run keeps the analytics in the service process "
+        "(`analytics.workers: 0`).\n\n" + table
     )
     update_doc("footprint", body)
 

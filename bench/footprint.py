@@ -21,8 +21,12 @@ Two clock speeds, because one cannot show both things:
 
 The simulated fleet runs inside the service process (that is what ``meterwatch run`` with the
 demo config does), so its cost — the fleet model advanced every 0.1 s, the Modbus server, the
-MQTT publisher, the embedded broker — is included. The reference row is a Python process that
-only imports the service module: the memory any ``meterwatch run`` starts from.
+MQTT publisher, the embedded broker — is included. The service's analytics run in worker
+processes (``analytics.workers``, default 1): their CPU and memory are sampled too, as the
+service's child processes (the workers and multiprocessing's resource tracker), and reported
+apart; one run with ``analytics.workers: 0`` (analytics in the service process) compares. The
+reference row is a Python process that only imports the service module: the memory any
+``meterwatch run`` starts from.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     psutil = None
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What sampling a process that just exited raises (psutil, or /proc).
+_GONE: tuple[type[Exception], ...] = (OSError, RuntimeError) + (
+    (psutil.Error,) if psutil is not None else ()
+)
 FLEET = {"residential": 650, "commercial": 200, "industrial": 130, "transformers": 20}
 #: Share of customer meters on MQTT. The simulator serves every Modbus meter behind one gateway
 #: (unit ids 1..247), so at most 247 of the 1,000 can be Modbus: 196 customer + 20 transformer
@@ -74,6 +82,17 @@ class ProcSample:
             return float(self._ps.memory_info().rss) / 2**20
         return self._status("VmRSS") / 1024
 
+    def children(self) -> list[ProcSample]:
+        """The process's descendants (analytics workers, the resource tracker), now."""
+        if self._ps is not None:
+            return [ProcSample(c.pid) for c in self._ps.children(recursive=True)]
+        out: list[ProcSample] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                child = ProcSample(int(pid))
+                out += [child, *child.children()]
+        return out
+
     def threads(self) -> int:
         if self._ps is not None:
             return int(self._ps.num_threads())
@@ -92,17 +111,19 @@ def _free_port() -> int:
     return free_port()
 
 
-def write_config(workdir: Path, speed: float) -> tuple[Path, int]:
-    """The demo config with 1,000 meters, ``speed`` and free ports; returns (path, metrics port)."""
+def write_config(workdir: Path, speed: float, workers: int) -> tuple[Path, int]:
+    """The demo config with 1,000 meters, ``speed``, ``analytics.workers`` and free ports;
+    returns (path, metrics port)."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     cfg["clock"]["speed"] = speed
+    cfg["analytics"]["workers"] = workers
     cfg["simulator"].update(FLEET)
     cfg["simulator"]["mqtt_share"] = MQTT_SHARE
     modbus_port, mqtt_port, metrics_port = _free_port(), _free_port(), _free_port()
     cfg["simulator"]["modbus"]["port"] = modbus_port
     for gw in cfg["collector"]["modbus"]["gateways"]:
         gw["port"] = modbus_port
-    cfg["mqtt"]["port"] = mqtt_port
+    cfg["collector"]["mqtt"]["port"] = mqtt_port
     cfg["metrics"]["port"] = metrics_port
     cfg["alerts"]["console"] = False  # the console is not part of a deployed service
     path = workdir / "config.yaml"
@@ -140,10 +161,23 @@ def _counter(port: int, name: str) -> float:
     return total
 
 
-def measure(speed: float, warmup_s: float, window_s: float) -> dict[str, float]:
+def _tree(ps: ProcSample) -> tuple[dict[int, float], float]:
+    """CPU time [s] of each of the service's child processes, and their summed RSS [MiB]."""
+    cpu: dict[int, float] = {}
+    rss = 0.0
+    for child in ps.children():
+        try:
+            cpu[child.pid] = child.cpu_s()
+            rss += child.rss_mb()
+        except _GONE:  # exited between listing and sampling
+            continue
+    return cpu, rss
+
+
+def measure(speed: float, warmup_s: float, window_s: float, workers: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         work = Path(tmp)
-        config, metrics_port = write_config(work, speed)
+        config, metrics_port = write_config(work, speed, workers)
         log = work / "service.log"
         exe = Path(sys.executable).with_name("meterwatch")
         with open(log, "wb") as fh:
@@ -162,17 +196,25 @@ def measure(speed: float, warmup_s: float, window_s: float) -> dict[str, float]:
             ps = ProcSample(proc.pid)
             time.sleep(warmup_s)
             stored0 = _counter(metrics_port, "meterwatch_readings_stored_total")
+            overrun0 = _counter(metrics_port, "meterwatch_poll_cycles_overrun_total")
             cpu0 = ps.cpu_s()
+            child_cpu0, _ = _tree(ps)
+            child_cpu: dict[int, float] = {}
             t0 = time.monotonic()
             rss: list[float] = []
+            child_rss: list[float] = []
             while time.monotonic() - t0 < window_s:
                 if proc.poll() is not None:
                     raise RuntimeError(f"service died:\n{log.read_text()[-3000:]}")
                 rss.append(ps.rss_mb())
+                now_cpu, now_rss = _tree(ps)
+                child_cpu.update(now_cpu)  # a worker that exits keeps its last sample
+                child_rss.append(now_rss)
                 time.sleep(1.0)
             cpu1 = ps.cpu_s()
             wall = time.monotonic() - t0
             stored1 = _counter(metrics_port, "meterwatch_readings_stored_total")
+            overrun1 = _counter(metrics_port, "meterwatch_poll_cycles_overrun_total")
             threads = ps.threads()
         finally:
             # SIGTERM is the service's clean stop (sources first, final analytics, store last).
@@ -186,13 +228,19 @@ def measure(speed: float, warmup_s: float, window_s: float) -> dict[str, float]:
                 proc.wait()
                 stop_s = float("nan")
         cpu = cpu1 - cpu0
+        workers_cpu = sum(t - child_cpu0.get(pid, 0.0) for pid, t in child_cpu.items())
         return {
             "speed": speed,
+            "workers": float(workers),
             "startup_s": startup_s,
             "window_s": wall,
             "cpu_share": cpu / wall,
             "rss_mean_mb": sum(rss) / len(rss),
             "rss_max_mb": max(rss),
+            "workers_cpu_share": workers_cpu / wall,
+            "workers_rss_mean_mb": sum(child_rss) / len(child_rss),
+            "workers_rss_max_mb": max(child_rss),
+            "poll_cycles_overrun": overrun1 - overrun0,
             "threads": float(threads),
             "readings_stored": stored1 - stored0,
             "stop_s": stop_s,  # NaN: still stopping after STOP_GRACE_S, killed
@@ -218,9 +266,18 @@ def main() -> None:
     ap.add_argument("--speeds", default="1,10", help="comma-separated clock speeds")
     ap.add_argument("--warmup", type=float, default=20.0, help="wall seconds before the window")
     ap.add_argument("--window", type=float, default=90.0, help="wall seconds measured")
+    ap.add_argument(
+        "--in-process-speed",
+        type=float,
+        default=10.0,
+        help="one more run at this speed with analytics.workers: 0 (0: none)",
+    )
     args = ap.parse_args()
     out: dict[str, object] = {"meters": sum(FLEET.values()), "import_rss_mb": import_baseline()}
-    out["runs"] = [measure(float(s), args.warmup, args.window) for s in args.speeds.split(",") if s]
+    runs = [measure(float(s), args.warmup, args.window, 1) for s in args.speeds.split(",") if s]
+    if args.in_process_speed:
+        runs.append(measure(args.in_process_speed, args.warmup, args.window, 0))
+    out["runs"] = runs
     print(json.dumps(out))
 
 

@@ -105,7 +105,10 @@ def status_table(service: Service) -> Table:
         f"{c.get('mqtt_messages', 0)} / {c.get('mqtt_dead_letters', 0)}",
     )
     t.add_row("readings refused (queue full)", str(c.get("readings_refused", 0)))
-    t.add_row("cycles overrun", str(c.get("cycles_overrun", 0)))
+    t.add_row(
+        "cycles overrun (of polls)",
+        f"{c.get('cycles_overrun', 0)} ({c.get('poll_cycles_overrun', 0)})",
+    )
     by_type = Counter({a.type: 0 for a in service.alerts.open_alerts()})
     for a in service.alerts.open_alerts():
         by_type[a.type] += 1
@@ -132,7 +135,10 @@ def print_summary(console: Console, s: RunSummary) -> None:
         "readings_spooled",
         "store_errors",
         "cycles_overrun",
+        "poll_cycles_overrun",
         "analytics_runs",
+        "analytics_worker_restarts",
+        "analytics_worker_failed_runs",
     ):
         t.add_row(key.replace("_", " "), str(s.counters.get(key, 0)))
     t.add_row(

@@ -1,10 +1,14 @@
 """Scheduling: the service's periodic jobs on APScheduler, in service time.
 
 Each job runs at its interval of service time (converted to wall time by the clock), never
-twice at once (a job that outlasts its interval is skipped and counted in ``cycles_overrun``),
-and is tracked so the service can let running jobs finish before it stops. The job bodies
-(poll a gateway, run detectors, validate, snapshot health, apply retention) live here too,
-each on the components the wiring built.
+twice at once (a run due while the previous one still goes, or while the event loop is held up,
+is skipped and counted in ``cycles_overrun``, and for a poll job also in its gateway's
+``poll_cycles_overrun``), and is
+tracked so the service can let running jobs finish before it stops. The job bodies (poll a
+gateway, run detectors, validate, snapshot health, apply retention) live here too, each on the
+components the wiring built. Analytics run in the worker processes of
+:mod:`meterwatch.analytics_worker`: a job reads from the store, hands the frame over and applies
+what comes back, so the event loop only waits.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from meterwatch.analytics.base import Detector
-from meterwatch.analytics.suite import run_detectors
-from meterwatch.analytics.vee import apply_edits
 from meterwatch.collector.sources import PolledSource
 from meterwatch.storage.base import RecordStore
 from meterwatch.storage.embedded import EmbeddedStore
@@ -40,13 +48,35 @@ class Scheduler:
     def __init__(self, c: Components):
         self.c = c
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.scheduler.add_listener(self._job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        self.scheduler.add_listener(
+            self._job_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
+        )
         self._jobs: set[asyncio.Task[Any]] = set()
+        #: Poll jobs by key: the gateway labels of their ``poll_cycles_overrun``.
+        self._pollers: dict[str, PolledSource] = {}
+        #: Per job: its interval [wall s] and the last due time the scheduler acted on.
+        self._wall_s: dict[str, float] = {}
+        self._last_due: dict[str, datetime] = {}
         self.stopping = False
 
-    def every(self, key: str, name: str, job: Job, service_s: float, *, now: bool = False) -> None:
-        """Run ``job`` every ``service_s`` of service time; first run now or after one interval."""
+    def every(
+        self,
+        key: str,
+        name: str,
+        job: Job,
+        service_s: float,
+        *,
+        now: bool = False,
+        poller: PolledSource | None = None,
+    ) -> None:
+        """Run ``job`` every ``service_s`` of service time; first run now or after one interval.
+
+        ``poller``: the job is that source's poll cycle (its overruns are counted per gateway).
+        """
+        if poller is not None:
+            self._pollers[key] = poller
         wall = self.c.clock.wall_seconds(service_s)
+        self._wall_s[key] = wall
         first = datetime.now(UTC) + (timedelta(0) if now else timedelta(seconds=wall))
         self.scheduler.add_job(
             self._tracked,
@@ -84,18 +114,38 @@ class Scheduler:
         finally:
             self._jobs.discard(task)
 
-    def _job_event(self, event: JobExecutionEvent) -> None:
-        stats = self.c.stats
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            if not stats.snapshot().get("cycles_overrun"):
-                log.warning(
-                    "%s: a cycle did not fit its interval; later overruns are counted in the summary",
-                    event.job_id,
-                )
-            stats.count("cycles_overrun")
-        elif event.exception is not None:
-            stats.count("job_errors")
+    def _job_event(self, event: JobEvent) -> None:
+        if isinstance(event, JobSubmissionEvent):
+            self._count_skipped(event)
+        elif isinstance(event, JobExecutionEvent) and event.exception is not None:
+            self.c.stats.count("job_errors")
             log.error("job %s failed: %r", event.job_id, event.exception)
+
+    def _count_skipped(self, event: JobSubmissionEvent) -> None:
+        """Count every due time of a job that did not start a run: the one refused because the
+        previous run still goes (max_instances), and the ones APScheduler coalesced into a
+        later run without a word because the event loop was held up past them."""
+        due = event.scheduled_run_times[-1]
+        last = self._last_due.get(event.job_id)
+        self._last_due[event.job_id] = due
+        skipped = int(event.code == EVENT_JOB_MAX_INSTANCES)
+        wall = self._wall_s.get(event.job_id)
+        if last is not None and wall:
+            skipped += max(0, round((due - last).total_seconds() / wall) - 1)
+        if not skipped:
+            return
+        stats = self.c.stats
+        if not stats.snapshot().get("cycles_overrun"):
+            log.warning(
+                "%s: a cycle did not fit its interval; later overruns are counted in the summary",
+                event.job_id,
+            )
+        stats.count("cycles_overrun", skipped)
+        poller = self._pollers.get(event.job_id)
+        if poller is not None:
+            stats.count(
+                "poll_cycles_overrun", skipped, gateway=poller.name, protocol=poller.protocol
+            )
 
 
 class Jobs:
@@ -117,6 +167,7 @@ class Jobs:
                 functools.partial(self.poll, poller, c.clock.wall_seconds(every)),
                 every,
                 now=True,
+                poller=poller,
             )
         if c.analytics_enabled:
             s.every("analytics", "analytics", self.analyze, cfg.analytics.interval)
@@ -156,25 +207,23 @@ class Jobs:
         await self.analyze_once()
 
     async def analyze_daily(self) -> None:
-        await self.analyze_once(self.c.daily_detectors, tick=False)
+        await self.analyze_once("daily", tick=False)
 
-    async def analyze_once(
-        self, detectors: list[Detector] | None = None, *, tick: bool = True
-    ) -> None:
-        """Run detectors (default: the interval set) over the recent window; apply findings.
+    async def analyze_once(self, cadence: str = "interval", *, tick: bool = True) -> None:
+        """Run the ``interval`` (default) or ``daily`` detectors over the recent window, in an
+        analytics worker; apply the findings.
 
         ``tick`` advances the alert lifecycle (flap hold, verification, SLA, silences), which
         counts analytics intervals, so only the interval run does it.
         """
         c = self.c
-        detectors = c.interval_detectors if detectors is None else detectors
         now = c.clock.now()
         start = now - timedelta(seconds=c.cfg.analytics.window)
         # With collected_at/device_ts: the clock check judges each read against its receipt.
         readings = await asyncio.to_thread(
             functools.partial(c.store.read_readings, None, start, None, include_times=True)
         )
-        findings = await asyncio.to_thread(run_detectors, detectors, readings, c.registry)
+        findings = await c.analytics.run("analyze", cadence, readings)
         # Off the loop: the alert manager takes a file lock and fsyncs the feed and audit log.
         await asyncio.to_thread(c.alerts.process, findings, now)
         if tick:
@@ -193,9 +242,9 @@ class Jobs:
             self.c.stats.count("readings_unknown_meter", unknown)
 
     def stream_detect(self, frame: pd.DataFrame) -> None:
-        """Streaming detectors on every stored batch (a writer listener): a fault is alerted
-        within one poll; an episode that ended within the batch is left to analytics."""
-        findings = self.c.streaming.detect(frame, self.c.registry)
+        """Streaming detectors on every stored batch (a writer listener, on its thread): a fault
+        is alerted within one poll; an episode that ended within the batch is left to analytics."""
+        findings = self.c.analytics.stream(frame)
         if not findings.empty:
             self.c.alerts.process(findings, self.c.clock.now(), streaming=True)
 
@@ -203,7 +252,8 @@ class Jobs:
         """VEE over the intervals completed since the last run into ``validated_readings``.
 
         Same validation as ``meterwatch export billing`` (stored manual edits kept); windows
-        planned by :class:`~meterwatch.analytics.incremental.IncrementalValidation`. Rows
+        planned by :class:`~meterwatch.analytics.incremental.IncrementalValidation` in an
+        analytics worker, its progress kept here and committed once the rows are stored. Rows
         written, counted in ``validated_rows_written``; a failure is logged and counted
         (``validation_errors``) and its window retried next run.
         """
@@ -217,16 +267,18 @@ class Jobs:
             readings = await asyncio.to_thread(
                 functools.partial(store.read_readings, None, since, None, include_times=True)
             )
-            plan = v.plan(readings, pd.Index(c.registry["meter_id"]), now)
-            if plan is None:
+            result = await c.analytics.run("validate", v, readings, now)
+            if result is None:
                 return 0
-            iv = await asyncio.to_thread(v.validate, plan, readings, c.registry, now)
+            plan, iv = result
             if iv.empty:
                 return 0
             stored = await asyncio.to_thread(
                 store.read_validated_readings, None, plan.start + v.step, plan.end + v.step
             )
-            iv = apply_edits(iv, stored[stored["quality"] == "edited"])
+            edits = stored[stored["quality"] == "edited"]
+            if len(edits):
+                iv = await c.analytics.run("apply_edits", iv, edits)
             await asyncio.to_thread(store.write_validated_readings, iv)
         except Exception:
             c.stats.count("validation_errors")
@@ -253,8 +305,11 @@ class Jobs:
         for s in c.service_sources:
             meters = [m for m in c.stats.meters if m not in polled]
             sources.append(GatewaySource(s.name, s.protocol, meters))
-        frame = health_frame(c.clock.now(), sources, c.stats, spool=c.spool is not None)
         try:
+            # Off the loop: building the frame is pandas work too.
+            frame = await asyncio.to_thread(
+                health_frame, c.clock.now(), sources, c.stats, spool=c.spool is not None
+            )
             written = await asyncio.to_thread(store.write_collector_health, frame)
         except Exception as exc:
             c.stats.count("health_write_errors")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from meterwatch.alerts.manager import CLOCK_HEARTBEAT_S, record_clock
 from meterwatch.alerts.model import Alert
+from meterwatch.analytics_worker import STOP_GRACE_S
 from meterwatch.collector.modbus import failing_meters
 from meterwatch.config import Config
 from meterwatch.control import ControlServer, socket_path
@@ -93,6 +94,7 @@ class Service:
         self.jobs = Jobs(self.c)
         self.scheduler = Scheduler(self.c)
         self._started = False  # every component started (the stop then runs the final jobs)
+        self._analytics_ready: asyncio.Task[None] | None = None
         self.c.writer.listeners.append(self.jobs.count_unknown)
         if self.c.analytics_enabled:
             # Streaming detectors judge every stored batch (off the ingest path: the writer
@@ -207,6 +209,10 @@ class Service:
     async def _start(self) -> None:
         """Storage first, then the broker, subscribers, simulated meters, pollers and jobs."""
         c, cfg = self.c, self.cfg
+        if c.analytics_enabled:
+            # The analytics workers start while the rest does (each imports numpy and pandas
+            # anew); the scheduler starts once they answer.
+            self._analytics_ready = asyncio.create_task(c.analytics.start())
         if isinstance(c.store, EmbeddedStore):
             # Backup and export while the service holds the store (DuckDB: one process).
             c.control = ControlServer(socket_path(cfg.storage), c.store)
@@ -248,6 +254,8 @@ class Service:
         if c.http is not None:
             c.alerts.listeners.append(c.http)
             c.http.start()
+        if self._analytics_ready is not None:
+            await self._analytics_ready
         self.scheduler.start()
         self._started = True
         log.info(
@@ -258,7 +266,18 @@ class Service:
         )
 
     async def _stop(self) -> None:
-        """Stop in an order that loses nothing that was served: sources first, store last."""
+        """Stop in an order that loses nothing that was served: sources first, store last.
+
+        The analytics workers get :data:`STOP_GRACE_S` from here to finish their runs (the
+        last streaming batches, the final analytics and validation), then they are killed:
+        a stop never waits on a worker that hangs."""
+        deadline = asyncio.get_running_loop().call_later(STOP_GRACE_S, self.c.analytics.kill)
+        try:
+            await self._stop_in_order()
+        finally:
+            deadline.cancel()
+
+    async def _stop_in_order(self) -> None:
         c = self.c
         for poller in c.pollers:
             poller.stopping = True
@@ -269,6 +288,7 @@ class Service:
         await c.writer.close()
         if self._started:
             await self._final_jobs()
+        await self._stop_analytics()
         if c.alert_sink is not None:
             await c.alert_sink.close()
         for source in c.service_sources:
@@ -307,6 +327,16 @@ class Service:
         await self.jobs.validate()
         if self.cfg.storage.health_interval:
             await self.jobs.write_health()
+
+    async def _stop_analytics(self) -> None:
+        """Shut the analytics workers down (after their last runs)."""
+        ready = self._analytics_ready
+        if ready is not None:
+            ready.cancel()  # a start cut short (a port in use ...): shut down below all the same
+            await asyncio.wait([ready])
+            if not ready.cancelled() and ready.exception() is not None:
+                log.debug("analytics workers' start failed: %s", ready.exception())
+        await asyncio.to_thread(self.c.analytics.close)
 
     async def _stop_after_failed_start(self) -> None:
         """Release what a start that failed (a port in use ...) had opened; its error is the

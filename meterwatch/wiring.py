@@ -18,10 +18,9 @@ import pandas as pd
 from meterwatch.alerts.delivery import BrokerConnection, Dispatcher, SinkContext, build_dispatcher
 from meterwatch.alerts.http import AlertHttpServer, build_http_server
 from meterwatch.alerts.manager import AlertManager
-from meterwatch.analytics.base import Detector
 from meterwatch.analytics.incremental import IncrementalValidation
-from meterwatch.analytics.registry import build_detectors, history_s
-from meterwatch.analytics.streaming import StreamingDetection
+from meterwatch.analytics.registry import history_s
+from meterwatch.analytics_worker import AnalyticsSpec, AnalyticsWorkers
 from meterwatch.collector.broker import EmbeddedBroker
 from meterwatch.collector.sources import (
     PolledSource,
@@ -65,10 +64,10 @@ class Components:
     alerts: AlertManager
     delivery: Dispatcher | None
     alert_sink: AlertEventSink | None
-    #: Detectors by cadence (analytics.registry): streaming ones also run in the interval run.
-    interval_detectors: list[Detector]
-    daily_detectors: list[Detector]
-    streaming: StreamingDetection
+    #: The analytics (detectors by cadence, streaming detection), in worker processes
+    #: (``analytics.workers``) or in the service with 0.
+    analytics: AnalyticsWorkers
+    #: The service's progress of incremental validation (VEE runs where the analytics run).
     validation: IncrementalValidation | None
     fleet: Fleet | None = None
     simulator: SimulatorRunner | None = None
@@ -137,15 +136,15 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
     if isinstance(store, RecordStore):
         alert_sink = AlertEventSink(store, stats, cfg.storage.alert_events_dir)
         alerts.listeners.append(alert_sink)
-    params = cfg.analytics.detector_params()
-    interval = for_clock(build_detectors(params, ("interval", "streaming")), clock.speed)
-    daily = for_clock(build_detectors(params, ("daily",)), clock.speed)
-    streaming = StreamingDetection(
-        for_clock(build_detectors(params, ("streaming",)), clock.speed),
-        spacing_s=cfg.vee.interval * cfg.vee.max_read_spacing_intervals,
+    spec = AnalyticsSpec.from_config(cfg, registry)
+    analytics = AnalyticsWorkers(
+        spec,
+        cfg.analytics.workers,
+        stats,
+        read_tail=lambda start, end: store.read_readings(None, start, end, include_times=True),
     )
-    for group, name in ((interval, "interval"), (daily, "daily")):
-        need = history_s(group)
+    for name in ("interval", "daily"):
+        need = history_s(spec.detectors(name))
         if need > cfg.analytics.window:
             log.info(
                 "%s detectors declare up to %.0f d of history; analytics.window is %.0f d: "
@@ -180,9 +179,7 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
         alerts=alerts,
         delivery=delivery,
         alert_sink=alert_sink,
-        interval_detectors=interval,
-        daily_detectors=daily,
-        streaming=streaming,
+        analytics=analytics,
         validation=validation,
         fleet=fleet,
     )
@@ -199,16 +196,6 @@ def build(cfg: Config, *, listeners: list[Callable[[str, Any], None]] = ()) -> C
             interval_s=cfg.collector.modbus.interval,
         )
     return components
-
-
-def for_clock(detectors: list[Detector], speed: float) -> list[Detector]:
-    """Detectors with their wall-clock timing parameters (``wall_time_params``) scaled by the
-    simulated clock's speed: collection jitter is wall time, N times longer in service time."""
-    if speed != 1.0:
-        for d in detectors:
-            for name in getattr(d, "wall_time_params", ()):
-                setattr(d, name, float(getattr(d, name)) * speed)
-    return detectors
 
 
 def sink_context(cfg: Config, clock: Clock) -> SinkContext:

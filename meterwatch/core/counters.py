@@ -55,6 +55,12 @@ METRICS: tuple[MetricDef, ...] = (
     # -- polled collectors (Modbus, DL/T 645), per gateway
     _c("poll_cycles", "Poll cycles run over a gateway's meters.", GW),
     _c(
+        "poll_cycles_overrun",
+        "Poll cycles skipped: due while the gateway's previous cycle was still going (it took "
+        "longer than its interval), or while the service's event loop was held up.",
+        GW,
+    ),
+    _c(
         "meter_requests",
         "Read requests sent to meters (Modbus: one per register block; DL/T 645: one per meter "
         "read).",
@@ -190,10 +196,23 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     _g("meters_online", "Meters whose last read succeeded (or that published a reading)."),
     # -- service jobs
-    _c("cycles_overrun", "Scheduled job runs skipped because the previous run was still going."),
+    _c(
+        "cycles_overrun",
+        "Scheduled job runs skipped: due while the previous run was still going, or while the "
+        "service's event loop was held up.",
+    ),
     _c("job_errors", "Scheduled job runs that raised an error."),
     _c("analytics_runs", "Detector runs (analytics.interval)."),
     _c("analytics_daily_runs", "Runs of the day-scale detectors (analytics.daily_interval)."),
+    _c(
+        "analytics_worker_restarts",
+        "Analytics worker processes replaced after one died; the run it was doing is retried.",
+    ),
+    _c(
+        "analytics_worker_failed_runs",
+        "Analytics runs given up: the worker died during the run and during its retry, or was "
+        "stopped first (the next run judges the same readings).",
+    ),
     _c("validation_runs", "VEE runs that stored validated readings."),
     _c("validation_errors", "VEE runs that failed (retried at the next run)."),
     _c("validated_rows_written", "Validated intervals written to validated_readings."),

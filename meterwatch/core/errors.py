@@ -20,7 +20,9 @@ MeterWatchError
 │   ├── AlertNotFound          no alert with that id (carries ``alert_id``; also a KeyError)
 │   ├── AlertStateError        the transition is not allowed from the alert's status
 │   └── AuditError             the audit log cannot be read, written or verified
-└── DeliveryError          a sink could not deliver a notification (carries ``sink``, ``retryable``)
+├── DeliveryError          a sink could not deliver a notification (carries ``sink``, ``retryable``)
+└── AnalyticsWorkerError   the service's analytics worker process could not start, died on a run
+                           and again on its retry, or was stopped (carries ``task``)
 
 Every package imports its errors from here (``meterwatch.core.errors``).
 """
@@ -236,3 +238,15 @@ class DeliveryError(MeterWatchError):
         self.sink = sink
         self.retryable = retryable
         super().__init__(f"delivery to {sink}: {message}")
+
+
+# -- service --------------------------------------------------------------------------------
+
+
+class AnalyticsWorkerError(MeterWatchError):
+    """An analytics worker process could not start, or died during ``task`` and again during
+    its retry, or was stopped before it answered (the run is reported, never waited for)."""
+
+    def __init__(self, task: str, message: str):
+        self.task = task
+        super().__init__(f"analytics worker, {task}: {message}")

@@ -7,41 +7,9 @@ import pandas as pd
 from meterwatch.analytics.registry import build_detectors
 from meterwatch.analytics.streaming import StreamingDetection
 from meterwatch.core.schema import readings_from_records
+from tests.support.three_phase import METERS, T0, reading
 
-REGISTRY = pd.DataFrame(
-    {
-        "meter_id": ["C1", "C2"],
-        "role": ["customer"] * 2,
-        "transformer_id": ["T1"] * 2,
-        "customer_class": ["commercial"] * 2,
-        "phases": [3, 3],
-        "nominal_voltage_v": [220.0] * 2,
-        "rated_current_a": [10.0] * 2,
-        "max_current_a": [60.0] * 2,
-        "ct_ratio": [1.0] * 2,
-        "tariff": [""] * 2,
-        "last_calibration": ["2025-06-01"] * 2,
-        "calibration_interval_days": [3650] * 2,
-    }
-)
-T0 = pd.Timestamp("2026-02-02T08:00:00Z")
-
-
-def reading(meter: str, i: int, u3: float) -> dict[str, object]:
-    return {
-        "meter_id": meter,
-        "ts": T0 + pd.Timedelta(minutes=15 * i),
-        "energy_import_kwh": 100.0 + i,
-        "power_kw": 4.0,
-        "voltage_l1_v": 221.0,
-        "voltage_l2_v": 220.0,
-        "voltage_l3_v": u3,
-        "current_l1_a": 6.0,
-        "current_l2_a": 6.0,
-        "current_l3_a": 6.0,
-        "power_factor": 0.95,
-        "frequency_hz": 50.0,
-    }
+REGISTRY = METERS
 
 
 def stream() -> StreamingDetection:
