@@ -522,6 +522,7 @@ def build_window(
         values = {c: column(c)[rows] for c in wanted}
         extra = {c: ts_ns(canon[c])[rows] for c in time_cols}
 
+    perm: np.ndarray | None = None
     # Sort by meter then time (a sorted store read skips the sort).
     if codes.size > 1 and not (
         np.all(codes[1:] >= codes[:-1]) and np.all((t[1:] > t[:-1]) | (codes[1:] != codes[:-1]))
@@ -535,12 +536,16 @@ def build_window(
             dq.out_of_order = (codes[ooo], t[ooo])
         order = np.lexsort((t, codes))
         codes, t = codes[order], t[order]
-        values = {c: v[order] for c, v in values.items()}
-        extra = {c: v[order] for c, v in extra.items()}
         # Duplicate (meter, ts): collapse deterministically, count exact and conflicting.
         dup_next = (codes[1:] == codes[:-1]) & (t[1:] == t[:-1])
         if dup_next.any():
+            values = {c: v[order] for c, v in values.items()}
+            extra = {c: v[order] for c, v in extra.items()}
             codes, t, values, extra, dq = _collapse_duplicates(codes, t, values, extra, dq)
+        else:
+            # The value columns stay in input order (no sorted copy of each): ``perm`` puts
+            # them in (meter, ts) order, applied where they are scattered into the grid.
+            perm = order
 
     step = (step_s * _NS) if step_s else choose_step(codes, t, max_step_s)
     # The grid covers the readings and, when given, at least [start, end].
@@ -558,9 +563,11 @@ def build_window(
     col = (t - g0 - 1) // step
     inside = (col >= 0) & (col < n_cells)
     if not inside.all():
+        sel = inside if perm is None else perm[inside]
+        perm = None
         codes, t, col = codes[inside], t[inside], col[inside]
-        values = {c: v[inside] for c, v in values.items()}
-        extra = {c: v[inside] for c, v in extra.items()}
+        values = {c: v[sel] for c, v in values.items()}
+        extra = {c: v[sel] for c, v in extra.items()}
     # Several reads in one cell: the latest stays (sorted by time, so the last one written);
     # the cell's first read is kept too, for the registers (interval energy needs the reads
     # on both sides of a boundary).
@@ -569,6 +576,10 @@ def build_window(
     if codes.size > 1:
         coll = np.r_[(codes[1:] == codes[:-1]) & (col[1:] == col[:-1]), False]
         if coll.any():
+            if perm is not None:  # the latest read of a cell must be written last: in order
+                values = {c: v[perm] for c, v in values.items()}
+                extra = {c: v[perm] for c, v in extra.items()}
+                perm = None
             dq.collisions = (codes[coll], t[coll])
             starts = np.r_[True, ~((codes[1:] == codes[:-1]) & (col[1:] == col[:-1]))]
             multi = starts & coll  # the first read of a cell with several
@@ -583,25 +594,31 @@ def build_window(
     flat = codes * n_cells + col
     # A sorted read of a regular grid (every meter read once per cell, e.g. a store query of
     # yesterday) fills every cell in order: the columns are the arrays already.
-    dense = flat.size == n_m * n_cells and bool(
-        flat.size == 0 or (flat[0] == 0 and np.all(np.diff(flat) == 1))
+    dense = perm is None and (
+        flat.size == n_m * n_cells
+        and bool(flat.size == 0 or (flat[0] == 0 and np.all(np.diff(flat) == 1)))
     )
+    # Cells of the value columns in their input order (one cell each: no collisions here).
+    flat_in = flat
+    if perm is not None:
+        flat_in = np.empty_like(flat)
+        flat_in[perm] = flat
 
-    def scatter(v: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
+    def scatter(v: np.ndarray, fill: Any, dtype: Any, cells: np.ndarray) -> np.ndarray:
         if dense:
             out = np.asarray(v, dtype=dtype).reshape(n_m, n_cells)
             out.setflags(write=False)  # may be a view of the caller's frame
             return out
         a = np.full(n_m * n_cells, fill, dtype=dtype)
-        a[flat] = v
+        a[cells] = v
         return a.reshape(n_m, n_cells)
 
-    t_arr = scatter(t, NO_TIME, np.int64)
+    t_arr = scatter(t, NO_TIME, np.int64, flat)
     arrays = {
-        c: scatter(v, np.nan, np.float64 if c in REGISTERS else np.float32)
+        c: scatter(v, np.nan, np.float64 if c in REGISTERS else np.float32, flat_in)
         for c, v in values.items()
     }
-    times = {c: scatter(v, NO_TIME, np.int64) for c, v in extra.items()}
+    times = {c: scatter(v, NO_TIME, np.int64, flat_in) for c, v in extra.items()}
     return Window(
         meters=MeterTable.from_registry(meters, ids),
         g0=int(g0),

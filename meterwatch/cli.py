@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -302,6 +303,24 @@ def _simulate_real(
     )
 
 
+def _import_beside(module: str) -> threading.Thread:
+    """Import ``module`` in a daemon thread (joined by the caller before it imports anything
+    that ``module`` might import too, so the two never wait on each other's import locks)."""
+    import importlib
+
+    import pyarrow.csv  # noqa: F401  (the file read's imports stay in the calling thread)
+
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the import where it is needed reports it
+            pass
+
+    th = threading.Thread(target=load, daemon=True)
+    th.start()
+    return th
+
+
 @main.command()
 @click.option(
     "--readings", "readings_path", required=True, type=click.Path(exists=True, dir_okay=False)
@@ -427,7 +446,11 @@ def analyze(
                     )
                 )
             with console.status(f"reading {readings_path}"):
+                # scikit-learn (the theft score's forest, ~1.5 s of imports) loads in a thread
+                # while Arrow reads the file without the GIL.
+                warm = _import_beside("sklearn.ensemble")
                 readings = read_readings_file(readings_path)
+                warm.join()
             warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
             if readings.empty:
                 err_console.print(

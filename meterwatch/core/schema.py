@@ -119,10 +119,14 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df:
             cols[col] = np.full(n, np.nan)
         elif df[col].dtype == np.float64:
-            cols[col] = df[col].to_numpy()
+            # The Series itself: shared with the input until either side is written to
+            # (copy-on-write), where a bare array view of it would be read-only.
+            cols[col] = df[col].reset_index(drop=True)
         else:
             raw = df[col]
             values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            if not values.flags.writeable:  # a view of the input: the frame must own its data
+                values = values.copy()
             cols[col] = values
             if not pd.api.types.is_numeric_dtype(raw.dtype):
                 bad = _coerced_mask(raw, values)
@@ -130,7 +134,7 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
                     coerced[col] = int(bad.sum())
                     all_bad[col] = np.flatnonzero(bad)
                     bad_rows[col] = all_bad[col][:COERCED_EXAMPLES]
-    out = pd.DataFrame(cols)
+    out = pd.DataFrame(cols, copy=False)  # no consolidating copy of the float columns
     out["ts"] = out["ts"].astype(TS_DTYPE) if n else pd.Series(dtype=TS_DTYPE)
     out.attrs["coerced"] = coerced
     out.attrs["coerced_rows"] = all_bad
