@@ -109,12 +109,14 @@ def normalize_readings(df: pd.DataFrame) -> pd.DataFrame:
         ids = df["meter_id"].cat.rename_categories(lambda c: str(c))
         if ids.isna().any():
             ids = ids.cat.add_categories(["nan"]).fillna("nan")
-        cols["meter_id"] = ids.array
+        cols["meter_id"] = ids.reset_index(drop=True)
     else:
-        # .array keeps pandas' string storage (no round trip through Python objects).
-        cols["meter_id"] = df["meter_id"].astype(str).array
-    # .array keeps tz-aware timestamps vectorized (.to_numpy() would box them as objects).
-    cols["ts"] = to_utc(df["ts"]).array if "ts" in df else pd.Series(dtype=TS_DTYPE)
+        # Series keep pandas' string storage (no round trip through Python objects) and are
+        # shared with the input only until either side is written to (copy-on-write).
+        cols["meter_id"] = df["meter_id"].astype(str).reset_index(drop=True)
+    cols["ts"] = (
+        to_utc(df["ts"]).reset_index(drop=True) if "ts" in df else pd.Series(dtype=TS_DTYPE)
+    )
     for col in READING_FIELDS:
         if col not in df:
             cols[col] = np.full(n, np.nan)

@@ -156,3 +156,29 @@ def test_numeric_ts_is_read_as_iso_text_never_as_epoch() -> None:
         assert to_utc(mixed).tolist()[:2] == [day, day] and to_utc(mixed).isna().tolist()[2]
         with pytest.raises(ValueError, match="ISO8601"):
             to_utc(pd.Series([1767571200]))  # an epoch is not taken for one
+
+
+@pytest.mark.parametrize(
+    "ids", [["a", "b"], pd.Categorical(["a", "b"])], ids=["text", "categorical"]
+)
+def test_the_normalized_frame_is_writable_and_writes_never_reach_the_input(ids: object) -> None:
+    """The normalized frame shares the input's columns (no copy of a large file) until either
+    side is written to: a write to it changes neither the input nor fails on a read-only view."""
+    df = pd.DataFrame(
+        {
+            "meter_id": ids,
+            "ts": pd.to_datetime(["2026-01-01T00:00Z", "2026-01-01T00:15Z"]),
+            "power_kw": [1.0, 2.0],
+            "voltage_l1_v": ["230", "x"],
+        },
+        index=[3, 4],
+    )
+    before = df.copy()
+    out = normalize_readings(df)
+    out.loc[0, "ts"] = pd.Timestamp("2026-02-01", tz="UTC")
+    out.loc[1, "power_kw"] = 5.0
+    out.loc[0, "voltage_l1_v"] = 3.0
+    out.loc[0, "meter_id"] = "b"
+    pd.testing.assert_frame_equal(df, before)
+    assert out["power_kw"].tolist() == [1.0, 5.0]
+    assert list(out.index) == [0, 1]
