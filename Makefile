@@ -60,6 +60,7 @@ lint: $(VENV)/.installed-test
 
 ## bench: run the benchmarks and update docs/benchmarks.md
 bench: $(VENV)/.installed-test deb-test-packages
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench
 
 ## real-data: the public household data set (docs/evaluation.md "Real data") as canonical files

@@ -78,6 +78,21 @@ class ReadBlock:
     count: int
     fields: tuple[MapField, ...]
 
+    @functools.cached_property
+    def unpacker(self) -> tuple[struct.Struct, struct.Struct, tuple[MapField, ...]] | None:
+        """Compiled structs for the block (its registers to bytes; every field out of them at
+        once) when its fields are in ABCD order and by address; None: decode field by field."""
+        fmt, pos = ">", 0  # pos: registers from the block's start already described
+        for f in self.fields:
+            gap = f.address - self.start - pos
+            if f.order != "ABCD" or gap < 0:
+                return None
+            fmt += f"{2 * gap}x{STRUCT_CODES[f.dtype]}" if gap else STRUCT_CODES[f.dtype]
+            pos = f.address - self.start + f.count
+        if pos > self.count:
+            return None
+        return struct.Struct(f">{self.count}H"), struct.Struct(fmt), self.fields
+
 
 @dataclass(frozen=True)
 class RegisterMap:
@@ -142,6 +157,17 @@ class RegisterMap:
                 f"register map {self.model}: block {block.table} {block.start}+{block.count} "
                 f"needs {block.count} registers, got {len(registers)}"
             )
+        plan = block.unpacker
+        if plan is not None:  # the usual map: one pack and one unpack for the whole block
+            words, fields, meta = plan
+            try:
+                raws = fields.unpack_from(words.pack(*registers))
+            except struct.error:
+                pass  # a value that is not a 16-bit register: named below
+            else:
+                return {
+                    f.name: float(r) * f.scale + f.offset for f, r in zip(meta, raws, strict=True)
+                }
         try:
             # The whole block as big-endian bytes once; each field is then one unpack_from.
             buf = struct.pack(f">{block.count}H", *registers)
