@@ -253,7 +253,10 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
         chunks = reg.groupby(part_of_meter, sort=True)
         for (p, chunk), lo, hi in zip(chunks, bounds[:-1], bounds[1:], strict=True):
             rows = order[lo:hi]
-            frame = canon.iloc[rows].reset_index(drop=True)
+            if hi - lo == len(canon):  # one partition holds every row, in order: no copy
+                frame = canon.copy(deep=False).reset_index(drop=True)
+            else:
+                frame = canon.iloc[rows].reset_index(drop=True)
             present = np.unique(codes[rows])  # sorted, as the ids are
             local = np.searchsorted(present, codes[rows])
             frame["meter_id"] = pd.Categorical.from_codes(local, categories=ids[present])

@@ -332,6 +332,72 @@ def validate_window(
         return _result(
             empty_validated(), _empty_events(), interval_s, rule_set_version, data_version, counts
         )
+    latest = None
+    if now_ns is None and w.fleet is None:  # clock reference: the latest reads of all meters
+        latest = _latest_two(w, reads, rows)
+    # Meters in chunks: the checks' intermediates (a few dozen arrays of the chunk's size) stay
+    # bounded whatever the window's size; every check is per meter, so chunks are independent.
+    per = max(1, VEE_CHUNK_CELLS // n_int)
+    events: list[dict[str, Any]] = []
+    parts = [
+        _validate_rows(
+            w, reads, rows[a : a + per], i0, i1, now_ns, p, interval_s, timezone, latest, events
+        )
+        for a in range(0, n_m, per)
+    ]
+    dense = parts[0] if len(parts) == 1 else DenseValidated.concat(parts)
+    quality, bits = dense.quality, dense.bits
+    for q_code, q in enumerate(QUALITIES):
+        counts[f"intervals_{q}"] = int((quality == q_code).sum())
+    for code in REASON_CODES:
+        counts[f"reason_{code}"] = int(((bits & BIT[code]) > 0).sum())
+    return ValidatedReadings(
+        None,
+        _events_frame(events),
+        int(interval_s),
+        rule_set_version,
+        int(data_version),
+        counts,
+        dense=dense,
+    )
+
+
+#: Meter x interval cells VEE judges at once (validate_window's chunks of meters).
+VEE_CHUNK_CELLS = 1_000_000
+
+
+def _latest_two(w: Window, reads: _Reads, rows: np.ndarray) -> tuple[int, int]:
+    """The latest and second-latest usable read times of the meters ``rows`` (clock_check's
+    reference for meters without receipt times), found chunk by chunk."""
+    per = max(1, VEE_CHUNK_CELLS // max(w.n_cells, 1))
+    last = np.concatenate(
+        [
+            np.where(reads.present[r], w.t[r], NO_TIME).max(axis=1)
+            for r in (rows[a : a + per] for a in range(0, rows.size, per))
+        ]
+    )
+    order = np.sort(last[last != NO_TIME])
+    top1 = int(order[-1]) if order.size else 0
+    top2 = int(order[-2]) if order.size >= 2 else int(NO_TIME)
+    return top1, top2
+
+
+def _validate_rows(
+    w: Window,
+    reads: _Reads,
+    rows: np.ndarray,
+    i0: int,
+    i1: int,
+    now_ns: int | None,
+    p: VeeParams,
+    interval_s: int,
+    timezone: str,
+    latest: tuple[int, int] | None,
+    events: list[dict[str, Any]],
+) -> DenseValidated:
+    """Every check over the meters ``rows`` and intervals ``[i0, i1)``; events appended."""
+    n_m, n_int = rows.size, i1 - i0
+    step = w.step
     sub = _Sub(w, rows, i0, i1, reads.present[rows])
     bits = np.zeros((n_m, n_int), dtype=np.int64)
     bits |= reads.bits[rows, i0:i1]
@@ -362,9 +428,8 @@ def validate_window(
     bits |= spike_check(days, p)
     bits |= usage_check(days, p)
     # --- energy vs power, clock ----------------------------------------------------------
-    events: list[dict[str, Any]] = []
     power_check(sub, steps, p, bits, events, step)
-    clock_check(w, sub, reads, now_ns, p, bits, events)
+    clock_check(w, sub, reads, now_ns, p, bits, events, latest)
     # --- estimation ----------------------------------------------------------------------
     est = estimate(sub, bits, actual, outage, kwh, bv, days, limit, p, interval_s)
     final, quality, method, estimated = est
@@ -426,20 +491,7 @@ def validate_window(
         final,
         {"max_consecutive_estimated_s": p.max_consecutive_estimated_s, "interval_s": interval_s},
     )
-    dense = DenseValidated(ids, sub.bounds, final, quality, method, bits, actual)
-    for q_code, q in enumerate(QUALITIES):
-        counts[f"intervals_{q}"] = int((quality == q_code).sum())
-    for code in REASON_CODES:
-        counts[f"reason_{code}"] = int(((bits & BIT[code]) > 0).sum())
-    return ValidatedReadings(
-        None,
-        _events_frame(events),
-        int(interval_s),
-        rule_set_version,
-        int(data_version),
-        counts,
-        dense=dense,
-    )
+    return DenseValidated(ids, sub.bounds, final, quality, method, bits, actual)
 
 
 @dataclass(frozen=True)
@@ -455,6 +507,18 @@ class DenseValidated:
     method: np.ndarray
     bits: np.ndarray
     actual: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[DenseValidated]) -> DenseValidated:
+        """Chunks of meters (same intervals) as one."""
+        return DenseValidated(
+            np.concatenate([d.ids for d in parts]),
+            parts[0].bounds,
+            *(
+                np.concatenate([getattr(d, f) for d in parts])
+                for f in ("kwh", "quality", "method", "bits", "actual")
+            ),
+        )
 
     def frame(self, rule_set_version: str, data_version: int) -> pd.DataFrame:
         n_m, n_int = self.kwh.shape
@@ -561,10 +625,12 @@ class _Sub:
 
     def __init__(self, w: Window, rows: np.ndarray, i0: int, i1: int, present: np.ndarray):
         self.w, self.rows, self.i0, self.i1 = w, rows, i0, i1
-        #: ``rows`` as a slice when every meter is judged (a view instead of a copy).
+        #: ``rows`` as a slice when they are consecutive (e.g. a chunk of a window whose
+        #: meters are all judged): views instead of copies.
+        consecutive = rows.size > 0 and int(rows[-1]) - int(rows[0]) + 1 == rows.size
         self.sel: slice | np.ndarray = (
-            slice(None)
-            if rows.size == w.n_meters and np.array_equal(rows, np.arange(rows.size))
+            slice(int(rows[0]), int(rows[-1]) + 1)
+            if consecutive and bool(np.all(np.diff(rows) == 1))
             else rows
         )
         m = w.meters
@@ -585,8 +651,7 @@ class _Sub:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The register's usable reads in time order: ``(values, t, usable)`` over positions
         (two per cell when cells hold several reads, :func:`~meterwatch.analytics.window.register_reads`)."""
-        v, t, k = register_reads(self.w)
-        v, t = v[self.sel], t[self.sel]
+        v, t, k = register_reads(self.w, rows=self.sel)
         usable = t != NO_TIME
         if now_ns is not None:
             usable &= t <= now_ns + int(p.future_tolerance_s * _NS)
@@ -1127,6 +1192,7 @@ def clock_check(
     p: VeeParams,
     bits: np.ndarray,
     events: list[dict[str, Any]],
+    latest: tuple[int, int] | None = None,
 ) -> None:
     """Meter clock ahead by more than ``clock_tolerance_s`` [s] ([SG-CLK], docs/billing.md).
 
@@ -1189,6 +1255,8 @@ def clock_check(
     else:
         if w.fleet is not None:  # one partition of a fleet: the other meters are the fleet's
             top1, top2 = w.fleet.latest
+        elif latest is not None:  # one chunk of the window's meters: all of them count
+            top1, top2 = latest
         else:
             order = np.sort(last[has]) if has.any() else np.zeros(0, np.int64)
             top1 = order[-1] if order.size else 0

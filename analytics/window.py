@@ -853,13 +853,13 @@ def take_prev(values: np.ndarray, prev_idx: np.ndarray, full: np.ndarray) -> np.
 
 
 def register_reads(
-    w: Window, name: str = "energy_import_kwh"
+    w: Window, name: str = "energy_import_kwh", rows: slice | np.ndarray = slice(None)
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The register's reads in time order as ``(values, t, k)``: meters x (cells x k) arrays
     where position ``c*k + k-1`` is cell ``c``'s (last) read and, with ``k == 2``, position
     ``c*2`` its first read when it has several (interval energy needs the reads on both sides
-    of a boundary). NaN / NO_TIME where no read."""
-    v, t = w.q(name), w.t
+    of a boundary). NaN / NO_TIME where no read. ``rows``: of these meters (window rows) only."""
+    v, t = w.q(name)[rows], w.t[rows]
     if not w.first:
         return v, np.where(np.isnan(v), NO_TIME, t), 1
     n_m, n_c = v.shape
@@ -867,7 +867,6 @@ def register_reads(
     t2 = np.full((n_m, 2 * n_c), NO_TIME, dtype=np.int64)
     v2[:, 1::2], t2[:, 1::2] = v, np.where(np.isnan(v), NO_TIME, t)
     fv = w.first.get(name)
-    if fv is None:  # a window built without this register
-        fv = np.full(v.shape, np.nan)
-    v2[:, 0::2], t2[:, 0::2] = fv, np.where(np.isnan(fv), NO_TIME, w.first["t"])
+    fv = np.full(v.shape, np.nan) if fv is None else fv[rows]  # None: built without it
+    v2[:, 0::2], t2[:, 0::2] = fv, np.where(np.isnan(fv), NO_TIME, w.first["t"][rows])
     return v2, t2, 2

@@ -590,3 +590,44 @@ def test_last_interpolable_boundary_follows_the_interpolation_rule() -> None:
     got = last_interpolable_boundary(reads, T0 + 10 * Q + pd.Timedelta(minutes=5))
     # A's 9Q and 10Q lie in its 40-minute gap (8Q to 10Q+10 min): back to its read on 8Q.
     assert got.to_dict() == {"A": T0 + 8 * Q, "B": T0 + 8 * Q}
+
+
+def test_validation_in_chunks_of_meters_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VEE judges a large window in chunks of meters (bounded memory): the validated intervals,
+    events and counts are those of one pass, whatever the chunk size (one meter, a few, all),
+    including the clock reference that the latest reads of all meters give."""
+    from meterwatch.analytics import vee
+    from meterwatch.analytics.window import build_window
+    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+
+    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
+    fleet = Fleet(start=t0.to_pydatetime(), residential=6, commercial=3, industrial=2, seed=5)
+    readings = generate(fleet, (t0 + pd.Timedelta(days=4)).to_pydatetime(), interval_s=900)
+    ids = [m for m in fleet.registry["meter_id"] if m.startswith(("R", "C", "I"))]
+    day = pd.Timedelta(days=1)
+    faults = [
+        Injection("meter_stuck", ids[0], t0 + day, t0 + 2 * day),
+        Injection("meter_runaway", ids[1], t0 + 1.5 * day, t0 + 1.6 * day),
+        Injection("clock_error", ids[2], t0 + 2 * day, t0 + 4 * day),
+        Injection("estimation_excess", ids[3], t0 + day, t0 + 2.5 * day),
+        Injection("register_decrease", ids[4], t0 + 2.2 * day, t0 + 2.3 * day),
+        Injection("duplicate_conflict", ids[5], t0 + 3 * day, t0 + 3.1 * day),
+        Injection("off_grid", ids[6], t0 + 1 * day, t0 + 1.2 * day),
+    ]
+    readings, registry, _ = inject(readings, fleet.registry, faults, seed=2)
+    readings = readings.drop(columns=["collected_at"], errors="ignore")  # the clock reference
+    w = build_window(readings, registry)
+
+    def run(cells: int) -> vee.ValidatedReadings:
+        monkeypatch.setattr(vee, "VEE_CHUNK_CELLS", cells)
+        return vee.validate_window(w)
+
+    one = run(10**9)
+    n_int = one.dense.kwh.shape[1]
+    assert one.counts["reason_clock_error"] > 0 and one.counts["reason_stuck_register"] > 0
+    for cells in (1, 3 * n_int):
+        got = run(cells)
+        for f in ("ids", "bounds", "kwh", "quality", "method", "bits", "actual"):
+            np.testing.assert_array_equal(getattr(got.dense, f), getattr(one.dense, f), f)
+        pd.testing.assert_frame_equal(got.events, one.events)
+        assert got.counts == one.counts
