@@ -74,8 +74,8 @@ def analytics_body(r: dict, a: dict) -> str:
             "–",
         ],
         [
-            "suite compute / floor (np.median | np.nanmedian)",
-            f"{compute / r['floor_cpu_s_sum']:.1f}× | {compute / r['floor_nan_cpu_s_sum']:.1f}×",
+            "suite compute / floor (np.median / np.nanmedian)",
+            f"{compute / r['floor_cpu_s_sum']:.1f}× / {compute / r['floor_nan_cpu_s_sum']:.1f}×",
             "≤ 3×",
         ],
         [
