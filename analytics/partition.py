@@ -30,6 +30,8 @@ with its registry slice, never as pickled rows.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -249,14 +251,22 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
     where = np.empty(len(canon), dtype=np.int64)
     where[order] = np.arange(len(canon))
 
+    held = [canon]  # released once the last rows are cut (it may free the frame)
+    empty = canon.iloc[:0].copy()  # not a view: it must not keep the columns alive
+    del canon
+
     def parts() -> Iterator[Partition]:
         chunks = reg.groupby(part_of_meter, sort=True)
         for (p, chunk), lo, hi in zip(chunks, bounds[:-1], bounds[1:], strict=True):
             rows = order[lo:hi]
-            if hi - lo == len(canon):  # one partition holds every row, in order: no copy
-                frame = canon.copy(deep=False).reset_index(drop=True)
+            if lo == hi:
+                frame = empty.copy()
+            elif hi - lo == len(held[0]):  # one partition holds every row, in order: no copy
+                frame = held[0].copy(deep=False).reset_index(drop=True)
             else:
-                frame = canon.iloc[rows].reset_index(drop=True)
+                frame = held[0].iloc[rows].reset_index(drop=True)
+            if hi == bounds[-1]:
+                held.clear()
             present = np.unique(codes[rows])  # sorted, as the ids are
             local = np.searchsorted(present, codes[rows])
             frame["meter_id"] = pd.Categorical.from_codes(local, categories=ids[present])
@@ -265,12 +275,22 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
                 bad = {c: where[r] for c, r in coerced_rows.items()}
                 bad = {c: np.sort(r[(r >= lo) & (r < hi)] - lo) for c, r in bad.items()}
                 frame.attrs["coerced_rows"] = {c: r for c, r in bad.items() if r.size}
-            yield Partition(int(p), chunk, frame)
+            piece = Partition(int(p), chunk, frame)
+            del frame  # a suspended generator keeps its locals: only the partition holds it
+            yield piece
 
     return Plan(grid, parts(), n_parts, len(reg))
 
 
 # ------------------------------------------------------------------------------ running
+
+
+def _release_arrow_memory() -> None:
+    """Give the memory of freed Arrow buffers (a file's columns read through Arrow) back to
+    the system: Arrow's allocator keeps it otherwise."""
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
 
 
 @dataclass
@@ -298,13 +318,23 @@ def run_partition(
     detectors: Sequence[Detector],
     grid: Grid | None,
     extra: Mapping[str, PartialFn] | None = None,
+    *,
+    consume: bool = False,
 ) -> PartitionResult:
     """Every detector over ``part`` (a cross-partition one gives its partial), on ``grid``
-    (None: the grid of the partition's own readings)."""
+    (None: the grid of the partition's own readings). ``consume``: the partition's readings
+    are let go once the window holds them (``part.readings`` is None after), so their memory
+    is freed while the detectors run."""
+    readings = part.readings
+    if consume:
+        part.readings = None  # type: ignore[assignment]
     if grid is None:
-        w = build_window(part.readings, part.meters)
+        w = build_window(readings, part.meters)
     else:
-        w = grid.window(part.readings, part.meters)
+        w = grid.window(readings, part.meters)
+    del readings
+    if consume:
+        _release_arrow_memory()
     found = concat_findings(
         d.detect_window(w) for d in detectors if not isinstance(d, CrossPartition)
     )
@@ -367,9 +397,18 @@ def analyze_partitioned(
     """
     detectors = list(detectors)
     p = plan(readings, meters, max_meters)
+    del readings  # the partitions hold what is needed (a caller may have handed it over)
+    runner = runner or InProcess()
+    # In this process a partition's readings are let go once its window is built (they are
+    # not needed again); a cluster may run a partition again from its input, so keeps it.
+    fn = (
+        functools.partial(run_partition, consume=True)
+        if isinstance(runner, InProcess)
+        else run_partition
+    )
     results: list[PartitionResult] = []
     done = 0
-    for res in (runner or InProcess()).map(run_partition, p.parts, detectors, p.grid, extra):
+    for res in runner.map(fn, p.parts, detectors, p.grid, extra):
         results.append(res)
         done += res.meters
         if progress is not None:

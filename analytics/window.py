@@ -46,6 +46,17 @@ from meterwatch.core.schema import (
 _NS = 10**9
 #: Marker of "no reading in this cell" in the int64 time arrays.
 NO_TIME = np.iinfo(np.int64).min
+#: Meter x cell cells a rule with full-window intermediates works on at once (row_chunks).
+CHUNK_CELLS = 1_000_000
+
+
+def row_chunks(n_rows: int, n_cols: int, cells: int | None = None) -> list[slice]:
+    """Consecutive row ranges of about ``cells`` (default :data:`CHUNK_CELLS`) cells each: a
+    rule that is per meter keeps its intermediates to a chunk's size, whatever the window's."""
+    per = max(1, (cells or CHUNK_CELLS) // max(n_cols, 1))
+    return [slice(a, min(a + per, n_rows)) for a in range(0, n_rows, per)]
+
+
 #: Quantities kept in float64 (cumulative registers); the rest are float32.
 REGISTERS: frozenset[str] = frozenset({"energy_import_kwh", "energy_export_kwh"})
 #: Candidate cell lengths [s]: divisors of a day, from 1 s to 1 h.
@@ -527,15 +538,22 @@ def build_window(
     if codes.size > 1 and not (
         np.all(codes[1:] >= codes[:-1]) and np.all((t[1:] > t[:-1]) | (codes[1:] != codes[:-1]))
     ):
-        # Reads that came after a later read of their meter, in input order.
-        prev_max = (
-            pd.Series(t).groupby(codes).cummax().groupby(codes).shift(1).to_numpy(dtype=float)
-        )
-        ooo = t < prev_max
-        if ooo.any():
-            dq.out_of_order = (codes[ooo], t[ooo])
         order = np.lexsort((t, codes))
-        codes, t = codes[order], t[order]
+        s_codes = codes[order]
+        # A meter's reads came in time order exactly when sorting by (meter, time) keeps their
+        # input positions rising (ties keep theirs: lexsort is stable). Only otherwise: which
+        # reads came after a later read of their meter, in input order.
+        in_order = bool(np.all((order[1:] > order[:-1]) | (s_codes[1:] != s_codes[:-1])))
+        if not in_order:
+            prev_max = (
+                pd.Series(t).groupby(codes).cummax().groupby(codes).shift(1).to_numpy(dtype=float)
+            )
+            ooo = t < prev_max
+            del prev_max
+            if ooo.any():
+                dq.out_of_order = (codes[ooo], t[ooo])
+        codes, t = s_codes, t[order]
+        del s_codes
         # Duplicate (meter, ts): collapse deterministically, count exact and conflicting.
         dup_next = (codes[1:] == codes[:-1]) & (t[1:] == t[:-1])
         if dup_next.any():

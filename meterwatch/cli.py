@@ -481,9 +481,14 @@ def analyze(
             task = bar.add_task(
                 f"detectors over {len(readings):,} readings {where}", total=len(meters)
             )
+            # Without --validated nothing needs the frame after the detectors: handed over,
+            # it is freed as soon as the windows hold the readings.
+            kept = readings if validated_path else None
+            handed = [readings]
+            del readings
             result = analyze_partitioned(
                 detectors,
-                readings,
+                handed.pop(),
                 meters,
                 max_meters=partition_meters,
                 runner=runner,
@@ -505,7 +510,8 @@ def analyze(
         if validated_path:
             from meterwatch.cli_billing import write_validated_file
 
-            vpath, vcounts = write_validated_file(readings, meters, config_path, validated_path)
+            assert kept is not None
+            vpath, vcounts = write_validated_file(kept, meters, config_path, validated_path)
             console.print(
                 f"validated intervals → {vpath}: "
                 + ", ".join(

@@ -21,7 +21,7 @@ from meterwatch.analytics.base import (
     short_ts,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import NO_TIME, Window, utc
+from meterwatch.analytics.window import NO_TIME, Window, row_chunks, utc
 from meterwatch.core.schema import READING_FIELDS, empty_findings
 
 _H = 3600 * 10**9
@@ -76,16 +76,20 @@ class MissingData(Detector):
         pres = w.present
         if not pres.any():
             return empty_findings()
-        prev_t = np.where(pres, w.t, NO_TIME)
-        last = np.maximum.accumulate(prev_t, axis=1)
-        before = np.concatenate([np.full((w.n_meters, 1), NO_TIME), last[:, :-1]], axis=1)
-        gap = np.where(pres & (before != NO_TIME), w.t - before, 0)
-        flagged = (gap >= float(self.min_gap_hours) * _H) & (gap < float(self.max_gap_hours) * _H)
-        rows_, cols = np.nonzero(flagged)
+        lo, hi = float(self.min_gap_hours) * _H, float(self.max_gap_hours) * _H
+        parts = []
+        for rs in row_chunks(w.n_meters, w.n_cells):  # meters in chunks: bounded memory
+            p_c, t_c = pres[rs], w.t[rs]
+            last = np.maximum.accumulate(np.where(p_c, t_c, NO_TIME), axis=1)
+            before = np.concatenate([np.full((last.shape[0], 1), NO_TIME), last[:, :-1]], axis=1)
+            gap = np.where(p_c & (before != NO_TIME), t_c - before, 0)
+            r_c, c_c = np.nonzero((gap >= lo) & (gap < hi))
+            parts.append((r_c + rs.start, before[r_c, c_c], t_c[r_c, c_c]))
+        rows_ = np.concatenate([r for r, _, _ in parts])
         if rows_.size == 0:
             return empty_findings()
-        starts = before[rows_, cols]
-        ends = w.t[rows_, cols]
+        starts = np.concatenate([a for _, a, _ in parts])
+        ends = np.concatenate([b for _, _, b in parts])
         # Merge gaps of a meter: consecutive gaps whose start is within merge_hours of the
         # previous gap's end.
         joined = (rows_[1:] == rows_[:-1]) & (starts[1:] - ends[:-1] <= self.merge_hours * _H)
@@ -331,36 +335,41 @@ class OffGridReading(Detector):
         if not pres.any() or w.step <= int(self.tolerance_s * 1e9):
             return empty_findings()
         tol = int(self.tolerance_s * 1e9)
-        offset = np.where(pres, (w.t - w.g0) % w.step, 0)
         n_bins = max(int(w.step // tol), 1)
-        bins = np.minimum(offset // tol, n_bins - 1)
-        r, c = np.nonzero(pres)
-        counts = np.bincount(r * n_bins + bins[r, c], minlength=w.n_meters * n_bins)
-        usual_bin = counts.reshape(w.n_meters, n_bins).argmax(axis=1)
-        # The usual offset: the mean offset of the readings in the most common bin.
-        in_mode = bins[r, c] == usual_bin[r]
-        tot = np.bincount(
-            r[in_mode], weights=offset[r, c][in_mode].astype(float), minlength=w.n_meters
-        )
-        num = np.bincount(r[in_mode], minlength=w.n_meters)
-        usual = np.round(tot / np.maximum(num, 1)).astype(np.int64)[:, None]
-        dist = np.abs(offset - usual)
-        dist = np.minimum(dist, w.step - dist)  # round the cell: 14:59 is next to 00:00
-        judged = (n >= int(self.min_readings))[:, None]
-        off = pres & (dist > tol) & judged
-        rows_, cols = np.nonzero(off)
-        t = w.t[rows_, cols]
-        shift = offset[rows_, cols] - usual[rows_, 0]
+        judged = n >= int(self.min_readings)
+        usual = np.zeros(w.n_meters, dtype=np.int64)
+        found = []
+        for rs in row_chunks(w.n_meters, w.n_cells):  # meters in chunks: bounded memory
+            p_c, m_c = pres[rs], rs.stop - rs.start
+            offset = np.where(p_c, (w.t[rs] - w.g0) % w.step, 0)
+            bins = np.minimum(offset // tol, n_bins - 1)
+            r, c = np.nonzero(p_c)
+            counts = np.bincount(r * n_bins + bins[r, c], minlength=m_c * n_bins)
+            usual_bin = counts.reshape(m_c, n_bins).argmax(axis=1)
+            # The usual offset: the mean offset of the readings in the most common bin.
+            in_mode = bins[r, c] == usual_bin[r]
+            tot = np.bincount(
+                r[in_mode], weights=offset[r, c][in_mode].astype(float), minlength=m_c
+            )
+            num = np.bincount(r[in_mode], minlength=m_c)
+            u = usual[rs] = np.round(tot / np.maximum(num, 1)).astype(np.int64)
+            dist = np.abs(offset - u[:, None])
+            dist = np.minimum(dist, w.step - dist)  # round the cell: 14:59 is next to 00:00
+            r_o, c_o = np.nonzero(p_c & (dist > tol) & judged[rs, None])
+            found.append((r_o + rs.start, w.t[rs][r_o, c_o], offset[r_o, c_o] - u[r_o]))
+        rows_ = np.concatenate([r for r, _, _ in found])
+        t = np.concatenate([x for _, x, _ in found])
+        shift = np.concatenate([x for _, _, x in found])
         # Reads displaced from their cell by a later one (two reads in one cell) are judged too.
         cc, ct = w.dq.collisions
         if cc.size:
             c_off = (ct - w.g0) % w.step
-            c_dist = np.abs(c_off - usual[cc, 0])
+            c_dist = np.abs(c_off - usual[cc])
             c_dist = np.minimum(c_dist, w.step - c_dist)
-            c_hit = (c_dist > tol) & judged[cc, 0]
+            c_hit = (c_dist > tol) & judged[cc]
             rows_ = np.r_[rows_, cc[c_hit]]
             t = np.r_[t, ct[c_hit]]
-            shift = np.r_[shift, (c_off - usual[cc, 0])[c_hit]]
+            shift = np.r_[shift, (c_off - usual[cc])[c_hit]]
         if rows_.size == 0:
             return empty_findings()
         params = plain(self.get_params())
@@ -388,7 +397,7 @@ class OffGridReading(Detector):
                             "thresholds": params,
                             "readings": int(pos.size),
                             "interval_s": w.step / 1e9,
-                            "usual_offset_s": float(usual[row, 0] / 1e9),
+                            "usual_offset_s": float(usual[row] / 1e9),
                             "mean_shift_min": shift_min,
                             "window": w.meter_window(row),
                         }

@@ -37,7 +37,15 @@ from meterwatch.analytics.base import (
     strictly_less,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import NO_TIME, Window, merge_runs, run_reduce, runs, utc
+from meterwatch.analytics.window import (
+    NO_TIME,
+    Window,
+    merge_runs,
+    row_chunks,
+    run_reduce,
+    runs,
+    utc,
+)
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns every rule of this module reads.
@@ -129,45 +137,59 @@ def _outage_rows(
 ) -> AreaOutages:
     m = w.meters
     ph = phases(w)
-    low = strictly_less(ph.u, voltage_fraction * ph.un[None, :, None]) | ~ph.present_p
-    dead = low.all(axis=0) & np.asarray(ph.present.any(axis=1))[:, None] & w.present
     n_a = int(m.areas.size)
-    in_area = (m.area >= 0)[:, None] & w.present
+    bucket_ns = int(round(bucket_minutes * 60e9))
+    chunks = row_chunks(w.n_meters, w.n_cells)  # meters in chunks: bounded memory
     # Buckets are floored read times (not cells): polls spread a few minutes into an interval
     # are still one bucket, and a read exactly on a boundary opens the next one.
-    bucket_ns = int(round(bucket_minutes * 60e9))
-    tb = np.where(w.present, w.t // bucket_ns, 0)
-    b0 = int(tb[w.present].min()) if w.present.any() else 0
-    n_b = int(tb[w.present].max()) - b0 + 1 if w.present.any() else 0
-    bucket = tb - b0
-    r, c = np.nonzero(in_area)
-    key = m.area[r] * n_b + bucket[r, c]
+    b0, b1 = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for rs in chunks:
+        tb = w.t[rs][w.present[rs]] // bucket_ns
+        if tb.size:
+            b0, b1 = min(b0, int(tb.min())), max(b1, int(tb.max()))
+    n_b = b1 - b0 + 1 if b1 >= b0 else 0
     size = n_a * n_b
-    supply = m.supply[r]
-    d = dead[r, c]
 
-    def count(sel: np.ndarray) -> np.ndarray:
-        return np.bincount(key[sel], minlength=size).reshape(n_a, n_b)
+    def cells(rs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows and columns (in the chunk) of its readings in an area, their area-bucket key
+        and whether they are dead."""
+        low = (
+            strictly_less(ph.u[:, rs], voltage_fraction * ph.un[None, rs, None])
+            | ~ph.present_p[:, rs]
+        )
+        pres = w.present[rs]
+        dead = low.all(axis=0) & np.asarray(ph.present[rs].any(axis=1))[:, None] & pres
+        r, c = np.nonzero((m.area[rs] >= 0)[:, None] & pres)
+        key = m.area[rs][r] * n_b + (w.t[rs][r, c] // bucket_ns - b0)
+        return r, c, key, dead[r, c]
 
-    meters = count(np.ones(key.size, dtype=bool))
-    sup = count(supply) > 0
-    sup_dead = count(supply & d) > 0
-    cust = count(~supply)
-    cust_dead = count(~supply & d)
-    n_dead = count(d)
-    t_rc = w.t[r, c]
+    meters = np.zeros(size, dtype=np.int64)
+    sup, sup_dead = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
+    cust, cust_dead, n_dead = (np.zeros(size, dtype=np.int64) for _ in range(3))
     first = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(size, NO_TIME, dtype=np.int64)
-    np.minimum.at(first, key, t_rc)
-    np.maximum.at(last, key, t_rc)
-    out = np.where(sup, sup_dead, (cust >= min_meters) & (cust_dead == cust))
+    for rs in chunks:
+        r, c, key, d = cells(rs)
+        supply = m.supply[rs][r]
+        meters += np.bincount(key, minlength=size)
+        sup |= np.bincount(key[supply], minlength=size) > 0
+        sup_dead |= np.bincount(key[supply & d], minlength=size) > 0
+        cust += np.bincount(key[~supply], minlength=size)
+        cust_dead += np.bincount(key[~supply & d], minlength=size)
+        n_dead += np.bincount(key[d], minlength=size)
+        t_rc = w.t[rs][r, c]
+        np.minimum.at(first, key, t_rc)
+        np.maximum.at(last, key, t_rc)
+    out = np.where(sup, sup_dead, (cust >= min_meters) & (cust_dead == cust)).reshape(n_a, n_b)
     rows = np.zeros(w.t.shape, dtype=bool)
-    rows[r, c] = out.reshape(-1)[key]
+    for rs in chunks:
+        r, c, key, _ = cells(rs)
+        rows[rs][r, c] = out.reshape(-1)[key]
     return AreaOutages(
-        out=out & (meters > 0),
-        meters=meters,
-        dead=n_dead,
-        supply_dead=sup_dead,
+        out=out & (meters.reshape(n_a, n_b) > 0),
+        meters=meters.reshape(n_a, n_b),
+        dead=n_dead.reshape(n_a, n_b),
+        supply_dead=sup_dead.reshape(n_a, n_b),
         first_ns=first.reshape(n_a, n_b),
         last_ns=last.reshape(n_a, n_b),
         rows=rows,

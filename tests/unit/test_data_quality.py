@@ -126,3 +126,38 @@ def test_non_numeric_values_are_counted_per_meter_not_missing_spellings() -> Non
     assert list(found["meter_id"]) == ["A"]
     assert found["evidence"].iat[0]["values"] == 2
     assert found["evidence"].iat[0]["columns"] == ["voltage_l1_v"]
+
+
+def test_rules_in_chunks_of_meters_find_what_one_pass_finds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MissingData and OffGridReading work through a large window in chunks of meters (bounded
+    memory): their findings are those of one pass, whatever the chunk size."""
+    from meterwatch.analytics import window as window_mod
+    from meterwatch.analytics.window import build_window
+    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+
+    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
+    fleet = Fleet(start=t0.to_pydatetime(), residential=6, commercial=3, industrial=2, seed=5)
+    readings = generate(fleet, (t0 + pd.Timedelta(days=4)).to_pydatetime(), interval_s=900)
+    ids = [m for m in fleet.registry["meter_id"] if m.startswith(("R", "C", "I"))]
+    day = pd.Timedelta(days=1)
+    faults = [
+        Injection("missing_data", ids[0], t0 + day, t0 + day + pd.Timedelta(hours=8)),
+        Injection("missing_data", ids[4], t0 + 2 * day, t0 + 2 * day + pd.Timedelta(hours=3)),
+        Injection("off_grid", ids[2], t0 + day, t0 + 2 * day),
+        Injection("off_grid", ids[7], t0 + 2 * day, t0 + 2.5 * day),
+    ]
+    readings, registry, _ = inject(readings, fleet.registry, faults, seed=2)
+    w = build_window(readings, registry)
+    rules = (MissingData(), OffGridReading())
+
+    def run(cells: int) -> list[pd.DataFrame]:
+        monkeypatch.setattr(window_mod, "CHUNK_CELLS", cells)
+        return [rule.detect_window(w) for rule in rules]
+
+    one = run(10**9)
+    assert all(len(f) >= 2 for f in one), one
+    for cells in (1, 3 * w.n_cells):
+        for got, want in zip(run(cells), one, strict=True):
+            pd.testing.assert_frame_equal(got, want)

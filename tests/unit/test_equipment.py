@@ -305,3 +305,42 @@ def test_phase_break_reading_raises_only_phase_break() -> None:
 def test_bad_parameters_are_refused_by_name(cls: type[Detector], kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         cls(**kwargs)
+
+
+def test_area_outages_in_chunks_of_meters_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The area outages (shared by the equipment rules) are gathered in chunks of meters for
+    bounded memory: every count, time and per-reading mark equals one pass, and the outage
+    finding is the same."""
+    from meterwatch.analytics import window as window_mod
+    from meterwatch.analytics.detectors.equipment import (
+        OUTAGE_BUCKET_MINUTES,
+        OUTAGE_FRACTION,
+        Outage,
+        _outage_rows,
+    )
+    from meterwatch.analytics.window import build_window
+    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+
+    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
+    fleet = Fleet(
+        start=t0.to_pydatetime(), residential=8, commercial=3, industrial=2, transformers=2, seed=5
+    )
+    readings = generate(fleet, (t0 + pd.Timedelta(days=3)).to_pydatetime(), interval_s=900)
+    reg = fleet.registry
+    victim = reg.loc[reg["role"] == "customer", "meter_id"].iloc[0]
+    outage = Injection("outage", victim, t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(hours=26))
+    readings, registry, _ = inject(readings, reg, [outage], seed=2)
+    w = build_window(readings, registry)
+
+    def run(cells: int) -> tuple[object, pd.DataFrame]:
+        monkeypatch.setattr(window_mod, "CHUNK_CELLS", cells)
+        w._cache.pop(("outages", OUTAGE_FRACTION, OUTAGE_BUCKET_MINUTES, 2), None)
+        return _outage_rows(w, OUTAGE_FRACTION, OUTAGE_BUCKET_MINUTES, 2), Outage().detect_window(w)
+
+    (one, found) = run(10**9)
+    assert one.out.any() and len(found) == 1
+    for cells in (1, 2 * w.n_cells):
+        got, got_found = run(cells)
+        for f in ("out", "meters", "dead", "supply_dead", "first_ns", "last_ns", "rows"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(one, f), f)
+        pd.testing.assert_frame_equal(got_found, found)
