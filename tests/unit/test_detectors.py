@@ -353,7 +353,10 @@ def test_a_spike_needs_energy_beyond_the_habitual_high_and_two_hours() -> None:
     ("params", "flagged"),
     [
         pytest.param({}, True, id="defaults"),
-        pytest.param({"ratio": 4.0}, False, id="ratio 4: exactly 4x is not above"),
+        pytest.param(
+            {"ratio": 4.0, "high_factor": 4.0}, False, id="ratio 4: exactly 4x is not above"
+        ),
+        pytest.param({"ratio": 4.0}, True, id="ratio 4, but 4x a steady habitual high"),
         pytest.param({"k": 40.0}, False, id="k: 3 kWh excess < 40 x 0.1 kWh spread"),
         pytest.param({"min_excess_kwh": 6.0}, False, id="min_excess: 6 kWh in all is not above"),
     ],
@@ -361,6 +364,16 @@ def test_a_spike_needs_energy_beyond_the_habitual_high_and_two_hours() -> None:
 def test_spike_parameters(params: dict[str, float], flagged: bool) -> None:
     frame = hourly_meter("M1", flat_week_then({18: 4.0, 19: 4.0}))
     assert len(ConsumptionSpike(**params).detect(frame, registry(M1={}))) == int(flagged)
+
+
+def test_a_steady_load_is_judged_against_its_habitual_high() -> None:
+    """A load whose every comparable hour is alike (a shop, a plant): 2.3x for two hours is
+    far beyond its habit (above 1.75x its habitual high), though below 3x its median."""
+    frame = hourly_meter("M1", flat_week_then({18: 2.3, 19: 2.3}))  # 2.6 kWh above habit
+    assert len(ConsumptionSpike().detect(frame, registry(M1={}))) == 1
+    assert ConsumptionSpike(high_factor=3.0).detect(frame, registry(M1={})).empty
+    lower = hourly_meter("M1", flat_week_then({18: 1.7, 19: 1.7, 20: 1.7, 21: 1.7}))
+    assert ConsumptionSpike().detect(lower, registry(M1={})).empty  # 1.7x: within 1.75x
 
 
 def test_spike_without_history_not_flagged() -> None:
