@@ -610,17 +610,13 @@ def build_window(
                 a[fflat] = values[c][multi]
                 first[c] = a.reshape(n_m, n_cells)
     flat = codes * n_cells + col
+    del codes, col  # (their memory is the window's to use: 8 bytes a reading each)
     # A sorted read of a regular grid (every meter read once per cell, e.g. a store query of
     # yesterday) fills every cell in order: the columns are the arrays already.
     dense = perm is None and (
         flat.size == n_m * n_cells
         and bool(flat.size == 0 or (flat[0] == 0 and np.all(np.diff(flat) == 1)))
     )
-    # Cells of the value columns in their input order (one cell each: no collisions here).
-    flat_in = flat
-    if perm is not None:
-        flat_in = np.empty_like(flat)
-        flat_in[perm] = flat
 
     def scatter(v: np.ndarray, fill: Any, dtype: Any, cells: np.ndarray) -> np.ndarray:
         if dense:
@@ -632,6 +628,13 @@ def build_window(
         return a.reshape(n_m, n_cells)
 
     t_arr = scatter(t, NO_TIME, np.int64, flat)
+    del t
+    # Cells of the value columns in their input order (one cell each: no collisions here).
+    flat_in = flat
+    if perm is not None:
+        flat_in = np.empty_like(flat)
+        flat_in[perm] = flat
+        del flat, perm
     arrays = {
         c: scatter(v, np.nan, np.float64 if c in REGISTERS else np.float32, flat_in)
         for c, v in values.items()
