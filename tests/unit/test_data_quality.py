@@ -134,22 +134,18 @@ def test_rules_in_chunks_of_meters_find_what_one_pass_finds(
     """MissingData and OffGridReading work through a large window in chunks of meters (bounded
     memory): their findings are those of one pass, whatever the chunk size."""
     from meterwatch.analytics import window as window_mod
-    from meterwatch.analytics.window import build_window
-    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+    from meterwatch.simulators.fleet import Injection
+    from tests.support.fleets import DAY, T0, faulty_window, small_fleet
 
-    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
-    fleet = Fleet(start=t0.to_pydatetime(), residential=6, commercial=3, industrial=2, seed=5)
-    readings = generate(fleet, (t0 + pd.Timedelta(days=4)).to_pydatetime(), interval_s=900)
-    ids = [m for m in fleet.registry["meter_id"] if m.startswith(("R", "C", "I"))]
-    day = pd.Timedelta(days=1)
+    fleet, readings, ids = small_fleet()
+    t0, day, hour = T0, DAY, pd.Timedelta(hours=1)
     faults = [
-        Injection("missing_data", ids[0], t0 + day, t0 + day + pd.Timedelta(hours=8)),
-        Injection("missing_data", ids[4], t0 + 2 * day, t0 + 2 * day + pd.Timedelta(hours=3)),
+        Injection("missing_data", ids[0], t0 + day, t0 + day + 8 * hour),
+        Injection("missing_data", ids[4], t0 + 2 * day, t0 + 2 * day + 3 * hour),
         Injection("off_grid", ids[2], t0 + day, t0 + 2 * day),
         Injection("off_grid", ids[7], t0 + 2 * day, t0 + 2.5 * day),
     ]
-    readings, registry, _ = inject(readings, fleet.registry, faults, seed=2)
-    w = build_window(readings, registry)
+    w = faulty_window(fleet, readings, faults)
     rules = (MissingData(), OffGridReading())
 
     def run(cells: int) -> list[pd.DataFrame]:

@@ -318,19 +318,12 @@ def test_area_outages_in_chunks_of_meters_equal_one_pass(monkeypatch: pytest.Mon
         Outage,
         _outage_rows,
     )
-    from meterwatch.analytics.window import build_window
-    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+    from meterwatch.simulators.fleet import Injection
+    from tests.support.fleets import DAY, T0, faulty_window, small_fleet
 
-    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
-    fleet = Fleet(
-        start=t0.to_pydatetime(), residential=8, commercial=3, industrial=2, transformers=2, seed=5
-    )
-    readings = generate(fleet, (t0 + pd.Timedelta(days=3)).to_pydatetime(), interval_s=900)
-    reg = fleet.registry
-    victim = reg.loc[reg["role"] == "customer", "meter_id"].iloc[0]
-    outage = Injection("outage", victim, t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(hours=26))
-    readings, registry, _ = inject(readings, reg, [outage], seed=2)
-    w = build_window(readings, registry)
+    fleet, readings, ids = small_fleet(days=3, residential=8, transformers=2)
+    outage = Injection("outage", ids[0], T0 + DAY, T0 + DAY + pd.Timedelta(hours=2))
+    w = faulty_window(fleet, readings, [outage])
 
     def run(cells: int) -> tuple[object, pd.DataFrame]:
         monkeypatch.setattr(window_mod, "CHUNK_CELLS", cells)

@@ -597,14 +597,11 @@ def test_validation_in_chunks_of_meters_equals_one_pass(monkeypatch: pytest.Monk
     events and counts are those of one pass, whatever the chunk size (one meter, a few, all),
     including the clock reference that the latest reads of all meters give."""
     from meterwatch.analytics import vee
-    from meterwatch.analytics.window import build_window
-    from meterwatch.simulators.fleet import Fleet, Injection, generate, inject
+    from meterwatch.simulators.fleet import Injection
+    from tests.support.fleets import DAY, T0, faulty_window, small_fleet
 
-    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
-    fleet = Fleet(start=t0.to_pydatetime(), residential=6, commercial=3, industrial=2, seed=5)
-    readings = generate(fleet, (t0 + pd.Timedelta(days=4)).to_pydatetime(), interval_s=900)
-    ids = [m for m in fleet.registry["meter_id"] if m.startswith(("R", "C", "I"))]
-    day = pd.Timedelta(days=1)
+    fleet, readings, ids = small_fleet()
+    t0, day = T0, DAY
     faults = [
         Injection("meter_stuck", ids[0], t0 + day, t0 + 2 * day),
         Injection("meter_runaway", ids[1], t0 + 1.5 * day, t0 + 1.6 * day),
@@ -614,9 +611,8 @@ def test_validation_in_chunks_of_meters_equals_one_pass(monkeypatch: pytest.Monk
         Injection("duplicate_conflict", ids[5], t0 + 3 * day, t0 + 3.1 * day),
         Injection("off_grid", ids[6], t0 + 1 * day, t0 + 1.2 * day),
     ]
-    readings, registry, _ = inject(readings, fleet.registry, faults, seed=2)
-    readings = readings.drop(columns=["collected_at"], errors="ignore")  # the clock reference
-    w = build_window(readings, registry)
+    # Without receipt times: the clock reference is the latest reads of all meters.
+    w = faulty_window(fleet, readings, faults, drop=["collected_at"])
 
     def run(cells: int) -> vee.ValidatedReadings:
         monkeypatch.setattr(vee, "VEE_CHUNK_CELLS", cells)
