@@ -169,10 +169,16 @@ def _hourly_energy(w: Window, max_gap_minutes: float) -> tuple[np.ndarray, pd.Da
     return kwh, hours
 
 
+#: Comparable days a habitual high needs before ``high_factor`` judges against it: the highest
+#: hour of a day or two is no habit (a demo judging against one day took a plant's ordinary
+#: shift change for a spike).
+HABIT_DAYS = 7
+
 _SPIKE_RULE = (
-    "consecutive hours (>= min_hours) with kWh > min(ratio*median, high_factor*habitual high) "
-    "and kWh > habitual high + k*spread, whose energy above the habitual high sums to > max(min_excess_fraction x the "
-    "usual day, min_excess_kwh); median of the "
+    "consecutive hours (>= min_hours) with kWh > min(ratio*median, high_factor*habitual high; "
+    "the latter from >= 7 comparable days) and kWh > habitual high + k*spread, whose energy "
+    "above the habitual high sums to > max(min_excess_fraction x the usual day, "
+    "min_excess_kwh); median of the "
     "hour and habitual high (highest of the hour +-1 h) over the comparable days (same day "
     "type) of history_days, >= min_history_days of them; spread = max(1.4826*MAD, "
     "min_spread_fraction*median)"
@@ -268,7 +274,8 @@ class ConsumptionSpike(_ProfileRule):
         Spike hours above this multiple of the median [-]. Default 3 (project choice,
         docs/evaluation.md "Real data").
     high_factor : float
-        ... or above this multiple of the habitual high, whichever is lower [-]. Default 1.75
+        ... or above this multiple of the habitual high, whichever is lower, where the high
+        comes from at least :data:`HABIT_DAYS` (7) comparable days [-]. Default 1.75
         (project choice: simulated commercial and industrial meters, whose habitual high is
         about 1.15 x their median, take a surge to 5 x their daily mean rate at midday as only
         2.2-3 x that hour's median; households' habitual highs are several times their
@@ -347,6 +354,16 @@ class ConsumptionSpike(_ProfileRule):
         self.min_spread_fraction = min_spread_fraction
         self.max_gap_minutes = max_gap_minutes
 
+    def _bar(self, b: HourlyBaseline) -> np.ndarray:
+        """``ratio x median``, or ``high_factor x habitual high`` where lower and the high is a
+        habit (drawn from at least :data:`HABIT_DAYS` comparable days)."""
+        by_ratio = float(self.ratio) * b.median
+        habit = b.days >= max(int(self.min_history_days), HABIT_DAYS)
+        out: np.ndarray = np.where(
+            habit, np.fmin(by_ratio, float(self.high_factor) * b.q_hi), by_ratio
+        )
+        return out
+
     def spikes(self, w: Window) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex, HourlyBaseline]:
         """``(kwh, spike mask, hours, baseline)`` over the window's hours."""
         kwh, hours = hourly_energy(w, float(self.max_gap_minutes))
@@ -354,9 +371,7 @@ class ConsumptionSpike(_ProfileRule):
         spread = np.fmax(b.spread, float(self.min_spread_fraction) * b.median)
         spike = (
             (b.days >= int(self.min_history_days))
-            & strictly_greater(
-                kwh, np.fmin(float(self.ratio) * b.median, float(self.high_factor) * b.q_hi)
-            )
+            & strictly_greater(kwh, self._bar(b))
             & strictly_greater(kwh, b.q_hi + float(self.k) * spread)
         )
         return kwh, spike, hours, b

@@ -100,6 +100,7 @@ def test_influx_backup_holds_what_the_spools_hold_and_restores_into_an_empty_dat
     influx: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MW_AUDIT_KEY", KEY)
+    monkeypatch.chdir(tmp_path)  # settings left at their relative defaults (var/...) land here
     db_a, db_b = database(influx), database(influx)
     cfg_a, cfg_b = config(tmp_path / "a", influx, db_a), config(tmp_path / "b", influx, db_b)
     a = store(influx, db_a)

@@ -162,7 +162,9 @@ def test_alert_files_copy_whole_lines_without_key_or_locks(tmp_path: Path) -> No
     assert restore_alert_state(tmp_path / "bk", dst, force=True)
 
 
-def test_cli_backup_and_restore(tmp_path: Path) -> None:
+def test_cli_backup_and_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # settings left at their relative defaults (var/...) land here
+
     def config(name: str) -> Path:
         path = tmp_path / f"{name}.yaml"
         path.write_text(
