@@ -121,15 +121,23 @@ def test_fit_keep_and_analyze_one_day_through_the_cli(scenario, tmp_path: Path) 
     from meterwatch.cli import main
 
     history, days = split(scenario)
-    history.to_csv(tmp_path / "history.csv", index=False)
+    def parquet(frame: pd.DataFrame, name: str) -> None:
+        """As Parquet (several times faster than CSV here); cells with text (the scenario's
+        non-numeric injections) as text, as a CSV would hold them."""
+        text = {c: "string" for c in frame.columns if frame[c].dtype == object}
+        frame.astype(text).to_parquet(tmp_path / name, index=False)
+
+    parquet(history, "history.parquet")
     days.to_csv(tmp_path / "days.csv", index=False)
-    scenario.readings.to_csv(tmp_path / "all.csv", index=False)
+    parquet(scenario.readings, "all.parquet")
     scenario.registry.to_csv(tmp_path / "meters.csv", index=False)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"analytics": {"baselines_dir": str(tmp_path / "kept")}}))
     run = CliRunner()
     args = ["--registry", str(tmp_path / "meters.csv"), "--config", str(cfg)]
-    res = run.invoke(main, ["baselines", "fit", "--readings", str(tmp_path / "history.csv"), *args])
+    res = run.invoke(
+        main, ["baselines", "fit", "--readings", str(tmp_path / "history.parquet"), *args]
+    )
     assert res.exit_code == 0, res.output
     assert "baselines v1 fitted" in res.output and (tmp_path / "kept" / "v000001.npz").is_file()
     res = run.invoke(main, ["baselines", "list", "--config", str(cfg)])
@@ -156,7 +164,7 @@ def test_fit_keep_and_analyze_one_day_through_the_cli(scenario, tmp_path: Path) 
         alerts = [json.loads(line) for line in out.read_text().splitlines()]
         return {a["meter_id"] for a in alerts if a["type"] == "theft_suspected"}
 
-    whole = suspects("all.csv")
+    whole = suspects("all.parquet")
     assert whole and suspects("days.csv", "--baselines", "latest") == whole
     assert suspects("days.csv") == set()  # three days alone judge nobody
     res = run.invoke(
