@@ -79,6 +79,7 @@ from meterwatch.analytics.window import (
     build_window,
     prev_present,
     register_reads,
+    row_chunks,
     take_prev,
 )
 from meterwatch.core.schema import CURRENT_COLUMNS, TS_DTYPE, VOLTAGE_COLUMNS
@@ -332,18 +333,17 @@ def validate_window(
         return _result(
             empty_validated(), _empty_events(), interval_s, rule_set_version, data_version, counts
         )
+    # Clock reference of meters without receipt times when ``now`` is not given: the two
+    # latest reads of the fleet (the window is one partition of it) or of all judged meters.
     latest = None
-    if now_ns is None and w.fleet is None:  # clock reference: the latest reads of all meters
-        latest = _latest_two(w, reads, rows)
+    if now_ns is None:
+        latest = w.fleet.latest if w.fleet is not None else _latest_two(w, reads, rows)
     # Meters in chunks: the checks' intermediates (a few dozen arrays of the chunk's size) stay
     # bounded whatever the window's size; every check is per meter, so chunks are independent.
-    per = max(1, VEE_CHUNK_CELLS // n_int)
     events: list[dict[str, Any]] = []
     parts = [
-        _validate_rows(
-            w, reads, rows[a : a + per], i0, i1, now_ns, p, interval_s, timezone, latest, events
-        )
-        for a in range(0, n_m, per)
+        _validate_rows(w, reads, rows[rs], i0, i1, now_ns, p, interval_s, timezone, latest, events)
+        for rs in row_chunks(n_m, n_int)
     ]
     dense = parts[0] if len(parts) == 1 else DenseValidated.concat(parts)
     quality, bits = dense.quality, dense.bits
@@ -362,18 +362,13 @@ def validate_window(
     )
 
 
-#: Meter x interval cells VEE judges at once (validate_window's chunks of meters).
-VEE_CHUNK_CELLS = 1_000_000
-
-
 def _latest_two(w: Window, reads: _Reads, rows: np.ndarray) -> tuple[int, int]:
     """The latest and second-latest usable read times of the meters ``rows`` (clock_check's
     reference for meters without receipt times), found chunk by chunk."""
-    per = max(1, VEE_CHUNK_CELLS // max(w.n_cells, 1))
     last = np.concatenate(
         [
             np.where(reads.present[r], w.t[r], NO_TIME).max(axis=1)
-            for r in (rows[a : a + per] for a in range(0, rows.size, per))
+            for r in (rows[rs] for rs in row_chunks(rows.size, w.n_cells))
         ]
     )
     order = np.sort(last[last != NO_TIME])
@@ -1199,7 +1194,8 @@ def clock_check(
     Where the collector's receipt time is known (``collected_at``), every read is judged on
     its own: the meter's time (``device_ts`` where it reported its clock, else ``ts``) ahead of
     ``collected_at``. Meters without receipt times: their latest read vs the reference (now,
-    or the latest read of the other meters).
+    or else the latest read of the other meters, from ``latest``: the two latest per-meter
+    last reads of all meters, :func:`_latest_two` or the fleet's).
     """
     n_m = sub.rows.size
     t_all = sub.t_all
@@ -1253,14 +1249,9 @@ def clock_check(
     if now_ns is not None:
         ref = np.full(n_m, float(now_ns))
     else:
-        if w.fleet is not None:  # one partition of a fleet: the other meters are the fleet's
-            top1, top2 = w.fleet.latest
-        elif latest is not None:  # one chunk of the window's meters: all of them count
-            top1, top2 = latest
-        else:
-            order = np.sort(last[has]) if has.any() else np.zeros(0, np.int64)
-            top1 = order[-1] if order.size else 0
-            top2 = order[-2] if order.size >= 2 else NO_TIME
+        if latest is None:
+            raise ValueError("clock_check needs now_ns or the latest reads of the other meters")
+        top1, top2 = latest
         ref = np.where(last == top1, top2, top1).astype(float)
         ref[ref <= NO_TIME + 1] = np.nan
     lead = last - ref

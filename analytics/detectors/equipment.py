@@ -182,6 +182,8 @@ def _outage_rows(
         np.maximum.at(last, key, t_rc)
     out = np.where(sup, sup_dead, (cust >= min_meters) & (cust_dead == cust)).reshape(n_a, n_b)
     rows = np.zeros(w.t.shape, dtype=bool)
+    # A second pass marks the readings (keeping each chunk's keys instead would hold 8 bytes a
+    # reading for the whole window, what the chunks are there to avoid).
     for rs in chunks:
         r, c, key, _ = cells(rs)
         rows[rs][r, c] = out.reshape(-1)[key]

@@ -121,6 +121,7 @@ def test_fit_keep_and_analyze_one_day_through_the_cli(scenario, tmp_path: Path) 
     from meterwatch.cli import main
 
     history, days = split(scenario)
+
     def parquet(frame: pd.DataFrame, name: str) -> None:
         """As Parquet (several times faster than CSV here); cells with text (the scenario's
         non-numeric injections) as text, as a CSV would hold them."""

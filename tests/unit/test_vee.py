@@ -597,6 +597,7 @@ def test_validation_in_chunks_of_meters_equals_one_pass(monkeypatch: pytest.Monk
     events and counts are those of one pass, whatever the chunk size (one meter, a few, all),
     including the clock reference that the latest reads of all meters give."""
     from meterwatch.analytics import vee
+    from meterwatch.analytics import window as window_mod
     from meterwatch.simulators.fleet import Injection
     from tests.support.fleets import DAY, T0, faulty_window, small_fleet
 
@@ -615,7 +616,7 @@ def test_validation_in_chunks_of_meters_equals_one_pass(monkeypatch: pytest.Monk
     w = faulty_window(fleet, readings, faults, drop=["collected_at"])
 
     def run(cells: int) -> vee.ValidatedReadings:
-        monkeypatch.setattr(vee, "VEE_CHUNK_CELLS", cells)
+        monkeypatch.setattr(window_mod, "CHUNK_CELLS", cells)
         return vee.validate_window(w)
 
     one = run(10**9)
