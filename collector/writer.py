@@ -198,6 +198,8 @@ class ReadingWriter:
         self._conflicts_logged_at = -1e9
         self._pending: list[_Item] = []
         self._pending_rows = 0
+        #: Readings a flush has taken out of ``_pending`` and not yet made durable.
+        self._flushing_rows = 0
         self._wake = asyncio.Event()
         self._drain_wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -218,8 +220,8 @@ class ReadingWriter:
 
     @property
     def pending_rows(self) -> int:
-        """Readings submitted but not yet durable (in memory)."""
-        return self._pending_rows
+        """Readings submitted but not yet durable (in memory), a flush's in progress included."""
+        return self._pending_rows + self._flushing_rows
 
     @property
     def spool_rows(self) -> int:
@@ -255,6 +257,9 @@ class ReadingWriter:
             return False
         self._pending.append(_Item(readings, on_stored, on_failed))
         self._pending_rows += rows
+        # At once, not at the next flush: a reader of the gauge must never see 0 while
+        # readings wait in memory.
+        self.stats.set_gauge("writer_pending_rows", self.pending_rows)
         if self._pending_rows >= self.drain_batch_rows:
             self._wake.set()
         return True
@@ -330,30 +335,41 @@ class ReadingWriter:
 
     # ------------------------------------------------------------------ flush
 
+    def _keep(self, items: list[_Item], rows: int) -> None:
+        """A flush's items back in front of the pending ones (not durable, not acknowledged)."""
+        self._pending = items + self._pending
+        self._pending_rows += rows
+        self._flushing_rows = 0
+
     async def flush(self) -> None:
         """Make every pending item durable (spool or store), then acknowledge it."""
         if not self._pending:
             return
         items, self._pending, rows = self._pending, [], self._pending_rows
         self._pending_rows = 0
-        try:  # off the event loop (polls and acknowledgements go on meanwhile)
-            try:
-                frame = await asyncio.to_thread(_frame_of, items)
-            except Exception:
-                items = self._without_unbuildable(items)
-                rows = sum(len(i.readings) for i in items)
-                if not items:
-                    return
-                frame = await asyncio.to_thread(_frame_of, items)
-        except BaseException:
-            self._pending = items + self._pending  # kept, not acknowledged
-            self._pending_rows += rows
-            raise
-        if self.spool is not None:
-            await self._flush_to_spool(items, frame, rows)
-        else:
-            assert not isinstance(frame, ColumnBatch), "column batches go through the spool"
-            await self._flush_to_store(items, frame, rows)
+        # Still in memory until durable: counted as pending meanwhile (gauge, summary).
+        self._flushing_rows = rows
+        try:
+            try:  # off the event loop (polls and acknowledgements go on meanwhile)
+                try:
+                    frame = await asyncio.to_thread(_frame_of, items)
+                except Exception:
+                    items = self._without_unbuildable(items)
+                    rows = sum(len(i.readings) for i in items)
+                    if not items:
+                        return
+                    frame = await asyncio.to_thread(_frame_of, items)
+            except BaseException:
+                self._keep(items, rows)  # kept, not acknowledged
+                raise
+            if self.spool is not None:
+                await self._flush_to_spool(items, frame, rows)
+            else:
+                assert not isinstance(frame, ColumnBatch), "column batches go through the spool"
+                await self._flush_to_store(items, frame, rows)
+        finally:
+            self._flushing_rows = 0
+            self._update_gauges()
 
     async def _flush_to_spool(
         self, items: list[_Item], frame: pd.DataFrame | ColumnBatch, rows: int
@@ -366,14 +382,12 @@ class ReadingWriter:
                 # Accepted while there was room, but an earlier flush filled the spool: keep
                 # them in memory (not acknowledged) and retry with backoff while the spool
                 # drains. New submissions are refused meanwhile (submit checks is_full).
-                self._pending = items + self._pending
-                self._pending_rows += rows
+                self._keep(items, rows)
                 self.stats.count("spool_full_retries")
                 self._refuse(0, spool_full=True)
                 raise
             except StorageError as exc:
-                self._pending = items + self._pending
-                self._pending_rows += rows
+                self._keep(items, rows)
                 self.stats.count("spool_errors")
                 log.error("spool append failed, keeping %d readings in memory: %s", rows, exc)
                 raise
@@ -494,8 +508,7 @@ class ReadingWriter:
         try:
             written = await asyncio.to_thread(self.store.write_readings, frame)
         except StorageError as exc:
-            self._pending = items + self._pending
-            self._pending_rows += rows
+            self._keep(items, rows)
             self._store_failed(exc, rows)
             raise
         self._store_ok(written)
@@ -682,7 +695,7 @@ class ReadingWriter:
         self.stats.set_gauge(
             "store_write_rows_per_second", sum(n for _, n in self._rate) / RATE_WINDOW_S
         )
-        self.stats.set_gauge("writer_pending_rows", self._pending_rows)
+        self.stats.set_gauge("writer_pending_rows", self.pending_rows)
         if self.spool is not None:
             if not self.spool.is_full:
                 self._spool_full_logged = False

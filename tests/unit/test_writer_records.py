@@ -85,6 +85,36 @@ def test_direct_mix_of_records_and_frames_is_one_write_acked_after_it() -> None:
     assert got["collected_at"].isna().tolist() == [False] * 3 + [True] * 2 + [False] * 3
 
 
+def test_readings_being_flushed_count_as_pending_until_durable() -> None:
+    """A flush takes the pending readings out before writing them: until the write is done they
+    are still only in memory, so ``pending_rows`` and the ``writer_pending_rows`` gauge count
+    them (a SIGKILL then would lose them); a failed write keeps them pending, counted once."""
+    stats = Stats()
+    seen: list[tuple[int, float]] = []
+
+    class Watcher(ListStore):
+        def write_readings(self, df: pd.DataFrame) -> int:
+            seen.append((writer.pending_rows, stats.gauge_snapshot()["writer_pending_rows"]))
+            return super().write_readings(df)
+
+    store = Watcher()
+    writer = ReadingWriter(store, stats, flush_interval_s=60)
+
+    async def scenario() -> None:
+        _submit_mix(writer, [])
+        store.failing = True
+        with pytest.raises(StorageError):
+            await writer.flush()
+        assert writer.pending_rows == 8
+        assert stats.gauge_snapshot()["writer_pending_rows"] == 8
+        store.failing = False
+        await writer.flush()
+
+    asyncio.run(scenario())
+    assert seen == [(8, 8.0), (8, 8.0)]  # during the failed write and the one that succeeded
+    assert writer.pending_rows == 0 and stats.gauge_snapshot()["writer_pending_rows"] == 0
+
+
 def test_spooled_mix_acked_only_after_the_spool_append(tmp_path: Path) -> None:
     async def scenario() -> tuple[Spool, list[str], list[list[str]]]:
         acked: list[str] = []
