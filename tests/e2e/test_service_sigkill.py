@@ -42,6 +42,7 @@ from meterwatch.simulators.fleet import Fleet
 from meterwatch.simulators.runner import SimulatorRunner
 from meterwatch.storage.embedded import EmbeddedStore
 from meterwatch.storage.influx import InfluxStore
+from meterwatch.storage.lp_encode import CONFLICTS_MEASUREMENT
 from meterwatch.storage.spool import Spool
 from tests.support.servers import (
     Mosquitto,
@@ -286,20 +287,31 @@ def simulators(mqtt_port: int) -> Iterator[Simulators]:
             sims.stop()
 
 
-def check_exactly_served(stored: pd.DataFrame, sims: Simulators) -> None:
-    """Stored = served: per Modbus meter as many readings as reads answered; MQTT keys = acked."""
+def check_exactly_served(stored: pd.DataFrame, conflicts: pd.DataFrame, sims: Simulators) -> None:
+    """Stored = served: per Modbus meter as many readings as reads answered; MQTT keys = acked.
+
+    A Modbus reading is stamped to the second: a meter read twice within one second (a poll
+    cycle run right after another) gives a second reading with the same meter and time and
+    other values, which both stores keep apart in ``reading_conflicts`` (issue #13: kept and
+    reported, never overwritten). It counts as stored there, and only there: its meter and
+    time must be a stored reading's."""
     assert not stored.duplicated(["meter_id", "ts"]).any()
     served, acked = sims.served(), sims.acked()
     modbus_ids, mqtt_ids = sims.ids("modbus"), sims.ids("mqtt")
     assert set(served) == modbus_ids and {m for m, _ in acked} == mqtt_ids
+    stored_keys = set(zip(stored["meter_id"], stored["ts"], strict=True))
+    conflict_keys = list(zip(conflicts["meter_id"], conflicts["ts"], strict=True))
+    assert set(conflict_keys) <= stored_keys, "a reading kept apart with no stored one"
+    assert {m for m, _ in conflict_keys} <= modbus_ids, "MQTT redeliveries are exact repeats"
     on_modbus = Counter(stored.loc[stored["meter_id"].isin(modbus_ids), "meter_id"])
+    on_modbus.update(m for m, _ in conflict_keys)
     assert on_modbus == served, (
         f"Modbus stored vs served: {on_modbus - served} / {served - on_modbus}"
     )
     on_mqtt = stored[stored["meter_id"].isin(mqtt_ids)]
     keys = set(zip(on_mqtt["meter_id"], on_mqtt["ts"], strict=True))
     assert keys == acked, f"MQTT: {len(acked - keys)} lost, {len(keys - acked)} unexpected"
-    assert len(stored) == sum(served.values()) + len(acked)
+    assert len(stored) + len(conflict_keys) == sum(served.values()) + len(acked)
 
 
 def mqtt_keys_done(stored: pd.DataFrame, sims: Simulators) -> bool:
@@ -376,11 +388,12 @@ def test_sigkill_with_influxdb_and_a_full_spool_then_restart_loses_nothing(
                 finally:
                     second.close()
                 stored = read_influx(servers[0], db)
+                conflicts = read_influx(servers[0], db, CONFLICTS_MEASUREMENT)
             finally:
                 for s in servers:
                     stop_process(s.process)
 
-    check_exactly_served(stored, sims)
+    check_exactly_served(stored, conflicts, sims)
 
 
 @pytest.mark.slow  # two service starts, ~20 s
@@ -427,9 +440,10 @@ def test_sigkill_with_embedded_store_then_restart_loses_nothing(
     store = EmbeddedStore(tmp_path / "store.duckdb")
     try:
         stored = store.read_readings()
+        conflicts = store.read_conflicts()
     finally:
         store.close()
-    check_exactly_served(stored, sims)
+    check_exactly_served(stored, conflicts, sims)
 
 
 def _create_database(server: RunningServer, db: str) -> None:
@@ -438,8 +452,10 @@ def _create_database(server: RunningServer, db: str) -> None:
         assert resp.status == 200
 
 
-def read_influx(server: RunningServer, db: str) -> pd.DataFrame:
-    store = InfluxStore(flavor="v1", url=server.url, database=db, timeout_s=10.0)
+def read_influx(server: RunningServer, db: str, measurement: str = "readings") -> pd.DataFrame:
+    store = InfluxStore(
+        flavor="v1", url=server.url, database=db, timeout_s=10.0, measurement=measurement
+    )
     try:
         return store.read_readings()
     finally:
