@@ -141,12 +141,12 @@ class Service:
     ) -> RunSummary:
         stop = stop or asyncio.Event()
         wall0 = time.monotonic()
-        start = self.c.clock.now()
         try:
             await self._start()
         except BaseException:
             await self._stop_after_failed_start()
             raise
+        start = self.c.clock.now()
         try:
             deadline = None if duration_s is None else wall0 + duration_s
             last_clock = -CLOCK_HEARTBEAT_S
@@ -233,6 +233,12 @@ class Service:
         c.sources = build_all_sources(c, self._report_findings)
         for source in c.service_sources:
             await source.start()  # subscribe before simulated meters publish: nothing lost
+        if self._analytics_ready is not None:
+            await self._analytics_ready
+        # Collection begins: a simulated clock starts at its configured start here, so that
+        # the start-up above (worker imports: a second or two, hours at a demo's speed) leaves
+        # no hole at the start of the history, whatever the machine's load.
+        c.clock.restart()
         if c.simulator is not None:
             await c.simulator.start()
         self.jobs.schedule(self.scheduler)
@@ -254,8 +260,6 @@ class Service:
         if c.http is not None:
             c.alerts.listeners.append(c.http)
             c.http.start()
-        if self._analytics_ready is not None:
-            await self._analytics_ready
         self.scheduler.start()
         self._started = True
         log.info(

@@ -12,8 +12,8 @@ class Clock:
     """Maps wall time to service time.
 
     ``speed`` = 1 with no ``start`` is the real UTC clock. With ``start`` set, service time
-    begins at ``start`` when the clock is created and runs ``speed`` times faster than the wall
-    clock, so that a simulated day can pass in well under a minute.
+    begins at ``start`` when the clock is created (or restarted, :meth:`restart`) and runs ``speed``
+    times faster than the wall clock, so that a simulated day can pass in well under a minute.
     """
 
     start: datetime | None = None
@@ -30,6 +30,13 @@ class Clock:
             self._real = True
         else:
             self._real = False
+
+    def restart(self) -> None:
+        """Service time begins at its origin again, now: the service calls it when collection
+        begins, so that its own start-up (seconds of wall time, hours at a demo's speed) takes
+        no simulated time. No effect on the real clock."""
+        if not self._real:
+            self._wall0 = time.monotonic()
 
     def now(self) -> datetime:
         """Current service time (UTC, aware)."""

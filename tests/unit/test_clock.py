@@ -25,3 +25,17 @@ def test_real_clock_and_bad_speed() -> None:
     assert Clock().now() >= before
     with pytest.raises(ValueError, match="speed"):
         Clock(speed=0)
+
+
+def test_restart_begins_service_time_at_start_again() -> None:
+    """The service restarts a simulated clock when collection begins: its start-up takes no
+    simulated time (an hour of a day's history at 3600x was lost to a slow worker start)."""
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = Clock(start=start, speed=3600)
+    time.sleep(0.2)
+    assert (clock.now() - start).total_seconds() >= 600
+    clock.restart()
+    assert 0 <= (clock.now() - start).total_seconds() < 600
+    real = Clock()
+    real.restart()  # no effect on the real clock
+    assert abs((real.now() - datetime.now(UTC)).total_seconds()) < 5
