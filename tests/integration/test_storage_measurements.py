@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -461,7 +462,9 @@ def export(server: RunningServer, match: str) -> pd.DataFrame:
         lines = resp.read().decode().splitlines()
     rows = []
     for line in lines:
-        doc = json.loads(line)
+        # Infinite values come unquoted (``[+Inf]``, not JSON): a string field that reads as a
+        # number, such as an alert id like "4e91...", is kept by VictoriaMetrics as a float.
+        doc = json.loads(re.sub(r"(?<=[\[,])([+-]?Inf|NaN)(?=[,\]])", r'"\1"', line))
         for value, ms in zip(doc["values"], doc["timestamps"], strict=True):
             rows.append({**doc["metric"], "ts_s": ms // 1000, "value": float(value)})
     return pd.DataFrame(rows)
