@@ -43,3 +43,43 @@ def test_naive_and_offset_times_are_utc(tmp_path: Path) -> None:
     ]
     path.write_text("meter_id,ts,power_kw\nA,2026-01-01T01:15:00+01:00,1\n")
     assert io.read_readings_file(path)["ts"].iat[0] == pd.Timestamp("2026-01-01T00:15Z")
+
+
+@pytest.mark.parametrize("block", [64, 97, 4096, 1 << 20])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_blocks_cut_anywhere_read_every_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, final_newline: bool
+) -> None:
+    """Blocks are cut at line ends whatever their size (lines longer than a block, a last
+    line without its break, a byte-order mark) and parsed in parallel: the frame is the file,
+    in its order, as pandas reads it."""
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", block)
+    rows = ["meter_id,ts,energy_import_kwh,power_kw"]
+    rows += [
+        f"{'LONG-' * (20 if i == 500 else 0)}M{i % 13},"
+        f"2026-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z,{1000 + i / 7:.4f},"
+        + ("" if i % 11 == 0 else f"{i % 5}.25")
+        for i in range(2000)
+    ]
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + ("\n" if final_newline else "")).encode())
+    got = io.read_readings_file(path)
+    want = pd.read_csv(path, encoding="utf-8-sig")
+    assert len(got) == 2000
+    assert list(got["meter_id"].astype(str)) == list(want["meter_id"])
+    assert list(got["ts"]) == list(pd.to_datetime(want["ts"], utc=True))
+    pd.testing.assert_series_equal(
+        got["energy_import_kwh"].astype(float), want["energy_import_kwh"], check_names=False
+    )
+    pd.testing.assert_series_equal(
+        got["power_kw"].astype(float), want["power_kw"], check_names=False
+    )
+
+
+def test_header_only_and_empty_files(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("meter_id,ts,power_kw\n")
+    assert len(io.read_readings_file(path)) == 0
+    path.write_text("")
+    with pytest.raises(io.MeterWatchError, match="r.csv: cannot read"):
+        io.read_readings_file(path)
