@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,64 +74,66 @@ def _read_csv(p: Path) -> pd.DataFrame:
 
 
 def _read_csv_blocks(p: Path, text: set[str]) -> Any:
-    """The file as one Arrow table, read in :data:`CSV_BLOCK_BYTES` blocks cut at line ends
-    and parsed on a thread per core (Arrow releases the GIL), at most two blocks per thread in
-    flight: the one-shot multithreaded reader's speed at the streaming reader's memory (the
-    one-shot reader holds the whole file and its parsed columns at once). The header and the
-    column types come from the first block; each block's meter ids become a dictionary and
-    its times nanoseconds as soon as it is parsed, so the file's text never is all in memory.
-    A CSV value with a line break inside quotes is not supported (nor by Arrow's own parallel
-    reader)."""
+    """The file as one Arrow table, read in blocks of about :data:`CSV_BLOCK_BYTES` cut at
+    line ends, each read and parsed by a thread of its own (one per core; ``os.pread`` and
+    Arrow release the GIL), at most two blocks per thread in flight: the one-shot
+    multithreaded reader's speed at the streaming reader's memory (the one-shot reader holds
+    the whole file and its parsed columns at once). The header and the column types come from
+    the first block; each block's meter ids become a dictionary and its times nanoseconds as
+    soon as it is parsed, so the file's text never is all in memory. A CSV value with a line
+    break inside quotes is not supported (nor by Arrow's own parallel reader)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     workers = max(1, os.cpu_count() or 1)
-    with p.open("rb") as fh, ThreadPoolExecutor(workers) as pool:
-        head, carry = _next_block(fh, b"")
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        # Block k holds the lines that start in [k x B, (k + 1) x B).
+        step = CSV_BLOCK_BYTES
+        cuts = [0, *(_line_start(fd, k, size) for k in range(step, size, step)), size]
+        spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a] or [(0, 0)]
+        a0, b0 = spans[0]
         raw = pacsv.read_csv(
-            pa.py_buffer(head),
+            pa.py_buffer(os.pread(fd, b0 - a0, a0)),
             read_options=pacsv.ReadOptions(use_threads=False),
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(text, pa.string())),
         )
         # Later blocks: the first one's column names and the types Arrow parsed it as.
         read_options = pacsv.ReadOptions(column_names=raw.column_names, use_threads=False)
-        convert_options = pacsv.ConvertOptions(
-            column_types=dict(zip(raw.schema.names, raw.schema.types, strict=True))
-        )
+        types = dict(zip(raw.schema.names, raw.schema.types, strict=True))
+        convert_options = pacsv.ConvertOptions(column_types=types)
         tables = [_block_table(raw)]
         del raw
 
-        def parse(block: bytes) -> Any:
+        def parse(span: tuple[int, int]) -> Any:
+            block = pa.py_buffer(os.pread(fd, span[1] - span[0], span[0]))
             return _block_table(
-                pacsv.read_csv(
-                    pa.py_buffer(block), read_options=read_options, convert_options=convert_options
-                )
+                pacsv.read_csv(block, read_options=read_options, convert_options=convert_options)
             )
 
-        pending: deque[Future[Any]] = deque()
-        while True:
-            block, carry = _next_block(fh, carry)
-            if not block:
-                break
-            pending.append(pool.submit(parse, block))
-            del block
-            if len(pending) >= 2 * workers:
-                tables.append(pending.popleft().result())
-        tables.extend(f.result() for f in pending)
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque[Future[Any]] = deque()
+            for span in spans[1:]:
+                pending.append(pool.submit(parse, span))
+                if len(pending) >= 2 * workers:
+                    tables.append(pending.popleft().result())
+            tables.extend(f.result() for f in pending)
+    finally:
+        os.close(fd)
     return pa.concat_tables(tables)
 
 
-def _next_block(fh: Any, carry: bytes) -> tuple[bytes, bytes]:
-    """``(block, carry)``: about :data:`CSV_BLOCK_BYTES` of the file ending at a line end,
-    with the previous block's unfinished line (``carry``) ahead of it, and the unfinished line
-    after it. ``(b"", b"")`` at the end of the file."""
-    data = carry + fh.read(CSV_BLOCK_BYTES)
-    if len(data) == len(carry):
-        return data, b""  # the end of the file: the last line, without its line break
-    cut = data.rfind(b"\n") + 1
-    if cut == 0:
-        return data + fh.readline(), b""  # no line end in a whole block: up to the next one
-    return data[:cut], data[cut:]
+def _line_start(fd: int, pos: int, size: int) -> int:
+    """Where the first line starting at or after ``pos`` starts (``size`` if none does)."""
+    at = pos - 1  # a line starts at pos when the byte before it ends one
+    while at < size:
+        chunk = os.pread(fd, 1 << 16, at)
+        k = chunk.find(b"\n")
+        if k >= 0:
+            return at + k + 1
+        at += len(chunk)
+    return size
 
 
 def _block_table(table: Any) -> Any:

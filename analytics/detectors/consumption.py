@@ -232,7 +232,18 @@ class _ProfileRule(Detector):
         if profile is not None:
             rows = pd.Index(self.profile_ids_).get_indexer(w.ids)
             return over_hours(profile.take(rows), hours)
-        return rolling_profile(kwh, hours, int(self.history_days), q_lo=self._q_lo, q_hi=self._q_hi)
+        days, q_lo, q_hi = int(self.history_days), self._q_lo, self._q_hi
+        # Spike and drop rules with the same settings share one rolling profile of the window.
+        key = ("rolling_profile", float(self.max_gap_minutes), days, q_lo, q_hi)
+
+        def compute() -> HourlyBaseline:
+            b = rolling_profile(kwh, hours, days, q_lo=q_lo, q_hi=q_hi)
+            for a in vars(b).values():
+                a.setflags(write=False)  # shared: read-only
+            return b
+
+        out: HourlyBaseline = w.memo(key, compute)
+        return out
 
 
 @register(cadence="interval", history_days=28, order=210)
