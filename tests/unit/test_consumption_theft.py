@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -317,3 +318,30 @@ def test_analyze_in_partitions_gives_the_same_alerts(theft_fleet, tmp_path) -> N
         )
     assert feeds["one"] and feeds["one"] == feeds["two"]
     assert {m for t, m, _ in feeds["two"] if t == "theft_suspected"} == set(victims)
+
+
+def test_fleet_score_in_threads_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Isolation Forest scores a large fleet in row chunks on several threads; every row
+    gets exactly the score one call gives (same trees, same order), and the ranking of rows
+    in meter-id order equals the ranking by (score, meter id)."""
+    from sklearn.ensemble import IsolationForest
+
+    from meterwatch.analytics.detectors import theft
+
+    x = np.random.default_rng(1).normal(size=(4000, 6))
+    model = IsolationForest(n_estimators=20, random_state=0).fit(x)
+    monkeypatch.setattr(theft, "_SCORE_ROWS_PER_THREAD", 500)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert np.array_equal(theft._score_samples(model, x), model.score_samples(x))
+
+    scored = pd.DataFrame(
+        {
+            "score": np.round(np.random.default_rng(2).random(3000), 2),  # many ties
+            "reasons": "r",
+        },
+        index=pd.Index([f"M{i:05d}" for i in range(3000)], name="meter_id"),
+    )
+    fast = theft._ranked(scored)
+    slow = theft._ranked(scored.iloc[::-1])  # not in id order: sorted by (score, id)
+    pd.testing.assert_frame_equal(fast, slow)
+    assert fast["rank"].tolist() == list(range(1, 3001))
