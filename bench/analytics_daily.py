@@ -104,12 +104,13 @@ def _suite(args: tuple[str, int]) -> tuple[dict, object]:
     from meterwatch.analytics.baselines import Baselines
     from meterwatch.analytics.partition import Partition, run_partition
     from meterwatch.analytics.suite import default_detectors
+    from meterwatch.io import read_readings_file
 
     d = Path(out)
     registry = pd.read_parquet(d / f"reg{k}.parquet")
     rss0 = peak_rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
-    day = pd.read_parquet(d / f"day{k}.parquet")
+    day = read_readings_file(d / f"day{k}.parquet")  # as `analyze --readings day.parquet`
     t_read = time.perf_counter() - t0
     input_mib = day.memory_usage(deep=True).sum() / 2**20
     detectors = default_detectors()

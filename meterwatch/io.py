@@ -21,7 +21,7 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     try:
         if p.suffix.lower() == ".parquet":
-            df = pd.read_parquet(p)
+            df = _read_parquet(p)
         elif p.suffix.lower() == ".csv":
             df = _read_csv(p)
         else:
@@ -39,6 +39,23 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         return with_time_columns(df)
     except ValueError as exc:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc
+
+
+def _read_parquet(p: Path) -> pd.DataFrame:
+    """A Parquet file of readings: meter ids read as a dictionary (categorical: each id once,
+    as the window takes them), times in ns, columns handed to pandas one by one as Arrow lets
+    them go (no consolidating copy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(p)
+    ids = schema.field("meter_id").type if "meter_id" in schema.names else None
+    text = ids is not None and (pa.types.is_string(ids) or pa.types.is_large_string(ids))
+    table = _block_table(pq.read_table(p, read_dictionary=["meter_id"] if text else None))
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    pa.default_memory_pool().release_unused()
+    return df
 
 
 #: Bytes of CSV Arrow parses at a time (and types columns from: the first block).
@@ -142,7 +159,8 @@ def _block_table(table: Any) -> Any:
     import pyarrow as pa
 
     names = table.column_names
-    if "meter_id" in names:
+    ids = table.schema.field("meter_id").type if "meter_id" in names else None
+    if ids is not None and (pa.types.is_string(ids) or pa.types.is_large_string(ids)):
         k = names.index("meter_id")
         table = table.set_column(k, "meter_id", table.column(k).dictionary_encode())
     for col in ("ts", "collected_at", "device_ts"):

@@ -83,3 +83,25 @@ def test_header_only_and_empty_files(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(io.MeterWatchError, match="r.csv: cannot read"):
         io.read_readings_file(path)
+
+
+def test_parquet_ids_as_categories_and_times_in_ns(tmp_path: Path) -> None:
+    """Parquet readings: text meter ids come as categories (each id once), times as ns UTC,
+    values as written; ids stored as numbers become text ids, as before."""
+    frame = pd.DataFrame(
+        {
+            "meter_id": ["A", "B", "A"],
+            "ts": pd.to_datetime(["2026-01-01T00:15Z", "2026-01-01T00:15Z", "2026-01-01T00:30Z"]),
+            "power_kw": [1.5, 2.0, None],
+        }
+    )
+    frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
+    frame.to_parquet(tmp_path / "r.parquet", index=False)
+    got = io.read_readings_file(tmp_path / "r.parquet")
+    assert isinstance(got["meter_id"].dtype, pd.CategoricalDtype)
+    assert got["meter_id"].astype(str).tolist() == ["A", "B", "A"]
+    assert str(got["ts"].dtype) == TS_DTYPE
+    assert got["ts"].tolist() == pd.to_datetime(frame["ts"]).tolist()
+    assert got["power_kw"].tolist()[:2] == [1.5, 2.0] and pd.isna(got["power_kw"].iat[2])
+    frame.assign(meter_id=[7, 8, 7]).to_parquet(tmp_path / "n.parquet", index=False)
+    assert io.read_readings_file(tmp_path / "n.parquet")["meter_id"].tolist() == ["7", "8", "7"]
