@@ -369,11 +369,13 @@ def score_meters(
     out["score"] = np.clip(score, 0.0, 1.0)
     names = np.array(FEATURES)
     days = out["days"].to_numpy()
-    reasons = np.where(
-        enough,
-        "no rule evidence",
-        "insufficient history (" + days.astype(int).astype(str).astype(object) + " complete days)",
-    ).astype(object)
+    reasons = np.full(n, "no rule evidence", dtype=object)
+    short = ~enough  # the text built for these meters only (most of a fleet has the history)
+    reasons[short] = (
+        "insufficient history ("
+        + days[short].astype(int).astype(str).astype(object)
+        + " complete days)"
+    )
     for k in np.flatnonzero(enough & (evidence > 0)).tolist():  # the meters with evidence
         hit = names[ev[k] > 0]
         order = np.argsort(-ev[k][ev[k] > 0])
