@@ -54,7 +54,7 @@ def analytics_body(r: dict, a: dict) -> str:
             "≤ 60",
         ],
         [
-            "  of which reading the day (Parquet) and loading baselines, CPU s summed",
+            "  of which reading the day (Parquet), wall s summed over partitions",
             f"{r['read_s_sum']:.1f}",
             "–",
         ],
