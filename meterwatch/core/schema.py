@@ -202,8 +202,16 @@ def with_time_columns(df: pd.DataFrame, *, always: bool = False) -> pd.DataFrame
 
 
 def empty_findings() -> pd.DataFrame:
-    """An empty findings frame with the canonical columns."""
+    """An empty findings frame with the canonical columns (a copy of one built once: every
+    rule returns one per partition when it finds nothing, and building it takes 20x longer)."""
+    return _EMPTY_FINDINGS.copy()
+
+
+def _empty_findings() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype=object) for c in FINDING_COLUMNS})
     df["starts_at"] = pd.Series(dtype=TS_DTYPE)
     df["ends_at"] = pd.Series(dtype=TS_DTYPE)
     return df
+
+
+_EMPTY_FINDINGS = _empty_findings()
