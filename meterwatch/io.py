@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from meterwatch.core.errors import MeterWatchError
-from meterwatch.core.schema import with_time_columns
+from meterwatch.core.schema import READING_FIELDS, with_time_columns
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:
@@ -114,7 +114,7 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
         raw = pacsv.read_csv(
             pa.py_buffer(os.pread(fd, b0 - a0, a0)),
             read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(text, pa.string())),
+            convert_options=pacsv.ConvertOptions(column_types=_first_types(text)),
         )
         # Later blocks: the first one's column names and the types Arrow parsed it as.
         read_options = pacsv.ReadOptions(column_names=raw.column_names, use_threads=False)
@@ -139,6 +139,18 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
     finally:
         os.close(fd)
     return pa.concat_tables(tables)
+
+
+def _first_types(text: set[str]) -> dict[str, Any]:
+    """The types the first block is read with: ``text`` columns as text, the canonical
+    quantities as floats (a register of whole kWh in the first block would otherwise be typed
+    as integers, and its first decimal further down would send the column to be read again as
+    text), the rest inferred."""
+    import pyarrow as pa
+
+    types: dict[str, Any] = {c: pa.float64() for c in READING_FIELDS}
+    types.update(dict.fromkeys(text, pa.string()))
+    return types
 
 
 def _line_start(fd: int, pos: int, size: int) -> int:

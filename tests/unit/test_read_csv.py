@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -105,3 +106,23 @@ def test_parquet_ids_as_categories_and_times_in_ns(tmp_path: Path) -> None:
     assert got["power_kw"].tolist()[:2] == [1.5, 2.0] and pd.isna(got["power_kw"].iat[2])
     frame.assign(meter_id=[7, 8, 7]).to_parquet(tmp_path / "n.parquet", index=False)
     assert io.read_readings_file(tmp_path / "n.parquet")["meter_id"].tolist() == ["7", "8", "7"]
+
+
+def test_whole_numbers_first_then_decimals_stay_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A register of whole kWh in the first block and decimals further down is read as
+    numbers in one pass (not typed as integers, then read again as text)."""
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", 256)
+    rows = ["meter_id,ts,energy_import_kwh"]
+    rows += [f"M1,2026-01-01T00:{i:02d}:00Z,{1000 + i}" for i in range(30)]
+    rows += ["M1,2026-01-01T01:00:00Z,1030.25"]
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(rows) + "\n")
+    calls = []
+    real = io._read_csv_blocks
+    monkeypatch.setattr(io, "_read_csv_blocks", lambda p, t: calls.append(set(t)) or real(p, t))
+    df = io.read_readings_file(path)
+    assert calls == [{"meter_id"}]  # one pass
+    assert df["energy_import_kwh"].dtype == np.float64
+    assert df["energy_import_kwh"].iat[-1] == 1030.25 and df["energy_import_kwh"].iat[0] == 1000
