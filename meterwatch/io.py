@@ -45,13 +45,17 @@ def _read_parquet(p: Path) -> pd.DataFrame:
     """A Parquet file of readings: meter ids read as a dictionary (categorical: each id once,
     as the window takes them), times in ns, columns handed to pandas one by one as Arrow lets
     them go (no consolidating copy)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(p)
-    ids = schema.field("meter_id").type if "meter_id" in schema.names else None
-    text = ids is not None and (pa.types.is_string(ids) or pa.types.is_large_string(ids))
-    table = _block_table(pq.read_table(p, read_dictionary=["meter_id"] if text else None))
+    # Arrow reads a text column as a dictionary and ignores the option for any other column.
+    return _to_frame(_block_table(pq.read_table(p, read_dictionary=["meter_id"])))
+
+
+def _to_frame(table: Any) -> pd.DataFrame:
+    """``table`` as a frame, its Arrow buffers freed as they are converted (the table and the
+    frame never both hold every column) and given back to the system."""
+    import pyarrow as pa
+
     df = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
     pa.default_memory_pool().release_unused()
@@ -81,12 +85,7 @@ def _read_csv(p: Path) -> pd.DataFrame:
                 raise ValueError(str(exc)) from None
             text.add(col)
             continue
-        # Arrow buffers are freed as they are converted: the table and the frame never both
-        # hold every column.
-        df = table.to_pandas(split_blocks=True, self_destruct=True)
-        del table
-        pa.default_memory_pool().release_unused()
-        return df
+        return _to_frame(table)
     raise ValueError("too many columns need reading as text")
 
 

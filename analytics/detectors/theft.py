@@ -32,8 +32,10 @@ w x isolation percentile`` is in 0..1; higher means more suspicious.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -393,9 +395,6 @@ def _score_samples(model: Any, x: np.ndarray) -> np.ndarray:
     ``apply`` releases the GIL): the fleet-wide score of a million meters is seconds of one
     core otherwise. Each row is scored by every tree in the same order as in one call, so the
     scores are exactly those of one call."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     threads = min(os.cpu_count() or 1, len(x) // _SCORE_ROWS_PER_THREAD)
     if threads <= 1:
         out: np.ndarray = model.score_samples(x)
@@ -492,8 +491,7 @@ def _ranked(scored: pd.DataFrame) -> pd.DataFrame:
         scored = scored.sort_values(
             ["score", "meter_id"], ascending=[False, True], kind="mergesort"
         )
-    scored = scored[["meter_id", "score", "reasons"]]
-    scored.insert(2, "rank", np.arange(1, len(scored) + 1))
+    scored["rank"] = np.arange(1, len(scored) + 1)
     return scored[cols].reset_index(drop=True)
 
 
