@@ -47,7 +47,7 @@ _NS = 10**9
 #: Marker of "no reading in this cell" in the int64 time arrays.
 NO_TIME = np.iinfo(np.int64).min
 #: Meter x cell cells a rule with full-window intermediates works on at once (row_chunks).
-CHUNK_CELLS = 1_000_000
+CHUNK_CELLS = 250_000
 
 
 def row_chunks(n_rows: int, n_cols: int, cells: int | None = None) -> list[slice]:
@@ -263,6 +263,10 @@ class Window:
     #: The whole fleet's :class:`Extent` when this window is one partition of it
     #: (``analytics.partition``): rules whose reference is "the data" use the fleet's.
     fleet: Extent | None = None
+    #: 3 x meters x cells arrays whose planes are the arrays of ``values`` for the voltages
+    #: (``"u"``: VOLTAGE_COLUMNS) and the currents (``"i"``), when built so: the phase rules
+    #: read them without stacking a copy.
+    stacks: dict[str, np.ndarray] = field(default_factory=dict)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- shape ---------------------------------------------------------------------------
@@ -320,10 +324,13 @@ class Window:
 
         def build() -> np.ndarray:
             cols = VOLTAGE_COLUMNS if kind == "u" else CURRENT_COLUMNS
-            out = np.stack([self.q(c) for c in cols], axis=0)
-            present = self.meters.present
-            if not present.all():
-                out[~present.T] = np.float32(np.nan)
+            out = self.stacks.get(kind)
+            absent = ~np.asarray(self.meters.present).T
+            if out is not None and absent.any() and not np.isnan(out[absent]).all():
+                out = None  # values on phases a meter lacks: NaN in a copy, not in ``values``
+            if out is None:
+                out = np.stack([self.q(c) for c in cols], axis=0)
+                out[absent] = np.float32(np.nan)
             return out
 
         return self.memo(("phase", kind), build)
@@ -451,8 +458,13 @@ def build_window(
     end: Any = None,
     all_registered: bool = True,
     fields: Sequence[str] | None = None,
+    consume: bool = False,
 ) -> Window:
     """The dense window of ``readings`` for the registered ``meters`` (module docstring).
+
+    ``consume``: ``readings`` is emptied (its columns dropped) once its values are taken, so
+    each column's memory is freed as it is scattered into the grid: the build holds the
+    readings and the window together for one column at a time, not for all of them.
 
     ``fields`` limits the quantities made into arrays (the others read as all NaN, without
     memory): fitting baselines on weeks of history needs the registers only.
@@ -517,21 +529,25 @@ def build_window(
     keep = (codes >= 0) & ~no_ts
     time_cols = [c for c in ("collected_at", "device_ts") if c in canon.columns]
 
-    def column(c: str) -> np.ndarray:
-        if c in canon.columns:
-            out: np.ndarray = canon[c].to_numpy(dtype=float)
+    def column(frame: pd.DataFrame, c: str) -> np.ndarray:
+        if c in frame.columns:
+            out: np.ndarray = frame[c].to_numpy(dtype=float)
             return out
-        return np.full(len(canon), np.nan)
+        return np.full(len(frame), np.nan)
 
     if keep.all():  # the usual case: no copy of the columns
         codes = codes.astype(np.int64, copy=False)
-        values = {c: column(c) for c in wanted}
+        values = {c: column(canon, c) for c in wanted}
         extra = {c: ts_ns(canon[c]) for c in time_cols}
     else:
         rows = np.flatnonzero(keep)
         codes, t = codes[rows].astype(np.int64), t[rows]
-        values = {c: column(c)[rows] for c in wanted}
+        values = {c: column(canon, c)[rows] for c in wanted}
         extra = {c: ts_ns(canon[c])[rows] for c in time_cols}
+    del canon, raw_ids
+    if consume:
+        for c in list(readings.columns):
+            del readings[c]
 
     perm: np.ndarray | None = None
     # Sort by meter then time (a sorted store read skips the sort).
@@ -618,11 +634,22 @@ def build_window(
         and bool(flat.size == 0 or (flat[0] == 0 and np.all(np.diff(flat) == 1)))
     )
 
-    def scatter(v: np.ndarray, fill: Any, dtype: Any, cells: np.ndarray) -> np.ndarray:
-        if dense:
-            out = np.asarray(v, dtype=dtype).reshape(n_m, n_cells)
-            out.setflags(write=False)  # may be a view of the caller's frame
+    def scatter(
+        v: np.ndarray, fill: Any, dtype: Any, cells: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``v`` on the grid; into ``out`` (a meters x cells plane) when given."""
+        if out is not None:
+            flat_out = out.reshape(-1)  # a view: the plane is contiguous
+            if dense:
+                flat_out[:] = v
+            else:
+                flat_out.fill(fill)
+                flat_out[cells] = v
             return out
+        if dense:
+            res = np.asarray(v, dtype=dtype).reshape(n_m, n_cells)
+            res.setflags(write=False)  # may be a view of the caller's frame
+            return res
         a = np.full(n_m * n_cells, fill, dtype=dtype)
         a[cells] = v
         return a.reshape(n_m, n_cells)
@@ -635,10 +662,19 @@ def build_window(
         flat_in = np.empty_like(flat)
         flat_in[perm] = flat
         del flat, perm
-    arrays = {
-        c: scatter(v, np.nan, np.float64 if c in REGISTERS else np.float32, flat_in)
-        for c, v in values.items()
+    # The phase quantities go straight into one 3 x meters x cells array each (their values
+    # are its planes); each column is let go once scattered (with ``consume``, that frees it).
+    stacks = {
+        kind: np.empty((3, n_m, n_cells), dtype=np.float32)
+        for kind, cols in (("u", VOLTAGE_COLUMNS), ("i", CURRENT_COLUMNS))
+        if all(c in values for c in cols)
     }
+    plane = {c: (kind, k) for kind in stacks for k, c in enumerate(_PHASE_COLUMNS[kind])}
+    arrays: dict[str, np.ndarray] = {}
+    for c in list(values):
+        dtype = np.float64 if c in REGISTERS else np.float32
+        into = stacks[plane[c][0]][plane[c][1]] if c in plane else None
+        arrays[c] = scatter(values.pop(c), np.nan, dtype, flat_in, into)
     times = {c: scatter(v, NO_TIME, np.int64, flat_in) for c, v in extra.items()}
     return Window(
         meters=MeterTable.from_registry(meters, ids),
@@ -649,7 +685,11 @@ def build_window(
         times=times,
         dq=dq,
         first=first,
+        stacks=stacks,
     )
+
+
+_PHASE_COLUMNS = {"u": VOLTAGE_COLUMNS, "i": CURRENT_COLUMNS}
 
 
 def _collapse_duplicates(
