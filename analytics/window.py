@@ -594,7 +594,8 @@ def build_window(
     g0 = 0 if g0 is None else g0
     g1 = g0 if g1 is None else g1
     n_cells = max(int((g1 - g0) // step), 0)
-    col = (t - g0 - 1) // step
+    col = t - (g0 + 1)  # the cell of each read, in place (8 bytes a reading each)
+    col //= step
     inside = (col >= 0) & (col < n_cells)
     if not inside.all():
         sel = inside if perm is None else perm[inside]
@@ -625,7 +626,10 @@ def build_window(
                 a = np.full(n_m * n_cells, np.nan)
                 a[fflat] = values[c][multi]
                 first[c] = a.reshape(n_m, n_cells)
-    flat = codes * n_cells + col
+    codes = codes.astype(np.int64, copy=True) if codes.base is not None else codes
+    codes *= n_cells  # the flat cell of each read, in the codes' own memory
+    codes += col
+    flat = codes
     del codes, col  # (their memory is the window's to use: 8 bytes a reading each)
     # A sorted read of a regular grid (every meter read once per cell, e.g. a store query of
     # yesterday) fills every cell in order: the columns are the arrays already.
@@ -922,7 +926,12 @@ def register_reads(
     of a boundary). NaN / NO_TIME where no read. ``rows``: of these meters (window rows) only."""
     v, t = w.q(name)[rows], w.t[rows]
     if not w.first:
-        return v, np.where(np.isnan(v), NO_TIME, t), 1
+        unread = np.isnan(v) & (t != NO_TIME)  # a read without this register
+        if unread.any():
+            return v, np.where(unread, NO_TIME, t), 1
+        t = t.view()  # the window's own times (no copy), read-only
+        t.flags.writeable = False
+        return v, t, 1
     n_m, n_c = v.shape
     v2 = np.full((n_m, 2 * n_c), np.nan)
     t2 = np.full((n_m, 2 * n_c), NO_TIME, dtype=np.int64)
