@@ -47,6 +47,7 @@ from meterwatch.analytics.window import (
     _canonical,
     build_window,
     choose_step,
+    meter_time_sort,
     ts_ns,
     utc,
 )
@@ -191,8 +192,7 @@ def fleet_grid(codes: np.ndarray, t: np.ndarray, max_step_s: int = 900) -> Grid:
     if c.size > 1 and not (
         np.all(c[1:] >= c[:-1]) and np.all((tt[1:] > tt[:-1]) | (c[1:] != c[:-1]))
     ):
-        order = np.lexsort((tt, c))
-        c, tt = c[order], tt[order]
+        _, c, tt = meter_time_sort(c, tt)
     step = choose_step(c, tt, max_step_s)
     if tt.size == 0:
         return Grid(step // _NS)

@@ -21,7 +21,7 @@ from meterwatch.analytics.base import (
     short_ts,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import NO_TIME, Window, row_chunks, utc
+from meterwatch.analytics.window import NO_TIME, Window, meter_time_sort, row_chunks, utc
 from meterwatch.core.schema import READING_FIELDS, empty_findings
 
 _H = 3600 * 10**9
@@ -217,8 +217,7 @@ def _grouped(codes: np.ndarray, t: np.ndarray, merge_ns: float) -> list[tuple[in
     ``[(row, positions), ...]`` over the events sorted by meter and time."""
     if codes.size == 0:
         return []
-    order = np.lexsort((t, codes))
-    c, tt = codes[order], t[order]
+    order, c, tt = meter_time_sort(codes, t)
     joined = (c[1:] == c[:-1]) & (tt[1:] - tt[:-1] <= merge_ns)
     first = np.flatnonzero(np.r_[True, ~joined])
     last = np.r_[first[1:] - 1, c.size - 1]
