@@ -64,18 +64,13 @@ def analytics_body(r: dict, a: dict) -> str:
             "–",
         ],
         [
-            "floor, np.median (history without gaps), CPU s summed",
+            "floor (the same thresholds and 7-day medians skipping gaps), CPU s summed",
             f"{r['floor_cpu_s_sum']:.1f}",
             "–",
         ],
         [
-            "floor, np.nanmedian (gap-aware, as real data needs), CPU s summed",
-            f"{r['floor_nan_cpu_s_sum']:.1f}",
-            "–",
-        ],
-        [
-            "suite compute / floor (np.median / np.nanmedian)",
-            f"{compute / r['floor_cpu_s_sum']:.1f}× / {compute / r['floor_nan_cpu_s_sum']:.1f}×",
+            "suite compute / floor",
+            f"{compute / r['floor_cpu_s_sum']:.1f}×",
             "≤ 3×",
         ],
         [

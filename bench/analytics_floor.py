@@ -3,10 +3,11 @@
 A dozen threshold rules (over/undervoltage, voltage loss, phase break, current loss, voltage
 and current unbalance, reverse power, low power factor, frequency, register decrease, stuck
 register) on the judged day's meters x 96 float32 arrays, plus each interval's energy against
-the median of the same interval over the previous 7 days (spike, drop, zero day): counts only,
-no episodes, evidence or findings. What the suite does beyond this (VEE with estimates and
-quality flags, episodes and evidence, area outages and line loss, the theft score, data
-quality) is the price of its answers; issue 14 asks that it stay within 3x of this floor.
+the median of the same interval over the previous 7 days, skipping gaps (spike, drop, zero
+day): counts only, no episodes, evidence or findings. What the suite does beyond this (VEE with
+estimates and quality flags, episodes and evidence, area outages and line loss, the theft
+score, data quality) is the price of its answers; issue 14 asks that it stay within 3x of this
+floor.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ import numpy as np
 from bench.analytics_fleet import Partition
 
 
-def floor_pass(p: Partition, history: np.ndarray, nan_aware: bool = False) -> int:
+def gap_aware_median(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Median along ``axis`` skipping NaN (NaN where every value is missing): one sort, NaN
+    last, then the middle of each row's known values. What a plain numpy pass over data with
+    gaps does; as fast as ``np.median`` here (``np.nanmedian`` takes twice as long and more,
+    and would flatter the ratio of the suite to this floor)."""
+    s = np.sort(np.moveaxis(x, axis, -1), axis=-1)
+    n = np.sum(~np.isnan(s), axis=-1, keepdims=True)
+    lo = np.take_along_axis(s, np.maximum(n - 1, 0) // 2, axis=-1)
+    hi = np.take_along_axis(s, n // 2, axis=-1) if s.shape[-1] else lo
+    out: np.ndarray = np.where(n > 0, (lo + hi) / 2, np.nan)[..., 0]
+    return out
+
+
+def floor_pass(p: Partition, history: np.ndarray) -> int:
     """Flagged cells over every rule (a checksum that the work was done); ``history`` is
-    meters x 7 x 96 interval energy of the previous 7 days. ``nan_aware``: the medians skip
-    missing values (``np.nanmedian``), as real data with gaps needs; else ``np.median``,
-    correct only for a history without gaps."""
+    meters x 7 x 96 interval energy of the previous 7 days, its medians skipping gaps."""
     reg = p.registry
     un = reg["nominal_voltage_v"].to_numpy(dtype=np.float32)[None, :, None]
     ib2 = reg["rated_current_a"].to_numpy(dtype=np.float32)[:, None]
@@ -47,7 +59,7 @@ def floor_pass(p: Partition, history: np.ndarray, nan_aware: bool = False) -> in
     flags += int(((de == 0) & loaded[:, 1:]).sum())  # stuck register
     # Each interval's energy vs the same interval's median over the previous 7 days.
     kwh = np.diff(p.energy, axis=1, prepend=p.hist_register[:, -1, -1:]).astype(np.float32)
-    med = np.nanmedian(history, axis=1) if nan_aware else np.median(history, axis=1)
+    med = gap_aware_median(history, axis=1)
     flags += int((kwh > 2.5 * med).sum())  # spike
     flags += int((kwh < 0.3 * med).sum())  # drop
     flags += int((kwh.sum(axis=1) == 0).sum())  # zero day
