@@ -192,25 +192,43 @@ def check_count(name: str, value: int, minimum: int = 1) -> int:
 # ------------------------------------------------------------------------- comparisons
 
 
+def _bound(values: np.ndarray, bound: np.ndarray, up: bool) -> np.ndarray:
+    """``bound`` (float64, the threshold's shape) for comparing with ``values``: for float32
+    values, the float32 next to it on the side that keeps every comparison as with the
+    float64 bound (``up``: the least float32 >= bound, for ``<`` and ``>=``; else the greatest
+    <= bound, for ``>``), so the window's float32 arrays are compared as they are instead of
+    each value being widened to float64 (half the memory traffic)."""
+    if getattr(values, "dtype", None) != np.float32:
+        return bound
+    with np.errstate(invalid="ignore", over="ignore"):  # beyond float32: +-inf, as wanted
+        b32 = bound.astype(np.float32)
+        off = b32 < bound if up else b32 > bound
+    if off.any():
+        toward = np.float32(np.inf if up else -np.inf)
+        b32 = np.where(off, np.nextafter(b32, toward), b32)
+    out: np.ndarray = b32
+    return out
+
+
 def strictly_less(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """``values < threshold`` by more than float rounding; NaN on either side gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values < thr - _tol(values, thr), dtype=bool)
+        return np.asarray(values < _bound(values, thr - _tol(values, thr), True), dtype=bool)
 
 
 def strictly_greater(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """``values > threshold`` by more than float rounding; NaN on either side gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values > thr + _tol(values, thr), dtype=bool)
+        return np.asarray(values > _bound(values, thr + _tol(values, thr), False), dtype=bool)
 
 
 def at_least(values: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """``values >= threshold`` (the complement of :func:`strictly_less`); NaN gives False."""
     thr = np.asarray(threshold, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.asarray(values >= thr - _tol(values, thr), dtype=bool)
+        return np.asarray(values >= _bound(values, thr - _tol(values, thr), True), dtype=bool)
 
 
 # ---------------------------------------------------------------------------- inputs
