@@ -800,9 +800,14 @@ def runs(
     if present is None:
         present = np.ones_like(flag)
     hold = flag & present
-    if n_m == 0 or n_c == 0 or not hold.any():
+    held = hold.any(axis=1) if n_m and n_c else np.zeros(n_m, dtype=bool)
+    if not held.any():
         z = np.zeros(0, dtype=np.int64)
         return Runs(z, z, z, np.zeros(0, dtype=bool), z)
+    if held.sum() * 2 <= n_m:  # a condition of a few meters: the runs of their rows only
+        sub = np.flatnonzero(held)
+        r = runs(flag[sub], present[sub], None if last_col is None else last_col[sub])
+        return Runs(sub[r.row], r.c0, r.c1, r.ongoing, r.n)
     if not present.all():
         cols = np.arange(n_c)
         prev_idx = np.maximum.accumulate(np.where(present, cols, -1), axis=1)

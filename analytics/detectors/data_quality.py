@@ -338,9 +338,16 @@ class OffGridReading(Detector):
         judged = n >= int(self.min_readings)
         usual = np.zeros(w.n_meters, dtype=np.int64)
         found = []
+        ends = w.ends
         for rs in row_chunks(w.n_meters, w.n_cells):  # meters in chunks: bounded memory
             p_c, m_c = pres[rs], rs.stop - rs.start
-            offset = np.where(p_c, (w.t[rs] - w.g0) % w.step, 0)
+            # A read of cell c lies in (end - step, end]: its offset (t - g0) % step is
+            # t - end + step, or 0 on the end itself (a subtraction, not a division).
+            before_end = w.t[rs] - ends
+            offset = np.where(p_c & (before_end < 0), before_end + w.step, 0)
+            del before_end
+            if not offset.any():  # every read on its cell's end: usual offset 0, none off
+                continue
             bins = np.minimum(offset // tol, n_bins - 1)
             r, c = np.nonzero(p_c)
             counts = np.bincount(r * n_bins + bins[r, c], minlength=m_c * n_bins)
@@ -356,9 +363,10 @@ class OffGridReading(Detector):
             dist = np.minimum(dist, w.step - dist)  # round the cell: 14:59 is next to 00:00
             r_o, c_o = np.nonzero(p_c & (dist > tol) & judged[rs, None])
             found.append((r_o + rs.start, w.t[rs][r_o, c_o], offset[r_o, c_o] - u[r_o]))
-        rows_ = np.concatenate([r for r, _, _ in found])
-        t = np.concatenate([x for _, x, _ in found])
-        shift = np.concatenate([x for _, _, x in found])
+        none = np.zeros(0, dtype=np.int64)
+        rows_ = np.concatenate([none, *(r for r, _, _ in found)])
+        t = np.concatenate([none, *(x for _, x, _ in found)])
+        shift = np.concatenate([none, *(x for _, _, x in found)])
         # Reads displaced from their cell by a later one (two reads in one cell) are judged too.
         cc, ct = w.dq.collisions
         if cc.size:
