@@ -150,18 +150,22 @@ def _outage_rows(
     n_b = b1 - b0 + 1 if b1 >= b0 else 0
     size = n_a * n_b
 
-    def cells(rs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rows and columns (in the chunk) of its readings in an area, their area-bucket key
-        and whether they are dead."""
+    def cells(rs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows and columns (in the chunk) of its readings in an area and their area-bucket
+        key."""
+        r, c = np.nonzero((m.area[rs] >= 0)[:, None] & w.present[rs])
+        key = m.area[rs][r] * n_b + (w.t[rs][r, c] // bucket_ns - b0)
+        return r, c, key
+
+    def dead_at(rs: slice, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Whether the chunk's readings at ``r, c`` are dead (every present phase low)."""
         low = (
             strictly_less(ph.u[:, rs], voltage_fraction * ph.un[None, rs, None])
             | ~ph.present_p[:, rs]
         )
-        pres = w.present[rs]
-        dead = low.all(axis=0) & np.asarray(ph.present[rs].any(axis=1))[:, None] & pres
-        r, c = np.nonzero((m.area[rs] >= 0)[:, None] & pres)
-        key = m.area[rs][r] * n_b + (w.t[rs][r, c] // bucket_ns - b0)
-        return r, c, key, dead[r, c]
+        dead = low.all(axis=0) & np.asarray(ph.present[rs].any(axis=1))[:, None]
+        out: np.ndarray = dead[r, c]
+        return out
 
     meters = np.zeros(size, dtype=np.int64)
     sup, sup_dead = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
@@ -169,7 +173,8 @@ def _outage_rows(
     first = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(size, NO_TIME, dtype=np.int64)
     for rs in chunks:
-        r, c, key, d = cells(rs)
+        r, c, key = cells(rs)
+        d = dead_at(rs, r, c)
         supply = m.supply[rs][r]
         meters += np.bincount(key, minlength=size)
         sup |= np.bincount(key[supply], minlength=size) > 0
@@ -184,8 +189,8 @@ def _outage_rows(
     rows = np.zeros(w.t.shape, dtype=bool)
     # A second pass marks the readings (keeping each chunk's keys instead would hold 8 bytes a
     # reading for the whole window, what the chunks are there to avoid).
-    for rs in chunks:
-        r, c, key, _ = cells(rs)
+    for rs in chunks if out.any() else ():  # no area out: no reading in an outage
+        r, c, key = cells(rs)
         rows[rs][r, c] = out.reshape(-1)[key]
     return AreaOutages(
         out=out & (meters.reshape(n_a, n_b) > 0),
