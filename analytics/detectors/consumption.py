@@ -31,7 +31,13 @@ from meterwatch.analytics.profiles import (
     rolling_profile,
 )
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import Window, prev_present, register_reads, take_prev
+from meterwatch.analytics.window import (
+    Window,
+    prev_present,
+    register_reads,
+    row_chunks,
+    take_prev,
+)
 from meterwatch.core.schema import empty_findings
 
 #: One hour [ns].
@@ -71,22 +77,26 @@ def register_steps(w: Window) -> dict[str, np.ndarray]:
         energy, t, k = register_reads(w)
         has = ~np.isnan(energy)
         full = np.asarray(has.all(axis=1))  # read in every position: shifts, not gathers
-        prev_col, prev = prev_present(energy, has)
-        ok_prev = has & (prev_col >= 0)
-        delta = np.where(ok_prev, energy - prev, 0.0)
-        fell = ok_prev & (delta < 0)
-        if fell.any():
-            # A step from below the running maximum follows a fall: only then look for it.
-            run_max = np.fmax.accumulate(energy, axis=1)
-            max_prev = take_prev(run_max, prev_col, full)
-            with np.errstate(invalid="ignore"):
-                bad = fell | (ok_prev & (prev < max_prev))
-            n_bad = np.cumsum(bad, axis=1)
-            delta = np.where(bad, 0.0, delta)
-        else:
-            n_bad = np.zeros(energy.shape, dtype=np.int64)
         ct = w.meters.ct_ratio[:, None]
-        clean = np.cumsum(delta * ct, axis=1)
+        clean = np.empty(energy.shape)
+        n_bad = np.zeros(energy.shape, dtype=np.int64)  # pages untouched unless a fall
+        # Meters in chunks (every step is per meter): the chunk's intermediates, not the
+        # window's (a 20,000 x 96 window: 60 MiB less at the peak).
+        for rs in row_chunks(energy.shape[0], energy.shape[1]):
+            e, h = energy[rs], has[rs]
+            prev_col, prev = prev_present(e, h)
+            ok_prev = h & (prev_col >= 0)
+            delta = np.where(ok_prev, e - prev, 0.0)
+            fell = ok_prev & (delta < 0)
+            if fell.any():
+                # A step from below the running maximum follows a fall: only then look.
+                run_max = np.fmax.accumulate(e, axis=1)
+                max_prev = take_prev(run_max, prev_col, full[rs])
+                with np.errstate(invalid="ignore"):
+                    bad = fell | (ok_prev & (prev < max_prev))
+                n_bad[rs] = np.cumsum(bad, axis=1)
+                delta = np.where(bad, 0.0, delta)
+            clean[rs] = np.cumsum(delta * ct[rs], axis=1)
         return {"has": has, "clean": clean, "n_bad": n_bad, "t": t, "k": np.array(k), "full": full}
 
     out: dict[str, np.ndarray] = w.memo("register_steps", build)
