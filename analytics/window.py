@@ -799,6 +799,18 @@ def runs(
     n_m, n_c = flag.shape
     if present is None:
         present = np.ones_like(flag)
+    if n_m > 1 and n_m * n_c > CHUNK_CELLS:  # per meter: a chunk's intermediates at a time
+        parts = [
+            (rs.start, runs(flag[rs], present[rs], None if last_col is None else last_col[rs]))
+            for rs in row_chunks(n_m, n_c)
+        ]
+        return Runs(
+            np.concatenate([p.row + a for a, p in parts]),
+            np.concatenate([p.c0 for _, p in parts]),
+            np.concatenate([p.c1 for _, p in parts]),
+            np.concatenate([p.ongoing for _, p in parts]),
+            np.concatenate([p.n for _, p in parts]),
+        )
     hold = flag & present
     held = hold.any(axis=1) if n_m and n_c else np.zeros(n_m, dtype=bool)
     if not held.any():
@@ -861,6 +873,11 @@ def run_reduce(
         return np.zeros(0)
     n_c = values.shape[1]
     single = getattr(values, "dtype", None) == np.float32
+    # Only the rows with runs (a rule's findings are on few meters): their cells in float64.
+    rows, row = np.unique(r.row, return_inverse=True)
+    values = np.asarray(values)[rows]
+    where = None if where is None else np.asarray(where)[rows]
+    r = Runs(row.reshape(-1), r.c0, r.c1, r.ongoing, r.n)
     flat = np.asarray(values, dtype=float).reshape(-1)
     a = r.row * n_c + r.c0
     if how == "first":

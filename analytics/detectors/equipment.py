@@ -19,7 +19,7 @@ Shared conventions of this module
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -427,8 +427,7 @@ class Overvoltage(_VoltageBand):
         limit = self._limits(ph, +1.0)
         over = strictly_greater(ph.u, limit[None, :, None]) & ph.present_p
         hit = over.any(axis=0) & ~self._outage(w)
-        value = np.where(ph.present_p, np.nan_to_num(ph.u, nan=-np.inf), -np.inf).max(axis=0)
-        return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
+        return hit, _phase_extreme(ph, np.fmax), limit
 
 
 @register(cadence="streaming", order=120)
@@ -482,8 +481,18 @@ class Undervoltage(_VoltageBand):
         limit = self._limits(ph, -1.0)
         under = strictly_less(ph.u, limit[None, :, None]) & ph.present_p
         hit = under.any(axis=0) & ph.all_live & ~self._outage(w)
-        value = np.where(ph.present_p, np.nan_to_num(ph.u, nan=np.inf), np.inf).min(axis=0)
-        return hit, np.where(np.isfinite(value), value, np.float32(np.nan)), limit
+        return hit, _phase_extreme(ph, np.fmin), limit
+
+
+def _phase_extreme(ph: Phases, how: Any) -> np.ndarray:
+    """Per reading, the highest (``np.fmax``) or lowest (``np.fmin``) voltage of the meter's
+    present phases, NaN without one; one plane at a time (no 3-plane copies)."""
+    start = np.float32(-np.inf if how is np.fmax else np.inf)
+    value = np.full(ph.u.shape[1:], start, dtype=ph.u.dtype)
+    for k in range(ph.u.shape[0]):  # the three phase planes
+        how(value, ph.u[k], out=value, where=ph.present_p[k])
+    value[np.isinf(value)] = np.float32(np.nan)
+    return value
 
 
 def unbalance(x: np.ndarray) -> np.ndarray:
@@ -494,11 +503,21 @@ def unbalance(x: np.ndarray) -> np.ndarray:
     stand-in for the negative-sequence ratio of GB/T 15543 (meters report no phase angles).
     NaN where the mean is not > 0 or a value is NaN.
     """
-    mean = (x[0] + x[1] + x[2]) / 3
-    dev = np.maximum(np.maximum(np.abs(x[0] - mean), np.abs(x[1] - mean)), np.abs(x[2] - mean))
-    out: np.ndarray = np.divide(
-        dev, mean, out=np.full(mean.shape, np.nan, dtype=dev.dtype), where=mean > 0
-    )
+    # In place, three arrays of x's plane size at most (the same operations, the same result).
+    mean = x[0] + x[1]
+    mean += x[2]
+    mean /= 3
+    dev = np.subtract(x[0], mean)
+    np.abs(dev, out=dev)
+    other = np.subtract(x[1], mean)
+    np.abs(other, out=other)
+    np.maximum(dev, other, out=dev)
+    np.subtract(x[2], mean, out=other)
+    np.abs(other, out=other)
+    np.maximum(dev, other, out=dev)
+    out: np.ndarray = other
+    out.fill(np.nan)
+    np.divide(dev, mean, out=out, where=mean > 0)
     return out
 
 
@@ -546,7 +565,8 @@ class VoltageUnbalance(_OutageAware):
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         three = ph.three[:, None]
-        value = np.where(three, unbalance(ph.u), np.float32(np.nan))
+        value = unbalance(ph.u)
+        value[~ph.three] = np.float32(np.nan)  # in place: single-phase meters
         hit = three & ph.all_live & strictly_greater(value, self.limit_fraction) & ~self._outage(w)
         return hit, value, np.full(w.n_meters, float(self.limit_fraction))
 
@@ -610,7 +630,8 @@ class CurrentUnbalance(_OutageAware):
 
     def _evaluate(self, w: Window, ph: Phases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         three = ph.three[:, None]
-        value = np.where(three, unbalance(ph.i), np.float32(np.nan))
+        value = unbalance(ph.i)
+        value[~ph.three] = np.float32(np.nan)  # in place: single-phase meters
         no_current = strictly_less(ph.i, 0.005 * ph.ib[None, :, None]).any(axis=0)
         i_mean = (ph.i[0] + ph.i[1] + ph.i[2]) / 3
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
@@ -750,9 +771,14 @@ class LowPowerFactor(_OutageAware):
         pf = np.abs(w.q("power_factor"))
         # Mean of the present phases (NaN without any): no warnings machinery, which is not
         # thread-safe (streaming detection runs in a worker thread).
-        known = ~np.isnan(ph.i)
-        n = known.sum(axis=0)
-        i_mean = np.where(n > 0, np.where(known, ph.i, 0).sum(axis=0) / np.maximum(n, 1), np.nan)
+        # Plane by plane (the same sums in the same order as over the 3-plane array).
+        total = np.zeros(ph.i.shape[1:], dtype=ph.i.dtype)
+        n = np.zeros(ph.i.shape[1:], dtype=np.int64)
+        for k in range(ph.i.shape[0]):  # the three phase planes
+            known = ~np.isnan(ph.i[k])
+            np.add(total, ph.i[k], out=total, where=known)
+            n += known
+        i_mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
         loaded = strictly_greater(i_mean, self.min_load_fraction * ph.ib[:, None])
         hit = (limit > 0)[:, None] & loaded & strictly_less(pf, limit[:, None]) & ~self._outage(w)
         return hit, pf, limit

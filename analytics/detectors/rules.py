@@ -400,8 +400,8 @@ class PhaseBreak(_PhaseRule):
     ) -> np.ndarray:
         # Live: U >= live fraction (the complement of the strict "<"); NaN is not live.
         live = at_least(u, self.live_voltage_fraction * un)
-        live_count = live.sum(axis=0, keepdims=True)
-        other_live = (live_count - live) > 0
+        live_count = live.sum(axis=0, keepdims=True, dtype=np.int8)  # 0..3
+        other_live = live_count > live  # another phase is live (no 3-plane int64 difference)
         return (
             three
             & other_live
