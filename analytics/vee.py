@@ -594,13 +594,12 @@ def interval_range(
         i0 = int((_to_ns(pd.Timestamp(start)) // w.step * w.step - w.g0) // w.step)
         i1 = int((-(-_to_ns(pd.Timestamp(end)) // w.step) * w.step - w.g0) // w.step)
         return max(i0, 0), min(i1, w.n_cells), np.arange(w.n_meters)
-    has = reads.present & ~np.isnan(w.q("energy_import_kwh"))
     has_any = reads.present
     if not has_any.any():
         return 0, 0, np.zeros(0, dtype=np.int64)
-    t = np.where(has_any, w.t, NO_TIME)
-    t_max = int(t.max())
-    t_min = int(np.where(has_any, w.t, np.iinfo(np.int64).max).min())
+    # Reductions over the usable reads only (no masked copies of the window's times).
+    t_max = int(np.max(w.t, where=has_any, initial=NO_TIME))
+    t_min = int(np.min(w.t, where=has_any, initial=np.iinfo(np.int64).max))
     if fleet is not None:
         t_min, t_max = fleet.first, fleet.last
     b_first = -(-t_min // w.step) * w.step
@@ -611,7 +610,6 @@ def interval_range(
         b_last = -(-_to_ns(pd.Timestamp(end)) // w.step) * w.step
     i0 = int((b_first - w.g0) // w.step)
     i1 = int((b_last - w.g0) // w.step)
-    del has
     return i0, i1, np.flatnonzero(has_any.any(axis=1))
 
 
