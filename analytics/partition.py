@@ -333,6 +333,9 @@ def run_partition(
         d.detect_window(w) for d in detectors if not isinstance(d, CrossPartition)
     )
     partials = {key: fn(w) for key, fn in _partial_fns(detectors, extra).items()}
+    if consume:  # the next partition starts from a heap without this one's holes
+        del w
+        release_arrow_pool()
     return PartitionResult(part.index, len(part.meters), found, partials)
 
 
