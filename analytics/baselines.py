@@ -113,8 +113,13 @@ class Baselines:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "baselines") -> Baselines:
+        return cls._read(io.BytesIO(data), source)
+
+    @classmethod
+    def _read(cls, file: Any, source: str) -> Baselines:
+        """From ``file`` (a path or a binary file object) holding :meth:`to_bytes`."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            with np.load(file, allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
                 if header.get("format") != FORMAT:
                     raise BaselineError(
@@ -159,10 +164,11 @@ class Baselines:
         from pathlib import Path
 
         try:
-            data = Path(path).read_bytes()
+            fh = Path(path).open("rb")  # read member by member, not whole into memory first
         except OSError as exc:
             raise BaselineError(f"cannot read baselines {path}: {exc.strerror or exc}") from None
-        return cls.from_bytes(data, str(path))
+        with fh:
+            return cls._read(fh, str(path))
 
     # -- use --------------------------------------------------------------------------------
 

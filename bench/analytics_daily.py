@@ -85,10 +85,13 @@ def _floor(args: tuple[str, int]) -> dict:
     }
 
 
-def _warm(_: int) -> None:
-    """Import what a partition run needs (process start-up, not per-partition work). Not
+def _warm() -> None:
+    """Each worker's start: import what a partition run needs (process start-up, not
+    per-partition work), ``meterwatch`` first as a worker process of the service or of
+    ``analyze`` does (it sets up the process's memory before pandas loads Arrow). Not
     scikit-learn: a partition gives its theft features, the parent scores them (90 MiB of a
     worker's memory that only the parent needs)."""
+    import meterwatch  # noqa: F401
     import meterwatch.analytics.partition  # noqa: F401
     import meterwatch.analytics.suite  # noqa: F401
 
@@ -172,9 +175,9 @@ def main() -> None:
             t = time.perf_counter()
             floor = list(pool.map(_floor, [(str(out), k) for k in range(n_parts)]))
             result["floor_wall_s"] = time.perf_counter() - t
-        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-            # Warm workers (imports) before the clock starts, as a long-running service has.
-            list(pool.map(_warm, range(args.workers)))
+        # Warm workers (imports) before the clock starts, as a long-running service has.
+        with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_warm) as pool:
+            list(pool.map(abs, range(args.workers)))  # every worker started (and warm)
             t = time.perf_counter()
             done = list(pool.map(_suite, [(str(out), k) for k in range(n_parts)]))
             result["suite_wall_s"] = time.perf_counter() - t
