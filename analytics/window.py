@@ -59,6 +59,8 @@ def row_chunks(n_rows: int, n_cols: int, cells: int | None = None) -> list[slice
 
 #: Quantities kept in float64 (cumulative registers); the rest are float32.
 REGISTERS: frozenset[str] = frozenset({"energy_import_kwh", "energy_export_kwh"})
+#: The phase quantities of each kind: voltages (``"u"``) and currents (``"i"``), L1..L3.
+_PHASE_COLUMNS = {"u": VOLTAGE_COLUMNS, "i": CURRENT_COLUMNS}
 #: Candidate cell lengths [s]: divisors of a day, from 1 s to 1 h.
 _STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600)
 
@@ -323,13 +325,12 @@ class Window:
         over a last axis of length 3 is an order of magnitude slower)."""
 
         def build() -> np.ndarray:
-            cols = VOLTAGE_COLUMNS if kind == "u" else CURRENT_COLUMNS
             out = self.stacks.get(kind)
             absent = ~np.asarray(self.meters.present).T
             if out is not None and absent.any() and not np.isnan(out[absent]).all():
                 out = None  # values on phases a meter lacks: NaN in a copy, not in ``values``
             if out is None:
-                out = np.stack([self.q(c) for c in cols], axis=0)
+                out = np.stack([self.q(c) for c in _PHASE_COLUMNS[kind]], axis=0)
                 out[absent] = np.float32(np.nan)
             return out
 
@@ -669,7 +670,7 @@ def build_window(
     # are its planes); each column is let go once scattered (with ``consume``, that frees it).
     stacks = {
         kind: np.empty((3, n_m, n_cells), dtype=np.float32)
-        for kind, cols in (("u", VOLTAGE_COLUMNS), ("i", CURRENT_COLUMNS))
+        for kind, cols in _PHASE_COLUMNS.items()
         if all(c in values for c in cols)
     }
     plane = {c: (kind, k) for kind in stacks for k, c in enumerate(_PHASE_COLUMNS[kind])}
@@ -690,9 +691,6 @@ def build_window(
         first=first,
         stacks=stacks,
     )
-
-
-_PHASE_COLUMNS = {"u": VOLTAGE_COLUMNS, "i": CURRENT_COLUMNS}
 
 
 def meter_time_sort(codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -73,7 +73,6 @@ def _read_parquet(p: Path) -> pd.DataFrame:
 def _to_frame(table: Any) -> pd.DataFrame:
     """``table`` as a frame, its Arrow buffers freed as they are converted (the table and the
     frame never both hold every column) and given back to the system."""
-
     df = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
     release_arrow_pool()

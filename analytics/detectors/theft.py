@@ -56,7 +56,7 @@ from meterwatch.analytics.base import (
 from meterwatch.analytics.detectors.consumption import cusum_drop, hourly_energy
 from meterwatch.analytics.profiles import MAD_SCALE, day_cube
 from meterwatch.analytics.registry import register
-from meterwatch.analytics.window import Window, build_window
+from meterwatch.analytics.window import Window, build_window, row_chunks
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns the theft analytics read.
@@ -450,10 +450,7 @@ def theft_features(w: Window, theft: TheftSuspected | None = None) -> pd.DataFra
                 refs=_meter_rows(refs, rs, n),
                 history=_meter_rows(history, rs, n),
             )
-            for rs in (
-                slice(a, min(a + FEATURE_CHUNK_METERS, n))
-                for a in range(0, max(n, 1), FEATURE_CHUNK_METERS)
-            )
+            for rs in row_chunks(n, 1, FEATURE_CHUNK_METERS)
         ]
     )
     complete, days = data["complete"], data["days"]
