@@ -105,6 +105,11 @@ class Detector:
     """
 
     alert_types: ClassVar[tuple[str, ...]] = ()
+    #: The window intermediate (:meth:`Window.memo`) this detector computes or reads with
+    #: others of the same ``shares``: VEE, hourly energy, area outages. When detectors run on
+    #: threads (``analytics.partition.run_partition``), those sharing one run one after the
+    #: other on one thread, so no thread waits for another's computation.
+    shares: ClassVar[str] = ""
 
     @property
     def severity(self) -> str:

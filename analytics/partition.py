@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -169,9 +170,11 @@ class Grid:
     end: int | None = None
     extent: Extent | None = None
 
-    def window(self, readings: pd.DataFrame, meters: pd.DataFrame, consume: bool = False) -> Window:
+    def window(
+        self, readings: pd.DataFrame, meters: pd.DataFrame, consume: bool = False, threads: int = 1
+    ) -> Window:
         """The dense window of ``readings`` on this grid, as one partition of the fleet
-        (``consume``: as :func:`build_window`'s)."""
+        (``consume``, ``threads``: as :func:`build_window`'s)."""
         w = build_window(
             readings,
             meters,
@@ -179,6 +182,7 @@ class Grid:
             start=None if self.start is None else utc(self.start),
             end=None if self.end is None else utc(self.end),
             consume=consume,
+            threads=threads,
         )
         w.fleet = self.extent
         return w
@@ -221,9 +225,10 @@ def _meter_codes(readings: pd.DataFrame, ids: pd.Index) -> np.ndarray:
 
 @dataclass
 class Plan:
-    """Partitions of a readings frame, and the fleet grid they share."""
+    """Partitions of a readings frame, and the fleet grid they share (None: one partition,
+    whose own grid is the fleet's)."""
 
-    grid: Grid
+    grid: Grid | None
     parts: Iterator[Partition]
     count: int
     meters: int
@@ -234,7 +239,9 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
 
     One pass over the rows: each reading's meter code, then one stable sort by partition and
     contiguous slices (readings of unregistered meters are left out; the detectors ignore them).
-    Partitions are made one at a time as ``parts`` is iterated.
+    Partitions are made one at a time as ``parts`` is iterated. A fleet that is one partition
+    is not sorted, and its grid is left to its window (``grid`` None: the window's own grid,
+    read from the same readings, is the fleet's).
     """
     canon = _canonical(readings)
     reg = registry_table(meters)
@@ -242,19 +249,30 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
     ids = pd.Index(np.sort(reg["meter_id"].to_numpy(dtype=object)).astype(object))
     code_part = part_of_meter[pd.Index(reg["meter_id"]).get_indexer(ids)]
     codes = _meter_codes(canon, ids)
-    t = ts_ns(canon["ts"]) if len(canon) else np.zeros(0, dtype=np.int64)
-    grid = fleet_grid(codes, t)
-    row_part = np.where(codes >= 0, code_part[np.maximum(codes, 0)], -1)
-    order = np.argsort(row_part, kind="stable")
-    sorted_part = row_part[order]
     n_parts = int(part_of_meter.max()) + 1 if len(reg) else 0
-    bounds = np.searchsorted(sorted_part, np.arange(n_parts + 1))
+    grid: Grid | None = None
+    if n_parts > 1:
+        t = ts_ns(canon["ts"]) if len(canon) else np.zeros(0, dtype=np.int64)
+        grid = fleet_grid(codes, t)
+        del t
+        row_part = np.where(codes >= 0, code_part[np.maximum(codes, 0)], -1)
+        # Stable, and a radix sort on 16-bit keys (numpy): partitions number in the hundreds.
+        key = row_part.astype(np.int16) if n_parts < np.iinfo(np.int16).max else row_part
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(row_part[order], np.arange(n_parts + 1))
+        del row_part, key
+    else:  # every registered meter's rows, in file order
+        order = np.flatnonzero(codes >= 0)
+        bounds = np.array([0, order.size] if n_parts else [0])
     coerced_rows: dict[str, np.ndarray] = canon.attrs.get("coerced_rows") or {}
-    where = np.empty(len(canon), dtype=np.int64)
-    where[order] = np.arange(len(canon))
+    where: np.ndarray | None = None
+    if coerced_rows:  # each row's place in ``order`` (for the rows Arrow could not type)
+        where = np.full(len(canon), -1, dtype=np.int64)
+        where[order] = np.arange(order.size)
 
     held = [canon]  # released once the last rows are cut (it may free the frame)
     empty = canon.iloc[:0].copy()  # not a view: it must not keep the columns alive
+    n_rows = len(canon)
     del canon
 
     def parts() -> Iterator[Partition]:
@@ -263,17 +281,22 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
             rows = order[lo:hi]
             if lo == hi:
                 frame = empty.copy()
-            elif hi - lo == len(held[0]):  # one partition holds every row, in order: no copy
+            elif hi - lo == n_rows:  # one partition holds every row, in order: no copy
                 frame = held[0].copy(deep=False).reset_index(drop=True)
             else:
                 frame = held[0].iloc[rows].reset_index(drop=True)
             if hi == bounds[-1]:
                 held.clear()
-            present = np.unique(codes[rows])  # sorted, as the ids are
-            local = np.searchsorted(present, codes[rows])
+            # The partition's meters (sorted, as the ids are) and each row's among them.
+            mine = codes[rows]
+            seen = np.zeros(len(ids), dtype=bool)
+            seen[mine] = True
+            present = np.flatnonzero(seen)
+            local = (np.cumsum(seen) - 1)[mine]
+            del mine, seen
             frame["meter_id"] = pd.Categorical.from_codes(local, categories=ids[present])
             frame.attrs = {}
-            if coerced_rows:
+            if coerced_rows and where is not None:
                 bad = {c: where[r] for c, r in coerced_rows.items()}
                 bad = {c: np.sort(r[(r >= lo) & (r < hi)] - lo) for c, r in bad.items()}
                 frame.attrs["coerced_rows"] = {c: r for c, r in bad.items() if r.size}
@@ -314,29 +337,63 @@ def run_partition(
     extra: Mapping[str, PartialFn] | None = None,
     *,
     consume: bool = False,
+    threads: int = 1,
 ) -> PartitionResult:
     """Every detector over ``part`` (a cross-partition one gives its partial), on ``grid``
     (None: the grid of the partition's own readings). ``consume``: the partition's readings
     are let go once the window holds them (``part.readings`` is None after), so their memory
-    is freed while the detectors run."""
+    is freed while the detectors run. ``threads`` > 1: the window is built and the detectors
+    run on that many threads (their whole-array numpy work releases the GIL; what they share
+    of the window is computed once, :meth:`Window.memo`), for a process that has the cores to
+    itself; the findings are the same, in the same order."""
     readings = part.readings
     if consume:
         part.readings = None  # type: ignore[assignment]
     if grid is None:
-        w = build_window(readings, part.meters, consume=consume)
+        w = build_window(readings, part.meters, consume=consume, threads=threads)
     else:
-        w = grid.window(readings, part.meters, consume=consume)
+        w = grid.window(readings, part.meters, consume=consume, threads=threads)
     del readings
     if consume:
         release_arrow_pool()
-    found = concat_findings(
-        d.detect_window(w) for d in detectors if not isinstance(d, CrossPartition)
-    )
-    partials = {key: fn(w) for key, fn in _partial_fns(detectors, extra).items()}
+    jobs: list[tuple[str, Callable[[Window], Any]]] = [
+        (d.shares, d.detect_window) for d in detectors if not isinstance(d, CrossPartition)
+    ]
+    fns = _partial_fns(detectors, extra)
+    share_of = {d.partial_key: d.shares for d in detectors if isinstance(d, CrossPartition)}
+    jobs.extend((share_of.get(key, ""), fn) for key, fn in fns.items())
+    out = run_jobs(w, jobs, threads)
+    n_rules = len(jobs) - len(fns)
+    found = concat_findings(out[:n_rules])
+    partials = dict(zip(fns, out[n_rules:], strict=True))
     if consume:  # the next partition starts from a heap without this one's holes
-        del w
+        del w, out
         release_arrow_pool()
     return PartitionResult(part.index, len(part.meters), found, partials)
+
+
+def run_jobs(w: Window, jobs: Sequence[tuple[str, Callable[[Window], R]]], threads: int) -> list[R]:
+    """``fn(w)`` of every ``(shares, fn)`` job, in job order; on ``threads`` threads when > 1.
+
+    Jobs of one ``shares`` (:attr:`Detector.shares`) run one after the other on one thread,
+    the first computing what the others read; groups of several go first (they hold the long
+    shared computations), each alone job after them, in order."""
+    if threads <= 1 or len(jobs) <= 1:
+        return [fn(w) for _, fn in jobs]
+    groups: dict[str, list[int]] = {}
+    for k, (share, _) in enumerate(jobs):
+        groups.setdefault(share or f"#{k}", []).append(k)
+    order = sorted(groups.values(), key=len, reverse=True)  # stable: ties keep job order
+    out: list[Any] = [None] * len(jobs)
+
+    def run(group: list[int]) -> None:
+        for k in group:
+            out[k] = jobs[k][1](w)
+
+    with ThreadPoolExecutor(min(threads, len(order)), thread_name_prefix="rules") as pool:
+        for _ in pool.map(run, order):  # raises the first failure
+            pass
+    return out
 
 
 @dataclass
@@ -370,7 +427,12 @@ class Runner(Protocol):
 
 
 class InProcess:
-    """Partitions one after the other in this process (the default)."""
+    """Partitions one after the other in this process (the default); each partition's
+    detectors on ``threads`` threads (``run_partition``: 1, or a thread per core when this
+    process has the machine to itself, as ``meterwatch analyze`` has)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = max(1, int(threads))
 
     def map(self, fn: Callable[..., R], items: Iterable[T], *args: Any) -> Iterator[R]:
         for item in items:
@@ -399,7 +461,7 @@ def analyze_partitioned(
     # In this process a partition's readings are let go once its window is built (they are
     # not needed again); a cluster may run a partition again from its input, so keeps it.
     fn = (
-        functools.partial(run_partition, consume=True)
+        functools.partial(run_partition, consume=True, threads=runner.threads)
         if isinstance(runner, InProcess)
         else run_partition
     )

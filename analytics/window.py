@@ -28,7 +28,9 @@ as are readings of unregistered meters, readings without a time and non-numeric 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +272,9 @@ class Window:
     #: read them without stacking a copy.
     stacks: dict[str, np.ndarray] = field(default_factory=dict)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    #: One lock per memo key (rules may run on threads of their own: ``run_partition``).
+    _locks: dict[Any, threading.RLock] = field(default_factory=dict, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- shape ---------------------------------------------------------------------------
 
@@ -296,12 +301,23 @@ class Window:
         return self.g0 + (np.arange(self.n_cells, dtype=np.int64) + 1) * self.step
 
     def memo(self, key: Any, compute: Any) -> Any:
-        """``compute()`` once per window (derived arrays shared between rules, read-only)."""
-        if key not in self._cache:
-            value = compute()
-            if isinstance(value, np.ndarray):
-                value.setflags(write=False)
-            self._cache[key] = value
+        """``compute()`` once per window (derived arrays shared between rules, read-only).
+
+        Thread-safe: rules running on threads of their own that ask for the same key wait for
+        the one computing it (a lock per key; keys computed from other keys never form a
+        cycle, so two threads never wait on each other)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.RLock())
+        with lock:
+            if key not in self._cache:
+                value = compute()
+                if isinstance(value, np.ndarray):
+                    value.setflags(write=False)
+                self._cache[key] = value
         return self._cache[key]
 
     def q(self, name: str) -> np.ndarray:
@@ -460,12 +476,16 @@ def build_window(
     all_registered: bool = True,
     fields: Sequence[str] | None = None,
     consume: bool = False,
+    threads: int = 1,
 ) -> Window:
     """The dense window of ``readings`` for the registered ``meters`` (module docstring).
 
     ``consume``: ``readings`` is emptied (its columns dropped) once its values are taken, so
     each column's memory is freed as it is scattered into the grid: the build holds the
     readings and the window together for one column at a time, not for all of them.
+
+    ``threads`` > 1: the columns are put on the grid that many at a time (numpy's indexed
+    assignment releases the GIL), for a process with the cores to itself.
 
     ``fields`` limits the quantities made into arrays (the others read as all NaN, without
     memory): fitting baselines on weeks of history needs the registers only.
@@ -674,11 +694,18 @@ def build_window(
         if all(c in values for c in cols)
     }
     plane = {c: (kind, k) for kind in stacks for k, c in enumerate(_PHASE_COLUMNS[kind])}
-    arrays: dict[str, np.ndarray] = {}
-    for c in list(values):
+
+    def place(c: str) -> np.ndarray:
         dtype = np.float64 if c in REGISTERS else np.float32
         into = stacks[plane[c][0]][plane[c][1]] if c in plane else None
-        arrays[c] = scatter(values.pop(c), np.nan, dtype, flat_in, into)
+        return scatter(values.pop(c), np.nan, dtype, flat_in, into)
+
+    names = list(values)
+    if threads > 1 and len(names) > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="window") as pool:
+            arrays = dict(zip(names, pool.map(place, names), strict=True))
+    else:
+        arrays = {c: place(c) for c in names}
     times = {c: scatter(v, NO_TIME, np.int64, flat_in) for c, v in extra.items()}
     return Window(
         meters=MeterTable.from_registry(meters, ids),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -408,6 +409,7 @@ def analyze(
     from meterwatch.analytics.suite import default_detectors
     from meterwatch.cluster import partition_runner
     from meterwatch.console import alert_counts_lines, print_registry_summary, warn_coerced
+    from meterwatch.core.memory import reuse_freed_memory
     from meterwatch.core.registry import load_registry
     from meterwatch.io import read_readings_file
 
@@ -445,12 +447,16 @@ def analyze(
                         scheduler, workers, timeout_s=timeout_s, setting=setting, on_retry=retried
                     )
                 )
+            reuse_freed_memory()  # this process runs the analytics: arrays reuse freed memory
             with console.status(f"reading {readings_path}"):
                 # scikit-learn (the theft score's forest, ~1.5 s of imports) loads in a thread
                 # while Arrow reads the file without the GIL.
                 warm = _import_beside("sklearn.ensemble")
                 readings = read_readings_file(readings_path)
                 warm.join()
+            # What is loaded by now lives as long as the process: the garbage collector's full
+            # passes need not walk it again (2-3 % of the run's CPU in a profile otherwise).
+            gc.freeze()
             warn_coerced(err_console, readings_path, readings)  # non-numeric values read as NaN
             if readings.empty:
                 err_console.print(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -223,6 +224,14 @@ def local_cluster(workers: int) -> Iterator[Client]:
         yield client
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @contextmanager
 def partition_runner(
     scheduler: str | None,
@@ -235,7 +244,8 @@ def partition_runner(
     """Where ``meterwatch analyze`` runs its partitions, and a phrase saying so: on the Dask
     cluster at ``scheduler``; else on a local Dask cluster of ``workers`` processes when
     ``workers`` > 1; else in this process (the default: for a small fleet, starting worker
-    processes costs more than it saves). With Dask, worker deaths and retries are reported
+    processes costs more than it saves), each partition's detectors on a thread per core
+    this process may use. With Dask, worker deaths and retries are reported
     through ``on_retry``, once each; Dask's own logs of them only at DEBUG (``-v``)."""
     if (scheduler or workers > 1) and logging.getLogger().level > logging.DEBUG:
         for name in DASK_LOGGERS:
@@ -254,4 +264,4 @@ def partition_runner(
                 f"on {workers} local Dask worker processes",
             )
     else:
-        yield InProcess(), "in this process"
+        yield InProcess(threads=usable_cores()), "in this process"

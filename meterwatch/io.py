@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +114,8 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
     line ends, each read and parsed by a thread of its own (one per core; ``os.pread`` and
     Arrow release the GIL), at most two blocks per thread in flight: the one-shot
     multithreaded reader's speed at the streaming reader's memory (the one-shot reader holds
-    the whole file and its parsed columns at once). The header and the column types come from
+    the whole file and its parsed columns at once). Each block is parsed from a memory map of
+    the file (:func:`_mapped`), not from a copy. The header and the column types come from
     the first block; each block's meter ids become a dictionary and its times nanoseconds as
     soon as it is parsed, so the file's text never is all in memory. A CSV value with a line
     break inside quotes is not supported (nor by Arrow's own parallel reader)."""
@@ -126,12 +130,12 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
         step = CSV_BLOCK_BYTES
         cuts = [0, *(_line_start(fd, k, size) for k in range(step, size, step)), size]
         spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a] or [(0, 0)]
-        a0, b0 = spans[0]
-        raw = pacsv.read_csv(
-            pa.py_buffer(os.pread(fd, b0 - a0, a0)),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(column_types=_first_types(text)),
-        )
+        with _mapped(fd, *spans[0]) as first:
+            raw = pacsv.read_csv(
+                first,
+                read_options=pacsv.ReadOptions(use_threads=False),
+                convert_options=pacsv.ConvertOptions(column_types=_first_types(text)),
+            )
         # Later blocks: the first one's column names and the types Arrow parsed it as.
         read_options = pacsv.ReadOptions(column_names=raw.column_names, use_threads=False)
         types = dict(zip(raw.schema.names, raw.schema.types, strict=True))
@@ -140,10 +144,11 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
         del raw
 
         def parse(span: tuple[int, int]) -> Any:
-            block = pa.py_buffer(os.pread(fd, span[1] - span[0], span[0]))
-            return _block_table(
-                pacsv.read_csv(block, read_options=read_options, convert_options=convert_options)
-            )
+            with _mapped(fd, *span) as block:
+                parsed = pacsv.read_csv(
+                    block, read_options=read_options, convert_options=convert_options
+                )
+            return _block_table(parsed)
 
         with ThreadPoolExecutor(workers) as pool:
             pending: deque[Future[Any]] = deque()
@@ -155,6 +160,33 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
     finally:
         os.close(fd)
     return pa.concat_tables(tables)
+
+
+@contextmanager
+def _mapped(fd: int, a: int, b: int) -> Iterator[Any]:
+    """Bytes ``[a, b)`` of the file as an Arrow buffer over a read-only memory map of them,
+    its pages mapped in at once (``MAP_POPULATE``): the file's text is parsed where the page
+    cache holds it, never copied into (and faulted into) memory of the process's own, and
+    the map is dropped once the block is parsed (Arrow copies what it keeps)."""
+    import pyarrow as pa
+
+    if b <= a:
+        yield pa.py_buffer(b"")
+        return
+    start = a - a % mmap.ALLOCATIONGRANULARITY  # a map starts on a page boundary
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    m = mmap.mmap(fd, b - start, flags=flags, prot=mmap.PROT_READ, offset=start)
+    view = memoryview(m)[a - start :]
+    buf = pa.py_buffer(view)
+    try:
+        yield buf
+    finally:
+        del buf
+        try:
+            view.release()
+            m.close()
+        except BufferError:  # a parse error's traceback holds the buffer: unmapped with it
+            pass
 
 
 def _first_types(text: set[str]) -> dict[str, Any]:

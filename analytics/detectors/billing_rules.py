@@ -46,6 +46,8 @@ def validated(w: Window, params: VeeParams, interval_s: int) -> ValidatedReading
 class _VeeRule(Detector):
     """Shared machinery: validate, select events of one code, build findings."""
 
+    shares: ClassVar[str] = "vee"
+
     _event: ClassVar[str] = ""
     _rule: ClassVar[str] = ""
     interval_s: int

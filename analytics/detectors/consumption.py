@@ -200,6 +200,8 @@ class _ProfileRule(Detector):
     profile (:mod:`analytics.profiles`): fitted once from history (``fit``), or, unfitted,
     rolled over the window itself (each day against the days before it)."""
 
+    shares: ClassVar[str] = "hourly"
+
     history_days: int
     min_history_days: int
     max_gap_minutes: float
@@ -627,6 +629,8 @@ class ZeroConsumption(Detector):
     max_gap_minutes : float
         As in :class:`ConsumptionSpike` [min]. Default 75.
     """
+
+    shares: ClassVar[str] = "hourly"
 
     alert_types: ClassVar[tuple[str, ...]] = ("zero_consumption",)
 

@@ -298,6 +298,8 @@ class _RowRule(Detector):
 class _OutageAware(_RowRule):
     """A row rule whose hits are cleared for readings inside an area outage."""
 
+    shares: ClassVar[str] = "outages"
+
     def _outage(self, w: Window) -> np.ndarray:
         return outage_rows(w).rows
 
@@ -907,6 +909,8 @@ class Outage(Detector):
     min_buckets : int
         Consecutive out buckets [buckets]. Default 1: raised within one poll.
     """
+
+    shares: ClassVar[str] = "outages"
 
     alert_types: ClassVar[tuple[str, ...]] = ("outage",)
 

@@ -543,6 +543,8 @@ class TransformerLoss(Detector):
         As in :class:`analytics.detectors.consumption.ConsumptionSpike` [min]. Default 75.
     """
 
+    shares: ClassVar[str] = "hourly"
+
     alert_types: ClassVar[tuple[str, ...]] = ("transformer_loss",)
 
     def __init__(
@@ -667,6 +669,8 @@ class TheftSuspected(Detector):
     days before them, instead of reading weeks again. Unfitted, the window is its own
     reference.
     """
+
+    shares: ClassVar[str] = "hourly"
 
     alert_types: ClassVar[tuple[str, ...]] = ("theft_suspected",)
 

@@ -17,9 +17,11 @@ from meterwatch.analytics.detectors.theft import (
     theft_features,
 )
 from meterwatch.analytics.partition import (
+    InProcess,
     analyze_partitioned,
     iter_partitions,
     plan,
+    run_jobs,
     run_partitioned,
 )
 from meterwatch.analytics.suite import default_detectors, run_detectors
@@ -100,6 +102,109 @@ def test_partitioned_run_equals_one_window_over_the_fleet(
         pd.testing.assert_frame_equal(ranked, suspects)
 
 
+def test_a_fleet_in_one_partition_runs_on_its_own_grid(
+    several_areas: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    """Every meter in one partition (here: those with an area; the others' readings are then
+    unregistered): no fleet grid is computed, the partition's window finds the same grid and
+    data extent, and the findings are those of one window."""
+    readings, reg, _ = several_areas
+    in_areas = reg[reg["transformer_id"].fillna("") != ""].reset_index(drop=True)
+    dets = default_detectors()
+    whole = canonical_findings(run_detectors(dets, readings, in_areas))
+    p = plan(readings, in_areas, max_meters=10_000)
+    assert p.count == 1 and p.grid is None
+    (part,) = list(p.parts)
+    registered = readings["meter_id"].isin(in_areas["meter_id"])
+    assert len(part.readings) == int(registered.sum()) < len(readings)
+    seen: list[int] = []
+    result = analyze_partitioned(
+        dets,
+        readings,
+        in_areas,
+        max_meters=10_000,
+        progress=lambda done, _total: seen.append(done),
+    )
+    assert seen == [len(in_areas)]
+    pd.testing.assert_frame_equal(whole, canonical_findings(result.findings))
+
+
+def test_detectors_on_threads_give_the_same_findings_in_the_same_order(
+    several_areas: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    """``analyze`` in one process builds the window and runs the detectors on a thread per
+    core: the same findings, row for row, and the same theft features, as on one thread."""
+    readings, reg, _ = several_areas
+    extra = {"theft_features": theft_features}
+    one = analyze_partitioned(default_detectors(), readings, reg, 10_000, extra=extra)
+    two = analyze_partitioned(
+        default_detectors(), readings, reg, 10_000, runner=InProcess(threads=2), extra=extra
+    )
+    assert len(one.findings) > 0
+    pd.testing.assert_frame_equal(one.findings, two.findings)
+    for a, b in zip(one.partials["theft_features"], two.partials["theft_features"], strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_window_built_on_threads_is_the_same_window(
+    several_areas: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    from meterwatch.analytics.window import build_window
+
+    readings, reg, _ = several_areas
+    shuffled = readings.sample(frac=1.0, random_state=3)  # scattered, not in grid order
+    one = build_window(shuffled, reg)
+    two = build_window(shuffled, reg, threads=2)
+    assert list(one.values) == list(two.values) and set(one.stacks) == set(two.stacks)
+    for name, a in one.values.items():
+        np.testing.assert_array_equal(a, two.values[name], err_msg=name)
+    for kind, a in one.stacks.items():
+        np.testing.assert_array_equal(a, two.stacks[kind], err_msg=kind)
+    np.testing.assert_array_equal(one.t, two.t)
+
+
+def test_jobs_sharing_an_intermediate_run_on_one_thread_and_compute_it_once() -> None:
+    """Jobs of one ``shares`` run one after the other on one thread (the first computes what
+    the others read); results come back in job order; two threads asking a window for the
+    same memo key compute it once."""
+    import threading
+    import time
+
+    from meterwatch.analytics.window import build_window
+
+    w = build_window(
+        pd.DataFrame(
+            {
+                "meter_id": ["A"],
+                "ts": pd.to_datetime(["2026-01-05T00:15Z"]),
+                "energy_import_kwh": [1.0],
+            }
+        ),
+        pd.DataFrame({"meter_id": ["A"]}),
+    )
+    computed: list[str] = []
+
+    def slow() -> int:
+        computed.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return 7
+
+    seen: dict[int, str] = {}
+
+    def job(k: int) -> object:
+        def run(win: object) -> int:
+            seen[k] = threading.current_thread().name
+            return int(w.memo("shared", slow)) + k
+
+        return run
+
+    jobs = [("vee", job(0)), ("", job(1)), ("vee", job(2)), ("", job(3)), ("vee", job(4))]
+    assert run_jobs(w, jobs, threads=3) == [7, 8, 9, 10, 11]
+    assert len(computed) == 1
+    assert seen[0] == seen[2] == seen[4]  # the "vee" group on one thread
+    assert run_jobs(w, jobs, threads=1) == [7, 8, 9, 10, 11]
+
+
 def test_a_partition_travels_as_arrow_with_its_non_numeric_cells() -> None:
     """A partition pickles its readings as an Arrow table (meter ids dictionary-encoded) and
     comes back equal; non-numeric cells of a file keep pointing at their own rows."""
@@ -130,6 +235,19 @@ def test_a_partition_travels_as_arrow_with_its_non_numeric_cells() -> None:
     back = pickle.loads(wire)
     pd.testing.assert_frame_equal(back.readings, b.readings)
     assert back.readings.attrs["coerced_rows"]["energy_import_kwh"].tolist() == [1]
+    # One partition: the rows of registered meters in file order (C9 is not registered), the
+    # non-numeric cells still pointing at their rows.
+    extra_row = readings.iloc[[0]].assign(meter_id="C9")
+    with_unknown = pd.concat([extra_row, readings], ignore_index=True)
+    with_unknown.attrs["coerced_rows"] = {
+        c: r + 1 for c, r in readings.attrs["coerced_rows"].items()
+    }
+    (one,) = list(plan(with_unknown, reg, max_meters=10).parts)
+    assert one.readings["meter_id"].tolist() == ["B1", "A1", "B1", "A1"]
+    assert {c: r.tolist() for c, r in one.readings.attrs["coerced_rows"].items()} == {
+        "voltage_l1_v": [1],
+        "energy_import_kwh": [2],
+    }
     whole = run_detectors(default_detectors(), readings, reg)
     split = analyze_partitioned(default_detectors(), readings, reg, max_meters=1).findings
     hits = whole[whole["type"] == "non_numeric_value"]
