@@ -52,7 +52,7 @@ from meterwatch.analytics.window import (
     ts_ns,
     utc,
 )
-from meterwatch.core.memory import release_arrow_pool
+from meterwatch.core.memory import release_partition_memory
 
 Loader = Callable[[list[str]], pd.DataFrame]
 Progress = Callable[[int, int], None]
@@ -355,7 +355,7 @@ def run_partition(
         w = grid.window(readings, part.meters, consume=consume, threads=threads)
     del readings
     if consume:
-        release_arrow_pool()
+        release_partition_memory()
     jobs: list[tuple[str, Callable[[Window], Any]]] = [
         (d.shares, d.detect_window) for d in detectors if not isinstance(d, CrossPartition)
     ]
@@ -368,7 +368,7 @@ def run_partition(
     partials = dict(zip(fns, out[n_rules:], strict=True))
     if consume:  # the next partition starts from a heap without this one's holes
         del w, out
-        release_arrow_pool()
+        release_partition_memory()
     return PartitionResult(part.index, len(part.meters), found, partials)
 
 

@@ -364,7 +364,8 @@ def _import_beside(module: str) -> threading.Thread:
     show_default=True,
     type=click.IntRange(min=1),
     help="Without a scheduler: N > 1 runs the partitions on a local Dask cluster of N worker "
-    "processes (one per core is a good choice).",
+    "processes (one per core is a good choice); 1 runs them in this process, each partition's "
+    "window and detectors on a thread per core.",
 )
 @click.option(
     "--partition-meters",
