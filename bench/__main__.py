@@ -92,6 +92,18 @@ def analytics_body(r: dict, a: dict) -> str:
             f"{read_s:.2f} ({' / '.join(f'{x:.2f}' for x in a['pyarrow_read_s'])})",
             "1.0×",
         ],
+        *(
+            [
+                [
+                    "  for context: the same read as a fresh process's first (imports not timed)",
+                    f"{_median(a['pyarrow_fresh_read_s']):.2f} "
+                    f"({' / '.join(f'{x:.2f}' for x in a['pyarrow_fresh_read_s'])})",
+                    f"analyze ÷ this: {analyze_s / _median(a['pyarrow_fresh_read_s']):.1f}×",
+                ]
+            ]
+            if a.get("pyarrow_fresh_read_s")
+            else []
+        ),
         [
             "meterwatch analyze, a fresh process (median; each run)",
             f"{analyze_s:.1f} ({' / '.join(f'{x:.1f}' for x in a['analyze_s'])})",
