@@ -95,6 +95,22 @@ def reuse_freed_memory() -> None:
     mallopt(_M_TOP_PAD, ARRAY_HEAP_PAD)
     global _reusing
     _reusing = True
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        _numpy_huge_pages(False)
+
+
+def _numpy_huge_pages(enabled: bool) -> None:
+    """Whether numpy asks the kernel for transparent huge pages for its large arrays (its
+    default on Linux; ``NUMPY_MADVISE_HUGEPAGE`` at import sets the same). Off where arrays
+    reuse the heap: ``analyze`` of 1,000 meters x 60 days took 6.0-7.8 s (median 6.3) without
+    them against 6.9-8.2 s (median 7.0) with them, its system time 1.5-1.9 s against 1.7-3.4
+    (the kernel zeroing and compacting 2 MB pages), four alternating runs each."""
+    import numpy as np
+
+    setter = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(setter, "_set_madvise_hugepage", None)
+    if setter is not None:  # private to numpy: without it, numpy's default stays
+        setter(enabled)
 
 
 def release_partition_memory() -> None:
