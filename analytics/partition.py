@@ -296,7 +296,7 @@ def plan(readings: pd.DataFrame, meters: pd.DataFrame, max_meters: int = 20_000)
             del mine, seen
             frame["meter_id"] = pd.Categorical.from_codes(local, categories=ids[present])
             frame.attrs = {}
-            if coerced_rows and where is not None:
+            if where is not None:  # set exactly when the file had non-numeric cells
                 bad = {c: where[r] for c, r in coerced_rows.items()}
                 bad = {c: np.sort(r[(r >= lo) & (r < hi)] - lo) for c, r in bad.items()}
                 frame.attrs["coerced_rows"] = {c: r for c, r in bad.items() if r.size}

@@ -111,8 +111,8 @@ def _read_csv(p: Path) -> pd.DataFrame:
 
 def _read_csv_blocks(p: Path, text: set[str]) -> Any:
     """The file as one Arrow table, read in blocks of about :data:`CSV_BLOCK_BYTES` cut at
-    line ends, each read and parsed by a thread of its own (one per core; ``os.pread`` and
-    Arrow release the GIL), at most two blocks per thread in flight: the one-shot
+    line ends, each mapped and parsed by a thread of its own (one per core; Arrow releases
+    the GIL), at most two blocks per thread in flight: the one-shot
     multithreaded reader's speed at the streaming reader's memory (the one-shot reader holds
     the whole file and its parsed columns at once). Each block is parsed from a memory map of
     the file (:func:`_mapped`), not from a copy. The header and the column types come from

@@ -72,17 +72,18 @@ def _mallopt() -> Any:
 def reuse_freed_memory() -> None:
     """For a process that analyses one large fleet in its own memory (``meterwatch analyze``:
     whole-array rules over its window allocate and free arrays of tens of MB each, hundreds
-    of times): glibc keeps what is freed for the next
-    arrays instead of giving it back to the system at once (large blocks from the heap, not
-    from a memory map of their own, and no automatic trim of the heap's top). Memory given
-    back is faulted and zeroed again by the kernel when next used: on the measuring machine
-    that zeroing was 16-19 % of ``meterwatch analyze``'s CPU time. Freed memory is still
-    given back at the points of :func:`release_arrow_pool` (after a file read, once a window
-    holds its readings, after each partition), which bound the peak, except the last two
-    (:func:`release_partition_memory`): ``analyze``'s peak stayed within 6 % of where it was. Not for the workers of a daily run (many partitions a process, each a
-    fraction of the size): there the heap kept between those points raised a worker's peak
-    from 2.9x to 3.2x its input, for no measurable gain. Unless the environment
-    tunes malloc itself (``MALLOC_*_`` variables, ``GLIBC_TUNABLES``); idempotent."""
+    of times): glibc keeps what is freed for the next arrays instead of giving it back to the
+    system at once (large blocks from the heap, not from a memory map of their own, and no
+    automatic trim of the heap's top), and numpy's arrays go without transparent huge pages
+    (:func:`_numpy_huge_pages`). Memory given back is faulted and zeroed again by the kernel
+    when next used: on the measuring machine that zeroing was 16-19 % of ``meterwatch
+    analyze``'s CPU time. Freed memory is still given back after a file read
+    (:func:`release_arrow_pool`), which bounds the peak, but not between a partition's stages
+    (:func:`release_partition_memory`): ``analyze``'s peak stayed within 6 % of where it was.
+    Not for the workers of a daily run (many partitions a process, each a fraction of the
+    size): there the heap kept between those points raised a worker's peak from 2.9x to 3.2x
+    its input, for no measurable gain. Not when the environment tunes malloc itself
+    (``MALLOC_*_`` variables, ``GLIBC_TUNABLES``); idempotent."""
     if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ) or (
         "malloc" in os.environ.get("GLIBC_TUNABLES", "")
     ):
