@@ -7,17 +7,19 @@ import gc
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 
 from meterwatch import __version__
-from meterwatch.cli_output import fail
-from meterwatch.config import load_config, starter_config
+from meterwatch.cli_output import LazyGroup, fail
 from meterwatch.core.errors import ConfigError, MeterWatchError
+
+if TYPE_CHECKING:
+    from meterwatch.io import ReadAhead
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,7 +38,23 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-@click.group()
+#: Commands defined in modules of their own, imported only when one of them runs (or ``--help``
+#: lists them): ``meterwatch analyze`` does not load the alert, storage or probe commands'
+#: modules, nor the config models of the service (about 0.3 s of imports).
+_LAZY = {
+    "alerts": "meterwatch.cli_alerts:alerts",
+    "audit": "meterwatch.cli_alerts:audit",
+    "backup": "meterwatch.cli_storage:backup_cmd",
+    "restore": "meterwatch.cli_storage:restore_cmd",
+    "export": "meterwatch.cli_billing:export",
+    "vee": "meterwatch.cli_billing:vee",
+    "evaluate": "meterwatch.cli_evaluate:evaluate",
+    "baselines": "meterwatch.cli_baselines:baselines",
+    "probe": "meterwatch.cli_probe:probe",
+}
+
+
+@click.group(cls=LazyGroup, lazy=_LAZY)
 @click.version_option(__version__, prog_name="meterwatch")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
@@ -58,6 +76,7 @@ def run(config_path: str, duration: float | None) -> None:
     """Run the service: collect → store → detect → alert (Ctrl-C stops cleanly)."""
     # The service's modules only after the lean-ingest check: the process that replaces
     # itself with the lean one should not have grown by them first (docs/benchmarks.md).
+    from meterwatch.config import load_config
     from meterwatch.ingest import exec_lean, lean_plan
 
     try:
@@ -114,6 +133,8 @@ def config() -> None:
 @click.argument("file", default="config.yaml", type=click.Path())
 def config_check(file: str) -> None:
     """Validate FILE and print what is wrong, by field path."""
+    from meterwatch.config import load_config
+
     try:
         cfg = load_config(file)
     except ConfigError as exc:
@@ -151,6 +172,8 @@ def config_init(file: str, demo: bool, force: bool) -> None:
     path = Path(file)
     if path.exists() and not force:
         fail(MeterWatchError(f"{path} exists; use --force to overwrite it"))
+    from meterwatch.config import starter_config
+
     text = starter_config("demo" if demo else "gateway")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,24 +327,6 @@ def _simulate_real(
     )
 
 
-def _import_beside(module: str) -> threading.Thread:
-    """Import ``module`` in a daemon thread (joined by the caller before it imports anything
-    that ``module`` might import too, so the two never wait on each other's import locks)."""
-    import importlib
-
-    import pyarrow.csv  # noqa: F401  (the file read's imports stay in the calling thread)
-
-    def load() -> None:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # the import where it is needed reports it
-            pass
-
-    th = threading.Thread(target=load, daemon=True)
-    th.start()
-    return th
-
-
 @main.command()
 @click.option(
     "--readings", "readings_path", required=True, type=click.Path(exists=True, dir_okay=False)
@@ -394,6 +399,45 @@ def analyze(
     baselines_path: str | None = None,
 ) -> None:
     """Offline analytics over files in the canonical schema; writes alerts as JSONL."""
+    from meterwatch.core.memory import reuse_freed_memory
+    from meterwatch.io import ReadAhead
+
+    # This process holds the readings and, without a cluster, runs the analytics: its arrays
+    # reuse freed memory (set before the file's first allocation).
+    reuse_freed_memory()
+    # The file is read on threads of its own from here on: the imports, the config, the
+    # registry and the workers below get ready while Arrow parses it (on a bad config, a bad
+    # registry or an unreachable scheduler the read is cancelled).
+    with ReadAhead(readings_path) as ahead:
+        _analyze(
+            ahead,
+            readings_path,
+            meters_path,
+            out_path,
+            config_path,
+            validated_path,
+            suspects_path,
+            scheduler,
+            workers,
+            partition_meters,
+            baselines_path,
+        )
+
+
+def _analyze(
+    ahead: ReadAhead,
+    readings_path: str,
+    meters_path: str,
+    out_path: str,
+    config_path: str | None,
+    validated_path: str | None,
+    suspects_path: str | None,
+    scheduler: str | None,
+    workers: int,
+    partition_meters: int,
+    baselines_path: str | None,
+) -> None:
+    import importlib
     from contextlib import ExitStack
     from datetime import UTC, datetime
 
@@ -409,10 +453,9 @@ def analyze(
     from meterwatch.analytics.partition import analyze_partitioned
     from meterwatch.analytics.suite import default_detectors
     from meterwatch.cluster import partition_runner
+    from meterwatch.config import load_config
     from meterwatch.console import alert_counts_lines, print_registry_summary, warn_coerced
-    from meterwatch.core.memory import reuse_freed_memory
     from meterwatch.core.registry import load_registry
-    from meterwatch.io import read_readings_file
 
     try:
         cfg = load_config(config_path) if config_path else None
@@ -448,13 +491,12 @@ def analyze(
                         scheduler, workers, timeout_s=timeout_s, setting=setting, on_retry=retried
                     )
                 )
-            reuse_freed_memory()  # this process runs the analytics: arrays reuse freed memory
             with console.status(f"reading {readings_path}"):
-                # scikit-learn (the theft score's forest, ~1.5 s of imports) loads in a thread
-                # while Arrow reads the file without the GIL.
-                warm = _import_beside("sklearn.ensemble")
-                readings = read_readings_file(readings_path)
-                warm.join()
+                try:  # the theft score's forest (~1.5 s of imports) while Arrow parses
+                    importlib.import_module("sklearn.ensemble")
+                except ImportError:  # the import where it is needed reports it
+                    pass
+                readings = ahead.result()
             # What is loaded by now lives as long as the process: the garbage collector's full
             # passes need not walk it again (2-3 % of the run's CPU in a profile otherwise).
             gc.freeze()
@@ -544,35 +586,6 @@ def analyze(
     for line in alert_counts_lines(counts):
         console.print(line, highlight=False, soft_wrap=True)
 
-
-from meterwatch.cli_alerts import alerts as _alerts_group  # noqa: E402
-from meterwatch.cli_alerts import audit as _audit_group  # noqa: E402
-
-main.add_command(_alerts_group)
-main.add_command(_audit_group)
-
-from meterwatch.cli_storage import backup_cmd as _backup_cmd  # noqa: E402
-from meterwatch.cli_storage import restore_cmd as _restore_cmd  # noqa: E402
-
-main.add_command(_backup_cmd)
-main.add_command(_restore_cmd)
-
-from meterwatch.cli_billing import export as _export_group  # noqa: E402
-from meterwatch.cli_billing import vee as _vee_group  # noqa: E402
-
-main.add_command(_export_group)
-main.add_command(_vee_group)
-
-from meterwatch.cli_baselines import baselines as _baselines_group  # noqa: E402
-from meterwatch.cli_evaluate import evaluate as _evaluate_cmd  # noqa: E402
-
-main.add_command(_evaluate_cmd)
-main.add_command(_baselines_group)
-
-
-from meterwatch.cli_probe import probe as _probe_group  # noqa: E402
-
-main.add_command(_probe_group)
 
 if __name__ == "__main__":
     main()

@@ -2,38 +2,120 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import mmap
 import os
+import re
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from meterwatch.core.errors import MeterWatchError
 from meterwatch.core.memory import release_arrow_pool
-from meterwatch.core.schema import READING_FIELDS, with_time_columns
+from meterwatch.core.quantities import READING_FIELDS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where a frame is made, not with this module: a ReadAhead starts parsing
+# before its caller has imported pandas.
+
+
+class ReadCancelled(Exception):
+    """A :class:`ReadAhead` was cancelled before its file was read."""
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:
     """Load a canonical readings file (plus ``collected_at``/``device_ts`` if present); errors
     name the file and the problem."""
     p = Path(path)
-    try:
+    with _read_errors(p):
         if p.suffix.lower() == ".parquet":
             df = _read_parquet(p)
         elif p.suffix.lower() == ".csv":
-            df = _read_csv(p)
+            df = _to_frame(_read_csv(p))
         else:
             raise MeterWatchError(
                 f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet"
             )
+    return _as_readings(p, df)
+
+
+class ReadAhead:
+    """:func:`read_readings_file` with a CSV file's parsing started at once, on threads of its
+    own: what the caller does meanwhile (its imports, pandas' among them, loading a registry,
+    starting workers) runs while Arrow parses the file without the GIL, instead of before it.
+    :meth:`result` waits for the parse and converts the table to the readings frame (in the
+    calling thread); :meth:`cancel` stops the parse at its next block and waits for it: call
+    it when giving up before the result (``with ReadAhead(...)`` does). Other formats are read
+    by :meth:`result` itself.
+
+    Creating one imports Arrow's CSV reader only (not pandas): the parsing threads import
+    nothing while the caller imports."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stop = threading.Event()
+        self._table: Any = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self.path.suffix.lower() == ".csv":
+            import pyarrow.compute  # noqa: F401  (the parse's imports, in the calling thread)
+            import pyarrow.csv  # noqa: F401
+
+            self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._table = _read_csv(self.path, self._stop)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> pd.DataFrame:
+        if self._thread is None:
+            return read_readings_file(self.path)
+        self._thread.join()
+        table, error, self._table, self._error = self._table, self._error, None, None
+        with _read_errors(self.path):
+            if error is not None:
+                raise error
+            if table is None:
+                raise ReadCancelled(f"{self.path}: the read was cancelled or its result taken")
+            df = _to_frame(table)
+        return _as_readings(self.path, df)
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._table = None
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+@contextmanager
+def _read_errors(p: Path) -> Iterator[None]:
+    """A file that cannot be opened or parsed as :class:`MeterWatchError` naming it."""
+    try:
+        yield
     except (OSError, ValueError) as exc:
         raise MeterWatchError(f"{p}: cannot read: {exc}") from exc
+
+
+def _as_readings(p: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """A frame read from ``p`` in the canonical schema (:func:`with_time_columns`)."""
+    from meterwatch.core.schema import with_time_columns
+
     missing = [c for c in ("meter_id", "ts") if c not in df.columns]
     if missing:
         raise MeterWatchError(f"{p}: missing column(s) {', '.join(missing)}")
@@ -57,6 +139,7 @@ def _read_parquet(p: Path) -> pd.DataFrame:
     worker's partitions peaked at 489-533 MiB, 505-570 at seven columns at a time), for about
     0.05 s more per such day. A file whose pandas metadata names index columns is read whole,
     its index kept."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     # Arrow reads a text column as a dictionary and ignores the option for any other column.
@@ -86,9 +169,10 @@ def _to_frame(table: Any) -> pd.DataFrame:
 CSV_BLOCK_BYTES = 32 << 20
 
 
-def _read_csv(p: Path) -> pd.DataFrame:
-    """A CSV of readings with Arrow's reader (several times pandas' own), in blocks parsed on
-    every core.
+def _read_csv(p: Path, stop: threading.Event | None = None) -> Any:
+    """A CSV of readings as an Arrow table, with Arrow's reader (several times pandas' own),
+    in blocks parsed on every core; once ``stop`` is set, :class:`ReadCancelled` at the next
+    block.
 
     Arrow types a column from its first block: a column that turns out to hold text further
     down (``"err"`` in a number column, a malformed time) is read again as text, and the
@@ -98,18 +182,18 @@ def _read_csv(p: Path) -> pd.DataFrame:
     text: set[str] = {"meter_id"}
     for _ in range(64):  # at most once per column (a handful)
         try:
-            table = _read_csv_blocks(p, text)
+            table = _read_csv_blocks(p, text, stop)
         except pa.ArrowInvalid as exc:
             col = _failed_column(str(exc), p)
             if col is None or col in text:
                 raise ValueError(str(exc)) from None
             text.add(col)
             continue
-        return _to_frame(table)
+        return table
     raise ValueError("too many columns need reading as text")
 
 
-def _read_csv_blocks(p: Path, text: set[str]) -> Any:
+def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = None) -> Any:
     """The file as one Arrow table, read in blocks of about :data:`CSV_BLOCK_BYTES` cut at
     line ends, each mapped and parsed by a thread of its own (one per core; Arrow releases
     the GIL), at most two blocks per thread in flight: the one-shot
@@ -144,6 +228,7 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
         del raw
 
         def parse(span: tuple[int, int]) -> Any:
+            _check(stop)
             with _mapped(fd, *span) as block:
                 parsed = pacsv.read_csv(
                     block, read_options=read_options, convert_options=convert_options
@@ -153,6 +238,7 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
         with ThreadPoolExecutor(workers) as pool:
             pending: deque[Future[Any]] = deque()
             for span in spans[1:]:
+                _check(stop)
                 pending.append(pool.submit(parse, span))
                 if len(pending) >= 2 * workers:
                     tables.append(pending.popleft().result())
@@ -160,6 +246,11 @@ def _read_csv_blocks(p: Path, text: set[str]) -> Any:
     finally:
         os.close(fd)
     return pa.concat_tables(tables)
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise ReadCancelled
 
 
 @contextmanager
@@ -233,9 +324,6 @@ def _block_table(table: Any) -> Any:
 def _failed_column(message: str, p: Path) -> str | None:
     """The column an Arrow CSV conversion error names (``In CSV column #3: ...`` gives the
     position; the header names it)."""
-    import csv
-    import re
-
     m = re.search(r"column #(\d+)", message)
     if m is None:
         return None
@@ -247,6 +335,8 @@ def _failed_column(message: str, p: Path) -> str | None:
 
 def _iso_z(values: pd.Series) -> pd.Series:
     """UTC timestamps as ISO 8601 text with ``Z`` (contracts §1); NaT stays empty."""
+    import pandas as pd
+
     return pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -184,3 +184,43 @@ def test_config_check_names_a_bad_scheduler_address(tmp_path: Path) -> None:
     text = " ".join(res.output.split())
     assert "analytics.scheduler" in text
     assert "'udp://10.0.0.5:8786' is not a Dask scheduler address" in text
+
+
+def test_a_bad_registry_cancels_the_read_ahead_of_a_csv(
+    faulty: tuple[Path, Fleet], tmp_path: Path
+) -> None:
+    """The CSV is being parsed while the registry loads: a bad registry is still one error
+    line, and the command returns without finishing the read."""
+    parquet, fleet = faulty
+    readings = tmp_path / "readings.csv"
+    pd.read_parquet(parquet).to_csv(readings, index=False)
+    reg = fleet.registry.copy()
+    reg.loc[1, "phases"] = 5
+    meters = tmp_path / "meters.csv"
+    reg.to_csv(meters, index=False)
+    out = tmp_path / "alerts.jsonl"
+    code, stdout, stderr = analyze(readings, meters, out)
+    assert code == 2
+    assert " ".join(stderr.split()).startswith(f"error: {meters}: 1 problem(s)")
+    assert "Traceback" not in stderr + stdout and not out.exists()
+
+
+def test_a_command_imports_only_its_own_modules() -> None:
+    """`meterwatch analyze` loads neither the service's config models nor the other commands'
+    modules; --help still lists every command, and a lazily loaded one runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, meterwatch.cli as c; from click.testing import CliRunner; "
+        "print(sorted(m for m in sys.modules if m.startswith(('meterwatch.cli_', "
+        "'meterwatch.config', 'meterwatch.collector')))); "
+        "r = CliRunner().invoke(c.main, ['--help']); print(r.output); "
+        "r = CliRunner().invoke(c.main, ['alerts', '--help']); print(r.exit_code, r.output)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, rest = done.stdout.split("\n", 1)
+    assert loaded == "['meterwatch.cli_output']"
+    for command in ("alerts", "analyze", "audit", "backup", "baselines", "evaluate", "probe"):
+        assert re.search(rf"^\s+{command}\s", rest, re.M), command
+    assert "0 Usage: main alerts" in rest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 import pytest
 
 from meterwatch import io
+from meterwatch.core.errors import MeterWatchError
 from meterwatch.core.schema import TS_DTYPE
 
 
@@ -121,8 +124,84 @@ def test_whole_numbers_first_then_decimals_stay_numbers(
     path.write_text("\n".join(rows) + "\n")
     calls = []
     real = io._read_csv_blocks
-    monkeypatch.setattr(io, "_read_csv_blocks", lambda p, t: calls.append(set(t)) or real(p, t))
+    monkeypatch.setattr(
+        io, "_read_csv_blocks", lambda p, t, *a: calls.append(set(t)) or real(p, t, *a)
+    )
     df = io.read_readings_file(path)
     assert calls == [{"meter_id"}]  # one pass
     assert df["energy_import_kwh"].dtype == np.float64
     assert df["energy_import_kwh"].iat[-1] == 1030.25 and df["energy_import_kwh"].iat[0] == 1000
+
+
+def _late_text_csv(path: Path, rows: int = 3000) -> Path:
+    lines = ["meter_id,ts,power_kw,voltage_l1_v"]
+    lines += [
+        f"M{i % 7},2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z,{i}.5,230" for i in range(rows)
+    ]
+    lines += ["M1,2026-01-02T00:00:00Z,ERR,231"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_read_ahead_gives_what_a_read_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV parsed ahead (a column read again as text included) and a Parquet file (read by
+    result() itself) come out as read_readings_file gives them, attributes included."""
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", 4096)
+    path = _late_text_csv(tmp_path / "r.csv")
+    want = io.read_readings_file(path)
+    with io.ReadAhead(path) as ahead:
+        got = ahead.result()
+    pd.testing.assert_frame_equal(got, want)
+    assert got.attrs["coerced"] == want.attrs["coerced"] == {"power_kw": 1}
+    plain = want.copy()
+    plain.attrs = {}  # the coerced-row positions are arrays: not for a Parquet file
+    plain.to_parquet(tmp_path / "r.parquet", index=False)
+    with io.ReadAhead(tmp_path / "r.parquet") as ahead:
+        assert ahead._thread is None
+        got = ahead.result()
+    assert got["meter_id"].astype(str).tolist() == want["meter_id"].astype(str).tolist()
+    assert got["ts"].tolist() == want["ts"].tolist()
+
+
+def test_read_ahead_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "no_ts.csv").write_text("meter_id,power_kw\nA,1\n")
+    with pytest.raises(MeterWatchError, match=r"no_ts\.csv: missing column\(s\) ts"):
+        io.ReadAhead(tmp_path / "no_ts.csv").result()
+    (tmp_path / "ragged.csv").write_text("meter_id,ts,power_kw\nA,2026-01-01T00:00:00Z,1,9,9\n")
+    with pytest.raises(MeterWatchError, match=r"ragged\.csv: cannot read: .*"):
+        io.ReadAhead(tmp_path / "ragged.csv").result()
+    (tmp_path / "r.txt").write_text("x")
+    with pytest.raises(MeterWatchError, match=r"r\.txt: unknown readings format '\.txt'"):
+        io.ReadAhead(tmp_path / "r.txt").result()
+
+
+def test_a_cancelled_read_ahead_stops_at_its_next_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled right after the first block is parsed, the read parses no more than the
+    blocks already in flight, and result() says it was cancelled."""
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", 1024)
+    path = _late_text_csv(tmp_path / "r.csv", rows=20_000)  # about 900 blocks
+    parsed = threading.Semaphore(0)
+    go = threading.Event()
+    real = io._block_table
+
+    def slow(table: object) -> object:
+        parsed.release()
+        go.wait(5)
+        return real(table)
+
+    monkeypatch.setattr(io, "_block_table", slow)
+    ahead = io.ReadAhead(path)
+    assert parsed.acquire(timeout=5)  # the first block is parsed and waits
+    ahead._stop.set()
+    go.set()
+    ahead.cancel()
+    blocks = 1
+    while parsed.acquire(blocking=False):
+        blocks += 1
+    assert blocks <= 1 + 2 * (os.cpu_count() or 1)  # the first, then at most those in flight
+    with pytest.raises(io.ReadCancelled):
+        ahead.result()
