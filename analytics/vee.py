@@ -56,6 +56,7 @@ episode with its evidence) for the billing detectors of :mod:`analytics.detector
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -346,11 +347,12 @@ def validate_window(
         for rs in row_chunks(n_m, n_int)
     ]
     dense = parts[0] if len(parts) == 1 else DenseValidated.concat(parts)
-    quality, bits = dense.quality, dense.bits
+    per_quality = np.bincount(dense.quality.ravel(), minlength=len(QUALITIES))
     for q_code, q in enumerate(QUALITIES):
-        counts[f"intervals_{q}"] = int((quality == q_code).sum())
+        counts[f"intervals_{q}"] = int(per_quality[q_code])
+    flagged = dense.bits[dense.bits != 0]  # one pass over the window, then its flagged cells
     for code in REASON_CODES:
-        counts[f"reason_{code}"] = int(((bits & BIT[code]) > 0).sum())
+        counts[f"reason_{code}"] = int(np.count_nonzero(flagged & BIT[code]))
     return ValidatedReadings(
         None,
         _events_frame(events),
@@ -954,6 +956,35 @@ class _Days:
     slot: np.ndarray
 
 
+@functools.lru_cache(maxsize=16)
+def _calendar(
+    start_ns: int, n_bounds: int, step: int, timezone: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The local-day layout of the intervals that start at ``start_ns + k x step`` [ns] for
+    ``k < n_bounds - 1``: each interval's day and slot, which days are weekend days, the
+    slots each day has (23, 24 or 25 hours' worth) and how many of them are in the grid. The
+    same for every chunk of meters of a window: computed once (arrays read-only)."""
+    starts = start_ns + np.arange(n_bounds - 1, dtype=np.int64) * step
+    local = pd.DatetimeIndex(pd.to_datetime(starts, utc=True)).tz_convert(timezone)
+    local_date = local.normalize()
+    day_keys, day_idx = np.unique(local_date.asi8, return_inverse=True)
+    day_idx = day_idx.reshape(-1)
+    slot = ((local.asi8 - local_date.asi8) // step).astype(np.int64)
+    days = pd.DatetimeIndex(pd.to_datetime(day_keys, utc=True)).tz_convert(timezone)
+    weekend = days.day_of_week.to_numpy() >= 5
+    expected_slots = (
+        np.array(
+            [(d + pd.DateOffset(days=1)).normalize() - d for d in days], dtype="timedelta64[ns]"
+        ).astype(np.int64)
+        // step
+    )
+    slots_in_grid = np.bincount(day_idx, minlength=day_keys.size)
+    out = (day_idx, slot, weekend, expected_slots, slots_in_grid)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def local_days(
     bounds: np.ndarray,
     step: int,
@@ -965,23 +996,10 @@ def local_days(
 ) -> _Days:
     """Actual interval energy as meters x local days x slots, and which days are complete
     (every slot actual) and qualify as like days (complete, no outage)."""
-    starts_utc = pd.DatetimeIndex(pd.to_datetime(bounds[:-1], utc=True))
-    local = starts_utc.tz_convert(timezone)
-    local_date = local.normalize()
-    day_keys, day_idx = np.unique(local_date.asi8, return_inverse=True)
-    day_idx = day_idx.reshape(-1)
-    slot = ((local.asi8 - local_date.asi8) // step).astype(np.int64)
-    days = pd.DatetimeIndex(pd.to_datetime(day_keys, utc=True)).tz_convert(timezone)
-    weekend = days.day_of_week.to_numpy() >= 5
-    n_days = day_keys.size
-    n_slots = int(slot.max()) + 1
-    expected_slots = (
-        np.array(
-            [(d + pd.DateOffset(days=1)).normalize() - d for d in days], dtype="timedelta64[ns]"
-        ).astype(np.int64)
-        // step
+    day_idx, slot, weekend, expected_slots, slots_in_grid = _calendar(
+        int(bounds[0]), int(bounds.size), int(step), timezone
     )
-    slots_in_grid = np.bincount(day_idx, minlength=n_days)
+    n_days, n_slots = weekend.size, int(slot.max()) + 1
 
     def cube(values: np.ndarray) -> np.ndarray:
         out = np.full((n_m, n_days, n_slots), np.nan)
