@@ -31,6 +31,8 @@ with its registry slice, never as pickled rows.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -375,24 +377,49 @@ def run_partition(
 def run_jobs(w: Window, jobs: Sequence[tuple[str, Callable[[Window], R]]], threads: int) -> list[R]:
     """``fn(w)`` of every ``(shares, fn)`` job, in job order; on ``threads`` threads when > 1.
 
-    Jobs of one ``shares`` (:attr:`Detector.shares`) run one after the other on one thread,
-    the first computing what the others read; groups of several go first (they hold the long
-    shared computations), each alone job after them, in order."""
+    Jobs of one ``shares`` (:attr:`Detector.shares`) form a group whose first job computes
+    what the others read: the first jobs of all groups are started first (groups of several
+    before lone jobs, in job order), and a group's other jobs become ready once its first one
+    has finished, to run on whichever thread is free (no thread waits on another's shared
+    computation, and the short jobs fill in behind the long ones). The first failure is
+    raised once the running jobs are done; no job starts after it."""
     if threads <= 1 or len(jobs) <= 1:
         return [fn(w) for _, fn in jobs]
     groups: dict[str, list[int]] = {}
     for k, (share, _) in enumerate(jobs):
         groups.setdefault(share or f"#{k}", []).append(k)
     order = sorted(groups.values(), key=len, reverse=True)  # stable: ties keep job order
+    ready: deque[int] = deque(g[0] for g in order)
+    later = {g[0]: g[1:] for g in order if len(g) > 1}
     out: list[Any] = [None] * len(jobs)
+    failed: list[BaseException] = []
+    cond = threading.Condition()
 
-    def run(group: list[int]) -> None:
-        for k in group:
-            out[k] = jobs[k][1](w)
+    def worker() -> None:
+        while True:
+            with cond:
+                while not ready and later and not failed:
+                    cond.wait()  # a first job still running will make its group ready
+                if failed or not ready:
+                    return
+                k = ready.popleft()
+            try:
+                out[k] = jobs[k][1](w)
+            except BaseException as exc:
+                with cond:
+                    failed.append(exc)
+                    cond.notify_all()
+                return
+            with cond:
+                ready.extend(later.pop(k, ()))
+                cond.notify_all()
 
-    with ThreadPoolExecutor(min(threads, len(order)), thread_name_prefix="rules") as pool:
-        for _ in pool.map(run, order):  # raises the first failure
-            pass
+    n = min(threads, len(order))
+    with ThreadPoolExecutor(n, thread_name_prefix="rules") as pool:
+        for f in [pool.submit(worker) for _ in range(n)]:
+            f.result()
+    if failed:
+        raise failed[0]
     return out
 
 

@@ -4,6 +4,7 @@ area in partitions of their own, and findings identical to one window over the w
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -163,10 +164,11 @@ def test_a_window_built_on_threads_is_the_same_window(
     np.testing.assert_array_equal(one.t, two.t)
 
 
-def test_jobs_sharing_an_intermediate_run_on_one_thread_and_compute_it_once() -> None:
-    """Jobs of one ``shares`` run one after the other on one thread (the first computes what
-    the others read); results come back in job order; two threads asking a window for the
-    same memo key compute it once."""
+def test_jobs_sharing_an_intermediate_wait_for_its_first_and_compute_it_once() -> None:
+    """A group's first job (one ``shares``) computes what the others read: the others start
+    only once it has finished, on any thread; results come back in job order; two threads
+    asking a window for the same memo key compute it once; the first failure is raised and
+    no job starts after it."""
     import threading
     import time
 
@@ -189,20 +191,41 @@ def test_jobs_sharing_an_intermediate_run_on_one_thread_and_compute_it_once() ->
         time.sleep(0.05)
         return 7
 
-    seen: dict[int, str] = {}
+    span: dict[int, tuple[float, float]] = {}
 
-    def job(k: int) -> object:
+    def job(k: int, pause: float = 0.0) -> Callable[[object], int]:
         def run(win: object) -> int:
-            seen[k] = threading.current_thread().name
-            return int(w.memo("shared", slow)) + k
+            t = time.perf_counter()
+            time.sleep(pause)
+            value = int(w.memo("shared", slow)) + k
+            span[k] = (t, time.perf_counter())
+            return value
 
         return run
 
-    jobs = [("vee", job(0)), ("", job(1)), ("vee", job(2)), ("", job(3)), ("vee", job(4))]
+    jobs = [("vee", job(0)), ("", job(1, 0.1)), ("vee", job(2)), ("", job(3)), ("vee", job(4))]
     assert run_jobs(w, jobs, threads=3) == [7, 8, 9, 10, 11]
     assert len(computed) == 1
-    assert seen[0] == seen[2] == seen[4]  # the "vee" group on one thread
+    assert span[2][0] >= span[0][1] and span[4][0] >= span[0][1]  # after the group's first
     assert run_jobs(w, jobs, threads=1) == [7, 8, 9, 10, 11]
+
+    started: list[int] = []
+
+    def boom(win: object) -> int:
+        started.append(-1)
+        raise ValueError("rule failed")
+
+    def late(k: int) -> Callable[[object], int]:
+        def run(win: object) -> int:
+            started.append(k)
+            return k
+
+        return run
+
+    # Two threads: the failing group head and a lone job start; the head's group never does.
+    with pytest.raises(ValueError, match="rule failed"):
+        run_jobs(w, [("g", boom), ("g", late(1)), ("g", late(2)), ("", late(3))], threads=2)
+    assert 1 not in started and 2 not in started
 
 
 def test_a_partition_travels_as_arrow_with_its_non_numeric_cells() -> None:
