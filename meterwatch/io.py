@@ -38,7 +38,7 @@ def read_readings_file(path: str | Path) -> pd.DataFrame:
         if p.suffix.lower() == ".parquet":
             df = _read_parquet(p)
         elif p.suffix.lower() == ".csv":
-            df = _to_frame(_read_csv(p))
+            df = _read_csv(p).frame()
         else:
             raise MeterWatchError(
                 f"{p}: unknown readings format {p.suffix!r}; use .csv or .parquet"
@@ -87,7 +87,7 @@ class ReadAhead:
                 raise error
             if table is None:
                 raise ReadCancelled(f"{self.path}: the read was cancelled or its result taken")
-            df = _to_frame(table)
+            df = table.frame()
         return _as_readings(self.path, df)
 
     def cancel(self) -> None:
@@ -169,8 +169,8 @@ def _to_frame(table: Any) -> pd.DataFrame:
 CSV_BLOCK_BYTES = 32 << 20
 
 
-def _read_csv(p: Path, stop: threading.Event | None = None) -> Any:
-    """A CSV of readings as an Arrow table, with Arrow's reader (several times pandas' own),
+def _read_csv(p: Path, stop: threading.Event | None = None) -> _Columns:
+    """A CSV of readings as :class:`_Columns`, with Arrow's reader (several times pandas' own),
     in blocks parsed on every core; once ``stop`` is set, :class:`ReadCancelled` at the next
     block.
 
@@ -193,7 +193,7 @@ def _read_csv(p: Path, stop: threading.Event | None = None) -> Any:
     raise ValueError("too many columns need reading as text")
 
 
-def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = None) -> Any:
+def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = None) -> _Columns:
     """The file as one Arrow table, read in blocks of about :data:`CSV_BLOCK_BYTES` cut at
     line ends, each mapped and parsed by a thread of its own (one per core; Arrow releases
     the GIL), at most two blocks per thread in flight: the one-shot
@@ -201,9 +201,11 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
     the whole file and its parsed columns at once). Each block is parsed from a memory map of
     the file (:func:`_mapped`), not from a copy. The header and the column types come from
     the first block; each block's meter ids become a dictionary and its times nanoseconds as
-    soon as it is parsed, so the file's text never is all in memory. A CSV value with a line
-    break inside quotes is not supported (nor by Arrow's own parallel reader)."""
-    import pyarrow as pa
+    soon as it is parsed, so the file's text never is all in memory. As each block comes in
+    (in file order) this thread copies its columns into the file's arrays (:class:`_Columns`)
+    and lets the block go: the conversion runs while the other blocks are parsed, not after,
+    and the file's parsed columns never are all in memory beside its arrays. A CSV value with
+    a line break inside quotes is not supported (nor by Arrow's own parallel reader)."""
     import pyarrow.csv as pacsv
 
     workers = max(1, os.cpu_count() or 1)
@@ -224,8 +226,14 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
         read_options = pacsv.ReadOptions(column_names=raw.column_names, use_threads=False)
         types = dict(zip(raw.schema.names, raw.schema.types, strict=True))
         convert_options = pacsv.ConvertOptions(column_types=types)
-        tables = [_block_table(raw)]
+        first_block = _block_table(raw)
+        # Rows the file may hold, from the first block's bytes a row: its arrays are made that
+        # long at once (pages never written are never in memory), and grow if it was short.
+        per_row = (spans[0][1] - spans[0][0]) / max(raw.num_rows, 1)
         del raw
+        columns = _Columns(first_block.schema, int(size / max(per_row, 1.0) * 1.25) + 1024)
+        columns.add(first_block)
+        del first_block
 
         def parse(span: tuple[int, int]) -> Any:
             _check(stop)
@@ -241,11 +249,119 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
                 _check(stop)
                 pending.append(pool.submit(parse, span))
                 if len(pending) >= 2 * workers:
-                    tables.append(pending.popleft().result())
-            tables.extend(f.result() for f in pending)
+                    columns.add(pending.popleft().result())
+            while pending:
+                columns.add(pending.popleft().result())
     finally:
         os.close(fd)
-    return pa.concat_tables(tables)
+    return columns
+
+
+class _Columns:
+    """A CSV's columns, filled block by block in file order: the canonical quantities (float)
+    and times (UTC, ns) into numpy arrays, meter ids as codes into one list of ids (each
+    block's dictionary mapped onto it), any other column kept as Arrow chunks. The arrays are
+    allocated once at a capacity (grown by half when a block would pass it); :meth:`frame`
+    gives the frame of the rows filled, the arrays' memory its columns' (no copy)."""
+
+    def __init__(self, schema: Any, capacity: int) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        self.names: list[str] = list(schema.names)
+        self.n = 0
+        self.capacity = max(int(capacity), 1)
+        self.kinds: dict[str, str] = {}
+        self.arrays: dict[str, Any] = {}
+        self.chunks: dict[str, list[Any]] = {}
+        self.types = dict(zip(schema.names, schema.types, strict=True))
+        self.ids: dict[str, int] = {}
+        for name, typ in self.types.items():
+            if name == "meter_id" and pa.types.is_dictionary(typ):
+                self.kinds[name] = "ids"
+                self.arrays[name] = np.empty(self.capacity, dtype=np.int32)
+            elif pa.types.is_float64(typ):
+                self.kinds[name] = "float"
+                self.arrays[name] = np.empty(self.capacity, dtype=np.float64)
+            elif typ == pa.timestamp("ns", "UTC"):
+                self.kinds[name] = "time"
+                self.arrays[name] = np.empty(self.capacity, dtype="datetime64[ns]")
+            else:
+                self.kinds[name] = "arrow"
+                self.chunks[name] = []
+
+    def add(self, block: Any) -> None:
+        """Append ``block`` (a parsed block, after :func:`_block_table`)."""
+        import numpy as np
+
+        m = block.num_rows
+        if self.n + m > self.capacity:
+            self._grow(max(self.n + m, self.capacity + self.capacity // 2))
+        for name, column in zip(block.column_names, block.columns, strict=True):
+            kind = self.kinds[name]
+            if kind == "arrow":
+                self.chunks[name].extend(column.chunks)
+                continue
+            out = self.arrays[name]
+            at = self.n
+            if kind == "ids":
+                column = column.unify_dictionaries()  # one dictionary for the block's chunks
+            remap = None
+            for chunk in column.chunks:
+                k = len(chunk)
+                if kind == "ids":
+                    if remap is None:
+                        remap = np.fromiter(
+                            (self._id(v) for v in chunk.dictionary.to_pylist()),
+                            dtype=np.int32,
+                            count=len(chunk.dictionary),
+                        )
+                    index = (
+                        chunk.indices.fill_null(-1).to_numpy()
+                        if chunk.null_count
+                        else (chunk.indices.to_numpy())
+                    )
+                    out[at : at + k] = np.where(index >= 0, remap[index], -1)
+                else:
+                    out[at : at + k] = chunk.to_numpy(zero_copy_only=False)
+                at += k
+        self.n += m
+
+    def _id(self, value: str | None) -> int:
+        if value is None:
+            return -1
+        return self.ids.setdefault(value, len(self.ids))
+
+    def _grow(self, capacity: int) -> None:
+        import numpy as np
+
+        for name, a in self.arrays.items():
+            bigger = np.empty(capacity, dtype=a.dtype)
+            bigger[: self.n] = a[: self.n]
+            self.arrays[name] = bigger
+        self.capacity = capacity
+
+    def frame(self) -> pd.DataFrame:
+        """The rows filled, as the frame a read gives (meter ids categorical, times UTC)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        n = self.n
+        data: dict[str, Any] = {}
+        for name in self.names:
+            kind = self.kinds[name]
+            if kind == "ids":
+                categories = pd.Index(list(self.ids), dtype=object)
+                data[name] = pd.Categorical.from_codes(self.arrays[name][:n], categories)
+            elif kind == "float":
+                data[name] = self.arrays[name][:n]
+            elif kind == "time":
+                data[name] = pd.Series(self.arrays[name][:n], copy=False).dt.tz_localize("UTC")
+            else:
+                chunked = pa.chunked_array(self.chunks[name], type=self.types[name])
+                data[name] = chunked.to_pandas()
+        self.arrays, self.chunks = {}, {}
+        return pd.DataFrame(data, copy=False)
 
 
 def _check(stop: threading.Event | None) -> None:

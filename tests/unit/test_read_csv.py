@@ -205,3 +205,40 @@ def test_a_cancelled_read_ahead_stops_at_its_next_block(
     assert blocks <= 1 + 2 * (os.cpu_count() or 1)  # the first, then at most those in flight
     with pytest.raises(io.ReadCancelled):
         ahead.result()
+
+
+def test_blocks_fill_the_columns_as_one_arrow_read_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks copied into the file's arrays one by one give the frame one Arrow read of the
+    whole file gives: ids that first appear in later blocks, missing ids, values and times,
+    a column that is not canonical (kept as Arrow gives it), and arrays that had to grow (the
+    first block's long lines promised fewer rows than the file has)."""
+    import pyarrow.csv as pacsv
+
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", 2048)
+    lines = ["meter_id,ts,power_kw,collected_at,note,unit_id"]
+    for i in range(4000):
+        meter = f"LONG-{'x' * 120}-{i % 3}" if i < 15 else ("" if i % 97 == 0 else f"S{i % 11}")
+        power = "" if i % 13 == 0 else f"{i}.25"
+        seen = "" if i % 17 == 0 else f"2026-01-01T01:{i // 60 % 60:02d}:{i % 60:02d}Z"
+        lines.append(
+            f"{meter},2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z,{power},{seen},n{i % 5},{i}"
+        )
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(lines) + "\n")
+    grew = []
+    real_grow = io._Columns._grow
+    monkeypatch.setattr(io._Columns, "_grow", lambda self, n: grew.append(n) or real_grow(self, n))
+    got = io.read_readings_file(path)
+    assert grew  # the capacity the first block promised was too small
+    whole = pacsv.read_csv(
+        path, convert_options=pacsv.ConvertOptions(column_types=io._first_types({"meter_id"}))
+    )
+    want = io._as_readings(path, io._to_frame(io._block_table(whole)))
+    assert list(got.columns) == list(want.columns)
+    assert got["meter_id"].astype(str).tolist() == want["meter_id"].astype(str).tolist()
+    assert "" in set(got["meter_id"].astype(str))  # an empty id is text, as Arrow reads it
+    pd.testing.assert_frame_equal(got.drop(columns="meter_id"), want.drop(columns="meter_id"))
+    assert got["power_kw"].isna().sum() == len(range(0, 4000, 13))
+    assert got["collected_at"].isna().sum() == len(range(0, 4000, 17))
