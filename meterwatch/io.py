@@ -65,7 +65,11 @@ class ReadAhead:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if self.path.suffix.lower() == ".csv":
-            import pyarrow.compute  # noqa: F401  (the parse's imports, in the calling thread)
+            # The parse's imports, in the calling thread (the header is read as utf-8-sig
+            # when a column is read again as text).
+            import encodings.utf_8_sig  # noqa: F401
+
+            import pyarrow.compute  # noqa: F401
             import pyarrow.csv  # noqa: F401
 
             self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
@@ -257,6 +261,31 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
     return columns
 
 
+#: A missing time as int64 nanoseconds (numpy's NaT).
+NO_TIME_NS = -(1 << 63)
+
+
+def _numpy_of(array: Any, missing: float | int) -> Any:
+    """A primitive Arrow array's values as numpy (a view of its buffer when none is missing,
+    else a copy with ``missing`` where one is), from its buffers: Arrow's own ``to_numpy``
+    imports pandas on its first call, which a read thread must not do while its caller
+    imports."""
+    import numpy as np
+    import pyarrow as pa
+
+    width = array.type.bit_width // 8
+    kind = "f" if pa.types.is_floating(array.type) else "i"
+    values = np.frombuffer(
+        array.buffers()[1], dtype=f"{kind}{width}", count=len(array), offset=array.offset * width
+    )
+    if not array.null_count:
+        return values
+    valid = np.unpackbits(np.frombuffer(array.buffers()[0], np.uint8), bitorder="little")
+    out = values.copy()
+    out[valid[array.offset : array.offset + len(array)] == 0] = missing
+    return out
+
+
 class _Columns:
     """A CSV's columns, filled block by block in file order: the canonical quantities (float)
     and times (UTC, ns) into numpy arrays, meter ids as codes into one list of ids (each
@@ -285,7 +314,7 @@ class _Columns:
                 self.arrays[name] = np.empty(self.capacity, dtype=np.float64)
             elif typ == pa.timestamp("ns", "UTC"):
                 self.kinds[name] = "time"
-                self.arrays[name] = np.empty(self.capacity, dtype="datetime64[ns]")
+                self.arrays[name] = np.empty(self.capacity, dtype=np.int64)
             else:
                 self.kinds[name] = "arrow"
                 self.chunks[name] = []
@@ -302,29 +331,23 @@ class _Columns:
             if kind == "arrow":
                 self.chunks[name].extend(column.chunks)
                 continue
-            out = self.arrays[name]
-            at = self.n
+            into = self.arrays[name][self.n : self.n + m]
             if kind == "ids":
                 column = column.unify_dictionaries()  # one dictionary for the block's chunks
-            remap = None
-            for chunk in column.chunks:
-                k = len(chunk)
-                if kind == "ids":
-                    if remap is None:
-                        remap = np.fromiter(
-                            (self._id(v) for v in chunk.dictionary.to_pylist()),
-                            dtype=np.int32,
-                            count=len(chunk.dictionary),
-                        )
-                    index = (
-                        chunk.indices.fill_null(-1).to_numpy()
-                        if chunk.null_count
-                        else (chunk.indices.to_numpy())
-                    )
-                    out[at : at + k] = np.where(index >= 0, remap[index], -1)
-                else:
-                    out[at : at + k] = chunk.to_numpy(zero_copy_only=False)
-                at += k
+                if not column.num_chunks:
+                    continue
+                remap = np.fromiter(
+                    (self._id(v) for v in column.chunk(0).dictionary.to_pylist()),
+                    dtype=np.int32,
+                    count=len(column.chunk(0).dictionary),
+                )
+                remap = np.append(remap, np.int32(-1))  # a missing id (index -1)
+                index = np.concatenate([_numpy_of(c.indices, -1) for c in column.chunks])
+                np.take(remap, index, out=into)
+            else:
+                # One copy a column and block (numpy lets the other threads run while it copies).
+                missing = np.nan if kind == "float" else NO_TIME_NS
+                np.concatenate([_numpy_of(c, missing) for c in column.chunks], out=into)
         self.n += m
 
     def _id(self, value: str | None) -> int:
@@ -356,7 +379,8 @@ class _Columns:
             elif kind == "float":
                 data[name] = self.arrays[name][:n]
             elif kind == "time":
-                data[name] = pd.Series(self.arrays[name][:n], copy=False).dt.tz_localize("UTC")
+                times = self.arrays[name][:n].view("datetime64[ns]")
+                data[name] = pd.Series(times, copy=False).dt.tz_localize("UTC")
             else:
                 chunked = pa.chunked_array(self.chunks[name], type=self.types[name])
                 data[name] = chunked.to_pandas()

@@ -242,3 +242,46 @@ def test_blocks_fill_the_columns_as_one_arrow_read_would(
     pd.testing.assert_frame_equal(got.drop(columns="meter_id"), want.drop(columns="meter_id"))
     assert got["power_kw"].isna().sum() == len(range(0, 4000, 13))
     assert got["collected_at"].isna().sum() == len(range(0, 4000, 17))
+
+
+def test_values_come_from_arrow_buffers_as_arrow_converts_them() -> None:
+    """Floats, integers and times, whole or sliced, with and without missing values."""
+    import pyarrow as pa
+
+    cases = [
+        (pa.array([1.5, None, 3.0, None, 5.0] * 7, pa.float64()), np.nan),
+        (pa.array([1, None, 3, 4, None] * 7, pa.int32()), -1),
+        (pa.array([10, None, 30, 40, 50] * 7, pa.timestamp("ns", "UTC")), io.NO_TIME_NS),
+        (pa.array([1.0, 2.0, 3.0]), np.nan),
+    ]
+    for array, missing in cases:
+        for part in (array, array.slice(3, 20), array.slice(9)):
+            got = io._numpy_of(part, missing)
+            want = (
+                [missing if v is None else v for v in part.cast(pa.int64()).to_pylist()]
+                if (pa.types.is_timestamp(part.type))
+                else [missing if v is None else v for v in part.to_pylist()]
+            )
+            np.testing.assert_array_equal(got, np.array(want, dtype=got.dtype))
+
+
+def test_a_read_ahead_imports_nothing_on_its_threads(tmp_path: Path) -> None:
+    """The parse threads run beside the caller's imports: they import nothing themselves
+    (two threads importing the same modules can wait on each other's import locks)."""
+    import subprocess
+    import sys
+
+    path = _late_text_csv(tmp_path / "r.csv")
+    code = (
+        "import sys, meterwatch.io as io\n"
+        "before = set(sys.modules)\n"
+        "ahead = io.ReadAhead(sys.argv[1])\n"
+        "started = set(sys.modules)\n"
+        "ahead._thread.join()\n"
+        "print(sorted(set(sys.modules) - started), 'pandas' in before)\n"
+        "print(len(ahead.result()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == ["[] False", "3001"]
