@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meterwatch.core.errors import MeterWatchError
+from meterwatch.core.errors import MeterWatchError, ReadCancelled
 from meterwatch.core.memory import release_arrow_pool
 from meterwatch.core.quantities import READING_FIELDS
 
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
 # pandas is imported where a frame is made, not with this module: a ReadAhead starts parsing
 # before its caller has imported pandas.
-
-
-class ReadCancelled(Exception):
-    """A :class:`ReadAhead` was cancelled before its file was read."""
 
 
 def read_readings_file(path: str | Path) -> pd.DataFrame:
@@ -50,7 +46,7 @@ class ReadAhead:
     """:func:`read_readings_file` with a CSV file's parsing started at once, on threads of its
     own: what the caller does meanwhile (its imports, pandas' among them, loading a registry,
     starting workers) runs while Arrow parses the file without the GIL, instead of before it.
-    :meth:`result` waits for the parse and converts the table to the readings frame (in the
+    :meth:`result` waits for the parse and makes the readings frame of its columns (in the
     calling thread); :meth:`cancel` stops the parse at its next block and waits for it: call
     it when giving up before the result (``with ReadAhead(...)`` does). Other formats are read
     by :meth:`result` itself.
@@ -61,7 +57,7 @@ class ReadAhead:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._stop = threading.Event()
-        self._table: Any = None
+        self._columns: _Columns | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if self.path.suffix.lower() == ".csv":
@@ -77,7 +73,7 @@ class ReadAhead:
 
     def _run(self) -> None:
         try:
-            self._table = _read_csv(self.path, self._stop)
+            self._columns = _read_csv(self.path, self._stop)
         except BaseException as exc:  # handed to the caller by result()
             self._error = exc
 
@@ -85,20 +81,20 @@ class ReadAhead:
         if self._thread is None:
             return read_readings_file(self.path)
         self._thread.join()
-        table, error, self._table, self._error = self._table, self._error, None, None
+        columns, error, self._columns, self._error = self._columns, self._error, None, None
         with _read_errors(self.path):
             if error is not None:
                 raise error
-            if table is None:
+            if columns is None:
                 raise ReadCancelled(f"{self.path}: the read was cancelled or its result taken")
-            df = table.frame()
+            df = columns.frame()
         return _as_readings(self.path, df)
 
     def cancel(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._table = None
+        self._columns = None
 
     def __enter__(self) -> ReadAhead:
         return self
@@ -186,30 +182,31 @@ def _read_csv(p: Path, stop: threading.Event | None = None) -> _Columns:
     text: set[str] = {"meter_id"}
     for _ in range(64):  # at most once per column (a handful)
         try:
-            table = _read_csv_blocks(p, text, stop)
+            columns = _read_csv_blocks(p, text, stop)
         except pa.ArrowInvalid as exc:
             col = _failed_column(str(exc), p)
             if col is None or col in text:
                 raise ValueError(str(exc)) from None
             text.add(col)
             continue
-        return table
+        return columns
     raise ValueError("too many columns need reading as text")
 
 
 def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = None) -> _Columns:
-    """The file as one Arrow table, read in blocks of about :data:`CSV_BLOCK_BYTES` cut at
-    line ends, each mapped and parsed by a thread of its own (one per core; Arrow releases
-    the GIL), at most two blocks per thread in flight: the one-shot
-    multithreaded reader's speed at the streaming reader's memory (the one-shot reader holds
-    the whole file and its parsed columns at once). Each block is parsed from a memory map of
-    the file (:func:`_mapped`), not from a copy. The header and the column types come from
-    the first block; each block's meter ids become a dictionary and its times nanoseconds as
-    soon as it is parsed, so the file's text never is all in memory. As each block comes in
-    (in file order) this thread copies its columns into the file's arrays (:class:`_Columns`)
-    and lets the block go: the conversion runs while the other blocks are parsed, not after,
-    and the file's parsed columns never are all in memory beside its arrays. A CSV value with
-    a line break inside quotes is not supported (nor by Arrow's own parallel reader)."""
+    """The file's columns (:class:`_Columns`), read in blocks of about
+    :data:`CSV_BLOCK_BYTES` cut at line ends, each mapped and parsed by a thread of its own
+    (one per core; Arrow releases the GIL), at most two blocks per thread in flight: the
+    one-shot multithreaded reader's speed at the streaming reader's memory (the one-shot
+    reader holds the whole file and its parsed columns at once). Each block is parsed from a
+    memory map of the file (:func:`_mapped`), not from a copy. The header and the column
+    types come from the first block; each block's meter ids become a dictionary and its times
+    nanoseconds as soon as it is parsed, so the file's text never is all in memory. As each
+    block comes in (in file order) this thread copies its columns into the file's arrays
+    (:class:`_Columns`) and lets the block go: the conversion runs while the other blocks are
+    parsed, not after, and the file's parsed columns never are all in memory beside its
+    arrays. A CSV value with a line break inside quotes is not supported (nor by Arrow's own
+    parallel reader)."""
     import pyarrow.csv as pacsv
 
     workers = max(1, os.cpu_count() or 1)

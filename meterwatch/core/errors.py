@@ -5,6 +5,7 @@ MeterWatchError
 ├── MapError               a register map that fails its load-time checks
 ├── RegistryError          a bad meters.csv row or column
 ├── DatasetError           a real data set that cannot be fetched, verified or read (carries ``dataset``)
+├── ReadCancelled          a file read started ahead was cancelled before its result was taken
 ├── BaselineError          fitted baselines that cannot be read or do not fit the detectors given
 ├── ClusterError           the Dask cluster for analytics partitions is unreachable or failed (``address``, ``setting``)
 ├── ProtocolError          a payload or frame that cannot be decoded
@@ -66,6 +67,11 @@ class DatasetError(MeterWatchError):
     def __init__(self, dataset: str, message: str):
         self.dataset = dataset
         super().__init__(f"data set {dataset}: {message}")
+
+
+class ReadCancelled(MeterWatchError):
+    """A file read started ahead (``meterwatch.io.ReadAhead``) was cancelled before its
+    result was taken."""
 
 
 class BaselineError(MeterWatchError):
