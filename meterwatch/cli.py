@@ -484,7 +484,8 @@ def _analyze(
             err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
         with ExitStack() as stack:
-            # The cluster first: an unreachable scheduler fails before a long file read.
+            # The cluster before waiting for the file: an unreachable scheduler fails (and
+            # cancels the read) without waiting for a long parse.
             with console.status(f"reaching {scheduler}" if scheduler else "starting workers"):
                 runner, where = stack.enter_context(
                     partition_runner(
