@@ -124,7 +124,32 @@ def _as_readings(p: Path, df: pd.DataFrame) -> pd.DataFrame:
         # judges each read against its collected_at.
         return with_time_columns(df)
     except ValueError as exc:
-        raise MeterWatchError(f"{p}: bad ts value: {exc}") from exc
+        raise MeterWatchError(f"{p}: {_bad_time(p, df, exc)}") from exc
+
+
+def _bad_time(p: Path, df: pd.DataFrame, exc: ValueError) -> str:
+    """Where a ``ts`` column failed to parse: the first value that is not an ISO 8601 time,
+    its row (and line of a CSV), how many more there are; else the parser's first line."""
+    import numpy as np
+
+    from meterwatch.core.schema import to_utc_coerce
+
+    raw = df["ts"]
+    try:
+        unparsed = to_utc_coerce(raw).isna().to_numpy()
+    except (ValueError, TypeError):
+        unparsed = np.zeros(len(raw), dtype=bool)
+    given = (raw.astype("string").str.strip() != "").fillna(False).to_numpy(dtype=bool)
+    failed = unparsed & given
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not failed.any():
+        return f"bad ts value: {first_line}"
+    k = int(np.flatnonzero(failed)[0])
+    line = f", line {k + 2}" if p.suffix.lower() == ".csv" else ""
+    more = int(failed.sum()) - 1
+    return f"bad ts value {raw.iloc[k]!r} in row {k + 1}{line} (not an ISO 8601 time)" + (
+        f"; {more:,} more such row{'s' if more != 1 else ''}" if more else ""
+    )
 
 
 #: Columns of a Parquet file read (and decoded, on Arrow's threads) at a time.

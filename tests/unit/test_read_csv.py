@@ -285,3 +285,21 @@ def test_a_read_ahead_imports_nothing_on_its_threads(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
     )
     assert done.stdout.splitlines() == ["[] False", "3001"]
+
+
+def test_a_time_that_is_not_iso_8601_is_named_with_its_row_and_line(tmp_path: Path) -> None:
+    """One error line naming the file, the first bad value, its row and CSV line, and how
+    many more there are; an empty time is a missing one, not an error."""
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "meter_id,ts,power_kw\nA,2026-01-01T00:00:00Z,1\nA,,2\nA,yesterday,3\nA,2026-13-45,4\n"
+    )
+    with pytest.raises(MeterWatchError) as err:
+        io.read_readings_file(path)
+    assert str(err.value) == (
+        f"{path}: bad ts value 'yesterday' in row 3, line 4 (not an ISO 8601 time); 1 more such row"
+    )
+    frame = pd.DataFrame({"meter_id": ["A", "A"], "ts": ["2026-01-01T00:00:00Z", "noon"]})
+    frame.to_parquet(tmp_path / "r.parquet", index=False)
+    with pytest.raises(MeterWatchError, match=r"bad ts value 'noon' in row 2 \(not an ISO"):
+        io.read_readings_file(tmp_path / "r.parquet")
