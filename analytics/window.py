@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from meterwatch.core.memory import release_partition_memory
 from meterwatch.core.schema import (
     CURRENT_COLUMNS,
     READING_FIELDS,
@@ -698,7 +699,14 @@ def build_window(
     def place(c: str) -> np.ndarray:
         dtype = np.float64 if c in REGISTERS else np.float32
         into = stacks[plane[c][0]][plane[c][1]] if c in plane else None
-        return scatter(values.pop(c), np.nan, dtype, flat_in, into)
+        out = scatter(values.pop(c), np.nan, dtype, flat_in, into)
+        if consume:
+            # The readings' column just let go goes back to the system now, not after the
+            # whole window is built (a daily-run worker's peak: 2.82-2.85x its input instead
+            # of 2.96-2.97x, for about 5 % more of its CPU; a no-op where freed memory is
+            # kept for reuse, as in `analyze`).
+            release_partition_memory()
+        return out
 
     names = list(values)
     if threads > 1 and len(names) > 1:

@@ -51,3 +51,39 @@ def test_an_environment_that_tunes_malloc_is_left_alone() -> None:
     assert _run("m.reuse_freed_memory()", {"MALLOC_TRIM_THRESHOLD_": "1000000"}) == "False 1 True"
     tunables = {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}
     assert _run("m.reuse_freed_memory()", tunables) == "False 1 True"
+
+
+_WINDOW_PROBE = """
+import pandas as pd
+import meterwatch.core.memory as m
+from meterwatch.analytics.window import build_window
+released = []
+m.release_arrow_pool = lambda: released.append(1)
+{setup}
+readings = pd.DataFrame({{
+    "meter_id": ["A", "B"] * 4,
+    "ts": pd.date_range("2026-01-05", periods=8, freq="15min", tz="UTC").repeat(1),
+    "energy_import_kwh": [1.0] * 8, "power_kw": [0.5] * 8, "voltage_l1_v": [230.0] * 8,
+}})
+build_window(readings, pd.DataFrame({{"meter_id": ["A", "B"]}}), consume=True)
+print(len(released))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_a_consuming_window_build_releases_each_column_it_takes() -> None:
+    """A worker's window build gives each readings column back as it takes it (its peak is
+    then the window, not the window and the readings); where freed memory is kept for reuse,
+    nothing is released."""
+
+    def run(setup: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _WINDOW_PROBE.format(setup=setup)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
+
+    assert run("") >= 12  # every quantity column (the absent ones are taken as all missing)
+    assert run("m.reuse_freed_memory()") == 0
