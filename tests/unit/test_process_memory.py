@@ -24,12 +24,14 @@ print(m._reusing, len(released), huge)
 """
 
 
-def _run(setup: str, env: dict[str, str]) -> str:
+def _run(setup: str, env: dict[str, str], probe: str = _PROBE) -> str:
+    """``probe`` in a process of its own, without the environment's malloc tunables (CI
+    sets some) unless ``env`` gives them."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     clean.pop("GLIBC_TUNABLES", None)
     clean.pop("NUMPY_MADVISE_HUGEPAGE", None)
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(setup=setup)],
+        [sys.executable, "-c", probe.format(setup=setup)],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -75,15 +77,5 @@ def test_a_consuming_window_build_releases_each_column_it_takes() -> None:
     """A worker's window build gives each readings column back as it takes it (its peak is
     then the window, not the window and the readings); where freed memory is kept for reuse,
     nothing is released."""
-
-    def run(setup: str) -> int:
-        out = subprocess.run(
-            [sys.executable, "-c", _WINDOW_PROBE.format(setup=setup)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(out.stdout.strip())
-
-    assert run("") >= 12  # every quantity column (the absent ones are taken as all missing)
-    assert run("m.reuse_freed_memory()") == 0
+    assert int(_run("", {}, _WINDOW_PROBE)) >= 12  # every quantity (absent ones too)
+    assert _run("m.reuse_freed_memory()", {}, _WINDOW_PROBE) == "0"
