@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from meterwatch import __version__
 from meterwatch.analytics.partition import InProcess, Runner
+from meterwatch.core.cores import usable_cores
 from meterwatch.core.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -222,14 +222,6 @@ def local_cluster(workers: int) -> Iterator[Client]:
         Client(cluster, set_as_default=False) as client,
     ):
         yield client
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meterwatch.core.cores import usable_cores
 from meterwatch.core.errors import MeterWatchError, ReadCancelled
 from meterwatch.core.memory import release_arrow_pool
 from meterwatch.core.quantities import READING_FIELDS
@@ -234,7 +235,7 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
     parallel reader)."""
     import pyarrow.csv as pacsv
 
-    workers = max(1, os.cpu_count() or 1)
+    workers = usable_cores()
     fd = os.open(p, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

@@ -32,7 +32,6 @@ w x isolation percentile`` is in 0..1; higher means more suspicious.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +56,7 @@ from meterwatch.analytics.detectors.consumption import cusum_drop, hourly_energy
 from meterwatch.analytics.profiles import MAD_SCALE, day_cube
 from meterwatch.analytics.registry import register
 from meterwatch.analytics.window import Window, build_window, row_chunks
+from meterwatch.core.cores import usable_cores
 from meterwatch.core.schema import empty_findings
 
 #: Registry columns the theft analytics read.
@@ -395,7 +395,7 @@ def _score_samples(model: Any, x: np.ndarray) -> np.ndarray:
     ``apply`` releases the GIL): the fleet-wide score of a million meters is seconds of one
     core otherwise. Each row is scored by every tree in the same order as in one call, so the
     scores are exactly those of one call."""
-    threads = min(os.cpu_count() or 1, len(x) // _SCORE_ROWS_PER_THREAD)
+    threads = min(usable_cores(), len(x) // _SCORE_ROWS_PER_THREAD)
     if threads <= 1:
         out: np.ndarray = model.score_samples(x)
         return out

@@ -303,3 +303,26 @@ def test_a_time_that_is_not_iso_8601_is_named_with_its_row_and_line(tmp_path: Pa
     frame.to_parquet(tmp_path / "r.parquet", index=False)
     with pytest.raises(MeterWatchError, match=r"bad ts value 'noon' in row 2 \(not an ISO"):
         io.read_readings_file(tmp_path / "r.parquet")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity: Linux only")
+def test_the_read_uses_the_cores_this_process_may_run_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process pinned to one core (a container's cpuset) counts one usable core, whatever
+    the machine has, and the CSV read starts that many parsing threads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from meterwatch.core.cores import usable_cores; print(usable_cores())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
+    sizes: list[int] = []
+    real = io.ThreadPoolExecutor
+    monkeypatch.setattr(io, "usable_cores", lambda: 3)
+    monkeypatch.setattr(io, "ThreadPoolExecutor", lambda n: sizes.append(n) or real(n))
+    assert len(io.read_readings_file(_late_text_csv(tmp_path / "r.csv"))) == 3001
+    assert sizes and set(sizes) == {3}
