@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from meterwatch.core.memory import release_partition_memory
+from meterwatch.core.quantities import NO_TIME  # no reading in a cell of a time array
 from meterwatch.core.schema import (
     CURRENT_COLUMNS,
     READING_FIELDS,
@@ -47,8 +48,6 @@ from meterwatch.core.schema import (
 )
 
 _NS = 10**9
-#: Marker of "no reading in this cell" in the int64 time arrays.
-NO_TIME = np.iinfo(np.int64).min
 #: Meter x cell cells a rule with full-window intermediates works on at once (row_chunks).
 CHUNK_CELLS = 250_000
 

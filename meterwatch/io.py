@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from meterwatch.core.cores import usable_cores
 from meterwatch.core.errors import MeterWatchError, ReadCancelled
 from meterwatch.core.memory import release_arrow_pool
-from meterwatch.core.quantities import READING_FIELDS
+from meterwatch.core.quantities import NO_TIME, READING_FIELDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -284,10 +284,6 @@ def _read_csv_blocks(p: Path, text: set[str], stop: threading.Event | None = Non
     return columns
 
 
-#: A missing time as int64 nanoseconds (numpy's NaT).
-NO_TIME_NS = -(1 << 63)
-
-
 def _numpy_of(array: Any, missing: float | int) -> Any:
     """A primitive Arrow array's values as numpy (a view of its buffer when none is missing,
     else a copy with ``missing`` where one is), from its buffers: Arrow's own ``to_numpy``
@@ -320,7 +316,6 @@ class _Columns:
         import numpy as np
         import pyarrow as pa
 
-        self.names: list[str] = list(schema.names)
         self.n = 0
         self.capacity = max(int(capacity), 1)
         self.kinds: dict[str, str] = {}
@@ -369,7 +364,7 @@ class _Columns:
                 np.take(remap, index, out=into)
             else:
                 # One copy a column and block (numpy lets the other threads run while it copies).
-                missing = np.nan if kind == "float" else NO_TIME_NS
+                missing = np.nan if kind == "float" else NO_TIME
                 np.concatenate([_numpy_of(c, missing) for c in column.chunks], out=into)
         self.n += m
 
@@ -394,8 +389,7 @@ class _Columns:
 
         n = self.n
         data: dict[str, Any] = {}
-        for name in self.names:
-            kind = self.kinds[name]
+        for name, kind in self.kinds.items():
             if kind == "ids":
                 categories = pd.Index(list(self.ids), dtype=object)
                 data[name] = pd.Categorical.from_codes(self.arrays[name][:n], categories)

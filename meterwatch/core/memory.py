@@ -116,10 +116,12 @@ def _numpy_huge_pages(enabled: bool) -> None:
 
 def release_partition_memory() -> None:
     """Between the stages of a partition run (each column a window build takes from the
-    readings, the window built, the partition done): freed memory back to the system (:func:`release_arrow_pool`), except in a process that keeps it
-    for reuse (:func:`reuse_freed_memory`): there the next arrays take it. Measured on
-    ``analyze`` of 1,000 meters x 60 days: 5.5-5.9 s without these two releases, 6.4-7.0 s
-    with them (the kernel zeroing the pages again), peak 1.57-1.64 GB against 1.55."""
+    readings, the window built, the partition done): freed memory back to the system
+    (:func:`release_arrow_pool`), except in a process that keeps it for reuse
+    (:func:`reuse_freed_memory`): there the next arrays take it. Measured on ``analyze`` of
+    1,000 meters x 60 days: 5.5-5.9 s without the releases after the window and the
+    partition, 6.4-7.0 s with them (the kernel zeroing the pages again), peak 1.57-1.64 GB
+    against 1.55."""
     if not _reusing:
         release_arrow_pool()
 

@@ -27,3 +27,5 @@ READING_COLUMNS: tuple[str, ...] = ("meter_id", "ts", *READING_FIELDS)
 #: ``collected_at`` when the collector got the values, ``device_ts`` the meter's own clock.
 #: Stored by every backend (docs/storage-schema.md); not part of the canonical columns.
 READING_TIME_COLUMNS: tuple[str, ...] = ("collected_at", "device_ts")
+#: A missing instant in int64 nanosecond time arrays (numpy's NaT: the int64 minimum).
+NO_TIME: int = -(1 << 63)

@@ -251,7 +251,7 @@ def test_values_come_from_arrow_buffers_as_arrow_converts_them() -> None:
     cases = [
         (pa.array([1.5, None, 3.0, None, 5.0] * 7, pa.float64()), np.nan),
         (pa.array([1, None, 3, 4, None] * 7, pa.int32()), -1),
-        (pa.array([10, None, 30, 40, 50] * 7, pa.timestamp("ns", "UTC")), io.NO_TIME_NS),
+        (pa.array([10, None, 30, 40, 50] * 7, pa.timestamp("ns", "UTC")), io.NO_TIME),
         (pa.array([1.0, 2.0, 3.0]), np.nan),
     ]
     for array, missing in cases:
